@@ -1,0 +1,322 @@
+"""The contracts every vistok tokenizer, generator and decoder is written against.
+
+Pixel convention (public, everywhere): float tensors in **[0, 1]**, ``(B, 3, H, W)`` for images and
+``(B, 3, T, H, W)`` for video.  Tokens: ``(B, N)`` long ids for discrete tokenizers, ``(B, N, D)`` floats
+for continuous ones.  Ordered 1D tokenizers also decode a prefix ``(B, K)``, ``1 <= K <= N``.
+
+Generators are split into *what the network predicts* (``step``) and *how a sequence is decoded*
+(free functions in :mod:`vistok.decoding`).  ``step`` works on an explicit, preallocated :class:`KVCache`
+that decoders can truncate, which is how speculative decoders roll back rejected drafts.
+
+Step convention (teacher forcing, shifted by one):
+    ``step(inputs, positions, cache)`` returns, for every requested token position ``p``, the predictive
+    quantity of token ``p`` (logits ``(B, L, V)`` for ``kind == "discrete"``).  ``inputs[b, j]`` is the token
+    at position ``positions[b, j] - 1`` (its value is ignored where the position is 0: the generator's start
+    embedding is used).  The cache entry at position ``p`` is (re)written by that call; entries at
+    positions ``>= cache.lengths`` are invalid and never attended to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Conditioning",
+    "Configurable",
+    "Generator",
+    "GeneratorOutput",
+    "KVCache",
+    "Tokenizer",
+    "TokenizerOutput",
+    "check_pixels",
+    "check_token_ids",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models remember their constructor kwargs (written to config.json by vistok.hub)
+# --------------------------------------------------------------------------------------------------------------
+class Configurable:
+    """Mixin: records the keyword arguments ``__init__`` was called with in ``self.config``.
+
+    Subclasses must be constructed with keyword arguments only (LightningCLI and the registry do this).
+    """
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        def wrapped(self, *args, __init=init, **kwargs):
+            if args:
+                raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
+            if type(self) is cls:
+                object.__setattr__(self, "_config", dict(kwargs))
+            __init(self, **kwargs)
+
+        wrapped.__signature__ = __import__("inspect").signature(init)
+        wrapped.__doc__, wrapped.__name__, wrapped.__qualname__ = init.__doc__, init.__name__, init.__qualname__
+        wrapped.__wrapped__ = init
+        cls.__init__ = wrapped
+
+    @property
+    def config(self) -> dict:
+        """Constructor kwargs (explicitly given ones; defaults are re-applied on load)."""
+        return dict(getattr(self, "_config", {}))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Input validation shared by every public entry point
+# --------------------------------------------------------------------------------------------------------------
+def check_pixels(pixels: Tensor, *, video: bool | None = None, size: int | tuple[int, int] | None = None) -> None:
+    """Validate the public pixel convention: float in [0, 1], ``(B, 3, H, W)`` or ``(B, 3, T, H, W)``.
+
+    Raises:
+        TypeError: not a floating-point tensor.
+        ValueError: wrong rank / channel count / resolution, or values outside [0, 1].
+    """
+    if not isinstance(pixels, Tensor):
+        raise TypeError(f"pixels must be a torch.Tensor, got {type(pixels).__name__}")
+    if not pixels.is_floating_point():
+        raise TypeError(
+            f"pixels must be a float tensor in [0, 1], got dtype {pixels.dtype}; "
+            "for uint8 images use `pixels.float() / 255`"
+        )
+    ranks = {None: (4, 5), True: (5,), False: (4,)}[video]
+    if pixels.ndim not in ranks:
+        layout = {4: "(B, 3, H, W)", 5: "(B, 3, T, H, W)"}
+        want = " or ".join(layout[r] for r in ranks)
+        hint = " (add a batch axis with `pixels[None]`)" if pixels.ndim == min(ranks) - 1 else ""
+        raise ValueError(f"pixels must have shape {want}, got {tuple(pixels.shape)}{hint}")
+    if pixels.shape[1] != 3:
+        raise ValueError(
+            f"pixels must have 3 channels on axis 1, got shape {tuple(pixels.shape)}; "
+            "channels-last images need `pixels.permute(0, 3, 1, 2)`"
+        )
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(pixels.shape[-2:]) != hw:
+            raise ValueError(
+                f"this model takes {hw[0]}x{hw[1]} images, got {pixels.shape[-2]}x{pixels.shape[-1]}; "
+                f"resize with `torch.nn.functional.interpolate(pixels, size={hw}, mode='bilinear', antialias=True)`"
+            )
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(
+            f"pixels must lie in [0, 1], got values in [{lo:.3f}, {hi:.3f}]; "
+            "images in [-1, 1] need `(pixels + 1) / 2`, uint8-scaled ones `pixels / 255`"
+        )
+
+
+def check_token_ids(tokens: Tensor, codebook_size: int, num_tokens: int, *, allow_prefix: bool) -> None:
+    """Validate discrete token ids ``(B, K)`` against a codebook and a token count."""
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    if tokens.is_floating_point():
+        raise TypeError(f"token ids must be an integer tensor, got dtype {tokens.dtype}")
+    if tokens.ndim != 2:
+        raise ValueError(f"token ids must have shape (B, N), got {tuple(tokens.shape)}")
+    k = tokens.shape[1]
+    if allow_prefix:
+        if not 1 <= k <= num_tokens:
+            raise ValueError(f"prefix length must be in [1, {num_tokens}], got {k}")
+    elif k != num_tokens:
+        raise ValueError(
+            f"this tokenizer decodes exactly {num_tokens} tokens, got {k} "
+            "(it was not trained with tail-token drop, so prefixes are not supported)"
+        )
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
+        raise ValueError(
+            f"token ids must be in [0, {codebook_size - 1}], got range [{int(tokens.min())}, {int(tokens.max())}]"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenizers
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class TokenizerOutput:
+    """What a tokenizer's training ``forward`` returns.
+
+    Attributes:
+        reconstruction: decoded pixels in [0, 1] (unclamped during training), same shape as the input.
+        tokens: ``(B, N)`` ids or ``(B, N, D)`` continuous tokens.
+        loss: quantizer / KL loss to add to the reconstruction loss (scalar).
+        extras: anything family-specific (e.g. ``{"commitment": ..., "codebook": ...}``).
+    """
+
+    reconstruction: Tensor
+    tokens: Tensor
+    loss: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """pixels -> tokens -> pixels.  ``encode``/``decode`` are the only verbs."""
+
+    kind: Literal["discrete", "continuous"]
+    num_tokens: int
+    codebook_size: int | None
+    token_dim: int
+    image_size: int
+
+    def encode(self, pixels: Tensor) -> Tensor: ...  # (B,3,H,W)|(B,3,T,H,W) -> (B,N) long | (B,N,D) float
+
+    def decode(self, tokens: Tensor) -> Tensor: ...  # (B,K<=N)|(B,K,D) -> pixels in [0, 1]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Conditioning and cache
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class Conditioning:
+    """A batch of generation conditions: class labels, text token states, or neither.
+
+    Attributes:
+        labels: ``(B,)`` long class ids; ``-1`` means "no class" (the null condition for CFG).
+        text: ``(B, T, D)`` text-encoder token states.
+        text_mask: ``(B, T)`` bool, True where ``text`` holds a real token.  All False = null condition.
+    """
+
+    labels: Tensor | None = None
+    text: Tensor | None = None
+    text_mask: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.text is not None and self.text_mask is None:
+            self.text_mask = torch.ones(self.text.shape[:2], dtype=torch.bool, device=self.text.device)
+
+    @property
+    def batch_size(self) -> int:
+        for t in (self.labels, self.text):
+            if t is not None:
+                return t.shape[0]
+        raise ValueError("empty Conditioning: give labels= or text=")
+
+    def null(self) -> Conditioning:
+        """The unconditional counterpart (same shapes), used for classifier-free guidance."""
+        return Conditioning(
+            labels=None if self.labels is None else torch.full_like(self.labels, -1),
+            text=None if self.text is None else torch.zeros_like(self.text),
+            text_mask=None if self.text_mask is None else torch.zeros_like(self.text_mask),
+        )
+
+    def repeat_interleave(self, n: int) -> Conditioning:
+        """Each condition ``n`` times in a row: ``(B, ...) -> (B * n, ...)``."""
+        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)
+        return Conditioning(rep(self.labels), rep(self.text), rep(self.text_mask))
+
+    def cat(self, other: Conditioning) -> Conditioning:
+        """Concatenate along the batch axis (used to stack cond and null for CFG)."""
+        cat = lambda a, b: None if a is None else torch.cat([a, b], dim=0)
+        return Conditioning(cat(self.labels, other.labels), cat(self.text, other.text),
+                            cat(self.text_mask, other.text_mask))
+
+    def to(self, device: torch.device | str) -> Conditioning:
+        mv = lambda t: None if t is None else t.to(device)
+        return replace(self, labels=mv(self.labels), text=mv(self.text), text_mask=mv(self.text_mask))
+
+
+class KVCache:
+    """Preallocated key/value buffers for every layer, written at explicit slots, truncatable.
+
+    Layout: ``k[layer]``/``v[layer]`` are ``(B, H, S, Dh)`` where ``S = prefix_len + max_tokens``.  Slot
+    ``prefix_len + p`` holds the entry of token position ``p``.  ``lengths`` ``(B,)`` counts valid *token*
+    positions per sample; ``truncate`` only moves that pointer, so rolling back rejected drafts is free.
+
+    Attributes:
+        prefix_mask: ``(B, prefix_len)`` bool, which prefix slots (e.g. text tokens) are real.
+        start: ``(B, D)`` the input embedding for token position 0 (set by the generator).
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, prefix_len: int,
+                 max_tokens: int, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        shape = (batch_size, num_heads, prefix_len + max_tokens, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.prefix_len = prefix_len
+        self.max_tokens = max_tokens
+        self.prefix_mask = torch.ones(batch_size, prefix_len, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.start: Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.shape[0]
+
+    def truncate(self, lengths: int | Tensor) -> None:
+        """Keep only token positions ``< lengths`` (an int, or ``(B,)`` per sample)."""
+        new = torch.as_tensor(lengths, device=self.lengths.device).expand_as(self.lengths)
+        if bool((new < 0).any()) or bool((new > self.lengths).any()):
+            raise ValueError(f"cannot truncate cache of lengths {self.lengths.tolist()} to {new.tolist()}")
+        self.lengths = new.clone()
+
+    def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v`` ``(B, H, L, Dh)`` at ``slots`` ``(B, L)`` and return the full buffers of ``layer``."""
+        idx = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
+        self.k[layer].scatter_(2, idx, k.to(self.k[layer].dtype))
+        self.v[layer].scatter_(2, idx, v.to(self.v[layer].dtype))
+        return self.k[layer], self.v[layer]
+
+    def attention_mask(self, positions: Tensor) -> Tensor:
+        """Boolean mask ``(B, 1, L, S)``: token queries at ``positions`` see valid prefix slots and
+        token slots ``<= position`` below the cache length (after this step's writes)."""
+        b, s = positions.shape[0], self.k[0].shape[2]
+        slot = torch.arange(s, device=positions.device)
+        tok = slot - self.prefix_len  # token position of each slot (negative for prefix)
+        valid_len = torch.maximum(self.lengths, positions.max(dim=1).values + 1)  # (B,)
+        seen = (tok[None, None, :] <= positions[:, :, None]) & (tok[None, None, :] < valid_len[:, None, None])
+        seen &= tok[None, None, :] >= 0
+        prefix = torch.zeros(b, s, dtype=torch.bool, device=positions.device)
+        prefix[:, : self.prefix_len] = self.prefix_mask
+        return (seen | prefix[:, None, :])[:, None]
+
+    def advance(self, positions: Tensor) -> None:
+        """Record that token positions up to ``positions.max(1)`` now hold entries."""
+        self.lengths = torch.maximum(self.lengths, positions.max(dim=1).values + 1)
+
+    def clone(self) -> KVCache:
+        new = object.__new__(KVCache)
+        new.__dict__.update(self.__dict__)
+        new.k = [t.clone() for t in self.k]
+        new.v = [t.clone() for t in self.v]
+        new.prefix_mask, new.lengths = self.prefix_mask.clone(), self.lengths.clone()
+        return new
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Generators
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class GeneratorOutput:
+    """What a generator's training ``forward`` returns: ``loss`` plus per-position predictions."""
+
+    loss: Tensor
+    logits: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Tokens from conditions.  Training: ``forward``; decoding: ``new_cache`` then ``step``.
+
+    ``kind == "discrete"``: ``step`` returns logits ``(B, L, vocab_size)``.
+    ``kind == "continuous"``: ``step`` returns head conditioning vectors; the generator's ``head`` samples.
+    """
+
+    kind: Literal["discrete", "continuous"]
+    seq_len: int
+    vocab_size: int | None
+    is_causal: bool
+
+    def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput: ...
+
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache: ...
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor: ...

@@ -1,0 +1,7 @@
+"""Blocks shared by every family: attention, RoPE, MLPs, transformer blocks, quantizers."""
+
+from vistok.layers.attention import Attention, LlamaBlock, RMSNorm, SwiGLU, ViTBlock
+from vistok.layers.quantizers import VectorQuantizer
+from vistok.layers.rope import apply_rope, rope_table
+
+__all__ = ["Attention", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VectorQuantizer", "apply_rope", "rope_table"]

@@ -1,0 +1,9 @@
+"""Tokenizer families; importing this package registers their presets."""
+
+from vistok.registry import register_tokenizer
+from vistok.tokenizers.titok import TITOK_PRESETS, TiTok
+
+for _name, _kwargs in TITOK_PRESETS.items():
+    register_tokenizer(_name, TiTok, **_kwargs)
+
+__all__ = ["TiTok"]

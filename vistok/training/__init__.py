@@ -1,0 +1,6 @@
+"""LightningModules and DataModules (the only part of vistok that imports Lightning)."""
+
+from vistok.training.data import ShapesDataModule
+from vistok.training.tokenizer_module import TokenizerModule
+
+__all__ = ["ShapesDataModule", "TokenizerModule"]
