@@ -182,11 +182,13 @@ class Conditioning:
         labels: ``(B,)`` long class ids; ``-1`` means "no class" (the null condition for CFG).
         text: ``(B, T, D)`` text-encoder token states.
         text_mask: ``(B, T)`` bool, True where ``text`` holds a real token.  All False = null condition.
+        batch: batch size of an unconditional batch (no labels, no text).
     """
 
     labels: Tensor | None = None
     text: Tensor | None = None
     text_mask: Tensor | None = None
+    batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.text is not None and self.text_mask is None:
@@ -197,7 +199,9 @@ class Conditioning:
         for t in (self.labels, self.text):
             if t is not None:
                 return t.shape[0]
-        raise ValueError("empty Conditioning: give labels= or text=")
+        if self.batch is None:
+            raise ValueError("empty Conditioning: give labels=, text=, or batch= (unconditional)")
+        return self.batch
 
     def null(self) -> Conditioning:
         """The unconditional counterpart (same shapes), used for classifier-free guidance."""
@@ -205,18 +209,21 @@ class Conditioning:
             labels=None if self.labels is None else torch.full_like(self.labels, -1),
             text=None if self.text is None else torch.zeros_like(self.text),
             text_mask=None if self.text_mask is None else torch.zeros_like(self.text_mask),
+            batch=self.batch,
         )
 
     def repeat_interleave(self, n: int) -> Conditioning:
         """Each condition ``n`` times in a row: ``(B, ...) -> (B * n, ...)``."""
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)
-        return Conditioning(rep(self.labels), rep(self.text), rep(self.text_mask))
+        return Conditioning(rep(self.labels), rep(self.text), rep(self.text_mask),
+                            None if self.batch is None else self.batch * n)
 
     def cat(self, other: Conditioning) -> Conditioning:
         """Concatenate along the batch axis (used to stack cond and null for CFG)."""
         cat = lambda a, b: None if a is None else torch.cat([a, b], dim=0)
         return Conditioning(cat(self.labels, other.labels), cat(self.text, other.text),
-                            cat(self.text_mask, other.text_mask))
+                            cat(self.text_mask, other.text_mask),
+                            None if self.batch is None else self.batch + other.batch_size)
 
     def to(self, device: torch.device | str) -> Conditioning:
         mv = lambda t: None if t is None else t.to(device)
@@ -233,6 +240,7 @@ class KVCache:
     Attributes:
         prefix_mask: ``(B, prefix_len)`` bool, which prefix slots (e.g. text tokens) are real.
         start: ``(B, D)`` the input embedding for token position 0 (set by the generator).
+        group: how many stacked copies of the user's batch the cache holds (2 under CFG).
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, prefix_len: int,
@@ -245,14 +253,21 @@ class KVCache:
         self.prefix_mask = torch.ones(batch_size, prefix_len, dtype=torch.bool, device=device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.start: Tensor | None = None
+        self.group = 1  # stacked copies of the batch (2 under classifier-free guidance)
 
     @property
     def batch_size(self) -> int:
         return self.lengths.shape[0]
 
     def truncate(self, lengths: int | Tensor) -> None:
-        """Keep only token positions ``< lengths`` (an int, or ``(B,)`` per sample)."""
-        new = torch.as_tensor(lengths, device=self.lengths.device).expand_as(self.lengths)
+        """Keep only token positions ``< lengths`` (an int, or ``(B,)`` per sample).
+
+        A cache holding ``group`` stacked copies of the batch (CFG: cond, then null) accepts ``(B / group,)``.
+        """
+        new = torch.as_tensor(lengths, device=self.lengths.device)
+        if new.ndim == 1 and new.numel() * self.group == self.batch_size:
+            new = new.repeat(self.group)
+        new = new.expand_as(self.lengths)
         if bool((new < 0).any()) or bool((new > self.lengths).any()):
             raise ValueError(f"cannot truncate cache of lengths {self.lengths.tolist()} to {new.tolist()}")
         self.lengths = new.clone()

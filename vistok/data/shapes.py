@@ -106,10 +106,21 @@ def parse_caption(caption: str) -> Scene:
 
 def random_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3,
                  sizes: tuple[str, ...] = tuple(SIZES)) -> Scene:
+    """Objects at distinct positions; objects of one colour never sit in neighbouring cells (they could touch
+    and read as one object)."""
     n = rng.randint(min_objects, max_objects)
-    places = rng.sample(list(POSITIONS), n)
-    return Scene(tuple(ShapeObject(rng.choice(list(COLORS)), rng.choice(SHAPES), p, rng.choice(sizes))
-                       for p in places))
+    while True:
+        places = rng.sample(list(POSITIONS), n)
+        objects = tuple(ShapeObject(rng.choice(list(COLORS)), rng.choice(SHAPES), p, rng.choice(sizes))
+                        for p in places)
+        if not any(a.color == b.color and _neighbours(a.position, b.position)
+                   for i, a in enumerate(objects) for b in objects[i + 1:]):
+            return Scene(objects)
+
+
+def _neighbours(a: str, b: str) -> bool:
+    (ax, ay), (bx, by) = POSITIONS[a], POSITIONS[b]
+    return max(abs(ax - bx), abs(ay - by)) < 0.31
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:

@@ -1,1 +1,9 @@
-"""Generator families."""
+"""Generator families; importing this package registers their presets."""
+
+from vistok.generators.ar import AR_PRESETS, ARGenerator
+from vistok.registry import register_generator
+
+for _name, _kwargs in AR_PRESETS.items():
+    register_generator(_name, ARGenerator, **_kwargs)
+
+__all__ = ["ARGenerator"]

@@ -1,0 +1,31 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import vistok  # noqa: E402, F401
+
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def tiny_titok(**kw):
+    from vistok.tokenizers import TiTok
+
+    cfg = dict(image_size=32, patch_size=8, width=32, depth=1, num_heads=2, num_latent_tokens=8,
+               codebook_size=64, token_size=8)
+    return TiTok(**{**cfg, **kw})
+
+
+def tiny_ar(**kw):
+    from vistok.generators import ARGenerator
+
+    cfg = dict(vocab_size=64, seq_len=8, width=32, depth=2, num_heads=2, dropout=0.0)
+    return ARGenerator(**{**cfg, **kw})

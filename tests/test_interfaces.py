@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from vistok.interfaces import Conditioning, KVCache, check_pixels
+
+
+@pytest.mark.parametrize(
+    "x, err, match",
+    [
+        (torch.rand(3, 32, 32), ValueError, "batch axis"),
+        (torch.rand(2, 1, 32, 32), ValueError, "3 channels"),
+        (torch.rand(2, 32, 32, 3), ValueError, "3 channels"),
+        (torch.rand(2, 3, 32, 32) * 2 - 1, ValueError, r"\[0, 1\]"),
+        ((torch.rand(2, 3, 32, 32) * 255).to(torch.uint8), TypeError, "float"),
+        (torch.rand(2, 3, 16, 16), ValueError, "32x32"),
+        ([[0.0]], TypeError, "Tensor"),
+    ],
+)
+def test_check_pixels_rejects_bad_input(x, err, match):
+    with pytest.raises(err, match=match):
+        check_pixels(x, size=32)
+
+
+def test_check_pixels_accepts_images_and_video():
+    check_pixels(torch.rand(2, 3, 32, 32), size=32)
+    check_pixels(torch.rand(2, 3, 4, 32, 32), video=True)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        check_pixels(torch.rand(2, 3, 4, 32, 32), video=False)
+
+
+def test_conditioning_null_and_cat():
+    c = Conditioning(labels=torch.tensor([3, 5]))
+    both = c.cat(c.null())
+    assert both.labels.tolist() == [3, 5, -1, -1]
+    t = Conditioning(text=torch.randn(2, 4, 8))
+    assert t.text_mask.all() and not t.null().text_mask.any()
+    assert t.repeat_interleave(3).batch_size == 6
+    with pytest.raises(ValueError, match="empty"):
+        _ = Conditioning().batch_size
+
+
+def test_kvcache_truncate_and_mask():
+    cache = KVCache(1, 2, 1, 4, prefix_len=2, max_tokens=5)
+    cache.prefix_mask[1, 1] = False
+    cache.advance(torch.tensor([[0, 1, 2], [0, 1, 2]]))
+    assert cache.lengths.tolist() == [3, 3]
+    cache.truncate(torch.tensor([1, 2]))
+    assert cache.lengths.tolist() == [1, 2]
+    m = cache.attention_mask(torch.tensor([[1], [2]]))[:, 0, 0]  # (B, S)
+    assert m[0].tolist() == [True, True, True, True, False, False, False]
+    assert m[1].tolist() == [True, False, True, True, True, False, False]
+    with pytest.raises(ValueError, match="truncate"):
+        cache.truncate(4)

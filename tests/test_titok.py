@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from conftest import tiny_titok
+from vistok.hub import from_pretrained, save_pretrained
+
+
+def test_encode_decode_shapes():
+    tok = tiny_titok().eval()
+    x = torch.rand(3, 3, 32, 32)
+    ids = tok.encode(x)
+    assert ids.shape == (3, 8)
+    assert tok.decode(ids).shape == (3, 3, 32, 32)
+
+
+def test_prefix_decoding_needs_tail_drop():
+    plain = tiny_titok().eval()
+    ids = plain.encode(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="tail-token drop"):
+        plain.decode(ids[:, :4])
+    piece = tiny_titok(tail_drop=True).eval()
+    ids = piece.encode(torch.rand(2, 3, 32, 32))
+    for k in (1, 4, 8):
+        assert piece.decode(ids[:, :k]).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"prefix length must be in \[1, 8\]"):
+        piece.decode(ids[:, :0])
+    with pytest.raises(ValueError, match=r"prefix length must be in \[1, 8\]"):
+        piece.decode(torch.cat([ids, ids], 1))
+
+
+def test_tail_drop_training_decodes_a_prefix():
+    piece = tiny_titok(tail_drop=True).train()
+    lengths = {int(piece(torch.rand(2, 3, 32, 32)).extras["prefix_len"]) for _ in range(30)}
+    assert len(lengths) > 3 and max(lengths) <= 8 and min(lengths) >= 1
+
+
+def test_bad_inputs():
+    tok = tiny_titok().eval()
+    with pytest.raises(ValueError, match="32x32"):
+        tok.encode(torch.rand(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        tok.encode(torch.rand(1, 3, 32, 32) * 2)
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 63\]"):
+        tok.decode(torch.full((1, 8), 64))
+    with pytest.raises(TypeError, match="integer"):
+        tok.decode(torch.rand(1, 8))
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        tiny_titok(image_size=30)
+
+
+def test_vq_reseeds_dead_codes():
+    tok = tiny_titok(reseed_every=2).train()
+    before = tok.quantizer.embedding.weight.detach().clone()
+    for _ in range(2):
+        tok(torch.rand(2, 3, 32, 32))
+    changed = (tok.quantizer.embedding.weight != before).any(1).sum()
+    assert changed > 32  # 16 tokens can use at most 16 of the 64 codes; the unused ones were re-seeded
+
+
+def test_legacy_readout_scrambles_like_a_raw_reshape():
+    tok = tiny_titok(legacy_readout=True).eval()
+    x = torch.rand(1, 3, 32, 32)
+    enc = tok.encoder
+    feats = {}
+    enc.norm_post.register_forward_hook(lambda m, i, o: feats.setdefault("h", o))
+    out = enc(x, tok.latent_tokens)
+    h = feats["h"]  # (1, n, c)
+    manual = enc.proj_out(h.reshape(1, h.shape[2], h.shape[1]).transpose(1, 2))
+    assert torch.allclose(out, manual)
+    assert not torch.allclose(out, enc.proj_out(h))
+
+
+def test_save_load_roundtrip(tmp_path):
+    tok = tiny_titok().eval()
+    x = torch.rand(2, 3, 32, 32)
+    save_pretrained(tok, tmp_path / "tok")
+    again = from_pretrained(tmp_path / "tok")
+    assert torch.equal(again.encode(x), tok.encode(x))
+    assert torch.equal(again.decode(tok.encode(x)), tok.decode(tok.encode(x)))

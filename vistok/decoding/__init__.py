@@ -1,0 +1,80 @@
+"""Decoders: free functions over the :class:`vistok.interfaces.Generator` protocol, selected by name.
+
+    out = vistok.decoding.generate(generator, cond, decoder="ar", num_samples=4, temperature=1.0,
+                                   top_k=100, cfg_scale=3.0, seed=0)
+    out.tokens  # (B * num_samples, N)
+    out.nfe     # generator forward passes used
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.sampling import FILTERS, Guided, SamplingArgs, guided, sample_probs
+from vistok.interfaces import Conditioning
+
+#: name -> decoder function ``(generator, cond, sampling, rng, **kwargs) -> (tokens, nfe[, extras])``
+DECODERS: dict[str, Callable] = {"ar": decode_ar}
+
+
+@dataclass
+class GenerationOutput:
+    """Tokens ``(B, N)`` and the number of generator forward passes (NFE) used to produce them."""
+
+    tokens: Tensor
+    nfe: int
+    extras: dict = field(default_factory=dict)
+
+
+def _rng(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", num_samples: int = 1,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             cfg_scale: float = 1.0, seed: int | torch.Generator | None = None, progress: bool = False,
+             **decoder_kwargs) -> GenerationOutput:
+    """Sample tokens from ``generator`` for each condition in ``cond`` (``num_samples`` each, in a row).
+
+    Args:
+        generator: any object following the Generator protocol.
+        cond: the conditions, batch B.
+        decoder: a name in :data:`DECODERS` or a decoder function.
+        num_samples: samples per condition (output batch ``B * num_samples``).
+        temperature, top_k, top_p: the sampling filters (temperature 0 = greedy).
+        cfg_scale: classifier-free guidance scale (1 = off).
+        seed: an int or a ``torch.Generator`` for reproducible sampling.
+        decoder_kwargs: decoder-specific options (e.g. ``window`` for Jacobi decoders).
+    """
+    if isinstance(decoder, str):
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")
+        decoder = DECODERS[decoder]
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    sampling = SamplingArgs(temperature, top_k, top_p)
+    device = next(generator.parameters()).device if hasattr(generator, "parameters") else torch.device("cpu")
+    cond = cond.to(device).repeat_interleave(num_samples) if num_samples > 1 else cond.to(device)
+    was_training = getattr(generator, "training", False)
+    if was_training:
+        generator.eval()
+    try:
+        out = decoder(guided(generator, cfg_scale), cond, sampling, _rng(seed, device), progress=progress,
+                      **decoder_kwargs)
+    finally:
+        if was_training:
+            generator.train()
+    return GenerationOutput(*out)
+
+
+__all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "generate", "guided",
+           "sample_probs"]

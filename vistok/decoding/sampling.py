@@ -1,0 +1,127 @@
+"""Sampling filters on logits and classifier-free guidance, shared by every decoder.
+
+Filters are plain functions in :data:`FILTERS` (a name or a callable is accepted where a filter is taken).
+Every decoder samples from the *processed* distribution: CFG mix -> temperature -> top-k -> top-p.
+Speculative decoders compare processed distributions, so they are lossless w.r.t. exactly this sampler.
+
+Legend: b batch, l positions, v vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vistok.interfaces import Conditioning, KVCache
+
+
+def top_k_filter(logits: Tensor, k: int) -> Tensor:
+    """Keep the ``k`` largest logits per row, set the rest to -inf."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = logits.topk(k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, float("-inf"))
+
+
+def top_p_filter(logits: Tensor, p: float) -> Tensor:
+    """Nucleus filter: keep the smallest set of tokens whose probability reaches ``p`` (the top one always)."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = (cum - sorted_logits.softmax(-1)) >= p  # mass before this token already reaches p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+FILTERS: dict[str, Callable[[Tensor, float], Tensor]] = {"top_k": top_k_filter, "top_p": top_p_filter}
+
+
+@dataclass
+class SamplingArgs:
+    """How logits become tokens.
+
+    Attributes:
+        temperature: softmax temperature; 0 means greedy (argmax).
+        top_k: keep the k most likely tokens (None/0 = off).
+        top_p: nucleus mass (None/1.0 = off).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 or None = off), got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def process(self, logits: Tensor) -> Tensor:
+        """Raw logits (..., v) -> processed logits (temperature, top-k, top-p); greedy keeps them raw."""
+        logits = logits.float()
+        if not self.greedy:
+            logits = logits / self.temperature
+        if self.top_k:
+            logits = top_k_filter(logits, self.top_k)
+        if self.top_p is not None:
+            logits = top_p_filter(logits, self.top_p)
+        return logits
+
+    def probs(self, logits: Tensor) -> Tensor:
+        """Processed distribution (..., v).  Greedy gives a one-hot on the argmax."""
+        processed = self.process(logits)
+        if self.greedy:
+            return torch.nn.functional.one_hot(processed.argmax(-1), processed.shape[-1]).float()
+        return processed.softmax(-1)
+
+
+def sample_probs(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one id per row from probabilities (..., v) -> (...)."""
+    flat = probs.reshape(-1, probs.shape[-1])
+    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+
+
+class Guided:
+    """Classifier-free guidance as a generator wrapper: same protocol, guided logits.
+
+    The batch is doubled (cond, then null) in one forward pass (one NFE) and the logits are mixed as
+    ``u + scale * (c - u)``.  Decoders stay unaware of guidance.
+    """
+
+    def __init__(self, generator, scale: float):
+        self.inner, self.scale = generator, scale
+        self.kind, self.seq_len, self.is_causal = generator.kind, generator.seq_len, generator.is_causal
+        self.vocab_size = getattr(generator, "vocab_size", None)
+
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
+        cache = self.inner.new_cache(cond.cat(cond.null()), max_tokens)
+        cache.group = 2
+        return cache
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
+        out = self.inner.step(torch.cat([inputs, inputs]), torch.cat([positions, positions]), cache)
+        c, u = out.chunk(2)
+        return u + self.scale * (c - u)
+
+
+def guided(generator, cfg_scale: float):
+    """``generator`` itself for ``cfg_scale == 1``, else a :class:`Guided` wrapper."""
+    if cfg_scale == 1.0:
+        return generator
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
+    null_capable = getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)
+    if not null_capable:
+        raise ValueError("cfg_scale != 1 needs a conditional generator with a null condition "
+                         "(trained with cond_dropout > 0); use cfg_scale=1.0 for unconditional models")
+    return Guided(generator, cfg_scale)

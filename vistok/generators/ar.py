@@ -1,0 +1,177 @@
+"""LlamaGen-style causal AR generator over discrete token ids, with class or text conditioning.
+
+Paper: Sun et al., "Autoregressive Model Beats Diffusion: Llama for Scalable Image Generation",
+arXiv 2406.06525.  Reference code (facts only): github.com/FoundationVision/LlamaGen
+(``autoregressive/models/gpt.py``).
+
+Sequence layout (``S = P + N`` slots): ``[P text-prefix slots | N token slots]``.  Token slot ``p`` holds the
+input that predicts token ``p``: the *start* embedding for ``p = 0`` (the class embedding, LlamaGen-style, or a
+learned BOS for text/unconditional models) and token ``p - 1`` otherwise.  Text states are projected by a
+2-layer MLP (LlamaGen's caption embedder) into the prefix; padded or dropped (null) text is masked out.
+Classifier-free guidance uses condition dropout in training: labels become the null class, text is masked.
+
+Legend: b batch, n tokens, p prefix slots, l step length, c width, v vocab.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.layers import LlamaBlock, RMSNorm, rope_table
+
+
+def _check_tokens(tokens: Tensor, vocab_size: int, seq_len: int) -> None:
+    if tokens.is_floating_point():
+        raise TypeError(f"this generator models discrete token ids; got a {tokens.dtype} tensor "
+                        "(continuous tokens need a continuous generator such as MAR)")
+    if tokens.ndim != 2 or tokens.shape[1] != seq_len:
+        raise ValueError(f"tokens must have shape (B, {seq_len}), got {tuple(tokens.shape)}")
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size - 1}], got [{int(tokens.min())}, "
+                         f"{int(tokens.max())}]: was the generator built for this tokenizer's codebook?")
+
+
+class ARGenerator(nn.Module, Configurable):
+    """Causal transformer over token ids with a preallocated KV cache.
+
+    Args:
+        vocab_size: codebook size of the tokenizer it models.
+        seq_len: tokens per image (N).
+        width, depth, num_heads: transformer size.
+        mlp_hidden: SwiGLU hidden size (None: LlamaGen's ``find_multiple(8 * width / 3, 64)``).
+        dropout: token/residual/MLP dropout.
+        num_classes: class-conditional when > 0 (an extra null row is added for CFG).
+        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
+        max_text_len: text prefix slots P.
+        cond_dropout: probability of replacing the condition by the null condition in training.
+        rope_base: RoPE base.
+    """
+
+    kind = "discrete"
+    is_causal = True
+
+    def __init__(self, vocab_size: int = 1024, seq_len: int = 32, width: int = 256, depth: int = 6,
+                 num_heads: int = 4, mlp_hidden: int | None = None, dropout: float = 0.1, num_classes: int = 0,
+                 text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, rope_base: float = 10000.0):
+        super().__init__()
+        if mlp_hidden is None:
+            mlp_hidden = -(-int(8 * width / 3) // 64) * 64
+        self.vocab_size, self.seq_len, self.width, self.num_heads = vocab_size, seq_len, width, num_heads
+        self.num_classes, self.text_dim, self.cond_dropout, self.rope_base = num_classes, text_dim, cond_dropout, rope_base
+        self.prefix_len = max_text_len if text_dim else 0
+        # conditioning
+        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
+        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"),
+                                        nn.Linear(width, width)) if text_dim else None)
+        self.bos = nn.Parameter(torch.zeros(width)) if not num_classes else None
+        # backbone
+        self.tok_embed = nn.Embedding(vocab_size, width)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout) for _ in range(depth))
+        self.norm = RMSNorm(width)
+        self.output = nn.Linear(width, vocab_size, bias=False)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.zeros_(self.output.weight)  # LlamaGen: zero-initialised output head
+        if self.bos is not None:
+            nn.init.normal_(self.bos, std=0.02)
+
+    # -- conditioning ------------------------------------------------------------------------------------------
+    def _check_cond(self, cond: Conditioning) -> None:
+        if not isinstance(cond, Conditioning):
+            raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
+        if self.num_classes and cond.labels is None:
+            raise ValueError("this generator is class-conditional: pass Conditioning(labels=...) "
+                             f"with ids in [0, {self.num_classes - 1}] (-1 = null class)")
+        if self.text_dim and cond.text is None:
+            raise ValueError("this generator is text-conditional: pass Conditioning(text=..., text_mask=...) "
+                             "from vistok.text.TextEncoder")
+        if cond.labels is not None:
+            if not self.num_classes:
+                raise ValueError("labels given to a generator built with num_classes=0")
+            if int(cond.labels.max()) >= self.num_classes or int(cond.labels.min()) < -1:
+                raise ValueError(f"class labels must be in [-1, {self.num_classes - 1}] (-1 = null)")
+        if cond.text is not None:
+            if not self.text_dim:
+                raise ValueError("text given to a generator built with text_dim=0")
+            if cond.text.shape[-1] != self.text_dim or cond.text.shape[1] > self.prefix_len:
+                raise ValueError(f"text states must be (B, T <= {self.prefix_len}, {self.text_dim}), got "
+                                 f"{tuple(cond.text.shape)}")
+
+    def drop_condition(self, cond: Conditioning) -> Conditioning:
+        """Replace each condition by the null condition with probability ``cond_dropout`` (training only)."""
+        drop = torch.rand(cond.batch_size) < self.cond_dropout
+        labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
+        mask = None if cond.text_mask is None else cond.text_mask & ~drop.to(cond.text_mask.device)[:, None]
+        return Conditioning(labels, cond.text, mask, cond.batch)
+
+    # -- decoding interface ------------------------------------------------------------------------------------
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
+        """Allocate a cache for ``cond``'s batch and prefill the text prefix (if any)."""
+        self._check_cond(cond)
+        b = cond.batch_size
+        ref = self.tok_embed.weight
+        cache = KVCache(len(self.blocks), b, self.num_heads, self.width // self.num_heads, self.prefix_len,
+                        max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
+        if self.class_embed is not None:
+            labels = torch.where(cond.labels < 0, self.num_classes, cond.labels)
+            cache.start = self.class_embed(labels)
+        else:
+            cache.start = self.bos.expand(b, -1)
+        if self.prefix_len:
+            t = cond.text.shape[1]
+            x = self.text_proj(F.pad(cond.text.to(ref.dtype), (0, 0, 0, self.prefix_len - t)))  # b p c
+            cache.prefix_mask = F.pad(cond.text_mask, (0, self.prefix_len - t), value=False)
+            slots = torch.arange(self.prefix_len, device=ref.device).expand(b, -1)
+            eye = torch.eye(self.prefix_len, dtype=torch.bool, device=ref.device)
+            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, cache.max_tokens))[:, None]  # b 1 p s
+            self._run(x, slots, mask, cache)
+        return cache
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
+        """inputs (b, l) = tokens at ``positions - 1`` -> logits (b, l, v) for the tokens at ``positions``."""
+        if int(positions.max()) >= cache.max_tokens or int(positions.min()) < 0:
+            raise ValueError(f"positions must be in [0, {cache.max_tokens - 1}]")
+        x = self.tok_embed(inputs.clamp(min=0))
+        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        mask = cache.attention_mask(positions)
+        x = self._run(self.drop(x), positions + cache.prefix_len, mask, cache)
+        cache.advance(positions)
+        return self.output(self.norm(x)).float()
+
+    def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
+        rope = rope_table(slots, self.width // self.num_heads, self.rope_base)
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mask, rope, cache, i, slots)
+        return x
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
+        """Teacher-forced next-token loss. tokens (b, n) ids -> GeneratorOutput(loss, logits (b, n, v))."""
+        _check_tokens(tokens, self.vocab_size, self.seq_len)
+        if self.training and self.cond_dropout > 0:
+            cond = self.drop_condition(cond)
+        cache = self.new_cache(cond)
+        b, n = tokens.shape
+        inputs = F.pad(tokens[:, :-1], (1, 0))  # position 0's input is the start embedding
+        positions = torch.arange(n, device=tokens.device).expand(b, -1)
+        logits = self.step(inputs, positions, cache)
+        return GeneratorOutput(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()), logits)
+
+
+AR_PRESETS: dict[str, dict] = {
+    # the shipped text-to-image default's size (MiniLM states, 384-d)
+    "ar_tiny_t2i": dict(vocab_size=1024, seq_len=32, width=256, depth=6, num_heads=4, text_dim=384),
+    "ar_tiny_c2i": dict(vocab_size=1024, seq_len=32, width=256, depth=6, num_heads=4, num_classes=24),
+    # LlamaGen GPT-B c2i (111M at vocab 16384, 256 tokens)
+    "llamagen_b": dict(vocab_size=16384, seq_len=256, width=768, depth=12, num_heads=12, num_classes=1000),
+}

@@ -1,0 +1,104 @@
+"""LightningModule that trains any vistok generator on the tokens of a frozen tokenizer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import nn
+
+from vistok.hub import from_pretrained, save_pretrained
+from vistok.interfaces import Conditioning
+from vistok.training.tokenizer_module import warmup_cosine
+
+
+class GeneratorModule(L.LightningModule):
+    """Next-token (or the generator's own) loss on tokens of a frozen tokenizer.
+
+    Args:
+        generator: the network (injected, e.g. ``vistok.generators.ARGenerator``).
+        tokenizer_path: folder written by ``vistok.hub.save_pretrained`` (e.g. a TokenizerModule export).
+        conditioning: ``"text"`` (captions through the MiniLM text encoder), ``"class"`` (the batch's
+            ``label``), or ``"none"``.
+        lr, betas, weight_decay: AdamW settings.
+        warmup_steps, total_steps, final_lr_ratio: warm-up + cosine schedule.
+        export_dir: where the generator's hub folder is written when training ends.
+        export_fp16: store exported weights in fp16.
+
+    Token ids of each dataset item are computed once and memoised by index (the datasets are deterministic).
+    """
+
+    def __init__(self, generator: nn.Module, tokenizer_path: str,
+                 conditioning: Literal["text", "class", "none"] = "text", lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05, warmup_steps: int = 200,
+                 total_steps: int = 3000, final_lr_ratio: float = 0.1, export_dir: str | None = None,
+                 export_fp16: bool = True):
+        super().__init__()
+        self.save_hyperparameters(ignore=["generator"])
+        self.generator = generator
+        # frozen helpers are kept out of the state_dict (not registered as submodules)
+        self._frozen: dict[str, nn.Module] = {"tokenizer": from_pretrained(tokenizer_path).requires_grad_(False)}
+        if conditioning == "text":
+            from vistok.text import MiniLMTextEncoder
+
+            self._frozen["text"] = MiniLMTextEncoder(max_length=getattr(generator, "prefix_len", 32) or 32)
+        self._tokens: dict[tuple[str, int], torch.Tensor] = {}
+
+    def on_fit_start(self) -> None:
+        self._t0 = time.time()
+        for m in self._frozen.values():
+            m.to(self.device)
+
+    @torch.no_grad()
+    def tokens_of(self, batch: dict, split: str) -> torch.Tensor:
+        keys = [(split, int(i)) for i in batch["index"]]
+        todo = [i for i, k in enumerate(keys) if k not in self._tokens]
+        if todo:
+            ids = self._frozen["tokenizer"].encode(batch["pixels"][todo])
+            for i, t in zip(todo, ids, strict=True):
+                self._tokens[keys[i]] = t.cpu()
+        return torch.stack([self._tokens[k] for k in keys]).to(self.device)
+
+    def condition_of(self, batch: dict) -> Conditioning:
+        mode = self.hparams.conditioning
+        if mode == "text":
+            return self._frozen["text"](list(batch["caption"])).to(self.device)
+        if mode == "class":
+            if bool((batch["label"] < 0).any()):
+                raise ValueError("class conditioning needs single-object scenes: set data max_objects: 1")
+            return Conditioning(labels=batch["label"].long())
+        return Conditioning(labels=None, text=None)
+
+    def _loss(self, batch: dict, split: str) -> torch.Tensor:
+        return self.generator(self.tokens_of(batch, split), self.condition_of(batch)).loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch, "train")
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch, "val"), prog_bar=True, batch_size=len(batch["index"]))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
+
+    def configure_optimizers(self):
+        h = self.hparams
+        named = list(self.generator.named_parameters())
+        decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+        rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}], lr=h.lr, betas=h.betas)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, h.warmup_steps, h.total_steps, h.final_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_end(self) -> None:
+        if self.hparams.export_dir:
+            folder = save_pretrained(self.generator, Path(self.hparams.export_dir),
+                                     dtype=torch.float16 if self.hparams.export_fp16 else None)
+            print(f"exported generator to {folder}")
