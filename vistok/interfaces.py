@@ -275,8 +275,13 @@ class KVCache:
     def write(self, layer: int, k: Tensor, v: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
         """Store ``k, v`` ``(B, H, L, Dh)`` at ``slots`` ``(B, L)`` and return the full buffers of ``layer``."""
         idx = slots[:, None, :, None].expand(-1, k.shape[1], -1, k.shape[-1])
-        self.k[layer].scatter_(2, idx, k.to(self.k[layer].dtype))
-        self.v[layer].scatter_(2, idx, v.to(self.v[layer].dtype))
+        k, v = k.to(self.k[layer].dtype), v.to(self.v[layer].dtype)
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):  # training: keep autograd history
+            self.k[layer] = self.k[layer].scatter(2, idx, k)
+            self.v[layer] = self.v[layer].scatter(2, idx, v)
+        else:  # decoding: write in place into the preallocated buffer
+            self.k[layer].scatter_(2, idx, k)
+            self.v[layer].scatter_(2, idx, v)
         return self.k[layer], self.v[layer]
 
     def attention_mask(self, positions: Tensor) -> Tensor:

@@ -51,6 +51,18 @@ class Pipeline:
         return cls(from_pretrained(folder / "tokenizer"), from_pretrained(folder / "generator"), text_encoder,
                    spec.get("sampling", {}))
 
+    def save(self, folder: str | Path, *, dtype: torch.dtype | None = torch.float16) -> Path:
+        """Write ``tokenizer/``, ``generator/`` and ``pipeline.json`` (what :meth:`from_folder` reads)."""
+        from vistok.hub import save_pretrained
+
+        folder = Path(folder)
+        save_pretrained(self.tokenizer, folder / "tokenizer", dtype=dtype)
+        save_pretrained(self.generator, folder / "generator", dtype=dtype)
+        spec = {"text_encoder": "minilm" if self.text_encoder is not None else None,
+                "text_max_length": getattr(self.text_encoder, "max_length", None), "sampling": self.defaults}
+        (folder / "pipeline.json").write_text(json.dumps(spec, indent=2))
+        return folder
+
     def condition(self, prompts: list[str]) -> Conditioning:
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder; build a Conditioning(labels=...) yourself")

@@ -1,0 +1,50 @@
+import pytest
+import torch
+from PIL import Image
+
+from conftest import tiny_ar, tiny_titok
+from vistok.sample import DEFAULT_MODEL, Pipeline, cli
+from vistok.text import MiniLMTextEncoder
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pipe")
+    tok = tiny_titok(codebook_size=64)
+    gen = tiny_ar(vocab_size=64, seq_len=8, text_dim=384, max_text_len=16)
+    Pipeline(tok, gen, MiniLMTextEncoder(max_length=16), {"top_k": 20, "cfg_scale": 2.0}).save(folder)
+    return folder
+
+
+def test_sample_cli_writes_grid_reproducibly(tiny_pipeline, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    cli(["a red circle on the left", "a blue star at the top", "--num-samples", "3", "--seed", "0",
+         "--out", str(out), "--model", str(tiny_pipeline), "--scale", "1"])
+    assert "wrote" in capsys.readouterr().out and out.is_file()
+    img = Image.open(out)
+    assert img.size == (2 + 3 * (32 + 2), 2 + 2 * (32 + 2))  # 3 columns (samples) x 2 rows (prompts)
+    again = tmp_path / "again.png"
+    cli(["a red circle on the left", "a blue star at the top", "--num-samples", "3", "--seed", "0",
+         "--out", str(again), "--model", str(tiny_pipeline), "--scale", "1"])
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_pipeline_call_shapes(tiny_pipeline):
+    pipe = Pipeline.from_folder(tiny_pipeline)
+    images, out = pipe(["a red circle on the left"], num_samples=2, seed=1)
+    assert images.shape == (2, 3, 32, 32) and out.nfe == 8
+    with pytest.raises(ValueError, match="empty prompt"):
+        pipe([""])
+
+
+def test_bad_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pipeline.json"):
+        Pipeline.from_folder(tmp_path)
+
+
+def test_shipped_default_samples():
+    pipe = Pipeline.from_folder(DEFAULT_MODEL)
+    images, out = pipe(["a red circle on the left"], num_samples=2, seed=0)
+    assert images.shape == (2, 3, 64, 64) and out.nfe == pipe.generator.seq_len
+    again, _ = pipe(["a red circle on the left"], num_samples=2, seed=0)
+    assert torch.equal(images, again)
