@@ -1,7 +1,7 @@
 """Synthetic *shapes* scenes rendered with PIL: exact captions and structured labels, deterministic per index.
 
-Each scene holds 1..``max_objects`` objects drawn from :data:`COLORS` x :data:`SHAPES`, each at a distinct
-named position (3x3 grid) and a named size.  Captions spell every attribute ("a large red circle on the left
+Each scene holds 1..``max_objects`` objects drawn from :data:`COLORS` x :data:`SHAPES`, each at a named
+position of a 3x3 grid (no two objects in neighbouring cells, so they never touch) and a named size.  Captions spell every attribute ("a large red circle on the left
 and a blue square at the bottom"; medium size is left unsaid).  The same ``(seed, index)`` always renders
 the same scene at any resolution, so image quality is measurable offline (see :mod:`vistok.data.geneval`).
 """
@@ -28,9 +28,9 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 #: position name -> (x, y) centre as a fraction of the image side
 POSITIONS: dict[str, tuple[float, float]] = {
-    "top left": (0.2, 0.2), "top": (0.5, 0.2), "top right": (0.8, 0.2),
-    "left": (0.2, 0.5), "center": (0.5, 0.5), "right": (0.8, 0.5),
-    "bottom left": (0.2, 0.8), "bottom": (0.5, 0.8), "bottom right": (0.8, 0.8),
+    "top left": (0.22, 0.22), "top": (0.5, 0.22), "top right": (0.78, 0.22),
+    "left": (0.22, 0.5), "center": (0.5, 0.5), "right": (0.78, 0.5),
+    "bottom left": (0.22, 0.78), "bottom": (0.5, 0.78), "bottom right": (0.78, 0.78),
 }
 PHRASES: dict[str, str] = {
     "top left": "at the top left", "top": "at the top", "top right": "at the top right",
@@ -38,7 +38,7 @@ PHRASES: dict[str, str] = {
     "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right",
 }
 #: size name -> object side as a fraction of the image side
-SIZES: dict[str, float] = {"small": 0.16, "medium": 0.22, "large": 0.28}
+SIZES: dict[str, float] = {"small": 0.22, "medium": 0.30, "large": 0.38}
 NUM_CLASSES = len(COLORS) * len(SHAPES)
 
 
@@ -106,21 +106,19 @@ def parse_caption(caption: str) -> Scene:
 
 def random_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3,
                  sizes: tuple[str, ...] = tuple(SIZES)) -> Scene:
-    """Objects at distinct positions; objects of one colour never sit in neighbouring cells (they could touch
-    and read as one object)."""
+    """Objects in mutually non-neighbouring cells of the 3x3 grid, so they never touch or occlude each other."""
     n = rng.randint(min_objects, max_objects)
     while True:
         places = rng.sample(list(POSITIONS), n)
         objects = tuple(ShapeObject(rng.choice(list(COLORS)), rng.choice(SHAPES), p, rng.choice(sizes))
                         for p in places)
-        if not any(a.color == b.color and _neighbours(a.position, b.position)
-                   for i, a in enumerate(objects) for b in objects[i + 1:]):
+        if not any(_neighbours(a.position, b.position) for i, a in enumerate(objects) for b in objects[i + 1:]):
             return Scene(objects)
 
 
 def _neighbours(a: str, b: str) -> bool:
     (ax, ay), (bx, by) = POSITIONS[a], POSITIONS[b]
-    return max(abs(ax - bx), abs(ay - by)) < 0.31
+    return max(abs(ax - bx), abs(ay - by)) < 0.4
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
