@@ -15,11 +15,14 @@ import torch
 from torch import Tensor
 
 from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.grouped import decode_gsd, decode_lantern
+from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.sampling import FILTERS, Guided, SamplingArgs, guided, sample_probs
 from vistok.interfaces import Conditioning
 
 #: name -> decoder function ``(generator, cond, sampling, rng, **kwargs) -> (tokens, nfe[, extras])``
-DECODERS: dict[str, Callable] = {"ar": decode_ar}
+DECODERS: dict[str, Callable] = {"ar": decode_ar, "sjd": decode_sjd, "mcsjd": decode_mcsjd, "gsd": decode_gsd,
+                                 "lantern": decode_lantern}
 
 
 @dataclass
@@ -76,5 +79,5 @@ def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", n
     return GenerationOutput(*out)
 
 
-__all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "generate", "guided",
-           "sample_probs"]
+__all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "decode_ar", "decode_gsd",
+           "decode_lantern", "decode_mcsjd", "decode_sjd", "generate", "guided", "sample_probs"]

@@ -1,0 +1,305 @@
+"""Speculative Jacobi decoders (sjd, mcsjd, gsd, lantern): greedy exactness, NFE, ragged batches, cache
+rollback, relaxed rules and bad input.  Distribution-level exactness is in test_lossless.py."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_ar
+from vistok.decoding import DECODERS, SamplingArgs, decode_gsd, decode_mcsjd, decode_sjd, generate
+from vistok.decoding.grouped import gsd_ratio, lantern_neighbours, lantern_ratio
+from vistok.decoding.sampling import Guided
+from vistok.interfaces import Conditioning, KVCache
+
+EXACT = ["sjd", "mcsjd"]
+
+
+class Stub:
+    """Exact toy generator: logits of token p depend only on token p - 1 (``tables[c][prev]``), where ``c`` is
+    the sample's class label; position 0 uses ``starts[c]``."""
+
+    kind, is_causal = "discrete", True
+
+    def __init__(self, tables, starts, seq_len):
+        self.tables, self.starts, self.seq_len, self.vocab_size = tables, starts, seq_len, tables.shape[-1]
+
+    def new_cache(self, cond, max_tokens=None):
+        cache = KVCache(1, cond.batch_size, 1, 1, 0, max_tokens or self.seq_len)
+        cache.start = cond.labels
+        return cache
+
+    def step(self, inputs, positions, cache):
+        cache.advance(positions)
+        c = cache.start[:, None].expand_as(inputs)
+        return torch.where((positions == 0)[..., None], self.starts[c], self.tables[c, inputs])
+
+
+def _chain(v):  # next = prev + 1 (mod v), start at 1: every Jacobi draft made from a wrong prefix is wrong
+    return 10.0 * torch.nn.functional.one_hot((torch.arange(v) + 1) % v, v).float(), 10.0 * torch.eye(v)[1]
+
+
+def _const(v, z=3):  # context-free: always token z
+    return 10.0 * torch.eye(v)[z].expand(v, v), 10.0 * torch.eye(v)[z]
+
+
+def _stub(*kinds, v=40, n=24):
+    made = [k(v) if callable(k) else k for k in kinds]
+    return Stub(torch.stack([t for t, _ in made]), torch.stack([s for _, s in made]), n)
+
+
+def _ar(text=False, **kw):
+    gen = tiny_ar(seq_len=16, **({"text_dim": 8, "max_text_len": 4} if text else {"num_classes": 4}), **kw).eval()
+    torch.nn.init.normal_(gen.output.weight, std=0.5)
+    return gen
+
+
+def _cond(text, b=3):
+    if text:
+        mask = torch.ones(b, 3, dtype=torch.bool)
+        mask[0, 2] = False
+        return Conditioning(text=torch.randn(b, 3, 8), text_mask=mask)
+    return Conditioning(labels=torch.arange(b) % 4)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# temperature 0: the Jacobi fixed point is greedy AR
+# ------------------------------------------------------------------------------------------------------------
+def test_registered():
+    assert {"sjd", "mcsjd", "gsd", "lantern"} <= set(DECODERS)
+
+
+@pytest.mark.parametrize("decoder", EXACT)
+@pytest.mark.parametrize("text", [False, True])
+def test_greedy_equals_ar_on_tiny_models(decoder, text):
+    gen, cond = _ar(text), _cond(text)
+    ref = generate(gen, cond, temperature=0.0, cfg_scale=2.0)
+    for window, init in [(3, "random"), (16, "repeat"), (7, "random")]:
+        out = generate(gen, cond, decoder=decoder, temperature=0.0, cfg_scale=2.0, window=window, init=init,
+                       seed=0)
+        assert torch.equal(out.tokens, ref.tokens), (window, init)
+        assert 1 <= out.nfe <= 16 and out.nfe == max(out.extras["nfe_per_sample"])
+        hist = out.extras["accepted_hist"]
+        assert len(hist) == min(window, 16) + 1 and hist[0] == 0
+        assert sum(k * c for k, c in enumerate(hist)) == 3 * 16  # every token accepted exactly once
+
+
+@pytest.mark.parametrize("decoder", EXACT)
+def test_greedy_equals_ar_on_context_dependent_stub(decoder):
+    torch.manual_seed(1)
+    stub = Stub(torch.randn(1, 12, 12) * 3, torch.randn(1, 12), 20)
+    cond = Conditioning(labels=torch.zeros(4, dtype=torch.long))
+    ref = generate(stub, cond, temperature=0.0)
+    for window in (1, 2, 5, 20):
+        out = generate(stub, cond, decoder=decoder, temperature=0.0, window=window, seed=0)
+        assert torch.equal(out.tokens, ref.tokens)
+
+
+@pytest.mark.parametrize("decoder", EXACT)
+def test_accept_all_and_reject_all(decoder):
+    n, w = 24, 5
+    const, chain = _stub(_const, n=n), _stub(_chain, n=n)
+    one = Conditioning(labels=torch.zeros(1, dtype=torch.long))
+    for stub, nfe in [(const, 1 + math.ceil((n - 1) / w)), (chain, n)]:
+        ref = generate(stub, one, temperature=0.0)
+        out = generate(stub, one, decoder=decoder, temperature=0.0, window=w, init="repeat")
+        assert torch.equal(out.tokens, ref.tokens)
+        assert out.nfe == nfe
+    # accept-all: the first pass fixes one token, then every pass accepts its W - 1 drafts plus the bonus
+    out = generate(const, one, decoder=decoder, temperature=0.0, window=w, init="repeat")
+    assert out.extras["accepted_hist"][w] == (n - 1) // w and out.extras["accepted_hist"][1] == 1
+    # random init: a fresh random draft is (almost surely) wrong, so it costs about one pass per W + 1 tokens
+    out = generate(const, one, decoder=decoder, temperature=0.0, window=w, init="random", seed=0)
+    assert out.nfe <= 2 * math.ceil(n / (w + 1)) + 1 < n
+
+
+@pytest.mark.parametrize("decoder", EXACT)
+def test_window_one_is_ar(decoder):
+    gen, cond = _ar(), _cond(False)
+    ref = generate(gen, cond, temperature=0.0)
+    out = generate(gen, cond, decoder=decoder, temperature=0.0, window=1)
+    assert torch.equal(out.tokens, ref.tokens) and out.nfe == 16
+    out = generate(gen, cond, decoder=decoder, window=1, top_k=5, seed=0)
+    assert out.nfe == 16 and out.extras["accepted_hist"] == [0, 3 * 16]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# batches: each sample accepts its own count
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("decoder", EXACT)
+def test_ragged_batch_equals_individual_runs(decoder):
+    n, w = 24, 6
+    stub = _stub(_const, _chain, n=n)  # class 0 accepts everything, class 1 nothing
+    labels = torch.tensor([0, 1, 0])
+    out = generate(stub, Conditioning(labels=labels), decoder=decoder, temperature=0.0, window=w, init="repeat")
+    fast = 1 + math.ceil((n - 1) / w)
+    assert out.extras["nfe_per_sample"] == [fast, n, fast]  # no min over the batch
+    for i, label in enumerate(labels.tolist()):
+        alone = generate(stub, Conditioning(labels=torch.tensor([label])), decoder=decoder, temperature=0.0,
+                         window=w, init="repeat")
+        assert torch.equal(out.tokens[i : i + 1], alone.tokens)
+        assert alone.nfe == out.extras["nfe_per_sample"][i]
+    # a real model, CFG, ragged acceptance
+    gen, cond = _ar(), _cond(False, b=4)
+    batch = generate(gen, cond, decoder=decoder, temperature=0.0, cfg_scale=2.0, window=4, init="repeat")
+    for i in range(4):
+        one = Conditioning(labels=cond.labels[i : i + 1])
+        alone = generate(gen, one, decoder=decoder, temperature=0.0, cfg_scale=2.0, window=4, init="repeat")
+        assert torch.equal(batch.tokens[i : i + 1], alone.tokens)
+        assert alone.nfe == batch.extras["nfe_per_sample"][i]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# KV cache rollback
+# ------------------------------------------------------------------------------------------------------------
+class Recorder:
+    """Wraps a generator; before every step, snapshots the valid part of the cache."""
+
+    def __init__(self, inner):
+        self.inner, self.snaps = inner, []
+        self.kind, self.is_causal, self.seq_len, self.vocab_size = "discrete", True, inner.seq_len, inner.vocab_size
+
+    def new_cache(self, cond, max_tokens=None):
+        return self.inner.new_cache(cond, max_tokens)
+
+    def step(self, inputs, positions, cache):
+        self.snaps.append((cache.lengths.clone(), [k.clone() for k in cache.k], [v.clone() for v in cache.v]))
+        return self.inner.step(inputs, positions, cache)
+
+
+@pytest.mark.parametrize("decoder", [decode_sjd, decode_mcsjd])
+def test_cache_rollback_matches_ar_pass(decoder):
+    gen = _ar(text=True)
+    torch.nn.init.normal_(gen.output.weight, std=0.15)  # some drafts accepted, many rejected
+    cond = _cond(True, b=3)
+    rec = Recorder(Guided(gen, 2.0))
+    tokens, nfe, extras = decoder(rec, cond, SamplingArgs(1.0, top_k=20), torch.Generator().manual_seed(0),
+                                  window=6)
+    hist = extras["accepted_hist"]
+    assert hist[1] > 0 and sum(hist[2:]) > 0, hist  # a mix of accepts and rejects
+    ref = Guided(gen, 2.0).new_cache(cond)
+    n = gen.seq_len
+    Guided(gen, 2.0).step(torch.nn.functional.pad(tokens[:, :-1], (1, 0)), torch.arange(n).expand(3, -1), ref)
+    p = ref.prefix_len
+    checked = 0
+    for lengths, ks, vs in rec.snaps[1:]:
+        assert lengths.shape == (6,) and torch.equal(lengths[:3], lengths[3:])  # cond and null rows agree
+        for row, length in enumerate(lengths.tolist()):
+            for buf, want in [(ks, ref.k), (vs, ref.v)]:
+                for layer in range(len(want)):
+                    torch.testing.assert_close(buf[layer][row, :, : p + length], want[layer][row, :, : p + length],
+                                               atol=1e-5, rtol=0)
+            checked += length
+    assert checked > 0 and len(rec.snaps) == nfe
+
+
+# ------------------------------------------------------------------------------------------------------------
+# mcsjd's coupling keeps drafts whose distribution barely moved
+# ------------------------------------------------------------------------------------------------------------
+def test_coupling_accepts_more_on_mildly_context_dependent_model():
+    torch.manual_seed(0)
+    v = 16
+    stub = Stub(0.5 * torch.randn(1, v, v), torch.zeros(1, v), 64)
+    cond = Conditioning(labels=torch.zeros(200, dtype=torch.long))
+    sjd = generate(stub, cond, decoder="sjd", window=16, seed=0)
+    mc = generate(stub, cond, decoder="mcsjd", window=16, seed=0)
+    assert mc.extras["mean_accepted"] > 1.1 * sjd.extras["mean_accepted"] > 1.1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# relaxed rules
+# ------------------------------------------------------------------------------------------------------------
+def test_relaxed_rules_reduce_to_sjd():
+    gen, cond = _ar(), _cond(False)
+    kw = dict(cfg_scale=2.0, top_k=20, window=5, seed=3)
+    sjd = generate(gen, cond, decoder="sjd", **kw)
+    gsd = generate(gen, cond, decoder="gsd", group_rank=0, **kw)
+    lantern = generate(gen, cond, decoder="lantern", delta=0.0, **kw)
+    assert torch.equal(gsd.tokens, sjd.tokens) and torch.equal(lantern.tokens, sjd.tokens)
+    assert sjd.extras["lossless"] and gsd.extras["lossless"]
+    assert not generate(gen, cond, decoder="gsd", **kw).extras["lossless"]
+    assert not generate(gen, cond, decoder="lantern", **kw).extras["lossless"]
+
+
+def test_relaxed_rules_accept_more():
+    gen, cond = _ar(), Conditioning(labels=torch.zeros(16, dtype=torch.long))
+    torch.nn.init.normal_(gen.output.weight, std=0.1)
+    kw = dict(window=8, seed=0)
+    sjd = generate(gen, cond, decoder="sjd", **kw).extras["mean_accepted"]
+    gsd = generate(gen, cond, decoder="gsd", p_thr=1.0, d_thr=1e3, **kw).extras["mean_accepted"]
+    lantern = generate(gen, cond, decoder="lantern", latents=torch.randn(64, 4), delta=0.3, **kw)
+    assert gsd > sjd and lantern.extras["mean_accepted"] > sjd
+
+
+def test_gsd_group_definition():
+    p = torch.tensor([[[0.40, 0.30, 0.20, 0.06, 0.04]]])
+    q = torch.tensor([[[0.05, 0.05, 0.10, 0.40, 0.40]]])
+    x = torch.tensor([[3]])  # rank 3 in p
+    # +-1 rank: tokens 2, 3, 4; |p - p(x)| < 0.15 keeps 2 (0.14), 3, 4
+    r = gsd_ratio(p, q, x, group_rank=1, p_thr=0.15, d_thr=1.0, embeddings=None)
+    assert r.item() == pytest.approx((0.20 + 0.06 + 0.04) / (0.10 + 0.40 + 0.40))
+    # the probability filter drops token 2 (|0.20 - 0.06| = 0.14 >= 0.1)
+    r = gsd_ratio(p, q, x, group_rank=1, p_thr=0.1, d_thr=1.0, embeddings=None)
+    assert r.item() == pytest.approx(0.10 / 0.80)
+    # the embedding filter drops token 4 (far away), the draft itself always stays
+    emb = torch.tensor([[0.0], [0.0], [0.1], [0.0], [5.0]])
+    r = gsd_ratio(p, q, x, group_rank=1, p_thr=0.15, d_thr=0.5, embeddings=emb)
+    assert r.item() == pytest.approx((0.20 + 0.06) / (0.10 + 0.40))
+    assert gsd_ratio(p, q, x, group_rank=0, p_thr=0.15, d_thr=0.5, embeddings=emb).item() == pytest.approx(0.15)
+
+
+def test_lantern_neighbour_mass():
+    latents = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    nb = lantern_neighbours(latents, k=10)
+    assert nb.shape == (4, 3) and nb[0].tolist() == [1, 2, 3] and nb[2].tolist() == [1, 3, 0]
+    p = torch.tensor([[[0.1, 0.05, 0.05, 0.8]]])
+    q = torch.tensor([[[0.5, 0.2, 0.2, 0.1]]])
+    x = torch.tensor([[0]])
+    # neighbours of 0 in distance order: 1 (0.05), 2 (cum 0.10), 3 (cum 0.90)
+    assert lantern_ratio(p, q, x, neighbours=nb, delta=0.1).item() == pytest.approx((0.1 + 0.1) / 0.5)
+    assert lantern_ratio(p, q, x, neighbours=nb, delta=0.07).item() == pytest.approx((0.1 + 0.05) / 0.5)
+    assert lantern_ratio(p, q, x, neighbours=nb, delta=0.0).item() == pytest.approx(0.1 / 0.5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("decoder", ["sjd", "mcsjd", "gsd", "lantern"])
+def test_bad_input(decoder):
+    gen, cond = _ar(), _cond(False, b=1)
+    for window in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="window must be an int >= 1"):
+            generate(gen, cond, decoder=decoder, window=window)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['windw'\]; it takes window="):
+        generate(gen, cond, decoder=decoder, windw=4)
+    with pytest.raises(ValueError, match="init must be one of"):
+        generate(gen, cond, decoder=decoder, init="zeros")
+
+    class NonCausal(Stub):
+        is_causal = False
+
+    class Continuous(Stub):
+        kind = "continuous"
+
+    for cls, match in [(NonCausal, "is_causal=True.*use its own decoder.*'ar'"),
+                       (Continuous, "continuous.*csd.*not available yet")]:
+        bad = cls(torch.zeros(1, 8, 8), torch.zeros(1, 8), 4)
+        with pytest.raises(ValueError, match=match):
+            generate(bad, Conditioning(labels=torch.zeros(1, dtype=torch.long)), decoder=decoder)
+
+
+def test_bad_relaxed_options():
+    gen, cond = _ar(), _cond(False, b=1)
+    with pytest.raises(ValueError, match="group_rank"):
+        decode_gsd(gen, cond, SamplingArgs(), group_rank=-1)
+    with pytest.raises(ValueError, match="p_thr and d_thr"):
+        generate(gen, cond, decoder="gsd", p_thr=0.0)
+    with pytest.raises(ValueError, match=r"embeddings must be a \(64, D\)"):
+        generate(gen, cond, decoder="gsd", embeddings=torch.zeros(10, 4))
+    with pytest.raises(ValueError, match=r"latents must be a \(64, D\)"):
+        generate(gen, cond, decoder="lantern", latents=torch.zeros(64))
+    with pytest.raises(ValueError, match="delta"):
+        generate(gen, cond, decoder="lantern", delta=-0.1)
+    stub = _stub(_chain, v=8, n=4)
+    with pytest.raises(ValueError, match="lantern needs latents"):
+        generate(stub, Conditioning(labels=torch.zeros(1, dtype=torch.long)), decoder="lantern")

@@ -1,0 +1,161 @@
+"""Relaxed-acceptance speculative Jacobi decoders.  **Both are lossy**: their samples do NOT follow the AR
+distribution; they trade exactness for more accepted tokens per forward pass.
+
+* :func:`decode_gsd` -- grouped speculative decoding (So, Shin, Kook, Park, arXiv 2508.07747).
+* :func:`decode_lantern` -- LANTERN-style relaxed acceptance (Jang et al., arXiv 2410.03355), applied to
+  Jacobi drafts instead of a trained drafter's.
+
+Both reuse the SJD loop of :func:`vistok.decoding.jacobi.jacobi_decode` (windows, drafts, residual resampling
+on rejection, ragged batches, NFE and extras) and change only the acceptance probability of a draft.
+
+Legend: b batch, w window, v vocab, g group candidates, k neighbours, d embedding dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from vistok.decoding.jacobi import _check_common, check_generator, jacobi_decode
+from vistok.decoding.sampling import SamplingArgs
+from vistok.interfaces import Conditioning
+
+__all__ = ["decode_gsd", "decode_lantern", "gsd_ratio", "lantern_neighbours", "lantern_ratio"]
+
+
+def _token_table(generator, given: Tensor | None, option: str, vocab: int, name: str) -> Tensor | None:
+    """The (V, D) table passed as ``option``, else the generator's input embedding (``tok_embed``), else None."""
+    if given is None:
+        inner = getattr(generator, "inner", generator)  # unwrap classifier-free guidance
+        emb = getattr(inner, "tok_embed", None)
+        return None if emb is None else emb.weight.detach().float()
+    if not isinstance(given, Tensor) or given.ndim != 2 or given.shape[0] != vocab:
+        shape = tuple(given.shape) if isinstance(given, Tensor) else type(given).__name__
+        raise ValueError(f"{name}: {option} must be a ({vocab}, D) tensor (one row per token id), got {shape}")
+    return given.detach().float()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# GSD
+# ----------------------------------------------------------------------------------------------------------------
+def gsd_ratio(p: Tensor, q: Tensor, x: Tensor, *, group_rank: int, p_thr: float, d_thr: float,
+              embeddings: Tensor | None) -> Tensor:
+    """GSD acceptance ratio ``sum_G p / sum_G q`` for drafts ``x`` (b, w) under ``p``, ``q`` (b, w, v).
+
+    The group ``G`` of draft ``x``: the tokens whose rank in ``p`` (sorted by probability, descending) is within
+    ``group_rank`` of ``x``'s rank, keeping only those ``y`` with ``|p(y) - p(x)| < p_thr`` and (when
+    ``embeddings`` is given) squared L2 distance ``|e(y) - e(x)|^2 < d_thr``.  ``x`` itself is always in ``G``.
+    """
+    v = p.shape[-1]
+    order = p.argsort(dim=-1, descending=True, stable=True)  # b w v: token ids by rank
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(v, device=p.device).expand_as(order))
+    offsets = torch.arange(-group_rank, group_rank + 1, device=p.device)
+    rr = rank.gather(-1, x[..., None]) + offsets  # b w g
+    valid = (rr >= 0) & (rr < v)
+    group = order.gather(-1, rr.clamp(0, v - 1))  # b w g
+    p_g, q_g = p.gather(-1, group), q.gather(-1, group)
+    p_x = p.gather(-1, x[..., None])
+    keep = valid & ((p_g - p_x).abs() < p_thr)
+    if embeddings is not None:
+        emb = embeddings.to(p.device)
+        d2 = (emb[group] - emb[x][..., None, :]).pow(2).sum(-1)
+        keep &= d2 < d_thr
+    keep |= offsets == 0  # the draft itself
+    return (p_g * keep).sum(-1) / (q_g * keep).sum(-1).clamp_min(1e-30)
+
+
+def decode_gsd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
+               progress: bool = False, *, window: int = 16, init: str = "random", group_rank: int = 7,
+               p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None,
+               **unknown) -> tuple[Tensor, int, dict]:
+    """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
+
+    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` where ``G`` is a
+    dynamic group of "visually interchangeable" tokens around ``x`` (see :func:`gsd_ratio`: ``±group_rank``
+    logit-rank neighbours of ``x`` in ``p``, filtered by ``|p(y) - p(x)| < p_thr`` and squared-L2 embedding
+    distance ``< d_thr``).  On rejection the token is drawn from the ordinary residual ``norm(max(p - q, 0))``
+    and verification stops, as in SJD.  With singleton groups (``group_rank=0``) it is exactly SJD.
+    Defaults follow the public GSD code (±7 rank neighbours, p_thr 0.15, d_thr 0.5).
+
+    Args:
+        window, init: as for :func:`~vistok.decoding.jacobi.decode_sjd`.
+        group_rank: rank radius of the candidate group (``>= 0``).
+        p_thr: probability filter (``> 0``).
+        d_thr: squared-L2 embedding-distance filter (``> 0``).
+        embeddings: ``(V, D)`` token embeddings for the distance filter; default the generator's
+            ``tok_embed.weight`` if it has one, else no distance filter.
+    """
+    _check_common("gsd", window, init, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
+    vocab = check_generator(generator, "gsd")
+    if isinstance(group_rank, bool) or not isinstance(group_rank, int) or group_rank < 0:
+        raise ValueError(f"group_rank must be an int >= 0 (0 = plain SJD), got {group_rank!r}")
+    if not p_thr > 0 or not d_thr > 0:
+        raise ValueError(f"p_thr and d_thr must be > 0, got p_thr={p_thr}, d_thr={d_thr}")
+    emb = _token_table(generator, embeddings, "embeddings", vocab, "gsd")
+
+    def ratio(p, q, x):
+        return gsd_ratio(p, q, x, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
+
+    return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=False,
+                         ratio=ratio, lossless=group_rank == 0, progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# LANTERN
+# ----------------------------------------------------------------------------------------------------------------
+def lantern_neighbours(latents: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """``(V, k)`` ids of each token's ``k`` nearest *other* tokens in ``latents`` (V, D), nearest first."""
+    v = latents.shape[0]
+    k = min(k, v - 1)
+    out = []
+    for i in range(0, v, chunk):
+        d = torch.cdist(latents[i : i + chunk], latents).pow(2)
+        d[torch.arange(d.shape[0]), torch.arange(i, i + d.shape[0])] = float("inf")  # not its own neighbour
+        out.append(d.topk(k, dim=-1, largest=False, sorted=True).indices)
+    return torch.cat(out)
+
+
+def lantern_ratio(p: Tensor, q: Tensor, x: Tensor, *, neighbours: Tensor, delta: float) -> Tensor:
+    """LANTERN acceptance ratio ``p'(x) / q(x)``: ``p'(x) = p(x) +`` the target mass of ``x``'s nearest latent
+    neighbours, taken in distance order while the added mass stays ``<= delta`` (a total-variation budget)."""
+    nb = neighbours.to(p.device)[x]  # b w k
+    p_nb = p.gather(-1, nb)
+    added = (p_nb * (p_nb.cumsum(-1) <= delta)).sum(-1)
+    p_x, q_x = p.gather(-1, x[..., None])[..., 0], q.gather(-1, x[..., None])[..., 0]
+    return (p_x + added) / q_x.clamp_min(1e-30)
+
+
+def decode_lantern(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
+                   progress: bool = False, *, window: int = 16, init: str = "random", latents: Tensor | None = None,
+                   k: int = 1000, delta: float = 0.1, **unknown) -> tuple[Tensor, int, dict]:
+    """LANTERN-style relaxed acceptance on SJD drafts (arXiv 2410.03355).  **NOT lossless** (each accepted
+    token's distribution is within total variation ``delta`` of the target's, per position).
+
+    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p'(x) / q(x))`` with
+    ``p'(x) = p(x) + sum of p over x's nearest latent neighbours`` (the ``k`` nearest, cumulated in distance
+    order while the added mass is ``<= delta``).  On rejection: ``norm(max(p - q, 0))``, as in SJD.
+
+    Args:
+        window, init: as for :func:`~vistok.decoding.jacobi.decode_sjd`.
+        latents: ``(V, D)`` latent vector of each token id, e.g. the tokenizer codebook
+            (``tokenizer.quantizer.codebook()``); default the generator's ``tok_embed.weight``.
+        k: neighbours considered (capped at ``V - 1``).
+        delta: neighbour-mass (TV) budget, ``>= 0`` (0 = plain SJD).
+    """
+    _check_common("lantern", window, init, unknown, "window=, init=, latents=, k=, delta=")
+    vocab = check_generator(generator, "lantern")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if not delta >= 0:
+        raise ValueError(f"delta must be >= 0 (0 = plain SJD), got {delta}")
+    table = _token_table(generator, latents, "latents", vocab, "lantern")
+    if table is None:
+        raise ValueError("lantern needs latents=(V, D) token latents (e.g. tokenizer.quantizer.codebook()); "
+                         "this generator has no tok_embed to fall back on")
+    nb = lantern_neighbours(table, k)
+
+    def ratio(p, q, x):
+        return lantern_ratio(p, q, x, neighbours=nb, delta=delta)
+
+    return jacobi_decode(generator, cond, sampling, rng, name="lantern", window=window, init=init, coupled=False,
+                         ratio=ratio, lossless=delta == 0, progress=progress)
