@@ -103,8 +103,17 @@ def decode_gsd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
 # ----------------------------------------------------------------------------------------------------------------
 # LANTERN
 # ----------------------------------------------------------------------------------------------------------------
+# memo of recent tables, keyed by the latents' storage and version (the latents are kept alive, so a key's
+# storage cannot be freed and reused while it is in the memo)
+_NEIGHBOURS: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+
 def lantern_neighbours(latents: Tensor, k: int, chunk: int = 1024) -> Tensor:
     """``(V, k)`` ids of each token's ``k`` nearest *other* tokens in ``latents`` (V, D), nearest first."""
+    key = (latents.data_ptr(), latents._version, tuple(latents.shape), latents.stride(), latents.dtype,
+           str(latents.device), k)
+    if key in _NEIGHBOURS:
+        return _NEIGHBOURS[key][1]
     v = latents.shape[0]
     k = min(k, v - 1)
     out = []
@@ -112,7 +121,10 @@ def lantern_neighbours(latents: Tensor, k: int, chunk: int = 1024) -> Tensor:
         d = torch.cdist(latents[i : i + chunk], latents).pow(2)
         d[torch.arange(d.shape[0]), torch.arange(i, i + d.shape[0])] = float("inf")  # not its own neighbour
         out.append(d.topk(k, dim=-1, largest=False, sorted=True).indices)
-    return torch.cat(out)
+    if len(_NEIGHBOURS) >= 4:
+        _NEIGHBOURS.clear()
+    _NEIGHBOURS[key] = (latents, torch.cat(out))
+    return _NEIGHBOURS[key][1]
 
 
 def lantern_ratio(p: Tensor, q: Tensor, x: Tensor, *, neighbours: Tensor, delta: float) -> Tensor:

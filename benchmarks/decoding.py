@@ -1,0 +1,218 @@
+"""Speculative decoding benchmark: NFE, step compression, wall-clock speed-up and GenEval-lite vs plain AR.
+
+    python benchmarks/decoding.py [--model vistok/assets/default] [--num-prompts 16] [--num-samples 2]
+                                  [--windows 4 8 16] [--decoders ar sjd mcsjd gsd lantern] [--plot speed.png]
+
+Prompts are single-object shapes captions (``ShapesDataset(..., max_objects=1)``, held-out seed).  For every
+decoder and window, AR and the decoder are timed *alternately* in this process on the same prompts and seeds
+(``torch.set_num_threads(2)``; only ``generate`` is timed, not text encoding or pixel decoding).
+
+Reported per row:
+* NFE/sample: mean forward passes each sample needed (``extras["nfe_per_sample"]``); NFE/batch: passes of the
+  batched call (the slowest sample), which is what wall-clock pays;
+* step compression: ``N / NFE/sample`` (AR needs ``N``);
+* speed-up: AR seconds / decoder seconds, summed over the interleaved runs;
+* ms/fwd: wall-clock per batched forward pass (a W-token window costs more than AR's single token);
+* accepted/fwd: mean tokens accepted per forward and the share of forwards that accepted exactly one token;
+* GenEval-lite ``overall`` and its difference to AR's images from the same seeds (at this size the
+  difference is mostly sampling noise; sjd/mcsjd are lossless, gsd/lantern are not).
+
+The same table is then printed for a random-init generator.  **That table is an artefact**: an untrained
+generator's conditionals barely depend on the context, so nearly every draft is accepted (about W/2 tokens
+per pass with random init drafts); it says nothing about the methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from vistok.data import ShapesDataset
+from vistok.data.geneval import score_batch
+from vistok.decoding import generate
+from vistok.sample import DEFAULT_MODEL, Pipeline
+
+DECODERS = ("ar", "sjd", "mcsjd", "gsd", "lantern")
+
+
+def random_pipeline(max_text_len: int = 32) -> Pipeline:
+    """Untrained tiny TiTok + tiny T2I generator (the shipped default's sizes) + MiniLM."""
+    from vistok.generators import ARGenerator
+    from vistok.generators.ar import AR_PRESETS
+    from vistok.text import MiniLMTextEncoder
+    from vistok.tokenizers import TiTok
+    from vistok.tokenizers.titok import TITOK_PRESETS
+
+    tok = TiTok(**TITOK_PRESETS["titok_tiny"]).eval()
+    gen = ARGenerator(**{**AR_PRESETS["ar_tiny_t2i"], "max_text_len": max_text_len}).eval()
+    return randomize(Pipeline(tok, gen, MiniLMTextEncoder(max_length=max_text_len),
+                              {"cfg_scale": 2.0, "top_k": 100}))
+
+
+def randomize(pipe: Pipeline) -> Pipeline:
+    """The same pipeline with a freshly initialised generator (the head gets std 0.02: zero would be uniform)."""
+    out = copy.copy(pipe)
+    out.generator = type(pipe.generator)(**pipe.generator.config).eval()
+    torch.nn.init.normal_(out.generator.output.weight, std=0.02)
+    return out
+
+
+def decoder_options(pipe: Pipeline, decoder: str, window: int | None) -> dict:
+    if decoder == "ar":
+        return {}
+    opts = {"window": window}
+    if decoder == "lantern":
+        quantizer = getattr(pipe.tokenizer, "quantizer", None)
+        if quantizer is not None and hasattr(quantizer, "codebook"):
+            opts["latents"] = quantizer.codebook().detach().float()  # the tokenizer's code vectors
+    return opts
+
+
+@torch.no_grad()
+def timed(pipe: Pipeline, cond, num_samples: int, seed: int, sampling: dict, decoder: str, opts: dict):
+    t0 = time.perf_counter()
+    out = generate(pipe.generator, cond, decoder=decoder, num_samples=num_samples, seed=seed, **sampling, **opts)
+    return out, time.perf_counter() - t0
+
+
+@torch.no_grad()
+def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: int, seed: int, sampling: dict,
+              decoders: list[str], windows: list[int], reps: int) -> list[dict]:
+    """One row per (decoder, window); AR is re-run next to every configuration for paired timing."""
+    n = pipe.generator.seq_len
+    chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
+    conds = [pipe.condition(c) for c in chunks]
+    configs = [("ar", None)] + [(d, w) for d in decoders if d != "ar" for w in windows]
+    # warm-up (allocations, lazy init, neighbour tables): one small call per configuration
+    for d, w in configs:
+        timed(pipe, conds[0], 1, seed, sampling, d, decoder_options(pipe, d, w))
+    ar_tokens: list[torch.Tensor] = []
+    rows = []
+    for d, w in configs:
+        opts = decoder_options(pipe, d, w)
+        t_ar = t_dec = 0.0
+        nfe_batch, nfe_sample, hist, tokens = [], [], None, []
+        for rep in range(reps):
+            for i, cond in enumerate(conds):
+                s = seed + 1000 * i
+                ar_out, ta = timed(pipe, cond, num_samples, s, sampling, "ar", {})
+                out, td = timed(pipe, cond, num_samples, s, sampling, d, opts)
+                t_ar, t_dec = t_ar + ta, t_dec + td
+                if rep:
+                    continue
+                if not rows:
+                    ar_tokens.append(ar_out.tokens)
+                tokens.append(out.tokens)
+                nfe_batch.append(out.nfe)
+                nfe_sample += out.extras.get("nfe_per_sample", [out.nfe] * len(out.tokens))
+                h = out.extras.get("accepted_hist", [0, out.nfe * len(out.tokens)])
+                hist = h if hist is None else [a + b for a, b in zip(hist, h)]
+        rows.append(dict(decoder=d, window=w or 1, tokens=torch.cat(tokens), nfe_batch=sum(nfe_batch) / len(nfe_batch),
+                         nfe_sample=sum(nfe_sample) / len(nfe_sample), t_ar=t_ar, t_dec=t_dec,
+                         ms_fwd=1e3 * t_dec / (reps * sum(nfe_batch)), hist=hist, n=n))
+    # GenEval-lite on the images of the first repetition
+    rep_captions = [c for c in captions for _ in range(num_samples)]
+    for row in rows:
+        images = torch.cat([pipe.tokenizer.decode(t) for t in row["tokens"].split(64)])
+        row["geneval"] = score_batch(images, rep_captions)["overall"]
+    ar_score = rows[0]["geneval"]
+    for row in rows:
+        row["geneval_delta"] = row["geneval"] - ar_score
+        row["same_as_ar"] = float((row["tokens"] == torch.cat(ar_tokens)).all(1).float().mean())
+    return rows
+
+
+def table(rows: list[dict], title: str) -> str:
+    out = [f"### {title}", "",
+           "| decoder | W | NFE/sample | NFE/batch | step compression | AR s | decoder s | speed-up | ms/fwd | "
+           "accepted/fwd | fwd accepting 1 | GenEval overall | vs AR |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hist = r["hist"]
+        fwd = max(1, sum(hist))
+        mean_acc = sum(k * c for k, c in enumerate(hist)) / fwd
+        out.append(f"| {r['decoder']} | {r['window']} | {r['nfe_sample']:.1f} | {r['nfe_batch']:.1f} | "
+                   f"{r['n'] / r['nfe_sample']:.2f}x | {r['t_ar']:.2f} | {r['t_dec']:.2f} | "
+                   f"{r['t_ar'] / r['t_dec']:.2f}x | {r['ms_fwd']:.1f} | {mean_acc:.2f} | {hist[1] / fwd:.0%} | "
+                   f"{r['geneval']:.3f} | {r['geneval_delta']:+.3f} |")
+    out += ["", "Accepted tokens per forward pass (share of (sample, forward) pairs accepting k = 1, 2, ...):", ""]
+    for r in rows[1:]:
+        fwd = max(1, sum(r["hist"]))
+        shares = " ".join(f"{k}:{c / fwd:.0%}" for k, c in enumerate(r["hist"]) if c)
+        out.append(f"* {r['decoder']} W={r['window']}: {shares}")
+    return "\n".join(out)
+
+
+def plot(results: dict[str, list[dict]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for ax, (title, rows) in zip(axes[0], results.items()):
+        for r in rows:
+            ax.scatter(r["t_ar"] / r["t_dec"], r["geneval"], s=20 + 8 * r["window"])
+            ax.annotate(f"{r['decoder']} {r['window']}", (r["t_ar"] / r["t_dec"], r["geneval"]), fontsize=7)
+        ax.set_xlabel("wall-clock speed-up vs AR")
+        ax.set_ylabel("GenEval-lite overall")
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=str(DEFAULT_MODEL))
+    p.add_argument("--num-prompts", type=int, default=16)
+    p.add_argument("--num-samples", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--reps", type=int, default=1, help="timing repetitions (GenEval uses the first)")
+    p.add_argument("--prompt-seed", type=int, default=12345, help="held out: training used seeds 0 and 1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
+    p.add_argument("--windows", nargs="+", type=int, default=[4, 8, 16])
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--skip-random", action="store_true", help="skip the random-init (artefact) table")
+    p.add_argument("--plot", default=None, help="save a speed-vs-quality PNG here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=1)
+    captions = [ds.scene(i).caption for i in range(len(ds))]
+    trained = Path(args.model, "pipeline.json").is_file()
+    if trained:
+        pipe = Pipeline.from_folder(args.model)
+        print(f"model: {args.model}")
+    else:
+        pipe = random_pipeline()
+        print(f"NOTE: {args.model} is not a pipeline folder; using a RANDOM tiny model instead, so the first "
+              "table is an artefact too")
+    sampling = {**pipe.defaults, **{k: v for k, v in dict(cfg_scale=args.cfg_scale, top_k=args.top_k,
+                                                         temperature=args.temperature).items() if v is not None}}
+    sampling = {k: v for k, v in sampling.items() if k in ("cfg_scale", "top_k", "top_p", "temperature")}
+    print(f"{len(captions)} prompts x {args.num_samples} samples, N = {pipe.generator.seq_len} tokens, "
+          f"sampling {sampling}, {torch.get_num_threads()} threads\n")
+    kw = dict(num_samples=args.num_samples, batch=args.batch, seed=args.seed, sampling=sampling,
+              decoders=args.decoders, windows=args.windows, reps=args.reps)
+    results = {}
+    title = "trained model" if trained else "random tiny model (ARTEFACT: no trained model found)"
+    results[title] = benchmark(pipe, captions, **kw)
+    print(table(results[title], title), "\n")
+    if trained and not args.skip_random:
+        title = "random-init generator (ARTEFACT: context-blind conditionals, not a result)"
+        results[title] = benchmark(randomize(pipe), captions, **kw)
+        print(table(results[title], title), "\n")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
