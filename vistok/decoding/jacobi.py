@@ -47,7 +47,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from vistok.decoding.sampling import SamplingArgs, sample_probs
@@ -163,7 +162,7 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         else:
             idx = (pos - s_prev[:, None]).clamp(0, w - 1)
             q = p_prev.gather(1, idx[..., None].expand(-1, -1, v)) * drafted[..., None]
-        q = q + F.one_hot(x, v).to(q.dtype) * fresh[..., None]
+        q.scatter_add_(-1, x[..., None], fresh[..., None].to(q.dtype))  # one-hot q for initial drafts
         has = drafted | fresh
         # -- verification, vectorised over batch and window
         r = (torch.full((b, w), 0.5, device=device) if sampling.greedy
