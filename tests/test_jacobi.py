@@ -15,6 +15,15 @@ from vistok.interfaces import Conditioning, KVCache
 EXACT = ["sjd", "mcsjd"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tests run many tiny forward passes: extra threads only add overhead (and contention)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Stub:
     """Exact toy generator: logits of token p depend only on token p - 1 (``tables[c][prev]``), where ``c`` is
     the sample's class label; position 0 uses ``starts[c]``."""
