@@ -68,7 +68,7 @@ class TiTokDecoder(nn.Module):
     """ViT over ``[CLS, P mask tokens, K codes]``; returns pixels (b, 3, H, W) (unclamped)."""
 
     def __init__(self, image_size: int, patch_size: int, width: int, depth: int, num_heads: int,
-                 num_latent_tokens: int, token_dim: int):
+                 num_latent_tokens: int, token_dim: int, conv_out: bool = True):
         super().__init__()
         self.grid, self.patch_size = image_size // patch_size, patch_size
         scale = width**-0.5
@@ -81,7 +81,7 @@ class TiTokDecoder(nn.Module):
         self.blocks = nn.ModuleList(ViTBlock(width, num_heads) for _ in range(depth))
         self.norm_post = nn.LayerNorm(width)
         self.head = nn.Linear(width, patch_size * patch_size * 3)
-        self.conv_out = nn.Conv2d(3, 3, 3, padding=1)
+        self.conv_out = nn.Conv2d(3, 3, 3, padding=1) if conv_out else nn.Identity()
 
     def forward(self, codes: Tensor) -> Tensor:
         """codes (b, k, d), k <= n -> pixels (b, 3, H, W)."""
@@ -115,6 +115,9 @@ class TiTok(nn.Module, Configurable):
         reseed_every: dead-code re-seeding period in training steps (0 = off).
         tail_drop: One-D-Piece training (decode a random prefix per batch); enables prefix decoding.
         legacy_readout: reproduce the official legacy checkpoints' raw-reshape readout.
+        pixel_conv_out: end the pixel head with the official 3x3 conv (False: the linear patch head alone, which
+            trains markedly faster from scratch on CPU).
+        spatial_init: start from spatially routed attention (see ``initialize_spatial_routing``).
         embed_init_std: init std of the learned tokens and position tables (None: ``width ** -0.5`` as the
             official code).  A larger value (1.0) makes position dominate patch content at init, which shortens
             the background-only plateau of small from-scratch CPU runs; it changes nothing else.
@@ -126,7 +129,8 @@ class TiTok(nn.Module, Configurable):
                  num_heads: int = 8, decoder_width: int | None = None, decoder_depth: int | None = None,
                  decoder_num_heads: int | None = None, num_latent_tokens: int = 128, codebook_size: int = 4096,
                  token_size: int = 12, commitment: float = 0.25, reseed_every: int = 0, tail_drop: bool = False,
-                 legacy_readout: bool = False, embed_init_std: float | None = None):
+                 legacy_readout: bool = False, pixel_conv_out: bool = True, embed_init_std: float | None = None,
+                 spatial_init: bool = False):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
@@ -139,12 +143,57 @@ class TiTok(nn.Module, Configurable):
         self.quantizer = VectorQuantizer(codebook_size, token_size, commitment, l2_norm=True,
                                          reseed_every=reseed_every)
         self.decoder = TiTokDecoder(image_size, patch_size, decoder_width or width, decoder_depth or depth,
-                                    decoder_num_heads or num_heads, num_latent_tokens, token_size)
+                                    decoder_num_heads or num_heads, num_latent_tokens, token_size, pixel_conv_out)
+        if spatial_init:
+            self.initialize_spatial_routing()
         if embed_init_std is not None:
             for name, p in self.named_parameters():
                 if name == "latent_tokens" or name.rsplit(".", 1)[-1] in ("cls_token", "pos_embed",
                                                                          "latent_pos_embed", "mask_token"):
                     nn.init.normal_(p, std=embed_init_std)
+
+    @torch.no_grad()
+    def initialize_spatial_routing(self, code_scale: float = 2.0) -> None:
+        """Optional init that starts training with spatially routed attention (an init only; same modules).
+
+        From-scratch pixel training of TiTok sits on a long background-only plateau: latent tokens attend
+        uniformly to all patches, so they carry no per-image content, and mask tokens cannot learn where to
+        read.  This init deals patches to latents in raster order and writes a random *position code* per patch
+        into the position tables: queries read it from the first half of the channels, keys from the second
+        half (``W_q = [M, 0]``, ``W_k = [0, M]``, ``M`` orthonormal).  So at step 0 latent ``j`` attends to its
+        own patches in the encoder, and each mask token attends to the latent that owns its patch in the
+        decoder; tokens of one kind do not single each other out.
+        """
+        enc, dec = self.encoder, self.decoder
+        p, n = enc.pos_embed.shape[0] - 1, self.latent_tokens.shape[0]
+        for part in (enc, dec):
+            c = part.pos_embed.shape[1]
+            if c % 2:
+                raise ValueError("spatial_init needs an even width")
+            half = c // 2
+            owner = torch.arange(p) * n // p  # patch -> latent
+            code = torch.randn(p, half) * code_scale  # one code per patch
+            lat_code = torch.zeros(n, half).index_add_(0, owner, code)
+            lat_code *= code_scale / lat_code.std(dim=-1, keepdim=True)
+            q_side, k_side = (slice(0, half), slice(half, c))
+            part.pos_embed.zero_()
+            part.latent_pos_embed.zero_()
+            if part is enc:  # latents ask (query half), patches answer (key half)
+                part.pos_embed[1:, k_side] = code
+                part.latent_pos_embed[:, q_side] = lat_code
+            else:  # mask tokens ask, latents answer
+                part.pos_embed[1:, q_side] = code
+                part.latent_pos_embed[:, k_side] = lat_code
+            for blk in part.blocks:
+                w = blk.attn.qkv.weight  # (3c, c): rows q, k, v
+                m = torch.empty(c, half)
+                nn.init.orthogonal_(m)
+                w[:c].zero_()
+                w[c : 2 * c].zero_()
+                w[:c, q_side] = m
+                w[c : 2 * c, k_side] = m
+        self.latent_tokens.zero_()
+        dec.mask_token.zero_()
 
     # -- public API ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -169,7 +218,7 @@ class TiTok(nn.Module, Configurable):
             zq = zq[:, :k]
         recon = self.decoder(zq)
         loss = parts["codebook"] + self.quantizer.commitment * parts["commitment"]
-        return TokenizerOutput(recon, ids, loss, {**parts, "prefix_len": torch.tensor(zq.shape[1])})
+        return TokenizerOutput(recon, ids, loss, {**parts, "prefix_len": torch.tensor(zq.shape[1]), "latents": z})
 
     def reconstruct(self, pixels: Tensor, prefix_len: int | None = None) -> Tensor:
         """encode -> (prefix) -> decode, in [0, 1]."""
@@ -183,8 +232,10 @@ class TiTok(nn.Module, Configurable):
 TITOK_PRESETS: dict[str, dict] = {
     # Tiny CPU model on 64x64 shapes (the shipped default's size)
     "titok_tiny": dict(image_size=64, patch_size=8, width=128, depth=4, num_heads=4, num_latent_tokens=32,
-                       codebook_size=1024, token_size=12, reseed_every=100),
+                       codebook_size=1024, token_size=12, reseed_every=100, pixel_conv_out=False,
+                       spatial_init=True),
     # Tiny One-D-Piece (tail-token drop)
     "onedpiece_tiny": dict(image_size=64, patch_size=8, width=128, depth=4, num_heads=4, num_latent_tokens=32,
-                           codebook_size=1024, token_size=12, reseed_every=100, tail_drop=True),
+                           codebook_size=1024, token_size=12, reseed_every=100, tail_drop=True,
+                           pixel_conv_out=False, spatial_init=True),
 }
