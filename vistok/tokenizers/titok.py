@@ -218,7 +218,7 @@ class TiTok(nn.Module, Configurable):
             zq = zq[:, :k]
         recon = self.decoder(zq)
         loss = parts["codebook"] + self.quantizer.commitment * parts["commitment"]
-        return TokenizerOutput(recon, ids, loss, {**parts, "prefix_len": torch.tensor(zq.shape[1]), "latents": z})
+        return TokenizerOutput(recon, ids, loss, {**parts, "prefix_len": torch.tensor(zq.shape[1])})
 
     def reconstruct(self, pixels: Tensor, prefix_len: int | None = None) -> Tensor:
         """encode -> (prefix) -> decode, in [0, 1]."""

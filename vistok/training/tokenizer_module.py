@@ -30,10 +30,6 @@ class TokenizerModule(L.LightningModule):
         lr, betas, weight_decay: AdamW settings.
         warmup_steps, total_steps, final_lr_ratio: warm-up + cosine schedule (per optimizer step).
         l1_weight, vq_weight: loss weights.
-        latent_variance_weight: weight of a variance floor on the pre-quantisation latents across the batch
-            (VICReg-style ``relu(latent_variance_target - std_batch(z)).mean()``, z l2-normalised).  It breaks
-            the background-only plateau of from-scratch training, where every image maps to the same latents.
-        latent_variance_target: the per-dimension std floor.
         export_dir: where to write the hub folder (config.json + model.safetensors) when training ends.
         export_fp16: store exported weights in fp16.
     """
@@ -41,7 +37,6 @@ class TokenizerModule(L.LightningModule):
     def __init__(self, tokenizer: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 1e-4, warmup_steps: int = 200, total_steps: int = 4000,
                  final_lr_ratio: float = 0.1, l1_weight: float = 0.2, vq_weight: float = 1.0,
-                 latent_variance_weight: float = 0.0, latent_variance_target: float = 0.2,
                  export_dir: str | None = None, export_fp16: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -52,11 +47,6 @@ class TokenizerModule(L.LightningModule):
         out = self.tokenizer(x)
         mse = F.mse_loss(out.reconstruction, x)
         loss = mse + self.hparams.l1_weight * F.l1_loss(out.reconstruction, x) + self.hparams.vq_weight * out.loss
-        if self.hparams.latent_variance_weight and "latents" in out.extras:
-            z = F.normalize(out.extras["latents"], dim=-1)
-            spread = F.relu(self.hparams.latent_variance_target - z.std(dim=0)).mean()
-            loss = loss + self.hparams.latent_variance_weight * spread
-            self.log("train/latent_spread", spread)
         self.log_dict({"train/loss": loss, "train/mse": mse, "train/psnr": -10 * torch.log10(mse)},
                       prog_bar=True)
         return loss
