@@ -77,6 +77,21 @@ class Pipeline:
         return self.tokenizer.decode(out.tokens), out
 
 
+def pack(tokenizer_dir: str | Path, generator_dir: str | Path, out: str | Path = DEFAULT_MODEL,
+         text_encoder: str | None = "minilm", **sampling) -> Path:
+    """Bundle two trained hub folders (``vistok fit`` exports) into a pipeline folder with sampling defaults.
+
+    Example: ``pack("runs/titok_tiny/export", "runs/ar_tiny_t2i/export", cfg_scale=3.0, top_k=100)``.
+    """
+    gen = from_pretrained(generator_dir)
+    enc = None
+    if text_encoder == "minilm":
+        from vistok.text import MiniLMTextEncoder
+
+        enc = MiniLMTextEncoder(max_length=getattr(gen, "prefix_len", 32) or 32)
+    return Pipeline(from_pretrained(tokenizer_dir), gen, enc, sampling).save(out)
+
+
 def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 4) -> Path:
     """Save ``images`` (B, 3, H, W) in [0, 1] as one PNG, ``nrow`` per row, upscaled ``scale`` x (nearest)."""
     from torchvision.utils import save_image
