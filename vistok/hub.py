@@ -15,7 +15,7 @@ from torch import nn
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
-__all__ = ["from_pretrained", "load_state_dict_strict", "save_pretrained"]
+__all__ = ["from_pretrained", "load_official", "load_state_dict_strict", "save_pretrained"]
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, *, dtype: torch.dtype | None = None) -> Path:
@@ -78,3 +78,31 @@ def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "c
     model = _resolve_class(cfg["class"])(**cfg["kwargs"])
     load_state_dict_strict(model, load_file(str(folder / WEIGHTS_NAME), device=str(map_location)), str(folder))
     return model.eval()
+
+
+# Official-format checkpoints.  Each family module that can read an official release exposes
+#   ``official_matches(config: dict, folder: Path) -> bool`` and ``load_official(folder: Path) -> nn.Module``;
+# list it here (import is lazy, so hub does not pull every family in).
+OFFICIAL_FAMILIES: list[str] = []
+
+
+def load_official(folder: str | Path) -> nn.Module:
+    """Load an official release folder (as the official hub repos hold it) into a vistok model.
+
+    The family is detected from the folder's ``config.json`` (and weight-file names); weights are read from
+    safetensors, or from a bare ``pytorch_model.bin`` with ``torch.load(weights_only=True)``.  Returns the model
+    in eval mode with vistok's own module names.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder} (give a folder holding an official release: "
+                                "config.json + model.safetensors or pytorch_model.bin)")
+    cfg_path = folder / CONFIG_NAME
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    for name in OFFICIAL_FAMILIES:
+        module = importlib.import_module(name)
+        if module.official_matches(cfg, folder):
+            return module.load_official(folder).eval()
+    known = ", ".join(n.rsplit(".", 1)[-1] for n in OFFICIAL_FAMILIES) or "none yet"
+    raise ValueError(f"{folder} is not an official release vistok can read (families it reads: {known}); "
+                     "for a folder written by vistok itself use vistok.hub.from_pretrained")
