@@ -1,9 +1,10 @@
 """Generator families; importing this package registers their presets."""
 
 from vistok.generators.ar import AR_PRESETS, ARGenerator
+from vistok.generators.nar import NARGenerator  # registers the nar_* presets
 from vistok.registry import register_generator
 
 for _name, _kwargs in AR_PRESETS.items():
     register_generator(_name, ARGenerator, **_kwargs)
 
-__all__ = ["ARGenerator"]
+__all__ = ["ARGenerator", "NARGenerator"]

@@ -1,0 +1,419 @@
+"""NAR: next-*neighbour* prediction over a token grid, decoded one anti-diagonal per forward pass.
+
+Paper: He et al., "Neighboring Autoregressive Modeling for Efficient Visual Generation", arXiv 2503.10696.
+Reference code (facts only: shapes, key names, the mask and the logit mixing):
+github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/gpt.py`` at 225c1fb, a LlamaGen fork.
+
+The network is a LlamaGen decoder (pre-RMSNorm Llama blocks, 2D RoPE, SwiGLU) with two heads:
+
+* the **right** head (``right_norm``/``right_head``) reads the hidden state after the ``depth`` blocks and predicts
+  the token to the right of the token fed at that slot;
+* the **down** head (``down_norm``/``down_head``) reads it after ``down_depth`` further blocks and predicts the
+  token below.
+
+A token with both neighbours decoded is predicted by the mean of the two heads' logits; first-row tokens use the
+right head only, first-column tokens the down head only, and the top-left token the mean of both heads at the
+start slot.  The *proximity mask* lets a token on anti-diagonal ``d = row + col`` attend to every token on
+diagonals ``<= d`` (causal across diagonals, bidirectional within one), so a whole diagonal is predicted in one
+pass: ``H + W - 1`` passes for an ``H x W`` grid (:func:`vistok.decoding.neighboring.decode_nar`).
+
+Sequence layout (cache slots ``P + T``): ``[P text-prefix slots | start slot | grid tokens in raster order]``;
+token position ``p >= 1`` holds grid token ``p - 1``.  LlamaGen quirk kept for checkpoint parity: condition slots
+(the start slot and the text prefix) get an all-zero rotary table, so their queries and keys are zero in every
+layer.  The grid side comes from ``seq_len`` (square grids) or ``grid``.  A 1D tokenizer (TiTok, FlexTok) has no
+vertical neighbour: build it with ``grid=(1, N)``; then the only neighbour of a token is the next one, the down
+branch is not built, the mask is causal, and decoding takes ``N`` passes (plain next-token AR).
+
+Legend: b batch, l step length, t token positions, s cache slots, p prefix slots, c width, v vocab, d head dim.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vistok.generators.ar import ARGenerator
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.layers import LlamaBlock, RMSNorm
+from vistok.layers.rope import apply_rope
+from vistok.registry import register_generator
+
+
+def _find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - n % k
+
+
+def rope_2d_table(height: int, width: int, head_dim: int, base: float,
+                  device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
+    """LlamaGen 2D RoPE: cos/sin ``(1 + h * w, head_dim // 2)`` indexed by token position.
+
+    The first ``head_dim // 4`` rotation pairs turn with the row index, the rest with the column index.  Row 0
+    (the start slot) is all zero: condition slots have zeroed queries and keys.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {head_dim}")
+    half = head_dim // 2
+    freqs = 1.0 / base ** (torch.arange(0, half, 2, device=device)[: half // 2].float() / half)
+    rows = torch.outer(torch.arange(height, device=device), freqs)  # h f
+    cols = torch.outer(torch.arange(width, device=device), freqs)  # w f
+    angles = torch.cat([rows[:, None].expand(-1, width, -1), cols[None].expand(height, -1, -1)], dim=-1)
+    zero = angles.new_zeros(1, half)
+    return torch.cat([zero, angles.cos().flatten(0, 1)]), torch.cat([zero, angles.sin().flatten(0, 1)])
+
+
+class NARGenerator(nn.Module, Configurable):
+    """Neighbouring-AR transformer over a grid of token ids, with a preallocated KV cache.
+
+    Args:
+        vocab_size: codebook size of the tokenizer it models.
+        seq_len: tokens per image (N = H * W).
+        grid: ``(H, W)`` token grid; None = square grid of side ``sqrt(seq_len)``; ``(1, N)`` for 1D tokenizers.
+        width, depth, num_heads: transformer size (``depth`` blocks feed the right head).
+        down_depth: extra blocks between the right head and the down head (NAR: 1).
+        mlp_hidden: SwiGLU hidden size (None: LlamaGen's ``find_multiple(int(8 * width / 3), 256)``).
+        dropout: token/residual/MLP dropout.
+        num_classes: class-conditional when > 0 (an extra null row is added for CFG).
+        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
+        max_text_len: text prefix slots P.
+        cond_dropout: probability of replacing the condition by the null condition in training.
+        rope_base: RoPE base.
+        norm_eps: RMSNorm epsilon.
+    """
+
+    kind = "discrete"
+
+    def __init__(self, vocab_size: int = 1024, seq_len: int = 16, grid: tuple[int, int] | None = None,
+                 width: int = 256, depth: int = 6, down_depth: int = 1, num_heads: int = 4,
+                 mlp_hidden: int | None = None, dropout: float = 0.1, num_classes: int = 0, text_dim: int = 0,
+                 max_text_len: int = 32, cond_dropout: float = 0.1, rope_base: float = 10000.0,
+                 norm_eps: float = 1e-5):
+        super().__init__()
+        if grid is None:
+            side = int(round(seq_len ** 0.5))
+            if side * side != seq_len:
+                raise ValueError(f"seq_len={seq_len} is not a square grid: pass grid=(H, W) with H * W = {seq_len}, "
+                                 f"or grid=(1, {seq_len}) for a 1D tokenizer (next-token neighbours)")
+            grid = (side, side)
+        h, w = (int(g) for g in grid)
+        if h * w != seq_len or h < 1 or w < 1:
+            raise ValueError(f"grid {tuple(grid)} does not hold seq_len={seq_len} tokens")
+        if width % num_heads or (width // num_heads) % 4:
+            raise ValueError(f"width {width} / num_heads {num_heads} must give a head dim divisible by 4 (2D RoPE)")
+        if down_depth < 0:
+            raise ValueError(f"down_depth must be >= 0, got {down_depth}")
+        if mlp_hidden is None:
+            mlp_hidden = _find_multiple(int(8 * width / 3), 256)
+        self.vocab_size, self.seq_len, self.grid, self.width, self.num_heads = vocab_size, seq_len, (h, w), width, num_heads
+        self.num_classes, self.text_dim, self.cond_dropout, self.rope_base = num_classes, text_dim, cond_dropout, rope_base
+        self.prefix_len = max_text_len if text_dim else 0
+        self.is_causal = h == 1  # one row: the proximity mask is the causal mask
+        # conditioning
+        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
+        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width, bias=False), nn.GELU(approximate="tanh"),
+                                        nn.Linear(width, width, bias=False)) if text_dim else None)
+        self.bos = nn.Parameter(torch.zeros(width)) if not num_classes else None
+        # backbone -> right head
+        self.tok_embed = nn.Embedding(vocab_size, width)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout) for _ in range(depth))
+        self.right_norm = RMSNorm(width)
+        self.right_head = nn.Linear(width, vocab_size, bias=False)
+        # extra blocks -> down head (absent for a single-row grid: no token has a lower neighbour)
+        has_down = h > 1
+        self.down_blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout)
+                                         for _ in range(down_depth if has_down else 0))
+        self.down_norm = RMSNorm(width) if has_down else None
+        self.down_head = nn.Linear(width, vocab_size, bias=False) if has_down else None
+        for m in self.modules():
+            if isinstance(m, RMSNorm):
+                m.eps = norm_eps
+        # diagonal index of each token position (position 0, the start slot, is diagonal -1)
+        cells = torch.arange(seq_len + 1) - 1
+        self.register_buffer("diag", torch.where(cells < 0, -1, cells // w + cells % w), persistent=False)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.right_head.weight)  # LlamaGen/NAR zero only the first output head
+        if self.bos is not None:
+            nn.init.normal_(self.bos, std=0.02)
+
+    # -- conditioning (same contract as the AR generator) ------------------------------------------------------
+    _check_cond = ARGenerator._check_cond
+    drop_condition = ARGenerator.drop_condition
+
+    def _check_tokens(self, tokens: Tensor) -> Tensor:
+        """``(b, n)`` or ``(b, h, w)`` token ids -> ``(b, n)``, with actionable errors."""
+        h, w = self.grid
+        if not isinstance(tokens, Tensor):
+            raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+        if tokens.is_floating_point():
+            raise TypeError(f"NAR models discrete token ids; got a {tokens.dtype} tensor (continuous tokens need "
+                            "a continuous generator such as MAR)")
+        if tokens.ndim == 3 and tuple(tokens.shape[1:]) == (h, w):
+            tokens = tokens.flatten(1)
+        if tokens.ndim != 2 or tokens.shape[1] != self.seq_len:
+            raise ValueError(f"tokens must be (B, {self.seq_len}) or (B, {h}, {w}) for this {h}x{w} grid, got "
+                             f"{tuple(tokens.shape)}: was the generator built for this tokenizer's token count?")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}], got [{int(tokens.min())}, "
+                             f"{int(tokens.max())}]: was the generator built for this tokenizer's codebook?")
+        return tokens
+
+    # -- decoding interface ------------------------------------------------------------------------------------
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
+        """Allocate a cache for ``cond``'s batch and prefill the text prefix (if any).
+
+        ``max_tokens`` token positions (default ``seq_len``; ``seq_len + 1`` also feeds the last grid token).
+        The cache additionally tracks ``written`` ``(b, t)``: which token positions hold entries.
+        """
+        self._check_cond(cond)
+        max_tokens = max_tokens or self.seq_len
+        if not 1 <= max_tokens <= self.seq_len + 1:
+            raise ValueError(f"max_tokens must be in [1, {self.seq_len + 1}], got {max_tokens}")
+        b, ref = cond.batch_size, self.tok_embed.weight
+        cache = KVCache(len(self.blocks) + len(self.down_blocks), b, self.num_heads, self.width // self.num_heads,
+                        self.prefix_len, max_tokens, dtype=ref.dtype, device=ref.device)
+        cache.written = torch.zeros(b, max_tokens, dtype=torch.bool, device=ref.device)
+        if self.class_embed is not None:
+            cache.start = self.class_embed(torch.where(cond.labels < 0, self.num_classes, cond.labels))
+        else:
+            cache.start = self.bos.expand(b, -1)
+        if self.prefix_len:
+            t, p = cond.text.shape[1], self.prefix_len
+            x = self.text_proj(F.pad(cond.text.to(ref.dtype), (0, 0, 0, p - t)))  # b p c
+            cache.prefix_mask = F.pad(cond.text_mask, (0, p - t), value=False)
+            eye = torch.eye(p, dtype=torch.bool, device=ref.device)
+            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, max_tokens))[:, None]  # b 1 p s
+            zero = x.new_zeros(b, p, self.width // self.num_heads // 2).float()
+            self._run(x, torch.arange(p, device=ref.device).expand(b, -1), (zero, zero), mask, cache)
+        return cache
+
+    def _proximity_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
+        """``(b, 1, l, s)``: prefix slots that are real, plus written (or fed now) token slots on diagonals
+        ``<=`` the query's."""
+        b, t = positions.shape[0], cache.max_tokens
+        slot = torch.arange(t, device=positions.device)
+        fed = torch.zeros(b, t, dtype=torch.bool, device=positions.device).scatter(1, positions, True)
+        valid = (cache.written & (slot < cache.lengths[:, None])) | fed  # b t
+        near = self.diag[:t][None, None, :] <= self.diag[positions][:, :, None]  # b l t
+        tokens = near & valid[:, None, :]
+        prefix = cache.prefix_mask[:, None, :].expand(-1, positions.shape[1], -1)  # b l p
+        return torch.cat([prefix, tokens], dim=-1)[:, None]
+
+    def step_heads(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> tuple[Tensor, Tensor | None]:
+        """Feed ``inputs`` (b, l) = grid tokens ``positions - 1`` (the start embedding at position 0).
+
+        Returns the raw head logits at those slots: ``right`` (b, l, v) predicts each fed token's right neighbour,
+        ``down`` (b, l, v) its lower neighbour (None for a single-row grid).
+        """
+        if int(positions.max()) >= cache.max_tokens or int(positions.min()) < 0:
+            raise ValueError(f"positions must be in [0, {cache.max_tokens - 1}]")
+        x = self.tok_embed(inputs.clamp(min=0))
+        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        cos, sin = rope_2d_table(*self.grid, self.width // self.num_heads, self.rope_base, positions.device)
+        mask = self._proximity_mask(positions, cache)
+        right, down = self._run(self.drop(x), positions + cache.prefix_len, (cos[positions], sin[positions]), mask, cache)
+        cache.written = cache.written.scatter(1, positions, True)
+        cache.advance(positions)
+        right = self.right_head(self.right_norm(right)).float()
+        return right, (None if self.down_head is None else self.down_head(self.down_norm(down)).float())
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
+        """Generator protocol: logits (b, l, v) of the grid tokens at ``positions`` (``inputs``: tokens at
+        ``positions - 1``, as in :meth:`step_heads`).
+
+        Token ``(r, c)`` at position ``p`` mixes the right head at slot ``p`` (its left neighbour) and the down head
+        at slot ``p - W + 1`` (its upper neighbour); both slots must be fed in this call (a teacher-forced call
+        over all positions does so).  Diagonal-parallel decoding uses :meth:`step_heads` (``decoder="nar"``).
+        """
+        if int(positions.max()) >= self.seq_len:
+            raise ValueError(f"positions must be in [0, {self.seq_len - 1}] (one per grid token)")
+        right, down = self.step_heads(inputs, positions, cache)
+        if down is None:  # single row: the right neighbour is the next token
+            return right
+        b, l = positions.shape
+        w = self.grid[1]
+        idx = torch.arange(l, device=positions.device).expand(b, -1)
+        where = torch.full((b, cache.max_tokens), -1, dtype=torch.long, device=positions.device)
+        where = where.scatter(1, positions, idx)  # call index of each fed position
+        src = torch.where(positions == 0, idx, where.gather(1, (positions - w + 1).clamp(min=0)))
+        use_right = (positions % w > 0) | (positions == 0)
+        use_down = (positions >= w) | (positions == 0)
+        if bool((use_down & (src < 0)).any()):
+            raise ValueError("NAR predicts token p from the slots of its left (p) and upper (p - W + 1) neighbours; "
+                             "feed both in the same call, or decode with decoder='nar' (anti-diagonal steps)")
+        below = down.gather(1, src.clamp(min=0)[..., None].expand(-1, -1, down.shape[-1]))
+        both = (use_right & use_down)[..., None]
+        return torch.where(both, (right + below) / 2, torch.where(use_right[..., None], right, below))
+
+    def _run(self, x: Tensor, slots: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor,
+             cache: KVCache) -> tuple[Tensor, Tensor]:
+        """Blocks -> hidden state for the right head; extra blocks -> hidden state for the down head."""
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mask, rope, cache, i, slots)
+        right = x
+        for i, blk in enumerate(self.down_blocks, start=len(self.blocks)):
+            x = blk(x, mask, rope, cache, i, slots)
+        return right, x
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
+        """Teacher-forced neighbour loss. tokens (b, n) or (b, h, w) ids -> GeneratorOutput(loss, logits (b, n, v)).
+
+        ``logits[:, p]`` is the mixed right/down prediction of grid token ``p``; the loss is its cross-entropy.
+        """
+        tokens = self._check_tokens(tokens)
+        if self.training and self.cond_dropout > 0:
+            cond = self.drop_condition(cond)
+        cache = self.new_cache(cond)
+        b, n = tokens.shape
+        inputs = F.pad(tokens[:, :-1], (1, 0))  # position 0's input is the start embedding
+        logits = self.step(inputs, torch.arange(n, device=tokens.device).expand(b, -1), cache)
+        return GeneratorOutput(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()), logits)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Official checkpoints (ThisisBillhe/NAR, c2i)
+# --------------------------------------------------------------------------------------------------------------
+_RENAME = {"tok_embeddings.weight": "tok_embed.weight", "cls_embedding.embedding_table.weight": "class_embed.weight",
+           "norm.weight": "right_norm.weight", "output.weight": "right_head.weight",
+           "medusa_norm.weight": "down_norm.weight", "medusa_output.weight": "down_head.weight"}
+_BLOCK_RENAME = {"attention.wqkv.weight": "attention.qkv.weight", "attention.wo.weight": "attention.proj.weight"}
+_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 20, 1536: 24, 2048: 32, 2560: 40, 3200: 32, 4096: 32}  # GPT-* configs
+
+
+def convert_nar_state_dict(state: dict[str, Tensor], *, depth: int,
+                           num_classes: int | None = None) -> dict[str, Tensor]:
+    """Official NAR ``Transformer.state_dict()`` -> :class:`NARGenerator` keys.
+
+    ``layers.{i}`` go to ``blocks.{i}`` for ``i < depth`` and to ``down_blocks.{i - depth}`` after; ``output``/
+    ``norm`` are the right head, ``medusa_output``/``medusa_norm`` the down head.  KV-cache buffers left by
+    sampling are dropped.  A class table without the null row (trained without label dropout) gets a zero null
+    row.  Raises ``ValueError`` on any key it does not understand (text-conditional checkpoints included).
+    """
+    out, unknown = {}, []
+    for key, value in state.items():
+        key = key.removeprefix("module.").removeprefix("_orig_mod.")
+        if ".kv_cache." in key or key in ("freqs_cis", "causal_mask", "diagonal_mask"):
+            continue
+        if m := re.fullmatch(r"layers\.(\d+)\.(.+)", key):
+            i, rest = int(m.group(1)), m.group(2)
+            name = f"blocks.{i}" if i < depth else f"down_blocks.{i - depth}"
+            out[f"{name}.{_BLOCK_RENAME.get(rest, rest)}"] = value
+        elif key in _RENAME:
+            out[_RENAME[key]] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        hint = " (text-conditional NAR checkpoints are not supported)" if any("cap_proj" in k for k in unknown) else ""
+        raise ValueError(f"unexpected keys in the NAR checkpoint{hint}: {sorted(unknown)[:20]}")
+    table = out.get("class_embed.weight")
+    if table is not None and num_classes is not None and table.shape[0] == num_classes:
+        out["class_embed.weight"] = torch.cat([table, table.new_zeros(1, table.shape[1])])
+    return out
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    names = ["weights.safetensors", "model.safetensors"]
+    found = [folder / n for n in names if (folder / n).is_file()]
+    return found + sorted(p for ext in ("*.pt", "*.pth", "*.bin") for p in folder.glob(ext))
+
+
+def _read_state(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    for key in ("model", "module", "state_dict"):  # training checkpoints nest the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def _model_args(folder: Path) -> dict | None:
+    path = folder / "config.json"
+    args = json.loads(path.read_text()).get("model_args") if path.is_file() else None
+    return args if isinstance(args, dict) and "medusa_attention_num" in args else None
+
+
+def official_matches(config: dict, folder: Path) -> bool:
+    """An official NAR folder: ``config.json`` with NAR ``model_args``, or bare weights holding the down head."""
+    args = config.get("model_args")
+    if isinstance(args, dict):
+        return "medusa_attention_num" in args
+    if config:
+        return False
+    for path in _weight_files(Path(folder))[:1]:
+        try:
+            return "medusa_output.weight" in _read_state(path)
+        except Exception:  # not a weights-only checkpoint: not ours to read
+            return False
+    return False
+
+
+def load_official(folder: str | Path) -> NARGenerator:
+    """Build a :class:`NARGenerator` from an official NAR c2i folder (config.json ``model_args`` + weights).
+
+    Without a config, sizes are read from the weights (head count from the GPT-* table, 16 x 16 grid).
+    """
+    from vistok.hub import load_state_dict_strict
+
+    folder = Path(folder)
+    files = _weight_files(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no NAR weights (weights.safetensors, model.safetensors or *.pt)")
+    state = _read_state(files[0])
+    args = _model_args(folder)
+    if args is None:  # bare checkpoint: infer what the weights show
+        width = state["tok_embeddings.weight"].shape[1]
+        if width not in _HEADS_BY_WIDTH:
+            raise ValueError(f"cannot infer the head count of width {width}: add a config.json with model_args")
+        layers = {int(k.split(".")[1]) for k in state if k.startswith("layers.")}
+        args = dict(dim=width, n_layer=len(layers) - 1, n_head=_HEADS_BY_WIDTH[width], medusa_attention_num=1,
+                    vocab_size=state["tok_embeddings.weight"].shape[0], block_size=256, model_type="c2i",
+                    num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1, class_dropout_prob=0.1)
+    if args.get("model_type", "c2i") != "c2i" or args.get("cls_token_num", 1) != 1:
+        raise ValueError("only class-conditional NAR checkpoints (model_type 'c2i', one class token) are supported")
+    if args.get("n_kv_head") not in (None, args["n_head"]):
+        raise ValueError("grouped-query attention (n_kv_head != n_head) is not supported")
+    hidden = int(2 * 4 * args["dim"] / 3)
+    if args.get("ffn_dim_multiplier") is not None:
+        hidden = int(args["ffn_dim_multiplier"] * hidden)
+    kwargs = dict(vocab_size=args["vocab_size"], seq_len=args["block_size"], width=args["dim"],
+                  depth=args["n_layer"], down_depth=args.get("medusa_attention_num", 1), num_heads=args["n_head"],
+                  mlp_hidden=_find_multiple(hidden, args.get("multiple_of", 256)),
+                  dropout=args.get("resid_dropout_p", 0.1), num_classes=args["num_classes"],
+                  cond_dropout=args.get("class_dropout_prob", 0.1), rope_base=float(args.get("rope_base", 10000)),
+                  norm_eps=args.get("norm_eps", 1e-5))
+    model = NARGenerator(**kwargs)
+    converted = convert_nar_state_dict(state, depth=kwargs["depth"], num_classes=kwargs["num_classes"])
+    load_state_dict_strict(model, converted, str(files[0]))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------------------
+_C2I_256 = dict(vocab_size=16384, seq_len=256, num_classes=1000)  # ImageNet 256 px on LlamaGen VQ-16 (16 x 16)
+NAR_PRESETS: dict[str, dict] = {
+    # tiny class-conditional model on an 8 x 8 grid (tests, CPU experiments)
+    "nar_tiny_c2i": dict(vocab_size=1024, seq_len=64, width=256, depth=6, num_heads=4, num_classes=24),
+    # the paper's models (official GPT-* configs plus one down block); parameter counts in notes/nar.md
+    "nar_b": dict(**_C2I_256, width=768, depth=12, num_heads=12),
+    "nar_m": dict(**_C2I_256, width=1024, depth=18, num_heads=16),
+    "nar_l": dict(**_C2I_256, width=1024, depth=24, num_heads=16),
+    "nar_xl": dict(**_C2I_256, width=1280, depth=36, num_heads=20),
+    "nar_xxl": dict(**_C2I_256, width=1536, depth=48, num_heads=24),
+}
+
+for _name, _kwargs in NAR_PRESETS.items():
+    register_generator(_name, NARGenerator, **_kwargs)
