@@ -1,36 +1,55 @@
-"""TiTok: a 1D image tokenizer (and One-D-Piece's tail-token drop).
+"""TiTok: a 1D image tokenizer (two-stage VQ, single-stage VQ and VAE variants) and One-D-Piece's tail-token drop.
 
 Papers:
     Yu et al., "An Image is Worth 32 Tokens for Reconstruction and Generation", NeurIPS 2024, arXiv 2406.07550.
     Miwa et al., "One-D-Piece: Image Tokenizer Meets Quality-Controllable Compression", arXiv 2501.10064.
-Reference code (facts only: shapes, key names, hyper-parameters): github.com/bytedance/1d-tokenizer
-(``modeling/titok.py``, ``modeling/modules/blocks.py``) and github.com/turingmotors/One-D-Piece.
+Reference code (facts only: shapes, key names, hyper-parameters): github.com/bytedance/1d-tokenizer at 942a96f
+(``modeling/titok.py``, ``modeling/modules/blocks.py``, ``modeling/quantizer/quantizer.py``,
+``configs/infer/TiTok/*.yaml``) and github.com/turingmotors/One-D-Piece at 473665d.
 
 Architecture: a ViT encoder reads ``[CLS, P patches, N learned latent tokens]`` and the last N outputs are
-projected to ``token_size`` dims and vector-quantised (l2-normalised codebook).  The ViT decoder reads
-``[CLS, P mask tokens, K <= N projected codes]`` and maps the P mask-token outputs back to pixel patches.
-With ``tail_drop=True`` (One-D-Piece) training decodes from a random prefix of the tokens (one length per
-batch) so any prefix decodes at test time, coarse to fine.
+projected to ``token_size`` dims, then either vector-quantised (``codebook_size`` codes, optionally on the unit
+sphere) or, with ``codebook_size=None``, read as a diagonal Gaussian (TiTok's VAE variant: continuous tokens).
+The ViT decoder reads ``[CLS, P mask tokens, K <= N projected codes]``; each mask-token output goes through a
+pixel head:
 
-Legend: b batch, n latent tokens, k prefix length, p patches, c width, d token size, h/w patch grid,
-ph/pw patch pixels.
+* direct (single-stage models): linear to the cell's ``ph*pw*3`` pixels, then an optional 3x3 conv;
+* MaskGIT-VQGAN (two-stage models, ``pixel_codebook_size`` set): linear to 2x width, tanh, linear to logits over a
+  frozen VQGAN codebook; the softmax mixes the codes into a ``(pixel_code_dim, h, w)`` map that
+  :class:`~vistok.layers.vqgan.VQGANDecoder` turns into pixels.
+
+With ``tail_drop=True`` (One-D-Piece) training decodes from a random prefix of the tokens (one length per batch) so
+any prefix decodes at test time, coarse to fine.  Official checkpoints load through
+:func:`convert_titok_state_dict` / :func:`load_official` (or ``vistok.hub.load_official``).
+
+Legend: b batch, n latent tokens, k prefix length (or pixel-code count in the VQGAN head), p patches, c width,
+d token size, h/w patch grid, ph/pw patch pixels.
 """
 
 from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
 
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
+from vistok.hub import load_state_dict_strict
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers import VectorQuantizer, ViTBlock
+from vistok.layers.vqgan import VQGANDecoder
+
+__all__ = ["TITOK_PRESETS", "TiTok", "convert_titok_state_dict", "load_official", "official_matches"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Encoder and decoder
 # ----------------------------------------------------------------------------------------------------------------
 class TiTokEncoder(nn.Module):
-    """ViT over ``[CLS, patches, latent tokens]``; returns the latent-token outputs projected to ``token_dim``."""
+    """ViT over ``[CLS, patches, latent tokens]``; returns the latent-token outputs projected to ``out_dim``."""
 
     def __init__(self, image_size: int, patch_size: int, width: int, depth: int, num_heads: int,
                  num_latent_tokens: int, out_dim: int, legacy_readout: bool = False):
@@ -61,14 +80,21 @@ class TiTokEncoder(nn.Module):
             # Official legacy checkpoints reinterpret the (b, n, c) buffer as (b, c, n) without transposing
             # before their 1x1 conv; reproduce that memory scramble exactly.
             x = x.reshape(b, -1, n).transpose(1, 2)
-        return self.proj_out(x)  # b n d
+        return self.proj_out(x)  # b n out_dim
 
 
 class TiTokDecoder(nn.Module):
-    """ViT over ``[CLS, P mask tokens, K codes]``; returns pixels (b, 3, H, W) (unclamped)."""
+    """ViT over ``[CLS, P mask tokens, K codes]`` plus a pixel head; returns pixels (b, 3, H, W) (unclamped).
+
+    ``pixel_codebook_size=None`` selects the direct head (linear to patch pixels, optional 3x3 conv); otherwise the
+    MaskGIT-VQGAN head (logits over a ``pixel_codebook_size`` x ``pixel_code_dim`` codebook, soft code mix,
+    :class:`VQGANDecoder` with level widths ``pixel_channels``).
+    """
 
     def __init__(self, image_size: int, patch_size: int, width: int, depth: int, num_heads: int,
-                 num_latent_tokens: int, token_dim: int, conv_out: bool = True):
+                 num_latent_tokens: int, token_dim: int, conv_out: bool = True, pixel_codebook_size: int | None = None,
+                 pixel_code_dim: int = 256, pixel_channels: tuple[int, ...] = (128, 128, 256, 256, 512),
+                 pixel_res_blocks: int = 2):
         super().__init__()
         self.grid, self.patch_size = image_size // patch_size, patch_size
         scale = width**-0.5
@@ -80,11 +106,19 @@ class TiTokDecoder(nn.Module):
         self.norm_pre = nn.LayerNorm(width)
         self.blocks = nn.ModuleList(ViTBlock(width, num_heads) for _ in range(depth))
         self.norm_post = nn.LayerNorm(width)
-        self.head = nn.Linear(width, patch_size * patch_size * 3)
-        self.conv_out = nn.Conv2d(3, 3, 3, padding=1) if conv_out else nn.Identity()
+        self.vqgan_head = pixel_codebook_size is not None
+        if self.vqgan_head:
+            self.head = nn.Sequential(nn.Linear(width, 2 * width), nn.Tanh(), nn.Linear(2 * width, pixel_codebook_size))
+            self.pixel_codebook = nn.Parameter(torch.empty(pixel_codebook_size, pixel_code_dim))
+            nn.init.uniform_(self.pixel_codebook, -1.0 / pixel_codebook_size, 1.0 / pixel_codebook_size)
+            self.pixel_decoder = VQGANDecoder(z_channels=pixel_code_dim, channels=pixel_channels,
+                                              num_res_blocks=pixel_res_blocks)
+        else:
+            self.head = nn.Linear(width, patch_size * patch_size * 3)
+            self.conv_out = nn.Conv2d(3, 3, 3, padding=1) if conv_out else nn.Identity()
 
-    def forward(self, codes: Tensor) -> Tensor:
-        """codes (b, k, d), k <= n -> pixels (b, 3, H, W)."""
+    def _cells(self, codes: Tensor) -> Tensor:
+        """codes (b, k, d), k <= n -> normalised mask-token outputs (b, p, c)."""
         b, k = codes.shape[:2]
         lat = self.proj_in(codes) + self.latent_pos_embed[:k]  # b k c (prefix: slice the position table)
         p = self.grid**2
@@ -92,7 +126,20 @@ class TiTokDecoder(nn.Module):
         x = self.norm_pre(torch.cat([repeat(x, "l c -> b l c", b=b), lat], dim=1))
         for blk in self.blocks:
             x = blk(x)
-        x = self.head(self.norm_post(x[:, 1 : 1 + p]))  # b p (ph pw 3)
+        return self.norm_post(x[:, 1 : 1 + p])
+
+    def pixel_logits(self, codes: Tensor) -> Tensor:
+        """codes (b, k, d) -> logits over the VQGAN pixel codebook (b, pixel_codebook_size, h, w)."""
+        if not self.vqgan_head:
+            raise ValueError("pixel_logits needs the MaskGIT-VQGAN head (a model built with pixel_codebook_size)")
+        return rearrange(self.head(self._cells(codes)), "b (h w) k -> b k h w", h=self.grid)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """codes (b, k, d), k <= n -> pixels (b, 3, H, W)."""
+        if self.vqgan_head:
+            mix = torch.einsum("bkhw,kd->bdhw", self.pixel_logits(codes).softmax(1), self.pixel_codebook)
+            return self.pixel_decoder(mix)  # b 3 H W
+        x = self.head(self._cells(codes))  # b p (ph pw 3)
         x = rearrange(x, "b (h w) (ph pw c) -> b c (h ph) (w pw)", h=self.grid, ph=self.patch_size, c=3)
         return self.conv_out(x)
 
@@ -101,7 +148,7 @@ class TiTokDecoder(nn.Module):
 # TiTok
 # ----------------------------------------------------------------------------------------------------------------
 class TiTok(nn.Module, Configurable):
-    """TiTok tokenizer: pixels in [0, 1] -> ``(B, N)`` code ids -> pixels.
+    """TiTok tokenizer: pixels in [0, 1] -> ``(B, N)`` code ids (or ``(B, N, D)`` floats for the VAE) -> pixels.
 
     Args:
         image_size: input side in pixels (square images).
@@ -109,14 +156,22 @@ class TiTok(nn.Module, Configurable):
         width, depth, num_heads: encoder ViT size.
         decoder_width, decoder_depth, decoder_num_heads: decoder ViT size (None = same as the encoder).
         num_latent_tokens: N, the number of 1D tokens.
-        codebook_size: K, number of VQ codes.
-        token_size: code dimension (12 in the paper: low-dim codes keep the codebook in use).
+        codebook_size: K, number of VQ codes; None = continuous tokens from a diagonal Gaussian (VAE variant:
+            the encoder emits mean and log-variance, ``encode`` returns the mean, training samples).
+        token_size: code / latent dimension D (12 in the paper: low-dim codes keep the codebook in use).
+        l2_norm: VQ on the unit sphere (two-stage models); False = plain Euclidean VQ (single-stage VQ8k models).
         commitment: VQ commitment weight.
+        kl_weight: weight of the KL term in the VAE variant's loss.
         reseed_every: dead-code re-seeding period in training steps (0 = off).
         tail_drop: One-D-Piece training (decode a random prefix per batch); enables prefix decoding.
         legacy_readout: reproduce the official legacy checkpoints' raw-reshape readout.
-        pixel_conv_out: end the pixel head with the official 3x3 conv (False: the linear patch head alone, which
-            trains markedly faster from scratch on CPU).
+        pixel_conv_out: end the direct pixel head with the official 3x3 conv (False: the linear patch head alone,
+            which trains markedly faster from scratch on CPU).
+        pixel_codebook_size: use the MaskGIT-VQGAN pixel head with this many pixel codes (official 1024); None =
+            direct pixel head.
+        pixel_code_dim: pixel code dimension (VQGAN decoder input channels; official 256).
+        pixel_channels: VQGAN decoder level widths, finest first; ``2 ** (len - 1)`` must equal ``patch_size``.
+        pixel_res_blocks: res-blocks per VQGAN decoder level.
         spatial_init: start from spatially routed attention (see ``initialize_spatial_routing``).
         embed_init_std: init std of the learned tokens and position tables (None: ``width ** -0.5`` as the
             official code).  A larger value (1.0) makes position dominate patch content at init, which shortens
@@ -127,23 +182,34 @@ class TiTok(nn.Module, Configurable):
 
     def __init__(self, image_size: int = 256, patch_size: int = 16, width: int = 512, depth: int = 8,
                  num_heads: int = 8, decoder_width: int | None = None, decoder_depth: int | None = None,
-                 decoder_num_heads: int | None = None, num_latent_tokens: int = 128, codebook_size: int = 4096,
-                 token_size: int = 12, commitment: float = 0.25, reseed_every: int = 0, tail_drop: bool = False,
-                 legacy_readout: bool = False, pixel_conv_out: bool = True, embed_init_std: float | None = None,
-                 spatial_init: bool = False):
+                 decoder_num_heads: int | None = None, num_latent_tokens: int = 128, codebook_size: int | None = 4096,
+                 token_size: int = 12, l2_norm: bool = True, commitment: float = 0.25, kl_weight: float = 1e-6,
+                 reseed_every: int = 0, tail_drop: bool = False, legacy_readout: bool = False,
+                 pixel_conv_out: bool = True, pixel_codebook_size: int | None = None, pixel_code_dim: int = 256,
+                 pixel_channels: tuple[int, ...] = (128, 128, 256, 256, 512), pixel_res_blocks: int = 2,
+                 embed_init_std: float | None = None, spatial_init: bool = False):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
+        if codebook_size is not None and codebook_size < 1:
+            raise ValueError(f"codebook_size must be >= 1 (or None for continuous VAE tokens), got {codebook_size}")
+        if pixel_codebook_size is not None and 2 ** (len(pixel_channels) - 1) != patch_size:
+            raise ValueError(f"the VQGAN pixel decoder upsamples by 2**(len(pixel_channels) - 1) = "
+                             f"{2 ** (len(pixel_channels) - 1)}, which must equal patch_size {patch_size}; give "
+                             f"{int(math.log2(patch_size)) + 1} pixel_channels")
         self.image_size, self.patch_size = image_size, patch_size
         self.num_tokens, self.codebook_size, self.token_dim = num_latent_tokens, codebook_size, token_size
-        self.tail_drop = tail_drop
+        self.kind = "discrete" if codebook_size is not None else "continuous"
+        self.tail_drop, self.kl_weight = tail_drop, kl_weight
         self.latent_tokens = nn.Parameter(width**-0.5 * torch.randn(num_latent_tokens, width))
-        self.encoder = TiTokEncoder(image_size, patch_size, width, depth, num_heads, num_latent_tokens,
-                                    token_size, legacy_readout)
-        self.quantizer = VectorQuantizer(codebook_size, token_size, commitment, l2_norm=True,
-                                         reseed_every=reseed_every)
+        out_dim = token_size if codebook_size is not None else 2 * token_size  # VAE: mean and log-variance
+        self.encoder = TiTokEncoder(image_size, patch_size, width, depth, num_heads, num_latent_tokens, out_dim,
+                                    legacy_readout)
+        self.quantizer = (VectorQuantizer(codebook_size, token_size, commitment, l2_norm=l2_norm,
+                                          reseed_every=reseed_every) if codebook_size is not None else None)
         self.decoder = TiTokDecoder(image_size, patch_size, decoder_width or width, decoder_depth or depth,
-                                    decoder_num_heads or num_heads, num_latent_tokens, token_size, pixel_conv_out)
+                                    decoder_num_heads or num_heads, num_latent_tokens, token_size, pixel_conv_out,
+                                    pixel_codebook_size, pixel_code_dim, tuple(pixel_channels), pixel_res_blocks)
         if spatial_init:
             self.initialize_spatial_routing()
         if embed_init_std is not None:
@@ -198,37 +264,294 @@ class TiTok(nn.Module, Configurable):
     # -- public API ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
-        """pixels (B, 3, H, W) in [0, 1] -> token ids (B, N) long."""
+        """pixels (B, 3, H, W) in [0, 1] -> token ids (B, N) long; VAE variant: posterior means (B, N, D) float."""
         check_pixels(pixels, video=False, size=self.image_size)
-        return self.quantizer.indices(self.encoder(pixels, self.latent_tokens))
+        z = self.encoder(pixels, self.latent_tokens)  # b n d (VAE: b n 2d)
+        if self.quantizer is None:
+            return z.chunk(2, dim=-1)[0]
+        return self.quantizer.indices(z)
 
     @torch.no_grad()
-    def decode(self, tokens: Tensor) -> Tensor:
-        """token ids (B, K) -> pixels (B, 3, H, W) in [0, 1].  K < N needs a tail-drop model."""
-        check_token_ids(tokens, self.codebook_size, self.num_tokens, allow_prefix=self.tail_drop)
-        return self.decoder(self.quantizer.lookup(tokens)).clamp(0, 1)
+    def decode(self, tokens: Tensor, *, clamp: bool = True) -> Tensor:
+        """token ids (B, K) (VAE: latents (B, K, D)) -> pixels (B, 3, H, W), clamped to [0, 1] unless ``clamp=False``.
+
+        K < N needs a tail-drop (One-D-Piece) model.
+        """
+        if self.quantizer is None:
+            self._check_latents(tokens)
+            codes = tokens
+        else:
+            check_token_ids(tokens, self.codebook_size, self.num_tokens, allow_prefix=self.tail_drop)
+            codes = self.quantizer.lookup(tokens)
+        out = self.decoder(codes)
+        return out.clamp(0, 1) if clamp else out
 
     def forward(self, pixels: Tensor) -> TokenizerOutput:
-        """Training pass: pixels (B, 3, H, W) -> reconstruction (unclamped), ids and the VQ loss."""
+        """Training pass: pixels (B, 3, H, W) -> reconstruction (unclamped), ids (VAE: sampled latents), loss."""
         check_pixels(pixels, video=False, size=self.image_size)
-        z = self.encoder(pixels, self.latent_tokens)  # b n d
-        zq, ids, parts = self.quantizer(z)
+        z = self.encoder(pixels, self.latent_tokens)  # b n d (VAE: b n 2d)
+        if self.quantizer is None:
+            zq, kl = self._sample_gaussian(z)
+            tokens, loss, extras = zq, self.kl_weight * kl, {"kl": kl.detach()}
+        else:
+            zq, tokens, extras = self.quantizer(z)
+            loss = extras["codebook"] + self.quantizer.commitment * extras["commitment"]
         if self.tail_drop and self.training:
             k = int(torch.randint(1, self.num_tokens + 1, ()))
             zq = zq[:, :k]
         recon = self.decoder(zq)
-        loss = parts["codebook"] + self.quantizer.commitment * parts["commitment"]
-        return TokenizerOutput(recon, ids, loss, {**parts, "prefix_len": torch.tensor(zq.shape[1])})
+        return TokenizerOutput(recon, tokens, loss, {**extras, "prefix_len": torch.tensor(zq.shape[1])})
 
     def reconstruct(self, pixels: Tensor, prefix_len: int | None = None) -> Tensor:
         """encode -> (prefix) -> decode, in [0, 1]."""
-        ids = self.encode(pixels)
-        return self.decode(ids if prefix_len is None else ids[:, :prefix_len])
+        tokens = self.encode(pixels)
+        return self.decode(tokens if prefix_len is None else tokens[:, :prefix_len])
+
+    # -- helpers -----------------------------------------------------------------------------------------------
+    def _sample_gaussian(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Encoder output (b, n, 2d) -> (latents (b, n, d): a sample in training, the mean in eval; mean KL)."""
+        mean, logvar = z.float().chunk(2, dim=-1)
+        logvar = logvar.clamp(-30.0, 20.0)  # as the official diagonal Gaussian
+        sample = mean + torch.exp(0.5 * logvar) * torch.randn_like(mean) if self.training else mean
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=(1, 2)).mean()
+        return sample.to(z.dtype), kl
+
+    def _check_latents(self, latents: Tensor) -> None:
+        if not isinstance(latents, Tensor) or not latents.is_floating_point():
+            raise TypeError(f"this TiTok is continuous (VAE): decode takes float latents (B, N, {self.token_dim}), got "
+                            f"{getattr(latents, 'dtype', type(latents).__name__)}")
+        if latents.ndim != 3 or latents.shape[-1] != self.token_dim:
+            raise ValueError(f"latents must have shape (B, N, {self.token_dim}), got {tuple(latents.shape)}")
+        k = latents.shape[1]
+        if self.tail_drop and not 1 <= k <= self.num_tokens:
+            raise ValueError(f"prefix length must be in [1, {self.num_tokens}], got {k}")
+        if not self.tail_drop and k != self.num_tokens:
+            raise ValueError(f"this tokenizer decodes exactly {self.num_tokens} tokens, got {k} "
+                             "(it was not trained with tail-token drop, so prefixes are not supported)")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints (bytedance/1d-tokenizer hub folders, One-D-Piece's bare pytorch_model.bin)
+# ----------------------------------------------------------------------------------------------------------------
+OFFICIAL_VIT_SIZES: dict[str, tuple[int, int, int]] = {  # name -> (width, depth, heads); every head is 64 wide
+    "small": (512, 8, 8), "base": (768, 12, 12), "large": (1024, 24, 16)}
+OFFICIAL_PIXEL_VQGAN = dict(hidden_channels=128, channel_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=256,
+                            num_embeddings=1024)  # hard-coded in the official TiTok
+OFFICIAL_WEIGHT_FILES = ("model.safetensors", "weights.safetensors", "pytorch_model.bin")
+
+_BLOCK = r"(encoder|decoder)\.transformer\.(\d+)\."
+_KEY_RULES: list[tuple[str, str]] = [  # official key (full match) -> vistok key
+    (r"latent_tokens", r"latent_tokens"),
+    (r"(encoder|decoder)\.class_embedding", r"\1.cls_token"),
+    (r"(encoder|decoder)\.positional_embedding", r"\1.pos_embed"),
+    (r"(encoder|decoder)\.latent_token_positional_embedding", r"\1.latent_pos_embed"),
+    (r"(encoder|decoder)\.ln_(pre|post)\.(weight|bias)", r"\1.norm_\2.\3"),
+    (_BLOCK + r"ln_([12])\.(weight|bias)", r"\1.blocks.\2.norm\3.\4"),
+    (_BLOCK + r"attn\.in_proj_(weight|bias)", r"\1.blocks.\2.attn.qkv.\3"),  # packed q, k, v rows, same order
+    (_BLOCK + r"attn\.out_proj\.(weight|bias)", r"\1.blocks.\2.attn.proj.\3"),
+    (_BLOCK + r"mlp\.c_fc\.(weight|bias)", r"\1.blocks.\2.mlp.0.\3"),
+    (_BLOCK + r"mlp\.c_proj\.(weight|bias)", r"\1.blocks.\2.mlp.2.\3"),
+    (r"encoder\.patch_embed\.(weight|bias)", r"encoder.patch_embed.\1"),
+    (r"encoder\.conv_out\.(weight|bias)", r"encoder.proj_out.\1"),  # 1x1 conv -> linear
+    (r"decoder\.decoder_embed\.(weight|bias)", r"decoder.proj_in.\1"),
+    (r"decoder\.mask_token", r"decoder.mask_token"),  # (1, 1, c) -> (1, c)
+    (r"decoder\.conv_out\.(weight|bias)", r"decoder.conv_out.\1"),  # direct head's 3x3 conv
+    (r"quantize\.embedding\.weight", r"quantizer.embedding.weight"),
+    (r"pixel_quantize\.embedding\.weight", r"decoder.pixel_codebook"),
+    (r"pixel_decoder\.(.+)", r"decoder.pixel_decoder.\1"),  # same module names
+]
+_LEGACY_HEAD_RULE = (r"decoder\.ffn\.([02])\.(weight|bias)", r"decoder.head.\1.\2")  # 1x1 convs, tanh between
+_DIRECT_HEAD_RULE = (r"decoder\.ffn\.0\.(weight|bias)", r"decoder.head.\1")  # 1x1 conv -> linear
+
+
+def convert_titok_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map an official TiTok / One-D-Piece state dict to vistok's :class:`TiTok` names and shapes.
+
+    Handles the ``nn.MultiheadAttention`` packed projections, the ``c_fc``/``c_proj`` MLP, 1x1 convs that are
+    linears here, the legacy (VQGAN-logit) or direct decoder head, and ``pixel_quantize``/``pixel_decoder``.
+
+    Raises:
+        ValueError: listing every official key it does not know (e.g. a TA-TiTok or stage-1 checkpoint).
+    """
+    legacy = "decoder.ffn.2.weight" in official
+    rules = [(re.compile(a), b) for a, b in [*_KEY_RULES, _LEGACY_HEAD_RULE if legacy else _DIRECT_HEAD_RULE]]
+    out, unknown = {}, []
+    for key, value in official.items():
+        for pattern, target in rules:
+            if m := pattern.fullmatch(key):
+                new = m.expand(target)
+                break
+        else:
+            unknown.append(key)
+            continue
+        if new == "decoder.mask_token":
+            value = value.reshape(1, -1)
+        elif value.ndim == 4 and (new.startswith("decoder.head") or new.startswith("encoder.proj_out")):
+            value = value.flatten(1)  # (o, i, 1, 1) -> (o, i)
+        out[new] = value
+    if unknown:
+        raise ValueError(f"convert_titok_state_dict: {len(unknown)} official keys have no vistok counterpart: "
+                         f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''} (is this a plain TiTok / One-D-Piece "
+                         "tokenizer checkpoint?)")
+    return out
+
+
+def _config_tree(config: dict) -> dict | None:
+    """The OmegaConf tree of an official config.json (hub layout, or nested under ``"config"``), else None."""
+    for tree in (config, config.get("config")):
+        if isinstance(tree, dict) and isinstance(tree.get("model"), dict):
+            vq = tree["model"].get("vq_model")
+            if isinstance(vq, dict) and "vit_enc_model_size" in vq:
+                return tree
+    return None
+
+
+def titok_kwargs_from_official_config(tree: dict) -> dict:
+    """TiTok constructor kwargs from an official OmegaConf tree (``model.vq_model``, ``dataset.preprocessing``)."""
+    vq = tree["model"]["vq_model"]
+
+    def vit(side: str) -> tuple[int, int, int]:
+        name = vq[f"vit_{side}_model_size"]
+        if name in OFFICIAL_VIT_SIZES:
+            return OFFICIAL_VIT_SIZES[name]
+        custom = vq.get(f"vit_{side}_custom_size")  # fixture-only extension of the official size table
+        if not isinstance(custom, dict):
+            raise ValueError(f"unknown vit_{side}_model_size {name!r}; official sizes: {sorted(OFFICIAL_VIT_SIZES)}")
+        return custom["width"], custom["num_layers"], custom["num_heads"]
+
+    if vq["vit_enc_patch_size"] != vq["vit_dec_patch_size"]:
+        raise ValueError("vistok's TiTok uses one patch size for encoder and decoder, got "
+                         f"{vq['vit_enc_patch_size']} and {vq['vit_dec_patch_size']}")
+    mode, legacy = vq.get("quantize_mode", "vq"), vq.get("is_legacy", True)
+    if mode not in ("vq", "vae"):
+        raise ValueError(f"unsupported quantize_mode {mode!r} (TiTok has 'vq' and 'vae')")
+    if legacy != vq.get("finetune_decoder", True):
+        raise ValueError("only stage-2 legacy checkpoints (is_legacy and finetune_decoder) and single-stage ones "
+                         "(neither) decode to pixels; a stage-1 checkpoint predicts MaskGIT-VQGAN codes only")
+    (width, depth, heads), (dwidth, ddepth, dheads) = vit("enc"), vit("dec")
+    kwargs = dict(image_size=tree.get("dataset", {}).get("preprocessing", {}).get("crop_size", 256),
+                  patch_size=vq["vit_enc_patch_size"], width=width, depth=depth, num_heads=heads,
+                  decoder_width=dwidth, decoder_depth=ddepth, decoder_num_heads=dheads,
+                  num_latent_tokens=vq["num_latent_tokens"], token_size=vq["token_size"],
+                  codebook_size=vq["codebook_size"] if mode == "vq" else None,
+                  l2_norm=bool(vq.get("use_l2_norm", False)), commitment=float(vq.get("commitment_cost", 0.25)),
+                  legacy_readout=legacy, tail_drop=tree["model"].get("type") == "one_d_piece")
+    if legacy:
+        pv = {**OFFICIAL_PIXEL_VQGAN, **vq.get("pixel_vqgan", {})}
+        kwargs.update(pixel_codebook_size=pv["num_embeddings"], pixel_code_dim=pv["z_channels"],
+                      pixel_channels=tuple(pv["hidden_channels"] * m for m in pv["channel_mult"]),
+                      pixel_res_blocks=pv["num_res_blocks"])
+    return kwargs
+
+
+def titok_kwargs_from_official_weights(state: dict[str, Tensor]) -> dict:
+    """TiTok constructor kwargs read off an official state dict's shapes (for folders without a config).
+
+    Heads are ``width // 64`` (true of every official size); the legacy layout implies the l2-normalised VQ and the
+    legacy readout, as in every released legacy checkpoint.
+    """
+    def count(pattern: str) -> int:
+        return len({m.group(1) for k in state if (m := re.fullmatch(pattern, k))})
+
+    width, dwidth = state["encoder.positional_embedding"].shape[1], state["decoder.positional_embedding"].shape[1]
+    if width % 64 or dwidth % 64:
+        raise ValueError(f"cannot infer the head count of widths {width}/{dwidth} (official heads are 64 wide); "
+                         "put the official config.json next to the weights")
+    patch = state["encoder.patch_embed.weight"].shape[-1]
+    legacy = "decoder.ffn.2.weight" in state
+    kwargs = dict(image_size=math.isqrt(state["encoder.positional_embedding"].shape[0] - 1) * patch, patch_size=patch,
+                  width=width, depth=count(r"encoder\.transformer\.(\d+)\.ln_1\.weight"), num_heads=width // 64,
+                  decoder_width=dwidth, decoder_depth=count(r"decoder\.transformer\.(\d+)\.ln_1\.weight"),
+                  decoder_num_heads=dwidth // 64, num_latent_tokens=state["latent_tokens"].shape[0],
+                  legacy_readout=legacy, l2_norm=legacy)
+    if "quantize.embedding.weight" in state:
+        kwargs["codebook_size"], kwargs["token_size"] = state["quantize.embedding.weight"].shape
+    else:
+        kwargs["codebook_size"], kwargs["token_size"] = None, state["encoder.conv_out.weight"].shape[0] // 2
+    if legacy:
+        levels = count(r"pixel_decoder\.up\.(\d+)\.block\.0\.conv1\.weight")
+        kwargs.update(pixel_codebook_size=state["pixel_quantize.embedding.weight"].shape[0],
+                      pixel_code_dim=state["pixel_quantize.embedding.weight"].shape[1],
+                      pixel_channels=tuple(state[f"pixel_decoder.up.{i}.block.0.conv1.weight"].shape[0]
+                                           for i in range(levels)),
+                      pixel_res_blocks=count(r"pixel_decoder\.mid\.(\d+)\.conv1\.weight"))
+    return kwargs
+
+
+def _weight_file(folder: Path) -> Path | None:
+    return next((folder / n for n in OFFICIAL_WEIGHT_FILES if (folder / n).is_file()), None)
+
+
+def _read_weights(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _weight_keys(path: Path) -> set[str]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            return set(f.keys())
+    return set(_read_weights(path, mmap=True))
+
+
+def official_matches(config: dict, folder: Path) -> bool:
+    """True for an official TiTok / One-D-Piece folder (config tree with ``model.vq_model``, or TiTok weight keys)."""
+    path = _weight_file(Path(folder))
+    if path is None:
+        return False
+    if config:
+        return _config_tree(config) is not None and not any(k.startswith("decoder.text_guidance")
+                                                            for k in _weight_keys(path))  # TA-TiTok
+    keys = _weight_keys(path)
+    return "latent_tokens" in keys and "encoder.latent_token_positional_embedding" in keys
+
+
+def load_official(folder: str | Path) -> TiTok:
+    """Build a :class:`TiTok` from an official release folder and load its weights (eval mode).
+
+    Reads ``config.json`` (the OmegaConf tree the hub repos hold, e.g. ``yucornetto/tokenizer_titok_s128_imagenet``,
+    optionally nested under ``"config"``) with ``model.safetensors`` / ``weights.safetensors`` /
+    ``pytorch_model.bin``.  A folder with only ``pytorch_model.bin`` is One-D-Piece's release
+    (``turing-motors/One-D-Piece-*``): the sizes are read off the weights and prefix decoding is enabled.
+    """
+    folder = Path(folder)
+    path = _weight_file(folder)
+    if path is None:
+        raise FileNotFoundError(f"{folder} holds none of {OFFICIAL_WEIGHT_FILES}")
+    cfg_path = folder / "config.json"
+    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    tree = _config_tree(config)
+    if config and tree is None:
+        raise ValueError(f"{cfg_path} is not an official TiTok config (no model.vq_model.vit_enc_model_size)")
+    state = _read_weights(path)
+    kwargs = titok_kwargs_from_official_config(tree) if tree else {**titok_kwargs_from_official_weights(state),
+                                                                   "tail_drop": True}
+    model = TiTok(**kwargs)
+    load_state_dict_strict(model, convert_titok_state_dict(state), str(path))
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Presets (name -> constructor kwargs); registered in vistok.registry
 # ----------------------------------------------------------------------------------------------------------------
+def _vit(size: str, decoder: str | None = None) -> dict:
+    (w, d, h), (dw, dd, dh) = OFFICIAL_VIT_SIZES[size], OFFICIAL_VIT_SIZES[decoder or size]
+    return dict(width=w, depth=d, num_heads=h, decoder_width=dw, decoder_depth=dd, decoder_num_heads=dh)
+
+
+# Two-stage release (configs/infer/TiTok/titok_{s128,b64,l32}.yaml): legacy readout + MaskGIT-VQGAN pixel head.
+_TWO_STAGE = dict(image_size=256, patch_size=16, codebook_size=4096, token_size=12, l2_norm=True,
+                  legacy_readout=True, pixel_codebook_size=1024)
+# Single-stage release (titok_{bl64,bl128,sl256}_vq8k, titok_{ll32,bl64,bl128}_vae_c16): direct pixel head.
+_VQ8K = dict(image_size=256, patch_size=16, codebook_size=8192, token_size=64, l2_norm=False)
+_VAE_C16 = dict(image_size=256, patch_size=16, codebook_size=None, token_size=16)
+
 TITOK_PRESETS: dict[str, dict] = {
     # Tiny CPU model on 64x64 shapes (the shipped default's size)
     "titok_tiny": dict(image_size=64, patch_size=8, width=128, depth=4, num_heads=4, num_latent_tokens=32,
@@ -238,4 +561,18 @@ TITOK_PRESETS: dict[str, dict] = {
     "onedpiece_tiny": dict(image_size=64, patch_size=8, width=128, depth=4, num_heads=4, num_latent_tokens=32,
                            codebook_size=1024, token_size=12, reseed_every=100, tail_drop=True,
                            pixel_conv_out=False, spatial_init=True),
+    # Official TiTok (hub: yucornetto/tokenizer_<name>_imagenet)
+    "titok_s128": dict(**_TWO_STAGE, **_vit("small"), num_latent_tokens=128),
+    "titok_b64": dict(**_TWO_STAGE, **_vit("base"), num_latent_tokens=64),
+    "titok_l32": dict(**_TWO_STAGE, **_vit("large"), num_latent_tokens=32),
+    "titok_bl64_vq8k": dict(**_VQ8K, **_vit("base", "large"), num_latent_tokens=64),
+    "titok_bl128_vq8k": dict(**_VQ8K, **_vit("base", "large"), num_latent_tokens=128),
+    "titok_sl256_vq8k": dict(**_VQ8K, **_vit("small", "large"), num_latent_tokens=256),
+    "titok_ll32_vae_c16": dict(**_VAE_C16, **_vit("large"), num_latent_tokens=32),
+    "titok_bl64_vae_c16": dict(**_VAE_C16, **_vit("base", "large"), num_latent_tokens=64),
+    "titok_bl128_vae_c16": dict(**_VAE_C16, **_vit("base", "large"), num_latent_tokens=128),
+    # Official One-D-Piece (hub: turing-motors/One-D-Piece-{S,B,L}-256): two-stage TiTok with tail-token drop
+    "onedpiece_s256": dict(**_TWO_STAGE, **_vit("small"), num_latent_tokens=256, tail_drop=True),
+    "onedpiece_b256": dict(**_TWO_STAGE, **_vit("base"), num_latent_tokens=256, tail_drop=True),
+    "onedpiece_l256": dict(**_TWO_STAGE, **_vit("large"), num_latent_tokens=256, tail_drop=True),
 }
