@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vistok
-from vistok.generators import ARGenerator
+from vistok.generators import ARGenerator, NARGenerator
 from vistok.interfaces import Conditioning, Generator, Tokenizer
 from vistok.tokenizers import TiTok
 
@@ -12,6 +12,7 @@ TINY = {
     TiTok: dict(image_size=32, patch_size=8, width=32, depth=1, num_heads=2, num_latent_tokens=8,
                 codebook_size=64, token_size=8),
     ARGenerator: dict(vocab_size=64, seq_len=8, width=32, depth=1, num_heads=2, max_text_len=6),
+    NARGenerator: dict(vocab_size=64, seq_len=16, grid=(4, 4), width=32, depth=1, num_heads=2, max_text_len=6),
 }
 
 
