@@ -91,7 +91,8 @@ def test_decoded_pixels(model, io):
     ref = io["decoded"]
     out = model.decode(ids, clamp=False)
     err = float((out - ref).abs().max())
-    assert out.shape == ref.shape and err <= _tol(ref), f"max abs error {err:.3g} vs range {float(ref.max() - ref.min()):.3g}"
+    assert out.shape == ref.shape
+    assert err <= _tol(ref), f"max abs error {err:.3g} vs range {float(ref.max() - ref.min()):.3g}"
     assert torch.allclose(model.decode(ids), io["decoded_clamped"], rtol=0, atol=_tol(ref))
     assert torch.allclose(model.reconstruct(io["image"]), io["decoded_clamped"], rtol=0, atol=_tol(ref))
 
@@ -163,7 +164,8 @@ def test_official_matches(tmp_path, fixture_json):
 
 
 def _official_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    rows = (re.fullmatch(r"(\S+)\s+\(([\d, ]*)\)", line.strip()) for line in path.read_text().splitlines() if line.strip())
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    rows = (re.fullmatch(r"(\S+)\s+\(([\d, ]*)\)", line) for line in lines)
     return {m.group(1): tuple(int(s) for s in m.group(2).replace(" ", "").split(",") if s) for m in rows}
 
 

@@ -5,4 +5,7 @@ from vistok.layers.quantizers import VectorQuantizer
 from vistok.layers.rope import apply_rope, rope_table
 from vistok.layers.vqgan import VQGANDecoder
 
-__all__ = ["Attention", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder", "VectorQuantizer", "apply_rope", "rope_table"]
+__all__ = [
+    "Attention", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder", "VectorQuantizer", "apply_rope",
+    "rope_table",
+]
