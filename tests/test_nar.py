@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import tiny_ar
 
 import vistok
-from conftest import tiny_ar
 from vistok.decoding import DECODERS, generate
 from vistok.decoding.neighboring import decode_nar, diagonal_schedule
 from vistok.generators import NARGenerator

@@ -40,7 +40,6 @@ from torch import Tensor, nn
 from vistok.generators.ar import ARGenerator
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
 from vistok.layers import LlamaBlock, RMSNorm
-from vistok.layers.rope import apply_rope
 from vistok.registry import register_generator
 
 
@@ -108,8 +107,9 @@ class NARGenerator(nn.Module, Configurable):
             raise ValueError(f"down_depth must be >= 0, got {down_depth}")
         if mlp_hidden is None:
             mlp_hidden = _find_multiple(int(8 * width / 3), 256)
-        self.vocab_size, self.seq_len, self.grid, self.width, self.num_heads = vocab_size, seq_len, (h, w), width, num_heads
-        self.num_classes, self.text_dim, self.cond_dropout, self.rope_base = num_classes, text_dim, cond_dropout, rope_base
+        self.vocab_size, self.seq_len, self.grid = vocab_size, seq_len, (h, w)
+        self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
+        self.num_classes, self.text_dim, self.cond_dropout = num_classes, text_dim, cond_dropout
         self.prefix_len = max_text_len if text_dim else 0
         self.is_causal = h == 1  # one row: the proximity mask is the causal mask
         # conditioning
@@ -220,7 +220,8 @@ class NARGenerator(nn.Module, Configurable):
         x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
         cos, sin = rope_2d_table(*self.grid, self.width // self.num_heads, self.rope_base, positions.device)
         mask = self._proximity_mask(positions, cache)
-        right, down = self._run(self.drop(x), positions + cache.prefix_len, (cos[positions], sin[positions]), mask, cache)
+        rope = (cos[positions], sin[positions])  # b l d/2
+        right, down = self._run(self.drop(x), positions + cache.prefix_len, rope, mask, cache)
         cache.written = cache.written.scatter(1, positions, True)
         cache.advance(positions)
         right = self.right_head(self.right_norm(right)).float()
@@ -239,9 +240,8 @@ class NARGenerator(nn.Module, Configurable):
         right, down = self.step_heads(inputs, positions, cache)
         if down is None:  # single row: the right neighbour is the next token
             return right
-        b, l = positions.shape
-        w = self.grid[1]
-        idx = torch.arange(l, device=positions.device).expand(b, -1)
+        b, w = positions.shape[0], self.grid[1]
+        idx = torch.arange(positions.shape[1], device=positions.device).expand(b, -1)
         where = torch.full((b, cache.max_tokens), -1, dtype=torch.long, device=positions.device)
         where = where.scatter(1, positions, idx)  # call index of each fed position
         src = torch.where(positions == 0, idx, where.gather(1, (positions - w + 1).clamp(min=0)))
