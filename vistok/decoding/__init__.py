@@ -17,6 +17,7 @@ from torch import Tensor
 from vistok.decoding.autoregressive import decode_ar
 from vistok.decoding.grouped import decode_gsd, decode_lantern
 from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
+from vistok.decoding.masked import decode_masked
 from vistok.decoding.neighboring import decode_nar
 from vistok.decoding.sampling import FILTERS, Guided, SamplingArgs, guided, sample_probs
 from vistok.interfaces import Conditioning
@@ -25,6 +26,7 @@ from vistok.interfaces import Conditioning
 DECODERS: dict[str, Callable] = {"ar": decode_ar, "sjd": decode_sjd, "mcsjd": decode_mcsjd, "gsd": decode_gsd,
                                  "lantern": decode_lantern}
 DECODERS["nar"] = decode_nar  # NAR: one anti-diagonal per pass (vistok.generators.nar)
+DECODERS["masked"] = decode_masked  # MAR: random-order masked decoding (vistok.generators.mar)
 
 
 @dataclass

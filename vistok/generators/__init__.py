@@ -1,6 +1,7 @@
 """Generator families; importing this package registers their presets."""
 
 from vistok.generators.ar import AR_PRESETS, ARGenerator
+from vistok.generators.mar import MARARGenerator, MARGenerator  # registers the mar_* presets
 from vistok.generators.nar import NARGenerator  # registers the nar_* presets
 from vistok.registry import register_generator
 
@@ -8,3 +9,4 @@ for _name, _kwargs in AR_PRESETS.items():
     register_generator(_name, ARGenerator, **_kwargs)
 
 __all__ = ["ARGenerator", "NARGenerator"]
+__all__ += ["MARARGenerator", "MARGenerator"]

@@ -1,0 +1,134 @@
+"""MAR's masked decoding: reveal a random order of positions over ``num_iter`` steps, a cosine number at a time.
+
+Paper: Li et al., "Autoregressive Image Generation without Vector Quantization", arXiv 2406.11838 (schedule from
+MaskGIT, CFG ramp from Muse); reference code github.com/LTH14/mar at fe470ac (``MAR.sample_tokens``, facts only).
+
+Step ``k`` of ``num_iter`` (0-based), with ``m`` positions still unknown:
+
+1. the generator predicts a head condition ``z`` for every position from the known tokens
+   (``generator.predict(tokens, mask, cond)``; batch doubled with the null condition under CFG);
+2. ``keep = max(1, min(m - 1, floor(n cos(pi/2 (k+1)/num_iter))))`` positions stay unknown after this step
+   (none after the last): the first ``keep`` entries of the sample's order, so tokens are revealed from the end
+   of the order backwards;
+3. the head samples the revealed positions (rows in (batch, position) order) with guidance
+   ``1 + (cfg - 1) (n - keep) / n`` (``cfg_schedule="linear"``) or ``cfg`` (``"constant"``) and the temperature
+   on its per-step noise.
+
+Legend: b batch, n tokens, d token dim, r revealed rows, s head sampling steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from vistok.decoding.sampling import Guided, SamplingArgs
+from vistok.interfaces import Conditioning
+
+__all__ = ["decode_masked", "mask_schedule", "sample_masked"]
+
+
+def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
+    """Unknown positions left after each step, ``num_iter`` entries (MAR's cosine schedule; the last is 0)."""
+    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
+        raise ValueError(f"num_iter must be an int >= 1 (MAR: 64; 256 for its reported FIDs), got {num_iter!r}")
+    left, out = seq_len, []
+    for k in range(num_iter):
+        keep = max(1, min(left - 1, math.floor(seq_len * math.cos(math.pi / 2 * (k + 1) / num_iter))))
+        left = 0 if k == num_iter - 1 else keep
+        out.append(left)
+    return out
+
+
+@torch.no_grad()
+def sample_masked(generator, cond: Conditioning, *, num_iter: int = 64, cfg_scale: float = 1.0,
+                  cfg_schedule: str = "linear", temperature: float = 1.0, rng: torch.Generator | None = None,
+                  orders: Tensor | None = None, head_noise: Callable[[int, int], Tensor] | None = None,
+                  progress: bool = False) -> tuple[Tensor, dict]:
+    """Sample continuous tokens (b, n, d) from a masked generator (e.g. :class:`~vistok.generators.mar.MARGenerator`).
+
+    Args:
+        generator: has ``predict(tokens, mask, cond)``, ``head.sample``, ``seq_len``, ``token_dim``.
+        cond: conditions, batch b.
+        num_iter: decoding steps (>= 1; steps beyond ``n`` reveal nothing).
+        cfg_scale: classifier-free guidance (1 = off); needs a conditional generator.
+        cfg_schedule: ``"linear"`` (ramp with the revealed fraction) or ``"constant"``.
+        temperature: scales the head's per-step diffusion noise.
+        rng: torch generator for the orders and the head noise.
+        orders: (b, n) permutations to use instead of random ones.
+        head_noise: ``(step, rows) -> (s, rows, d)`` noise for the head at each step (to reproduce a recorded run).
+
+    Returns:
+        ``(tokens, {"orders": (b, n), "revealed": (num_iter, b, n) bool, "head_nfe": head network calls})``.
+    """
+    for name in ("predict", "head", "seq_len", "token_dim"):
+        if not hasattr(generator, name):
+            raise ValueError(f"masked decoding needs a masked continuous generator (e.g. MARGenerator) with "
+                             f"`{name}`; {type(generator).__name__} has none")
+    schedule = mask_schedule(generator.seq_len, num_iter)
+    if cfg_schedule not in ("linear", "constant"):
+        raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+    guided = cfg_scale != 1.0
+    if guided and not (getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)):
+        raise ValueError("cfg_scale != 1 needs a conditional generator with a null condition (num_classes or "
+                         "text_dim > 0, trained with cond_dropout > 0); use cfg_scale=1.0")
+    generator.check_cond(cond)
+    b, n, d = cond.batch_size, generator.seq_len, generator.token_dim
+    device = generator.null_embed.device
+    if orders is None:
+        orders = torch.rand(b, n, generator=rng, device=device).argsort(dim=1)
+    elif orders.shape != (b, n):
+        raise ValueError(f"orders must have shape ({b}, {n}), got {tuple(orders.shape)}")
+    full = cond.cat(cond.null()) if guided else cond
+    tokens = torch.zeros(b, n, d, device=device, dtype=generator.null_embed.dtype)
+    unknown = torch.ones(b, n, dtype=torch.bool, device=device)
+    revealed, head_nfe = [], 0
+    steps = range(num_iter)
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="mar", leave=False)
+    for k in steps:
+        z = generator.predict(tokens.repeat(2, 1, 1) if guided else tokens, unknown.repeat(2, 1) if guided else unknown,
+                              full)
+        z_cond, z_null = z.chunk(2) if guided else (z, None)
+        keep = schedule[k]
+        still = torch.zeros_like(unknown).scatter(1, orders[:, :keep], True) if keep else torch.zeros_like(unknown)
+        now = unknown & ~still  # (b, n): revealed at this step
+        rows = now.nonzero(as_tuple=True)
+        if rows[0].numel():
+            ramp = (n - max(keep, 1)) / n  # MAR clamps the next mask length to >= 1 here, even at the last step
+            scale = 1 + (cfg_scale - 1) * ramp if cfg_schedule == "linear" else cfg_scale
+            noise = head_noise(k, rows[0].numel()) if head_noise is not None else None
+            tokens[rows] = generator.head.sample(z_cond[rows], z_null=None if z_null is None else z_null[rows],
+                                                 cfg_scale=scale, temperature=temperature, generator=rng,
+                                                 noise=noise).to(tokens.dtype)
+            head_nfe += generator.head.num_sampling_steps * (2 if guided and scale != 1.0 else 1)
+        revealed.append(now)
+        unknown = still
+    return tokens, {"orders": orders, "revealed": torch.stack(revealed), "head_nfe": head_nfe}
+
+
+def decode_masked(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
+                  progress: bool = False, *, num_iter: int = 64, cfg_schedule: str = "linear",
+                  **unknown) -> tuple[Tensor, int, dict]:
+    """:data:`vistok.decoding.DECODERS` entry ``"masked"``: ``(tokens (b, n, d), nfe = num_iter, extras)``.
+
+    ``generate(..., cfg_scale=s)`` arrives here as a :class:`Guided` wrapper; the scale is applied inside the
+    diffusion head instead (MAR guides eps, not the generator output).  ``temperature`` scales the head noise;
+    ``top_k``/``top_p`` do not apply to a continuous head.
+    """
+    if unknown:
+        raise ValueError(f"decoder 'masked' got unknown option(s) {sorted(unknown)}; it takes num_iter, cfg_schedule")
+    if sampling.top_k or (sampling.top_p is not None and sampling.top_p < 1):
+        raise ValueError("top_k / top_p filter logits; the masked decoder samples continuous tokens from a "
+                         "diffusion head: leave them unset")
+    cfg_scale = 1.0
+    if isinstance(generator, Guided):
+        generator, cfg_scale = generator.inner, generator.scale
+    tokens, extras = sample_masked(generator, cond, num_iter=num_iter, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
+                                   temperature=sampling.temperature, rng=rng, progress=progress)
+    return tokens, num_iter, extras

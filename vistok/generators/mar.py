@@ -1,0 +1,580 @@
+"""MAR: masked autoregression over continuous tokens with a per-token diffusion head, and its causal variant.
+
+Paper: Li et al., "Autoregressive Image Generation without Vector Quantization", NeurIPS 2024, arXiv 2406.11838.
+Reference code (facts only: shapes, key names, hyper-parameters): github.com/LTH14/mar at fe470ac
+(``models/mar.py``, ``models/diffloss.py``).
+
+:class:`MARGenerator` is MAR's MAE-style encoder/decoder.  The encoder reads ``buffer_size`` condition slots
+(class embedding, pooled/projected text, or the learned null embedding) plus the *known* tokens only (masked
+tokens are dropped); the decoder puts a mask token back at every unknown position, runs bidirectional blocks and
+emits one condition vector ``z`` per token for the :class:`~vistok.generators.heads.DiffLossHead`.  Training masks
+a random subset (one ratio per batch from a normal centred at 1, std 0.25, truncated to ``[mask_ratio_min, 1]``;
+a random order per sample) and applies the diffusion loss to the masked tokens, each repeated
+``diffusion_batch_mul`` times with independent timesteps and noise.  Decoding (random order, cosine schedule,
+CFG ramp) is :func:`vistok.decoding.masked.sample_masked`; ``step`` gives the raster-order, one-token-at-a-time
+view of the same network that the :class:`~vistok.interfaces.Generator` protocol asks for.
+
+:class:`MARARGenerator` is the paper's "AR + DiffLoss" baseline (Table 1): a causal transformer in raster order
+with the same head, driven through ``new_cache``/``step`` with a :class:`~vistok.interfaces.KVCache` exactly like
+:class:`~vistok.generators.ar.ARGenerator` (for CFG, run ``cond.cat(cond.null())`` and give the head both halves).
+
+Official checkpoints: :func:`convert_mar_state_dict`, :func:`load_official`.  Legend: b batch, n tokens,
+d token dim, k kept (visible) slots, s buffer + tokens, l step length, c width.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from vistok.generators.heads import DiffLossHead
+from vistok.hub import load_state_dict_strict
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.layers import Attention
+from vistok.registry import register_generator
+
+__all__ = ["MARARGenerator", "MARGenerator", "MAR_AR_PRESETS", "MAR_PRESETS", "convert_mar_state_dict",
+           "load_official", "official_matches", "patchify", "unpatchify"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------
+def patchify(latents: Tensor, patch_size: int = 1) -> Tensor:
+    """MAR's token layout of a latent map: (b, c, h, w) -> (b, n = (h/p)(w/p), d = c p^2), raster order."""
+    return rearrange(latents, "b c (h p) (w q) -> b (h w) (c p q)", p=patch_size, q=patch_size)
+
+
+def unpatchify(tokens: Tensor, channels: int, patch_size: int = 1) -> Tensor:
+    """Inverse of :func:`patchify` for a square grid: (b, n, c p^2) -> (b, c, h, w)."""
+    side = math.isqrt(tokens.shape[1])
+    return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=side, c=channels, p=patch_size, q=patch_size)
+
+
+class _Attention(Attention):
+    """vistok's attention plus attention-probability dropout (timm ``Attention(attn_drop=...)``)."""
+
+    def __init__(self, dim: int, num_heads: int, attn_dropout: float):
+        super().__init__(dim, num_heads)
+        self.attn_dropout = attn_dropout
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
+                slots: Tensor | None = None) -> Tensor:
+        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
+        if cache is not None:
+            k, v = cache.write(layer, k, v, slots)
+        p = self.attn_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=p)
+        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1, self.fc2, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class _Block(nn.Module):
+    """Pre-LN ViT block (timm ``Block`` as MAR builds it: qkv bias, GELU MLP, proj/attn dropout)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, attn_dropout: float, dropout: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        self.attn = _Attention(dim, num_heads, attn_dropout)
+        self.mlp = _Mlp(dim, int(dim * mlp_ratio), dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
+                slots: Tensor | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask, cache, layer, slots))
+        return x + self.mlp(self.norm2(x))
+
+
+class TokenCache(KVCache):
+    """State of a bidirectional generator between ``step`` calls: the tokens written so far, ``(b, n, d)``.
+
+    It holds no keys/values (every step re-encodes the known tokens); ``lengths``/``truncate`` work as for a
+    :class:`KVCache`.  ``buffer`` holds the encoder's condition slots ``(b, buffer_size, c)``.
+    """
+
+    def __init__(self, batch_size: int, max_tokens: int, token_dim: int, buffer: Tensor):
+        super().__init__(0, batch_size, 1, 1, 0, max_tokens, dtype=buffer.dtype, device=buffer.device)
+        self.tokens = buffer.new_zeros(batch_size, max_tokens, token_dim)
+        self.buffer = buffer
+
+    def clone(self) -> TokenCache:
+        new = super().clone()
+        new.tokens = self.tokens.clone()
+        return new
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared by both generators: conditioning, token checks, the diffusion loss
+# --------------------------------------------------------------------------------------------------------------
+class _ContinuousGenerator(nn.Module):
+    kind = "continuous"
+    vocab_size = None
+    seq_len: int
+    token_dim: int
+    num_classes: int
+    text_dim: int
+    head: DiffLossHead
+
+    def _init_conditioning(self, width: int, num_classes: int, text_dim: int, max_text_len: int) -> None:
+        if num_classes and text_dim:
+            raise ValueError("give num_classes or text_dim, not both (MAR conditions on one of them)")
+        self.num_classes, self.text_dim, self.max_text_len = num_classes, text_dim, max_text_len
+        self.class_embed = nn.Embedding(num_classes, width) if num_classes else None
+        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"),
+                                        nn.Linear(width, width)) if text_dim else None)
+        self.null_embed = nn.Parameter(torch.zeros(width))  # MAR's ``fake_latent``: the null condition for CFG
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        if not isinstance(tokens, Tensor) or not tokens.is_floating_point():
+            got = type(tokens).__name__ if not isinstance(tokens, Tensor) else f"a {tokens.dtype} tensor"
+            raise TypeError(f"{type(self).__name__} models continuous tokens (B, N, D) floats, got {got}; "
+                            "discrete token ids need a discrete generator such as ARGenerator")
+        if tokens.ndim != 3 or tokens.shape[1:] != (self.seq_len, self.token_dim):
+            raise ValueError(f"tokens must have shape (B, {self.seq_len}, {self.token_dim}), got {tuple(tokens.shape)}")
+
+    def check_cond(self, cond: Conditioning) -> None:
+        if not isinstance(cond, Conditioning):
+            raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
+        if self.num_classes and cond.labels is None:
+            raise ValueError(f"this generator is class-conditional: pass Conditioning(labels=...) with ids in "
+                             f"[0, {self.num_classes - 1}] (-1 = null class)")
+        if self.text_dim and cond.text is None:
+            raise ValueError("this generator is text-conditional: pass Conditioning(text=..., text_mask=...)")
+        if cond.labels is not None:
+            if not self.num_classes:
+                raise ValueError("labels given to a generator built with num_classes=0")
+            if int(cond.labels.max()) >= self.num_classes or int(cond.labels.min()) < -1:
+                raise ValueError(f"class labels must be in [-1, {self.num_classes - 1}] (-1 = null)")
+        if cond.text is not None:
+            if not self.text_dim:
+                raise ValueError("text given to a generator built with text_dim=0")
+            if cond.text.shape[-1] != self.text_dim or cond.text.shape[1] > self.max_text_len:
+                raise ValueError(f"text states must be (B, T <= {self.max_text_len}, {self.text_dim}), "
+                                 f"got {tuple(cond.text.shape)}")
+
+    def drop_condition(self, cond: Conditioning) -> Conditioning:
+        """Replace each condition by the null condition with probability ``cond_dropout`` (training, for CFG)."""
+        drop = torch.rand(cond.batch_size) < self.cond_dropout
+        labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
+        mask = None if cond.text_mask is None else cond.text_mask & ~drop.to(cond.text_mask.device)[:, None]
+        return Conditioning(labels, cond.text, mask, cond.batch)
+
+    def class_vector(self, cond: Conditioning) -> Tensor:
+        """One condition vector per sample (b, c): class embedding, or the null embedding (label -1 / no class)."""
+        null = self.null_embed.expand(cond.batch_size, -1)
+        if self.class_embed is None:
+            return null
+        labels = cond.labels
+        return torch.where((labels >= 0)[:, None], self.class_embed(labels.clamp(min=0)), null)
+
+    def diffusion_loss(self, z: Tensor, tokens: Tensor, weight: Tensor | None = None, *, t: Tensor | None = None,
+                       noise: Tensor | None = None) -> Tensor:
+        """Head loss on every token repeated ``diffusion_batch_mul`` times (MAR's layout: tiled, not interleaved).
+
+        z (b, n, c), tokens (b, n, d), weight (b, n) or None; ``t``/``noise`` (b n mul,) / (b n mul, d) if given.
+        """
+        mul = self.diffusion_batch_mul
+        w = None if weight is None else weight.flatten().to(tokens.dtype).repeat(mul)
+        return self.head.loss(tokens.flatten(0, 1).repeat(mul, 1), z.flatten(0, 1).repeat(mul, 1), w, t=t,
+                              noise=noise)
+
+    def _init_linear_and_norms(self) -> None:
+        """MAR init outside the head: xavier-uniform Linears with zero bias, unit LayerNorms, N(0, .02) tables."""
+        for name, m in self.named_modules():
+            if name.startswith("head"):
+                continue
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=0.02)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MAR (bidirectional, masked)
+# --------------------------------------------------------------------------------------------------------------
+class MARGenerator(_ContinuousGenerator, Configurable):
+    """MAR: MAE encoder/decoder over continuous tokens with a DiffLoss head.
+
+    Args:
+        token_dim, seq_len: d and n of the tokens (MAR: KL-16 latents, 16 x 256).
+        encoder_width, encoder_depth, encoder_heads, decoder_width, decoder_depth, decoder_heads: backbone size.
+        mlp_ratio, norm_eps: block MLP ratio and block LayerNorm eps (MAR presets: 1e-6).
+        buffer_size: condition slots in front of the tokens (MAR: 64).
+        num_classes: class-conditional when > 0.  text_dim: text-conditional when > 0 (states of a text encoder;
+            the first T buffer slots hold the projected text tokens, the others their masked mean).
+        max_text_len: longest text (must fit the buffer).
+        cond_dropout: probability of the null condition in training (MAR's ``label_drop_prob``).
+        mask_ratio_min: lower end of the training mask ratio, in (0, 1].
+        attn_dropout, proj_dropout: dropout in attention probabilities / after projections and MLPs.
+        head_width, head_depth, num_sampling_steps, head_sampler: the :class:`DiffLossHead`.
+        diffusion_batch_mul: copies of every token in the diffusion loss (independent t and noise).
+    """
+
+    is_causal = False
+
+    def __init__(self, *, token_dim: int = 16, seq_len: int = 256, encoder_width: int = 1024, encoder_depth: int = 16,
+                 encoder_heads: int = 16, decoder_width: int = 1024, decoder_depth: int = 16, decoder_heads: int = 16,
+                 mlp_ratio: float = 4.0, norm_eps: float = 1e-6, buffer_size: int = 64, num_classes: int = 1000,
+                 text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, mask_ratio_min: float = 0.7,
+                 attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3,
+                 num_sampling_steps: int = 100, head_sampler: str = "ddpm", diffusion_batch_mul: int = 4):
+        super().__init__()
+        if not 0 < mask_ratio_min <= 1:
+            raise ValueError(f"mask_ratio_min must be in (0, 1] (MAR: 0.7), got {mask_ratio_min}")
+        if text_dim and max_text_len > buffer_size:
+            raise ValueError(f"max_text_len ({max_text_len}) must be <= buffer_size ({buffer_size}): text tokens "
+                             "live in the buffer slots")
+        self.token_dim, self.seq_len, self.buffer_size = token_dim, seq_len, buffer_size
+        self.cond_dropout, self.mask_ratio_min, self.diffusion_batch_mul = cond_dropout, mask_ratio_min, diffusion_batch_mul
+        self._init_conditioning(encoder_width, num_classes, text_dim, max_text_len if text_dim else 0)
+        # encoder
+        self.token_proj = nn.Linear(token_dim, encoder_width)
+        self.token_norm = nn.LayerNorm(encoder_width, eps=1e-6)
+        self.encoder_pos = nn.Parameter(torch.zeros(buffer_size + seq_len, encoder_width))
+        block = lambda w, h: _Block(w, h, mlp_ratio, norm_eps, attn_dropout, proj_dropout)
+        self.encoder = nn.ModuleList(block(encoder_width, encoder_heads) for _ in range(encoder_depth))
+        self.encoder_norm = nn.LayerNorm(encoder_width, eps=norm_eps)
+        # decoder
+        self.decoder_embed = nn.Linear(encoder_width, decoder_width)
+        self.mask_token = nn.Parameter(torch.zeros(decoder_width))
+        self.decoder_pos = nn.Parameter(torch.zeros(buffer_size + seq_len, decoder_width))
+        self.decoder = nn.ModuleList(block(decoder_width, decoder_heads) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_width, eps=norm_eps)
+        self.head_pos = nn.Parameter(torch.zeros(seq_len, decoder_width))
+        self.head = DiffLossHead(token_dim=token_dim, cond_dim=decoder_width, width=head_width, depth=head_depth,
+                                 num_sampling_steps=num_sampling_steps, sampler=head_sampler)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for p in (self.null_embed, self.mask_token, self.encoder_pos, self.decoder_pos, self.head_pos):
+            nn.init.normal_(p, std=0.02)
+        self._init_linear_and_norms()
+
+    # -- conditioning ------------------------------------------------------------------------------------------
+    def cond_buffer(self, cond: Conditioning) -> Tensor:
+        """The encoder's condition slots (b, buffer_size, c) for ``cond`` (no dropout)."""
+        if self.text_proj is None:
+            return self.class_vector(cond)[:, None].expand(-1, self.buffer_size, -1)
+        text = self.text_proj(cond.text.to(self.null_embed.dtype))  # b t c
+        keep = cond.text_mask[..., None]
+        pooled = (text * keep).sum(1) / keep.sum(1).clamp(min=1)
+        pooled = torch.where(keep.any(1), pooled, self.null_embed)  # all-masked text = null condition
+        slots = torch.where(keep, text, pooled[:, None])
+        return torch.cat([slots, pooled[:, None].expand(-1, self.buffer_size - text.shape[1], -1)], dim=1)
+
+    # -- network -----------------------------------------------------------------------------------------------
+    def encode(self, tokens: Tensor, mask: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """MAE encoder over the buffer and the known tokens.
+
+        tokens (b, n, d), mask (b, n) bool (True = unknown), buffer (b, buffer_size, c) ->
+        (x (b, k, c) encoded kept slots in original order, idx (b, k) their slot indices, valid (b, k)).
+        Rows with fewer kept slots than ``k`` are padded (``valid`` False) and masked out of attention.
+        """
+        x = torch.cat([buffer.to(tokens.dtype), self.token_proj(tokens)], dim=1) + self.encoder_pos
+        x = self.token_norm(x)  # b s c
+        keep = F.pad(~mask, (self.buffer_size, 0), value=True)
+        counts = keep.sum(1)
+        idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(counts.max())]  # kept first
+        valid = torch.arange(idx.shape[1], device=idx.device) < counts[:, None]
+        x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+        attn_mask = None if bool(valid.all()) else valid[:, None, None, :]
+        for blk in self.encoder:
+            x = blk(x, attn_mask)
+        return self.encoder_norm(x), idx, valid
+
+    def decode(self, x: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
+        """MAE decoder: mask tokens back in, bidirectional blocks -> per-token head conditions z (b, n, c)."""
+        y = torch.where(valid[..., None], self.decoder_embed(x), self.mask_token.to(x.dtype))
+        full = self.mask_token.to(y.dtype).expand(y.shape[0], self.buffer_size + self.seq_len, -1)
+        y = full.scatter(1, idx[..., None].expand(-1, -1, y.shape[-1]), y) + self.decoder_pos
+        for blk in self.decoder:
+            y = blk(y)
+        return self.decoder_norm(y)[:, self.buffer_size :] + self.head_pos
+
+    def predict(self, tokens: Tensor, mask: Tensor, cond: Conditioning) -> Tensor:
+        """Head conditions for every position given the tokens where ``mask`` is False.
+
+        tokens (b, n, d) (values under the mask are ignored), mask (b, n) bool, True = unknown -> z (b, n, c).
+        """
+        return self.decode(*self.encode(tokens, mask.bool(), self.cond_buffer(cond)))
+
+    def random_mask(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
+        """MAR's training mask (b, n) bool: one ratio per batch from N(1, 0.25) truncated to [mask_ratio_min, 1],
+        ``ceil(n * ratio)`` masked positions per sample taken from a random order."""
+        lo = torch.special.ndtr(torch.tensor((self.mask_ratio_min - 1.0) / 0.25, dtype=torch.float64))
+        u = lo + (0.5 - lo) * torch.rand((), dtype=torch.float64)
+        ratio = 1.0 + 0.25 * float(torch.special.ndtri(u)) if self.mask_ratio_min < 1 else 1.0
+        num = min(self.seq_len, max(1, math.ceil(self.seq_len * ratio)))
+        orders = torch.rand(batch_size, self.seq_len, device=device).argsort(dim=1)
+        return torch.zeros(batch_size, self.seq_len, dtype=torch.bool, device=device).scatter(1, orders[:, :num], True)
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, cond: Conditioning, *, mask: Tensor | None = None) -> GeneratorOutput:
+        """Masked diffusion loss.  tokens (b, n, d); ``mask`` (b, n) (True/1 = masked) defaults to a random one.
+
+        Returns ``GeneratorOutput(loss, extras={"mask": (b, n), "z": (b, n, c)})``.
+        """
+        self.check_tokens(tokens)
+        self.check_cond(cond)
+        b = tokens.shape[0]
+        if mask is None:
+            mask = self.random_mask(b, tokens.device)
+        elif mask.shape != (b, self.seq_len):
+            raise ValueError(f"mask must have shape ({b}, {self.seq_len}), got {tuple(mask.shape)}")
+        mask = mask.bool()
+        if not bool(mask.any()):
+            raise ValueError("mask has no masked position: the loss is computed on masked tokens only")
+        if self.training and self.cond_dropout > 0:
+            cond = self.drop_condition(cond)
+        z = self.predict(tokens, mask, cond)
+        return GeneratorOutput(self.diffusion_loss(z, tokens, mask), extras={"mask": mask, "z": z})
+
+    # -- Generator protocol (raster order, one token per position) --------------------------------------------
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> TokenCache:
+        """A :class:`TokenCache` for ``cond``'s batch (MAR has no KV cache: attention is bidirectional)."""
+        self.check_cond(cond)
+        if max_tokens not in (None, self.seq_len):
+            raise ValueError(f"MAR always holds all {self.seq_len} positions; got max_tokens={max_tokens}")
+        return TokenCache(cond.batch_size, self.seq_len, self.token_dim, self.cond_buffer(cond))
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: TokenCache) -> Tensor:
+        """inputs (b, l, d) = tokens at ``positions - 1`` -> z (b, l, c): position p's condition given the
+        tokens at positions < p (all later ones masked).  Costs one batched pass over b * l masks."""
+        if not isinstance(cache, TokenCache):
+            raise TypeError("MARGenerator.step needs the cache from MARGenerator.new_cache")
+        if int(positions.max()) >= self.seq_len or int(positions.min()) < 0:
+            raise ValueError(f"positions must be in [0, {self.seq_len - 1}]")
+        rows, cols = (positions > 0).nonzero(as_tuple=True)
+        cache.tokens[rows, positions[rows, cols] - 1] = inputs[rows, cols].to(cache.tokens.dtype)
+        cache.advance(positions)
+        b, l = positions.shape
+        unknown = torch.arange(self.seq_len, device=positions.device) >= positions[..., None]  # b l n
+        z = self.decode(*self.encode(cache.tokens.repeat_interleave(l, 0), unknown.flatten(0, 1),
+                                     cache.buffer.repeat_interleave(l, 0)))
+        return z[torch.arange(b * l, device=z.device), positions.flatten()].unflatten(0, (b, l))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Causal "AR + DiffLoss" variant (raster order, KV cache)
+# --------------------------------------------------------------------------------------------------------------
+class MARARGenerator(_ContinuousGenerator, Configurable):
+    """Causal transformer over continuous tokens with a DiffLoss head (MAR paper, Table 1 "AR, raster").
+
+    Slot layout as :class:`~vistok.generators.ar.ARGenerator`: ``[P text-prefix slots | N token slots]``; token
+    slot p reads the start embedding (class, or null for text/unconditional models) for p = 0 and token p - 1
+    otherwise, plus a learned absolute position.  Args as :class:`MARGenerator` (``width``/``depth``/``num_heads``
+    for the single causal stack).
+    """
+
+    is_causal = True
+
+    def __init__(self, *, token_dim: int = 16, seq_len: int = 256, width: int = 1024, depth: int = 32,
+                 num_heads: int = 16, mlp_ratio: float = 4.0, norm_eps: float = 1e-6, num_classes: int = 1000,
+                 text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, attn_dropout: float = 0.1,
+                 proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3, num_sampling_steps: int = 100,
+                 head_sampler: str = "ddpm", diffusion_batch_mul: int = 4):
+        super().__init__()
+        self.token_dim, self.seq_len, self.width, self.num_heads = token_dim, seq_len, width, num_heads
+        self.cond_dropout, self.diffusion_batch_mul = cond_dropout, diffusion_batch_mul
+        self.prefix_len = max_text_len if text_dim else 0
+        self._init_conditioning(width, num_classes, text_dim, self.prefix_len)
+        self.token_proj = nn.Linear(token_dim, width)
+        self.token_norm = nn.LayerNorm(width, eps=1e-6)
+        self.pos = nn.Parameter(torch.zeros(seq_len, width))
+        self.prefix_pos = nn.Parameter(torch.zeros(self.prefix_len, width))
+        self.blocks = nn.ModuleList(_Block(width, num_heads, mlp_ratio, norm_eps, attn_dropout, proj_dropout)
+                                    for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=norm_eps)
+        self.head = DiffLossHead(token_dim=token_dim, cond_dim=width, width=head_width, depth=head_depth,
+                                 num_sampling_steps=num_sampling_steps, sampler=head_sampler)
+        for p in (self.null_embed, self.pos, self.prefix_pos):
+            nn.init.normal_(p, std=0.02)
+        self._init_linear_and_norms()
+
+    def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, mask, cache, i, slots)
+        return x
+
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
+        """Allocate a KV cache for ``cond``'s batch and prefill the text prefix (if any)."""
+        self.check_cond(cond)
+        b, ref = cond.batch_size, self.pos
+        cache = KVCache(len(self.blocks), b, self.num_heads, self.width // self.num_heads, self.prefix_len,
+                        max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
+        cache.start = self.class_vector(cond)
+        if self.prefix_len:
+            t = cond.text.shape[1]
+            text = F.pad(cond.text.to(ref.dtype), (0, 0, 0, self.prefix_len - t))
+            x = self.token_norm(self.text_proj(text) + self.prefix_pos)  # b p c
+            cache.prefix_mask = F.pad(cond.text_mask, (0, self.prefix_len - t), value=False)
+            slots = torch.arange(self.prefix_len, device=ref.device).expand(b, -1)
+            eye = torch.eye(self.prefix_len, dtype=torch.bool, device=ref.device)
+            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, cache.max_tokens))[:, None]  # b 1 p s
+            self._run(x, slots, mask, cache)
+        return cache
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
+        """inputs (b, l, d) = tokens at ``positions - 1`` -> head conditions z (b, l, c) for ``positions``."""
+        if int(positions.max()) >= min(cache.max_tokens, self.seq_len) or int(positions.min()) < 0:
+            raise ValueError(f"positions must be in [0, {min(cache.max_tokens, self.seq_len) - 1}]")
+        if not inputs.is_floating_point():
+            raise TypeError("MARARGenerator.step takes continuous tokens (B, L, D) floats")
+        x = self.token_proj(inputs.to(self.pos.dtype))
+        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        x = self.token_norm(x + self.pos[positions])
+        x = self._run(x, positions + cache.prefix_len, cache.attention_mask(positions), cache)
+        cache.advance(positions)
+        return self.norm(x)
+
+    def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
+        """Teacher-forced diffusion loss on every token.  tokens (b, n, d) -> GeneratorOutput(loss, extras z)."""
+        self.check_tokens(tokens)
+        self.check_cond(cond)
+        if self.training and self.cond_dropout > 0:
+            cond = self.drop_condition(cond)
+        b, n, _ = tokens.shape
+        inputs = F.pad(tokens[:, :-1], (0, 0, 1, 0))  # position 0 reads the start embedding
+        z = self.step(inputs, torch.arange(n, device=tokens.device).expand(b, -1), self.new_cache(cond))
+        return GeneratorOutput(self.diffusion_loss(z, tokens), extras={"z": z})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets (ImageNet 256: KL-16 latents, 16 x 16 tokens of 16 channels; DiffLoss sizes of the released models)
+# --------------------------------------------------------------------------------------------------------------
+_IN256 = dict(token_dim=16, seq_len=256, buffer_size=64, num_classes=1000)
+MAR_PRESETS: dict[str, dict] = {
+    "mar_b": dict(**_IN256, encoder_width=768, encoder_depth=12, encoder_heads=12, decoder_width=768,
+                  decoder_depth=12, decoder_heads=12, head_width=1024, head_depth=6),
+    "mar_l": dict(**_IN256, encoder_width=1024, encoder_depth=16, encoder_heads=16, decoder_width=1024,
+                  decoder_depth=16, decoder_heads=16, head_width=1280, head_depth=8),
+    "mar_h": dict(**_IN256, encoder_width=1280, encoder_depth=20, encoder_heads=16, decoder_width=1280,
+                  decoder_depth=20, decoder_heads=16, head_width=1536, head_depth=12),
+    "mar_tiny": dict(token_dim=16, seq_len=32, encoder_width=128, encoder_depth=2, encoder_heads=4,
+                     decoder_width=128, decoder_depth=2, decoder_heads=4, buffer_size=8, num_classes=24,
+                     head_width=128, head_depth=2, num_sampling_steps=50),
+    "mar_tiny_t2i": dict(token_dim=16, seq_len=32, encoder_width=128, encoder_depth=2, encoder_heads=4,
+                         decoder_width=128, decoder_depth=2, decoder_heads=4, buffer_size=32, num_classes=0,
+                         text_dim=384, max_text_len=32, head_width=128, head_depth=2, num_sampling_steps=50),
+}
+MAR_AR_PRESETS: dict[str, dict] = {
+    "mar_ar_tiny": dict(token_dim=16, seq_len=32, width=128, depth=4, num_heads=4, num_classes=24, head_width=128,
+                        head_depth=2, num_sampling_steps=50),
+}
+for _name, _kwargs in MAR_PRESETS.items():
+    register_generator(_name, MARGenerator, **_kwargs)
+for _name, _kwargs in MAR_AR_PRESETS.items():
+    register_generator(_name, MARARGenerator, **_kwargs)
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Official checkpoints (LTH14/mar ``MAR.state_dict()``)
+# --------------------------------------------------------------------------------------------------------------
+_KEY_RULES = [
+    (r"fake_latent", "null_embed"), (r"class_emb\.(.*)", r"class_embed.\1"), (r"mask_token", "mask_token"),
+    (r"encoder_pos_embed_learned", "encoder_pos"), (r"decoder_pos_embed_learned", "decoder_pos"),
+    (r"diffusion_pos_embed_learned", "head_pos"), (r"z_proj\.(.*)", r"token_proj.\1"),
+    (r"z_proj_ln\.(.*)", r"token_norm.\1"),
+    (r"(encoder|decoder)_blocks\.(\d+)\.((?:norm[12]|attn\.qkv|attn\.proj|mlp\.fc[12])\.(?:weight|bias))", r"\1.\2.\3"),
+    (r"(encoder_norm|decoder_embed|decoder_norm)\.(weight|bias)", r"\1.\2"),
+    (r"diffloss\.net\.time_embed\.mlp\.([02])\.(.*)", r"head.time_mlp.\1.\2"),
+    (r"diffloss\.net\.cond_embed\.(.*)", r"head.cond_proj.\1"),
+    (r"diffloss\.net\.input_proj\.(.*)", r"head.input_proj.\1"),
+    (r"diffloss\.net\.res_blocks\.(\d+)\.in_ln\.(.*)", r"head.blocks.\1.norm.\2"),
+    (r"diffloss\.net\.res_blocks\.(\d+)\.mlp\.([02])\.(.*)", r"head.blocks.\1.mlp.\2.\3"),
+    (r"diffloss\.net\.res_blocks\.(\d+)\.adaLN_modulation\.1\.(.*)", r"head.blocks.\1.modulation.\2"),
+    (r"diffloss\.net\.final_layer\.linear\.(.*)", r"head.out_proj.\1"),
+    (r"diffloss\.net\.final_layer\.adaLN_modulation\.1\.(.*)", r"head.out_modulation.\1"),
+]
+_SQUEEZE = {"null_embed", "mask_token", "encoder_pos", "decoder_pos", "head_pos"}  # drop leading singleton axes
+
+
+def convert_mar_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map an official ``MAR.state_dict()`` (or a checkpoint's ``model`` / ``model_ema``) to :class:`MARGenerator`.
+
+    Raises:
+        ValueError: listing every official key it does not know.
+    """
+    rules = [(re.compile(a), b) for a, b in _KEY_RULES]
+    out, unknown = {}, []
+    for key, value in official.items():
+        key = key.removeprefix("module.")
+        for pattern, target in rules:
+            if m := pattern.fullmatch(key):
+                new = m.expand(target)
+                out[new] = value.reshape(value.shape[-1 if value.numel() == value.shape[-1] else -2 :]) if new in _SQUEEZE else value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"not MAR keys ({len(unknown)}): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}")
+    return out
+
+
+def mar_kwargs_from_official(args: dict) -> dict:
+    """:class:`MARGenerator` kwargs from the official ``MAR(...)`` constructor arguments."""
+    grid = args.get("img_size", 256) // args.get("vae_stride", 16) // args.get("patch_size", 1)
+    steps = str(args.get("num_sampling_steps", "100"))
+    if not steps.isdigit():
+        raise ValueError(f"num_sampling_steps={steps!r}: only a plain step count (uniform respacing) is supported")
+    norm = str(args.get("norm_layer", "eps=1e-6"))
+    get = lambda name, default: args.get(name, default)
+    return dict(token_dim=get("vae_embed_dim", 16) * get("patch_size", 1) ** 2, seq_len=grid * grid,
+                encoder_width=get("encoder_embed_dim", 1024), encoder_depth=get("encoder_depth", 16),
+                encoder_heads=get("encoder_num_heads", 16), decoder_width=get("decoder_embed_dim", 1024),
+                decoder_depth=get("decoder_depth", 16), decoder_heads=get("decoder_num_heads", 16),
+                mlp_ratio=float(get("mlp_ratio", 4.0)), norm_eps=1e-6 if "1e-6" in norm or "1e-06" in norm else 1e-5,
+                buffer_size=get("buffer_size", 64), num_classes=get("class_num", 1000),
+                cond_dropout=get("label_drop_prob", 0.1), mask_ratio_min=get("mask_ratio_min", 0.7),
+                attn_dropout=get("attn_dropout", 0.1), proj_dropout=get("proj_dropout", 0.1),
+                head_width=get("diffloss_w", 1024), head_depth=get("diffloss_d", 3), num_sampling_steps=int(steps),
+                diffusion_batch_mul=get("diffusion_batch_mul", 4))
+
+
+_WEIGHT_FILES = ("weights.safetensors", "model.safetensors")
+
+
+def official_matches(config: dict, folder: Path) -> bool:
+    """True for a folder whose ``config.json`` names LTH14/mar's ``models.mar.MAR`` and holds safetensors weights."""
+    is_mar = config.get("cls") == "models.mar.MAR" or "LTH14/mar" in str(config.get("repo", ""))
+    return is_mar and any((Path(folder) / name).is_file() for name in _WEIGHT_FILES)
+
+
+def load_official(folder: str | Path) -> MARGenerator:
+    """Build a :class:`MARGenerator` from a folder with ``config.json`` (``constructor_args`` of ``MAR``) and
+    ``weights.safetensors`` / ``model.safetensors`` holding ``MAR.state_dict()`` with the official names.
+
+    The Dropbox ``checkpoint-last.pth`` files: ``torch.load`` them, take ``["model_ema"]`` (what the official
+    demo samples with), and load ``convert_mar_state_dict(...)`` into ``create_generator("mar_b" | "mar_l" |
+    "mar_h")``.
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    path = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
+    if path is None:
+        raise FileNotFoundError(f"{folder} holds none of {_WEIGHT_FILES}")
+    model = MARGenerator(**mar_kwargs_from_official(config.get("constructor_args", {})))
+    load_state_dict_strict(model, convert_mar_state_dict(load_file(str(path))), str(path))
+    return model.eval()
