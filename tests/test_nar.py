@@ -82,6 +82,8 @@ def test_one_dimensional_grid_is_next_token_ar():
     nar = generate(gen, cond, decoder="nar", temperature=0)
     ar = generate(gen, cond, decoder="ar", temperature=0)
     assert nar.nfe == 8 and torch.equal(nar.tokens, ar.tokens)
+    # a causal generator: speculative Jacobi decoding (windows, rollbacks) reproduces greedy AR
+    assert torch.equal(generate(gen, cond, decoder="sjd", temperature=0).tokens, ar.tokens)
     # token p depends on tokens < p only
     tokens = torch.randint(0, 64, (2, 8))
     later = tokens.clone()
