@@ -83,7 +83,7 @@ def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "c
 # Official-format checkpoints.  Each family module that can read an official release exposes
 #   ``official_matches(config: dict, folder: Path) -> bool`` and ``load_official(folder: Path) -> nn.Module``;
 # list it here (import is lazy, so hub does not pull every family in).
-OFFICIAL_FAMILIES: list[str] = ["vistok.tokenizers.titok", "vistok.generators.nar"]
+OFFICIAL_FAMILIES: list[str] = ["vistok.tokenizers.titok", "vistok.generators.nar", "vistok.generators.xar"]
 OFFICIAL_FAMILIES.append("vistok.generators.mar")  # MAR (LTH14/mar fixture format)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.cells import decode_cells
 from vistok.decoding.grouped import decode_gsd, decode_lantern
 from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
@@ -24,7 +25,7 @@ from vistok.interfaces import Conditioning
 
 #: name -> decoder function ``(generator, cond, sampling, rng, **kwargs) -> (tokens, nfe[, extras])``
 DECODERS: dict[str, Callable] = {"ar": decode_ar, "sjd": decode_sjd, "mcsjd": decode_mcsjd, "gsd": decode_gsd,
-                                 "lantern": decode_lantern}
+                                 "lantern": decode_lantern, "cells": decode_cells}
 DECODERS["nar"] = decode_nar  # NAR: one anti-diagonal per pass (vistok.generators.nar)
 DECODERS["masked"] = decode_masked  # MAR: random-order masked decoding (vistok.generators.mar)
 
@@ -83,5 +84,5 @@ def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", n
     return GenerationOutput(*out)
 
 
-__all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "decode_ar", "decode_gsd",
-           "decode_lantern", "decode_mcsjd", "decode_sjd", "generate", "guided", "sample_probs"]
+__all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "decode_ar", "decode_cells",
+           "decode_gsd", "decode_lantern", "decode_mcsjd", "decode_sjd", "generate", "guided", "sample_probs"]

@@ -1,0 +1,505 @@
+"""xAR: next-cell prediction with a flow-matching velocity network over continuous tokens.
+
+Paper: Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation", arXiv 2502.20388.
+Reference code (facts only: shapes, key names, conventions): github.com/OliverRensu/xAR at 121e9c9
+(``models/xar.py``, ``models/sampler.py``, ``models/rope.py``).
+
+Entity X is a *cell* of ``cell_size x cell_size`` tokens: the ``grid_size x grid_size`` token grid is cut into
+cells taken in raster order (the official setting: 16x16 tokens, 4 cells of 8x8).  One transformer with
+**block-causal** attention (a token sees its own cell and every earlier cell) predicts the flow-matching velocity
+of every token; there is no separate head.  Decoding is :func:`vistok.decoding.cells.decode_cells`.
+
+Conventions (those of the official code, so its checkpoints load unchanged):
+    * The internal sequence is **cell-major**: cells in raster order, tokens in raster order inside a cell.  The
+      learned position embeddings and the ``positions`` of :meth:`XARGenerator.step` are cell-major; public token
+      tensors (``forward`` inputs, decoder outputs) are ``(B, N, D)`` in raster order of the grid.
+    * Linear path ``x_t = (1 - t) x + t eps``, ``t = 1`` is pure noise; the network predicts ``v = eps - x``.
+    * Time enters as ``time_embed(floor(1000 t))`` (sinusoid, then an MLP), added to the class embedding: one
+      condition per (sample, cell) drives every block's adaLN (gamma1, gamma2, scale1, scale2, shift1, shift2).
+    * Noisy-context learning: in training each cell gets its own ``t ~ sigmoid(N(0, 1))`` and the loss covers every
+      cell, so the context is always noisy; at sampling time the context is fed clean (``t = 0``).
+    * Blocks: weightless RMSNorm, qkv with bias, 2-D RoPE (first half of each head rotates with the grid row,
+      second half with the column; interleaved pairs), GELU-gated MLP of width ``int(width * mlp_ratio * 2 / 3)``.
+
+Text conditioning (a vistok addition): text states are projected into ``max_text_len`` prefix slots that every
+token attends to (as in :mod:`vistok.generators.ar`); the adaLN condition is then the time embedding alone.
+
+Legend: b batch, n tokens (grid_size^2), l tokens in a call, g cells in a call, k tokens per cell, c width,
+d token channels, p prefix slots, s cache slots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from vistok.hub import load_state_dict_strict
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.layers import Attention, RMSNorm
+
+__all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
+
+_TIME_STEPS = 1000  # the official time discretisation: time_embed(floor(1000 t))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Blocks
+# ----------------------------------------------------------------------------------------------------------------
+def _rms(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """Weightless RMSNorm, computed in fp32 (xAR's block norms)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
+
+
+class TimestepEmbedding(nn.Module):
+    """``t`` in [0, 1] (any shape) -> ``floor(1000 t)`` -> ``[cos, sin]`` sinusoid -> Linear-SiLU-Linear (..., dim)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        steps = (t.float() * _TIME_STEPS).long().float()  # fp32 product, truncated, as the official code does
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+        args = steps[..., None] * freqs
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class GatedMLP(nn.Module):
+    """``down(gelu(gate x) * up x)`` with biases (timm's ``SwiGLU`` as xAR configures it: an erf-GELU gate)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden)
+        self.up = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.down(self.drop(F.gelu(self.gate(x)) * self.up(x))))
+
+
+class XARBlock(nn.Module):
+    """Weightless-RMSNorm block, adaLN from one condition per cell: ``x += gamma * f(norm(x) (1 + scale) + shift)``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.attn = Attention(dim, num_heads)  # qkv and output projections with biases
+        self.mlp = GatedMLP(dim, mlp_hidden, dropout)
+        self.ada = nn.Linear(dim, 6 * dim)  # applied to SiLU(condition)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, cond: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache,
+                layer: int, slots: Tensor) -> Tensor:
+        """x (b, l, c); cond (b, g, c): one condition per run of ``l // g`` consecutive tokens."""
+        mod = repeat(self.ada(F.silu(cond)), "b g (six c) -> six b (g r) c", six=6, r=x.shape[1] // cond.shape[1])
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod
+        x = x + self.drop(self.attn(_rms(x) * (1 + scale1) + shift1, mask, rope, cache, layer, slots)) * gamma1
+        return x + self.mlp(_rms(x) * (1 + scale2) + shift2) * gamma2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The generator
+# ----------------------------------------------------------------------------------------------------------------
+class XARGenerator(nn.Module, Configurable):
+    """Cell-autoregressive flow-matching transformer (xAR) over continuous tokens ``(B, N, D)``.
+
+    Args:
+        grid_size: side G of the token grid (N = G^2 tokens, raster order).
+        cell_size: side of a cell; G must be a multiple.  One cell = one autoregressive step.
+        token_dim: channels D per token (16 for MAR's KL-16 latents).
+        width, depth, decoder_depth, num_heads: transformer size (``depth`` encoder + ``decoder_depth`` decoder
+            blocks; official naming, both stacks see the same block-causal mask).
+        mlp_ratio: the gated MLP is ``int(width * mlp_ratio * 2 / 3)`` wide.
+        dropout: dropout on attention outputs and in the MLP (official ``proj_dropout``).
+        num_classes: class-conditional when > 0 (row ``num_classes`` of the embedding is the null class).
+        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
+        max_text_len: text prefix slots P.
+        cond_dropout: probability of the null condition in training (classifier-free guidance).
+        rope_base: RoPE base of the 2-D rotary embedding.
+    """
+
+    kind = "continuous"
+    is_causal = True  # block-causal over cells
+    vocab_size = None
+
+    def __init__(self, *, grid_size: int = 16, cell_size: int = 8, token_dim: int = 16, width: int = 768,
+                 depth: int = 8, decoder_depth: int = 8, num_heads: int = 12, mlp_ratio: float = 4.0,
+                 dropout: float = 0.1, num_classes: int = 1000, text_dim: int = 0, max_text_len: int = 32,
+                 cond_dropout: float = 0.1, rope_base: float = 10000.0):
+        super().__init__()
+        if cell_size < 1 or grid_size % cell_size:
+            raise ValueError(f"grid_size {grid_size} must be a multiple of cell_size {cell_size}")
+        if width % num_heads or (width // num_heads) % 4:
+            raise ValueError(f"width {width} / num_heads {num_heads} must give a head dim divisible by 4 (2-D RoPE)")
+        self.grid_size, self.cell_size, self.token_dim = grid_size, cell_size, token_dim
+        self.cells_per_side = grid_size // cell_size
+        self.num_cells, self.cell_tokens, self.seq_len = self.cells_per_side**2, cell_size**2, grid_size**2
+        self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
+        self.num_classes, self.text_dim, self.cond_dropout = num_classes, text_dim, cond_dropout
+        self.prefix_len = max_text_len if text_dim else 0
+        # conditioning
+        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
+        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"),
+                                        nn.Linear(width, width)) if text_dim else None)
+        self.time_embed = TimestepEmbedding(width)
+        # encoder stack
+        hidden = int(width * mlp_ratio * 2 / 3)
+        self.token_proj = nn.Linear(token_dim, width)
+        self.encoder_pos = nn.Parameter(torch.zeros(1, self.seq_len, width))  # cell-major order
+        self.token_norm = RMSNorm(width, eps=1e-6)
+        self.encoder_blocks = nn.ModuleList(XARBlock(width, num_heads, hidden, dropout) for _ in range(depth))
+        self.encoder_norm = RMSNorm(width, eps=1e-6)
+        # decoder stack
+        self.decoder_in = nn.Linear(width, width)
+        self.decoder_pos = nn.Parameter(torch.zeros(1, self.seq_len, width))
+        self.decoder_blocks = nn.ModuleList(XARBlock(width, num_heads, hidden, dropout) for _ in range(decoder_depth))
+        self.decoder_norm = RMSNorm(width, eps=1e-6)
+        self.out = nn.Linear(width, token_dim)  # velocity per token
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Official init: xavier-uniform linears with zero biases; N(0, 0.02) class and position embeddings."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for p in (self.encoder_pos, self.decoder_pos, *([self.class_embed.weight] if self.class_embed else [])):
+            nn.init.normal_(p, std=0.02)
+
+    # -- layout ------------------------------------------------------------------------------------------------
+    def to_cell_major(self, x: Tensor) -> Tensor:
+        """(b, n, d) in raster order of the grid -> (b, n, d) cell-major."""
+        s, k = self.cells_per_side, self.cell_size
+        return rearrange(x, "b (gh kh gw kw) d -> b (gh gw kh kw) d", gh=s, kh=k, gw=s, kw=k)
+
+    def to_raster(self, x: Tensor) -> Tensor:
+        """(b, n, d) cell-major -> (b, n, d) in raster order of the grid."""
+        s, k = self.cells_per_side, self.cell_size
+        return rearrange(x, "b (gh gw kh kw) d -> b (gh kh gw kw) d", gh=s, kh=k, gw=s, kw=k)
+
+    def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos/sin (b, l, head_dim / 2) of the 2-D RoPE at cell-major ``positions`` (b, l)."""
+        half = self.width // self.num_heads // 2
+        freqs = 1.0 / (self.rope_base ** (torch.arange(0, half, 2, device=positions.device).float() / half))
+        cell, j = positions // self.cell_tokens, positions % self.cell_tokens
+        row = (cell // self.cells_per_side) * self.cell_size + j // self.cell_size
+        col = (cell % self.cells_per_side) * self.cell_size + j % self.cell_size
+        angles = torch.cat([row.float()[..., None] * freqs, col.float()[..., None] * freqs], dim=-1)
+        return angles.cos(), angles.sin()
+
+    def _attention_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
+        """Bool (b, 1, l, s): block-causal over cells, plus the valid text-prefix slots."""
+        slot = torch.arange(cache.prefix_len + cache.max_tokens, device=positions.device) - cache.prefix_len
+        key_cell = torch.div(slot, self.cell_tokens, rounding_mode="floor")
+        seen = (slot >= 0) & (key_cell <= (positions // self.cell_tokens)[..., None])  # b l s
+        prefix = F.pad(cache.prefix_mask, (0, cache.max_tokens), value=False)  # b s
+        return (seen | prefix[:, None])[:, None]
+
+    # -- conditioning ------------------------------------------------------------------------------------------
+    def _check_cond(self, cond: Conditioning) -> None:
+        if not isinstance(cond, Conditioning):
+            raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
+        if self.num_classes and cond.labels is None:
+            raise ValueError("this generator is class-conditional: pass Conditioning(labels=...) "
+                             f"with ids in [0, {self.num_classes - 1}] (-1 = null class)")
+        if self.text_dim and cond.text is None:
+            raise ValueError("this generator is text-conditional: pass Conditioning(text=..., text_mask=...)")
+        if cond.labels is not None:
+            if not self.num_classes:
+                raise ValueError("labels given to a generator built with num_classes=0")
+            if int(cond.labels.max()) >= self.num_classes or int(cond.labels.min()) < -1:
+                raise ValueError(f"class labels must be in [-1, {self.num_classes - 1}] (-1 = null)")
+        if cond.text is not None:
+            if not self.text_dim:
+                raise ValueError("text given to a generator built with text_dim=0")
+            if cond.text.shape[-1] != self.text_dim or cond.text.shape[1] > self.prefix_len:
+                raise ValueError(f"text states must be (B, T <= {self.prefix_len}, {self.text_dim}), got "
+                                 f"{tuple(cond.text.shape)}")
+
+    def drop_condition(self, cond: Conditioning, generator: torch.Generator | None = None) -> Conditioning:
+        """Replace each condition by the null condition with probability ``cond_dropout`` (training only)."""
+        device = generator.device if generator is not None else "cpu"
+        drop = torch.rand(cond.batch_size, generator=generator, device=device) < self.cond_dropout
+        labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
+        mask = None if cond.text_mask is None else cond.text_mask & ~drop.to(cond.text_mask.device)[:, None]
+        return Conditioning(labels, cond.text, mask, cond.batch)
+
+    def _check_tokens(self, tokens: Tensor, *, full: bool) -> None:
+        if not isinstance(tokens, Tensor) or not tokens.is_floating_point():
+            got = type(tokens).__name__ if not isinstance(tokens, Tensor) else f"a {tokens.dtype} tensor"
+            raise TypeError(f"xAR models continuous tokens (B, N, {self.token_dim}) floats; got {got} (discrete "
+                            "token ids need a discrete generator such as ARGenerator)")
+        n = self.seq_len if full else tokens.shape[1] if tokens.ndim == 3 else -1
+        if tokens.ndim != 3 or tokens.shape[1] != n or tokens.shape[2] != self.token_dim:
+            raise ValueError(f"tokens must have shape (B, {self.seq_len if full else 'l'}, {self.token_dim}): a "
+                             f"{self.grid_size}x{self.grid_size} grid of {self.token_dim}-d tokens in raster order; "
+                             f"got {tuple(tokens.shape)} (was the generator built for this tokenizer's grid?)")
+
+    # -- decoding interface ------------------------------------------------------------------------------------
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
+        """Allocate a cache for ``cond``'s batch (every cell of the grid) and prefill the text prefix, if any.
+
+        ``cache.start`` holds each sample's condition embedding (class row, or zeros without classes).
+        """
+        self._check_cond(cond)
+        if max_tokens not in (None, self.seq_len):
+            raise ValueError(f"xAR caches the whole grid: max_tokens must be None or {self.seq_len}")
+        b, ref = cond.batch_size, self.token_proj.weight
+        cache = KVCache(len(self.encoder_blocks) + len(self.decoder_blocks), b, self.num_heads,
+                        self.width // self.num_heads, self.prefix_len, self.seq_len, dtype=ref.dtype,
+                        device=ref.device)
+        if self.class_embed is not None:
+            cache.start = self.class_embed(torch.where(cond.labels < 0, self.num_classes, cond.labels).to(ref.device))
+        else:
+            cache.start = ref.new_zeros(b, self.width)
+        if self.prefix_len:
+            p, t = self.prefix_len, cond.text.shape[1]
+            h = self.text_proj(F.pad(cond.text.to(ref), (0, 0, 0, p - t)))  # b p c
+            cache.prefix_mask = F.pad(cond.text_mask.to(ref.device), (0, p - t), value=False)
+            eye = torch.eye(p, dtype=torch.bool, device=ref.device)
+            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, cache.max_tokens))[:, None]  # b 1 p s
+            ones = torch.ones(b, p, self.width // self.num_heads // 2, device=ref.device)
+            rope = (ones, torch.zeros_like(ones))  # no rotation on the prefix
+            cond0 = (cache.start + self.time_embed(torch.zeros(b, device=ref.device)))[:, None]  # b 1 c
+            self._backbone(h, cond0, mask, rope, cache, torch.arange(p, device=ref.device).expand(b, -1), None)
+        return cache
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache, t: Tensor | float | None = None) -> Tensor:
+        """Velocity of whole cells.  inputs (b, l, d) are x_t of the tokens at cell-major ``positions`` (l,) or (b, l)
+        (whole, aligned cells); ``t`` () / (b,) / (b, g) is each cell's time (None = 0: clean context).
+
+        Keys/values of every input are written into ``cache`` at their slots; a cell's tokens attend to the cache
+        entries of every earlier cell and to this call's own cell.  Cells fed clean (t = 0) count as cached context:
+        a call may only start at or before the end of the clean context already in the cache.
+
+        Returns: velocity (b, l, d) float32.
+        """
+        self._check_tokens(inputs, full=False)
+        b, length, _ = inputs.shape
+        k, dev = self.cell_tokens, inputs.device
+        positions = positions.to(dev).expand(b, -1) if positions.ndim == 1 else positions.to(dev)
+        starts = positions[:, ::k]  # b g
+        whole = length > 0 and length % k == 0 and positions.shape == (b, length)
+        if whole:
+            runs = starts.repeat_interleave(k, dim=1) + torch.arange(k, device=dev).repeat(length // k)
+            whole = (torch.equal(positions, runs) and not bool((starts % k).any()) and int(positions.min()) >= 0
+                     and int(positions.max()) < self.seq_len)
+        if not whole:
+            raise ValueError(f"positions must cover whole cells: runs of {k} consecutive cell-major positions starting "
+                             f"at a multiple of {k}, below {self.seq_len}; got shape {tuple(positions.shape)}")
+        if bool((starts[:, 0] > cache.lengths).any()):
+            raise ValueError(f"the cells before position {int(starts[:, 0].max())} are not in the cache as clean "
+                             f"context (cached up to {cache.lengths.tolist()}): feed the previous cell with t=0 first")
+        g = length // k
+        t = torch.zeros((), device=dev) if t is None else torch.as_tensor(t, device=dev)
+        t = t.to(torch.float32)  # the official sampler casts its float64 times to the model dtype
+        t = t.expand(b, g) if t.ndim == 0 else t[:, None].expand(b, g) if t.ndim == 1 else t
+        if t.shape != (b, g) or bool((t < 0).any()) or bool((t > 1).any()):
+            raise ValueError(f"t must be in [0, 1] with shape (), ({b},) or ({b}, {g}); got {tuple(t.shape)}")
+        cond = cache.start[:, None] + self.time_embed(t)  # b g c
+        h = self.token_proj(inputs.to(self.token_proj.weight.dtype))
+        h = self._backbone(h, cond, self._attention_mask(positions, cache), self._rope(positions), cache,
+                           positions + cache.prefix_len, positions)
+        clean_end = ((starts + k) * (t == 0)).amax(dim=1)  # end of the cells fed clean
+        cache.lengths = torch.maximum(cache.lengths, clean_end)
+        return self.out(self.decoder_norm(h)).float()
+
+    def _backbone(self, h: Tensor, cond: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache,
+                  slots: Tensor, positions: Tensor | None) -> Tensor:
+        """Encoder then decoder stack on embedded inputs h (b, l, c); position embeddings where ``positions``."""
+        if positions is not None:
+            h = h + self.encoder_pos[0, positions]
+        h = self.token_norm(h)
+        for i, blk in enumerate(self.encoder_blocks):
+            h = blk(h, cond, mask, rope, cache, i, slots)
+        h = self.decoder_in(self.encoder_norm(h))
+        if positions is not None:
+            h = h + self.decoder_pos[0, positions]
+        for i, blk in enumerate(self.decoder_blocks, start=len(self.encoder_blocks)):
+            h = blk(h, cond, mask, rope, cache, i, slots)
+        return h
+
+    # -- training ----------------------------------------------------------------------------------------------
+    def forward(self, tokens: Tensor, cond: Conditioning, *, t: Tensor | None = None, noise: Tensor | None = None,
+                generator: torch.Generator | None = None) -> GeneratorOutput:
+        """Noisy-context flow-matching loss.  tokens (b, n, d) raster order -> GeneratorOutput(loss, extras).
+
+        Args:
+            t: (b, num_cells) per-cell times (default: sigmoid of a standard normal).
+            noise: (b, n, d) raster-order noise (default: standard normal).
+            generator: RNG for condition dropout, ``t`` and ``noise``.
+
+        ``extras``: ``velocity`` and ``target`` (b, n, d) in raster order, ``t`` (b, num_cells).
+        """
+        self._check_tokens(tokens, full=True)
+        if self.training and self.cond_dropout > 0:
+            cond = self.drop_condition(cond, generator)
+        b, dev = tokens.shape[0], tokens.device
+        x = self.to_cell_major(tokens)
+        if t is None:
+            t = torch.sigmoid(torch.randn(b, self.num_cells, generator=generator, device=dev))
+        if tuple(t.shape) != (b, self.num_cells):
+            raise ValueError(f"t must have shape ({b}, {self.num_cells}) (one time per cell), got {tuple(t.shape)}")
+        if noise is None:
+            eps = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
+        elif noise.shape != tokens.shape:
+            raise ValueError(f"noise must have the tokens' shape {tuple(tokens.shape)}, got {tuple(noise.shape)}")
+        else:
+            eps = self.to_cell_major(noise)
+        tt = repeat(t.to(x.dtype), "b g -> b (g k) 1", k=self.cell_tokens)
+        x_t = (1 - tt) * x + tt * eps
+        target = eps - x
+        positions = torch.arange(self.seq_len, device=dev).expand(b, -1)
+        v = self.step(x_t, positions, self.new_cache(cond), t)
+        loss = F.mse_loss(v, target.float())
+        return GeneratorOutput(loss, extras={"velocity": self.to_raster(v), "target": self.to_raster(target), "t": t})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Official checkpoints (OliverRensu/xAR state dicts: HF OliverRen/xAR xAR-{B,L,H}.pth, or the parity fixtures)
+# ----------------------------------------------------------------------------------------------------------------
+OFFICIAL_HEADS = {768: 12, 1024: 16, 1280: 16}  # xar_base / xar_large / xar_huge width -> heads
+OFFICIAL_WEIGHT_FILES = ("model.safetensors", "weights.safetensors", "pytorch_model.bin")
+
+_BLOCK = r"(encoder|decoder)_blocks\.(\d+)\."
+_KEY_RULES: list[tuple[str, str]] = [  # official key (full match) -> vistok key
+    (r"class_emb\.weight", r"class_embed.weight"),
+    (r"time_embed\.mlp\.([02])\.(weight|bias)", r"time_embed.mlp.\1.\2"),
+    (r"z_proj\.(weight|bias)", r"token_proj.\1"),
+    (r"z_proj_ln\.weight", r"token_norm.weight"),
+    (r"(encoder|decoder)_pos_embed_learned", r"\1_pos"),
+    (_BLOCK + r"attn\.(qkv|proj)\.(weight|bias)", r"\1_blocks.\2.attn.\3.\4"),  # packed q, k, v rows, same order
+    (_BLOCK + r"mlp\.fc1_g\.(weight|bias)", r"\1_blocks.\2.mlp.gate.\3"),
+    (_BLOCK + r"mlp\.fc1_x\.(weight|bias)", r"\1_blocks.\2.mlp.up.\3"),
+    (_BLOCK + r"mlp\.fc2\.(weight|bias)", r"\1_blocks.\2.mlp.down.\3"),
+    (_BLOCK + r"ada_lin\.1\.(weight|bias)", r"\1_blocks.\2.ada.\3"),
+    (r"(encoder|decoder)_norm\.weight", r"\1_norm.weight"),
+    (r"decoder_embed\.(weight|bias)", r"decoder_in.\1"),
+    (r"pred\.(weight|bias)", r"out.\1"),
+]
+# deterministic buffers vistok recomputes: the block-causal mask and the RoPE tables
+_DERIVED = re.compile(r"mask|" + _BLOCK + r"attn\.rope\.(freqs|freqs_cos|freqs_sin)")
+
+
+def convert_xar_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map an official xAR state dict to :class:`XARGenerator` names (the mask and RoPE buffers are dropped).
+
+    Raises:
+        ValueError: listing every official key it does not know.
+    """
+    rules = [(re.compile(a), b) for a, b in _KEY_RULES]
+    out, unknown = {}, []
+    for key, value in official.items():
+        if _DERIVED.fullmatch(key):
+            continue
+        new = next((m.expand(b) for p, b in rules if (m := p.fullmatch(key))), None)
+        if new is None:
+            unknown.append(key)
+        else:
+            out[new] = value
+    if unknown:
+        raise ValueError(f"convert_xar_state_dict: {len(unknown)} official keys have no vistok counterpart: "
+                         f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''} (is this an xAR checkpoint?)")
+    return out
+
+
+def xar_kwargs_from_official_config(args: dict) -> dict:
+    """:class:`XARGenerator` kwargs from the official ``xAR(...)`` constructor arguments (defaults as upstream)."""
+    grid = args.get("img_size", 256) // args.get("vae_stride", 16) // args.get("patch_size", 1)
+    clusters = args.get("clusters", 4)
+    side = math.isqrt(clusters)
+    if side * side != clusters or grid % side:
+        raise ValueError(f"clusters={clusters} must be a square number of cells tiling the {grid}x{grid} grid")
+    width, heads = args.get("encoder_embed_dim", 1024), args.get("encoder_num_heads", 16)
+    if (width, heads) != (args.get("decoder_embed_dim", 1024), args.get("decoder_num_heads", 16)):
+        raise ValueError("vistok's xAR uses one width and head count for both stacks (as every official size does)")
+    return dict(grid_size=grid, cell_size=grid // side, token_dim=args.get("vae_embed_dim", 16)
+                * args.get("patch_size", 1) ** 2, width=width, depth=args.get("encoder_depth", 16),
+                decoder_depth=args.get("decoder_depth", 16), num_heads=heads, mlp_ratio=args.get("mlp_ratio", 4.0),
+                dropout=args.get("proj_dropout", 0.0), num_classes=args.get("class_num", 1000),
+                cond_dropout=args.get("label_drop_prob", 0.1))
+
+
+def xar_kwargs_from_official_weights(state: dict[str, Tensor]) -> dict:
+    """Kwargs read off an official state dict (folders without a config): official 2x2 cells, 4x MLP ratio."""
+    width = state["z_proj.weight"].shape[0]
+    if width not in OFFICIAL_HEADS:
+        raise ValueError(f"cannot infer the head count of width {width} (official widths: {sorted(OFFICIAL_HEADS)}); "
+                         "put a config.json with the official constructor_args next to the weights")
+    depth = lambda side: len({k.split(".")[1] for k in state if k.startswith(f"{side}_blocks.")})
+    grid = math.isqrt(state["encoder_pos_embed_learned"].shape[1])
+    return dict(grid_size=grid, cell_size=grid // 2, width=width, depth=depth("encoder"),
+                decoder_depth=depth("decoder"), num_heads=OFFICIAL_HEADS[width], mlp_ratio=4.0, dropout=0.0)
+
+
+def _weight_file(folder: Path) -> Path | None:
+    found = [folder / n for n in OFFICIAL_WEIGHT_FILES if (folder / n).is_file()] + sorted(folder.glob("xAR-*.pth"))
+    if len(found) > 1:
+        raise ValueError(f"{folder} holds several weight files {[p.name for p in found]}; keep one per folder")
+    return found[0] if found else None
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model_ema", "model", "state_dict"):  # training checkpoints wrap the state dict
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
+def official_matches(config: dict, folder: Path) -> bool:
+    """True for an official xAR folder: a config naming ``models.xar.xAR``, or a bare ``xAR-*.pth`` release."""
+    folder = Path(folder)
+    if config:
+        return config.get("cls") == "models.xar.xAR" or str(config.get("repo", "")).endswith("OliverRensu/xAR")
+    return any(folder.glob("xAR-*.pth"))
+
+
+def load_official(folder: str | Path) -> XARGenerator:
+    """Build an :class:`XARGenerator` from an official folder and load its weights (eval mode).
+
+    Sizes come from ``config.json``'s ``constructor_args`` (the official ``xAR(...)`` kwargs) when present, else
+    from the weight shapes; the class count and token channels always come from the weights (the official class
+    hard-codes 1001 class rows and 16 output channels).
+    """
+    folder = Path(folder)
+    path = _weight_file(folder)
+    if path is None:
+        raise FileNotFoundError(f"{folder} holds none of {OFFICIAL_WEIGHT_FILES} or xAR-*.pth")
+    cfg_path = folder / "config.json"
+    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    state = _read_weights(path)
+    kwargs = (xar_kwargs_from_official_config(config["constructor_args"]) if "constructor_args" in config
+              else xar_kwargs_from_official_weights(state))
+    kwargs.update(num_classes=state["class_emb.weight"].shape[0] - 1, token_dim=state["pred.weight"].shape[0])
+    model = XARGenerator(**kwargs)
+    load_state_dict_strict(model, convert_xar_state_dict(state), str(path))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Presets (name -> constructor kwargs); registered in vistok.generators
+# ----------------------------------------------------------------------------------------------------------------
+XAR_PRESETS: dict[str, dict] = {
+    # tiny CPU model: an 8x8 grid of 16-d tokens, 4 cells of 4x4
+    "xar_tiny": dict(grid_size=8, cell_size=4, token_dim=16, width=128, depth=2, decoder_depth=2, num_heads=4,
+                     num_classes=24),
+    # official sizes (ImageNet 256, KL-16 latents: 16x16x16, 4 cells of 8x8, 1000 classes)
+    "xar_b": dict(width=768, depth=8, decoder_depth=8, num_heads=12),  # 172.6M
+    "xar_l": dict(width=1024, depth=16, decoder_depth=16, num_heads=16),  # 608.4M
+    "xar_h": dict(width=1280, depth=20, decoder_depth=20, num_heads=16),  # 1186.0M (the paper rounds to 1.1B)
+}
