@@ -142,3 +142,19 @@ def test_full_size_keys_all_consumed_and_filled():
     dropped = sorted(k for k, v in official.items() if id(v) not in used)
     assert all(k == "mask" or ".attn.rope." in k for k in dropped), dropped
     assert len(converted) == len(official) - len(dropped) == len(model.state_dict())
+
+
+def test_bare_release_folder_sizes_from_weight_shapes(tmp_path):
+    """A folder holding only an official ``xAR-*.pth`` (HF OliverRen/xAR) is recognised and sized from its shapes."""
+    from vistok.generators.xar import XAR_PRESETS, official_matches, xar_kwargs_from_official_weights
+
+    rows = [line.split("\t") for line in (FIXTURES / "full_keys_xar_base.txt").read_text().splitlines() if line]
+    official = {key: torch.zeros(json.loads(shape), device="meta") for key, shape, *_ in rows}
+    kwargs = xar_kwargs_from_official_weights(official)
+    assert {k: kwargs[k] for k in XAR_PRESETS["xar_b"]} == XAR_PRESETS["xar_b"]
+    with torch.device("meta"):
+        xar_b = vistok.create_generator("xar_b")
+    assert (kwargs["grid_size"], kwargs["cell_size"]) == (xar_b.grid_size, xar_b.cell_size)
+    (tmp_path / "xAR-B.pth").touch()
+    assert official_matches({}, tmp_path) and not official_matches({}, tmp_path / "missing")
+    assert not official_matches({"cls": "models.mar.MAR"}, FIXTURES)
