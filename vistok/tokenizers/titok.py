@@ -487,7 +487,12 @@ def _read_weights(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except RuntimeError:  # mmap needs the zip format; pre-1.6 pickles load without it
+        if not mmap:
+            raise
+        state = torch.load(path, map_location="cpu", weights_only=True)
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
