@@ -123,9 +123,11 @@ class DiffLossHead(nn.Module, Configurable):
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         self.token_dim, self.num_sampling_steps, self.sampler, self.ddim_eta = token_dim, 0, sampler, ddim_eta
+        self.cond_dim = cond_dim
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                                        variance_type="learned_range", prediction_type="epsilon", clip_sample=False,
                                        timestep_spacing="linspace")
+        self._schedulers: dict[int, DDPMScheduler | DDIMScheduler] = {}
         self.set_sampling_steps(num_sampling_steps)
         # the network (key names: see vistok.generators.mar.convert_mar_state_dict)
         self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
@@ -294,6 +296,9 @@ class DiffLossHead(nn.Module, Configurable):
         return x
 
     def _sampling_scheduler(self, num_steps: int) -> DDPMScheduler | DDIMScheduler:
+        """The respaced scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""
+        if num_steps in self._schedulers:
+            return self._schedulers[num_steps]
         cfg = self.scheduler.config
         if self.sampler == "ddim":
             sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
@@ -304,6 +309,7 @@ class DiffLossHead(nn.Module, Configurable):
             sched = DDPMScheduler.from_config(cfg)
             sched.set_timesteps(timesteps=_mar_respacing(cfg.num_train_timesteps, num_steps))
         sched.alphas_cumprod = self._abar  # float64 (diffusers' float32 copy loses 1 - abar at small t)
+        self._schedulers[num_steps] = sched
         return sched
 
     def _ddpm_step(self, sched: DDPMScheduler, out: Tensor, t: int, x: Tensor, noise: Tensor) -> Tensor:

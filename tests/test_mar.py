@@ -1,0 +1,344 @@
+"""MAR (masked, bidirectional), its causal AR+DiffLoss variant, the DiffLoss head and masked decoding: tiny models."""
+
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+import vistok
+from vistok.decoding import generate
+from vistok.decoding.masked import mask_schedule, sample_masked
+from vistok.generators.heads import DiffLossHead, _mar_respacing
+from vistok.generators.mar import MAR_AR_PRESETS, MAR_PRESETS, MARARGenerator, MARGenerator, patchify, unpatchify
+from vistok.hub import from_pretrained, save_pretrained
+from vistok.interfaces import Conditioning, Generator
+
+HEAD = dict(head_width=32, head_depth=2, num_sampling_steps=5)
+TINY_MAR = dict(token_dim=4, seq_len=8, encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32,
+                decoder_depth=1, decoder_heads=2, buffer_size=6, max_text_len=6, attn_dropout=0.0, proj_dropout=0.0,
+                **HEAD)
+TINY_AR = dict(token_dim=4, seq_len=8, width=32, depth=2, num_heads=2, max_text_len=6, attn_dropout=0.0,
+               proj_dropout=0.0, **HEAD)
+
+
+def tiny_mar(**kw):
+    return MARGenerator(**{**TINY_MAR, "num_classes": 5, **kw})
+
+
+def tiny_mar_ar(**kw):
+    return MARARGenerator(**{**TINY_AR, "num_classes": 5, **kw})
+
+
+def _randomize(model):
+    """Non-zero weights everywhere (the head's output layers start at zero)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name, total, head", [("mar_b", 207.9e6, 35.7e6), ("mar_l", 479e6, None),
+                                               ("mar_h", 943e6, None)])
+def test_preset_parameter_counts_match_official(name, total, head):
+    with torch.device("meta"):
+        model = vistok.create_generator(name)
+    n = sum(p.numel() for p in model.parameters())
+    assert abs(n / total - 1) < 0.005, (name, n)
+    if head is not None:
+        assert abs(sum(p.numel() for p in model.head.parameters()) / head - 1) < 0.005
+
+
+def test_presets_registered():
+    names = vistok.list_generators()
+    assert set(MAR_PRESETS) | set(MAR_AR_PRESETS) <= set(names)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The generators
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("build", [tiny_mar, tiny_mar_ar, lambda: tiny_mar(num_classes=0, text_dim=12),
+                                   lambda: tiny_mar_ar(num_classes=0, text_dim=12), lambda: tiny_mar(num_classes=0)])
+def test_contract_forward_backward_step(build):
+    gen = build()
+    assert isinstance(gen, Generator) and gen.kind == "continuous" and gen.vocab_size is None
+    b = 3
+    if gen.num_classes:
+        cond = Conditioning(labels=torch.tensor([0, 4, -1]))
+    elif gen.text_dim:
+        cond = Conditioning(text=torch.randn(b, 5, gen.text_dim), text_mask=torch.rand(b, 5) > 0.3)
+    else:
+        cond = Conditioning(batch=b)
+    tokens = torch.randn(b, gen.seq_len, gen.token_dim)
+    out = gen.train()(tokens, cond)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
+    gen.eval()
+    z = gen.step(tokens[:, :4], torch.arange(4).expand(b, -1), gen.new_cache(cond))
+    assert z.shape == (b, 4, gen.head.cond_dim)
+    assert gen.head.sample(z.flatten(0, 1)).shape == (b * 4, gen.token_dim)
+
+
+def test_ragged_masks_equal_per_row_dropping():
+    """Rows with different numbers of known tokens (padded + attention-masked) = each row encoded alone."""
+    gen = _randomize(tiny_mar())
+    tokens = torch.randn(3, 8, 4)
+    mask = torch.tensor([[1, 1, 0, 1, 0, 0, 1, 1], [1] * 8, [0, 0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    cond = Conditioning(labels=torch.tensor([1, 2, 3]))
+    together = gen.predict(tokens, mask, cond)
+    for i in range(3):
+        alone = gen.predict(tokens[i : i + 1], mask[i : i + 1], Conditioning(labels=cond.labels[i : i + 1]))
+        torch.testing.assert_close(together[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_masked_tokens_are_ignored():
+    gen = _randomize(tiny_mar())
+    tokens, mask = torch.randn(2, 8, 4), torch.rand(2, 8) > 0.5
+    cond = Conditioning(labels=torch.tensor([0, 1]))
+    z = gen.predict(tokens, mask, cond)
+    torch.testing.assert_close(gen.predict(torch.where(mask[..., None], 9.0, tokens), mask, cond), z)
+    assert not torch.allclose(gen.predict(tokens + 1, mask, cond), z)
+
+
+def test_mar_step_is_raster_prediction_with_later_tokens_masked():
+    gen = _randomize(tiny_mar())
+    tokens, cond = torch.randn(2, 8, 4), Conditioning(labels=torch.tensor([3, -1]))
+    cache = gen.new_cache(cond)
+    z1 = gen.step(torch.zeros(2, 3, 4), torch.arange(3).expand(2, -1), cache)  # inputs at -1, 0, 1
+    z1 = gen.step(tokens[:, :3], torch.arange(1, 4).expand(2, -1), cache)  # writes tokens 0..2
+    for j, p in enumerate(range(1, 4)):
+        want = gen.predict(tokens, torch.arange(8).expand(2, -1) >= p, cond)[:, p]
+        torch.testing.assert_close(z1[:, j], want, atol=1e-5, rtol=1e-5)
+    assert cache.lengths.tolist() == [4, 4]
+
+
+def test_mar_ar_incremental_equals_teacher_forced_and_rolls_back():
+    gen = _randomize(tiny_mar_ar())
+    tokens, cond = torch.randn(2, 8, 4), Conditioning(labels=torch.tensor([1, 2]))
+    inputs = torch.nn.functional.pad(tokens[:, :-1], (0, 0, 1, 0))
+    full = gen.step(inputs, torch.arange(8).expand(2, -1), gen.new_cache(cond))
+    cache = gen.new_cache(cond)
+    parts = [gen.step(inputs[:, p : p + 1], torch.full((2, 1), p), cache) for p in range(8)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    cache.truncate(3)  # roll back and redo positions 3.. with other drafts, then the true ones
+    gen.step(torch.randn(2, 2, 4), torch.arange(3, 5).expand(2, -1), cache)
+    cache.truncate(3)
+    torch.testing.assert_close(gen.step(inputs[:, 3:], torch.arange(3, 8).expand(2, -1), cache), full[:, 3:],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_mar_ar_is_causal():
+    gen = _randomize(tiny_mar_ar())
+    tokens, cond = torch.randn(1, 8, 4), Conditioning(labels=torch.tensor([0]))
+    inputs = torch.nn.functional.pad(tokens[:, :-1], (0, 0, 1, 0))
+    z = gen.step(inputs, torch.arange(8)[None], gen.new_cache(cond))
+    changed = tokens.clone()
+    changed[:, 4] += 1  # token 4 is the input of position 5
+    z2 = gen.step(torch.nn.functional.pad(changed[:, :-1], (0, 0, 1, 0)), torch.arange(8)[None], gen.new_cache(cond))
+    torch.testing.assert_close(z2[:, :5], z[:, :5])
+    assert not torch.allclose(z2[:, 5:], z[:, 5:])
+
+
+def test_text_padding_is_ignored_and_empty_text_is_null():
+    for gen in (_randomize(tiny_mar(num_classes=0, text_dim=12)), _randomize(tiny_mar_ar(num_classes=0, text_dim=12))):
+        text, keep = torch.randn(2, 5, 12), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+        tokens = torch.randn(2, 8, 4)
+        run = lambda c: gen.step(tokens[:, :3], torch.arange(3).expand(2, -1), gen.new_cache(c))
+        z = run(Conditioning(text=text, text_mask=keep))
+        torch.testing.assert_close(run(Conditioning(text=torch.where(keep[..., None], text, 5.0), text_mask=keep)), z)
+        null = Conditioning(text=text, text_mask=torch.zeros_like(keep))
+        torch.testing.assert_close(run(null), run(Conditioning(text=torch.randn(2, 3, 12),
+                                                               text_mask=torch.zeros(2, 3, dtype=torch.bool))))
+
+
+def test_random_mask_follows_truncated_normal():
+    gen = tiny_mar(seq_len=1000, buffer_size=6)
+    counts = torch.stack([gen.random_mask(2).sum(1) for _ in range(400)])  # (draws, b)
+    assert bool((counts[:, 0] == counts[:, 1]).all())  # one ratio per batch
+    ratios = counts[:, 0].double() / 1000
+    assert float(ratios.min()) >= 0.7 and float(ratios.max()) <= 1.0
+    a = -1.2  # (0.7 - 1) / 0.25
+    phi = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+    mean = 1 + 0.25 * (phi(a) - phi(0)) / (0.5 - 0.5 * math.erfc(-a / math.sqrt(2)))
+    assert abs(float(ratios.mean()) - mean) < 0.015
+    assert bool((tiny_mar(mask_ratio_min=1.0).random_mask(3)).all())
+
+
+def test_patchify_roundtrip():
+    x = torch.randn(2, 3, 8, 8)
+    tok = patchify(x, 2)
+    assert tok.shape == (2, 16, 12)
+    torch.testing.assert_close(tok[0, 1, :4], x[0, 0, 0:2, 2:4].flatten())  # channel-major inside a patch
+    torch.testing.assert_close(unpatchify(tok, 3, 2), x)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    gen = _randomize(tiny_mar())
+    back = from_pretrained(save_pretrained(gen, tmp_path / "m"))
+    tokens, mask = torch.randn(1, 8, 4), torch.rand(1, 8) > 0.5
+    cond = Conditioning(labels=torch.tensor([2]))
+    torch.testing.assert_close(back.predict(tokens, mask, cond), gen.predict(tokens, mask, cond))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad input
+# --------------------------------------------------------------------------------------------------------------
+def test_bad_inputs_raise_clear_errors():
+    gen = tiny_mar()
+    cond = Conditioning(labels=torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="continuous tokens"):
+        gen(torch.randint(0, 10, (2, 8)), cond)
+    with pytest.raises(TypeError, match="continuous tokens"):
+        tiny_mar_ar()(torch.randint(0, 10, (2, 8, 4)), cond)
+    with pytest.raises(ValueError, match=r"shape \(B, 8, 4\)"):
+        gen(torch.randn(2, 8, 3), cond)
+    for bad in (0.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="mask_ratio_min"):
+            tiny_mar(mask_ratio_min=bad)
+    with pytest.raises(ValueError, match="no masked position"):
+        gen(torch.randn(2, 8, 4), cond, mask=torch.zeros(2, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="class-conditional"):
+        gen(torch.randn(2, 8, 4), Conditioning(batch=2))
+    with pytest.raises(ValueError, match="labels must be in"):
+        gen(torch.randn(2, 8, 4), Conditioning(labels=torch.tensor([0, 5])))
+    with pytest.raises(ValueError, match="buffer"):
+        tiny_mar(num_classes=0, text_dim=8, max_text_len=10)
+    with pytest.raises(ValueError, match="not both"):
+        tiny_mar(text_dim=8)
+
+
+def test_decoding_bad_inputs():
+    gen = tiny_mar().eval()
+    cond = Conditioning(labels=torch.tensor([0]))
+    for bad in (0, -3, 1.5):
+        with pytest.raises(ValueError, match="num_iter"):
+            sample_masked(gen, cond, num_iter=bad)
+    with pytest.raises(ValueError, match="null condition"):
+        sample_masked(tiny_mar(num_classes=0).eval(), Conditioning(batch=1), num_iter=2, cfg_scale=2.0)
+    with pytest.raises(ValueError, match="null condition"):
+        generate(tiny_mar(num_classes=0), Conditioning(batch=1), decoder="masked", cfg_scale=2.0, num_iter=2)
+    with pytest.raises(ValueError, match="cfg_schedule"):
+        sample_masked(gen, cond, num_iter=2, cfg_scale=2.0, cfg_schedule="cosine")
+    with pytest.raises(ValueError, match="top_k"):
+        generate(gen, cond, decoder="masked", top_k=5, num_iter=2)
+    with pytest.raises(ValueError, match="z_null"):
+        gen.head.sample(torch.randn(3, 32), cfg_scale=2.0)
+    with pytest.raises(ValueError, match="masked continuous generator"):
+        generate(vistok.create_generator("ar_tiny_c2i", vocab_size=16, seq_len=4, width=16, depth=1, num_heads=2),
+                 cond, decoder="masked")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DiffLoss head and its diffusers schedulers
+# --------------------------------------------------------------------------------------------------------------
+def test_respacing_rule_and_diffusers_linspace():
+    for n in (10, 25, 64, 100, 250):
+        assert _mar_respacing(1000, n) == sorted({round(i * 999 / (n - 1)) for i in range(n)}, reverse=True)
+        sched = DDPMScheduler(num_train_timesteps=1000, timestep_spacing="linspace")
+        sched.set_timesteps(n)
+        assert sched.timesteps.tolist() == _mar_respacing(1000, n)
+    assert _mar_respacing(1000, 21) != [round(i * 999 / 20) for i in range(21)][::-1]  # accumulated stride
+
+
+@pytest.mark.parametrize("t_index", [0, 4, 9])
+def test_ddpm_step_equals_diffusers_step(t_index):
+    head = _randomize(DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, num_sampling_steps=10))
+    sched = head._sampling_scheduler(10)
+    ref = DDPMScheduler.from_config(head.scheduler.config)
+    ref.set_timesteps(timesteps=sched.timesteps.tolist())
+    ref.alphas_cumprod = head._abar  # same float64 table: the test is about the arithmetic
+    t = int(sched.timesteps[t_index])
+    x, z = torch.randn(6, 4), torch.randn(6, 8)
+    out = head.net(x, torch.full((6,), t), z)
+    out = torch.cat([out[:, :4], out[:, 4:].tanh()], 1)  # v in [-1, 1] as a trained head gives
+    want = ref.step(out, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
+    got = head._ddpm_step(sched, out, t, x, torch.randn(6, 4, generator=torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_head_sample_noise_temperature_and_cfg():
+    head = _randomize(DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, num_sampling_steps=6))
+    z, z_null = torch.randn(5, 8), torch.randn(5, 8)
+    noise = head.sample_noise(5, generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (6, 5, 4)
+    a = head.sample(z, noise=noise)
+    torch.testing.assert_close(head.sample(z, noise=noise), a)  # noise fixes the draw
+    assert not torch.allclose(head.sample(z, noise=torch.randn_like(noise)), a)
+    other = noise.clone()
+    other[1:] = torch.randn_like(other[1:])
+    torch.testing.assert_close(head.sample(z, noise=other, temperature=0.0), head.sample(z, noise=noise, temperature=0.0))
+    torch.testing.assert_close(head.sample(z, z_null=z_null, cfg_scale=1.0, noise=noise), a)  # cfg 1: null unused
+    assert not torch.allclose(head.sample(z, z_null=z_null, cfg_scale=3.0, noise=noise), a)
+    torch.testing.assert_close(head.sample(z, z_null=z, cfg_scale=3.0, noise=noise), a, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        head.sample(z, noise=noise[:3])
+
+
+def test_ddim_sampler():
+    head = _randomize(DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, num_sampling_steps=10, sampler="ddim"))
+    z = torch.randn(5, 8)
+    noise = head.sample_noise(5)
+    a = head.sample(z, noise=noise)
+    other = noise.clone()
+    other[1:] = 0
+    torch.testing.assert_close(head.sample(z, noise=other), a)  # eta 0: only the initial noise matters
+    assert torch.isfinite(a).all() and a.shape == (5, 4)
+    with pytest.raises(ValueError, match="divide"):
+        DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, num_sampling_steps=30, sampler="ddim")
+
+
+def test_head_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    head = DiffLossHead(token_dim=2, cond_dim=3, width=16, depth=1)
+    x, z = torch.randn(32, 2) * 0.5, torch.randn(32, 3)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    t, noise = torch.randint(0, 1000, (32,)), torch.randn(32, 2)
+    with torch.no_grad():
+        first = float(head.loss(x, z, t=t, noise=noise))
+    for _ in range(25):
+        opt.zero_grad()
+        head.loss(x, z, t=t, noise=noise).backward()
+        opt.step()
+    with torch.no_grad():
+        assert float(head.loss(x, z, t=t, noise=noise)) < 0.7 * first
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Masked decoding
+# --------------------------------------------------------------------------------------------------------------
+def test_mask_schedule():
+    assert mask_schedule(16, 4) == [14, 11, 6, 0]
+    assert mask_schedule(8, 1) == [0]
+    sched = mask_schedule(4, 10)  # more steps than tokens: some steps reveal nothing
+    assert sched[-1] == 0 and all(a >= b for a, b in zip([4, *sched], sched)) and min(sched[:-1]) == 1
+
+
+@pytest.mark.parametrize("cfg", [1.0, 2.5])
+def test_masked_decoding_reveals_every_position_once(cfg):
+    gen = _randomize(tiny_mar())
+    cond = Conditioning(labels=torch.tensor([0, 3]))
+    tokens, ex = sample_masked(gen, cond, num_iter=3, cfg_scale=cfg, rng=torch.Generator().manual_seed(1))
+    assert tokens.shape == (2, 8, 4) and torch.isfinite(tokens).all()
+    assert torch.equal(ex["revealed"].sum(0), torch.ones(2, 8, dtype=torch.long))
+    left = torch.tensor(mask_schedule(8, 3))
+    assert torch.equal(8 - ex["revealed"].sum(-1).cumsum(0), left[:, None].expand(-1, 2))
+    # revealed from the end of each order backwards
+    first = ex["revealed"][0]
+    for b in range(2):
+        assert set(ex["orders"][b, 8 - int(first[b].sum()) :].tolist()) == set(first[b].nonzero()[:, 0].tolist())
+
+
+def test_generate_with_masked_decoder_is_seeded():
+    gen = _randomize(tiny_mar())
+    cond = Conditioning(labels=torch.tensor([1]))
+    a = generate(gen, cond, decoder="masked", num_iter=4, cfg_scale=2.0, seed=3, num_samples=2)
+    b = generate(gen, cond, decoder="masked", num_iter=4, cfg_scale=2.0, seed=3, num_samples=2)
+    c = generate(gen, cond, decoder="masked", num_iter=4, cfg_scale=2.0, seed=4, num_samples=2)
+    assert a.tokens.shape == (2, 8, 4) and a.nfe == 4
+    torch.testing.assert_close(a.tokens, b.tokens)
+    assert not torch.allclose(a.tokens, c.tokens)
+    assert not torch.allclose(a.tokens[0], a.tokens[1])
