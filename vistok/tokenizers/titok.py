@@ -294,8 +294,9 @@ class TiTok(nn.Module, Configurable):
             zq, kl = self._sample_gaussian(z)
             tokens, loss, extras = zq, self.kl_weight * kl, {"kl": kl.detach()}
         else:
-            zq, tokens, extras = self.quantizer(z)
-            loss = extras["codebook"] + self.quantizer.commitment * extras["commitment"]
+            zq, tokens, parts = self.quantizer(z)
+            loss = parts["codebook"] + self.quantizer.commitment * parts["commitment"]
+            extras = {k: v.detach() for k, v in parts.items()}  # logged copies; the loss keeps the gradient
         if self.tail_drop and self.training:
             k = int(torch.randint(1, self.num_tokens + 1, ()))
             zq = zq[:, :k]
