@@ -52,7 +52,11 @@ class VectorQuantizer(nn.Module):
         return F.embedding(ids, self.codebook())
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """``z`` (b, n, d) -> (quantised z with straight-through grads, ids (b, n), losses)."""
+        """``z`` (b, n, d) -> (quantised z with straight-through grads, ids (b, n), losses).
+
+        The losses carry gradient: ``codebook`` moves the codes towards the encoder outputs, ``commitment`` pulls
+        the encoder towards its codes (weight it with ``self.commitment``); detach them for logging.
+        """
         if self.l2_norm:
             z = F.normalize(z, dim=-1)
         ids = self.indices(z)
@@ -63,7 +67,7 @@ class VectorQuantizer(nn.Module):
         if self.training and self.reseed_every:
             self._track_and_reseed(z.detach(), ids)
         zq = z + (zq - z).detach()
-        return zq, ids, {"codebook": codebook_loss.detach(), "commitment": commit_loss.detach()}
+        return zq, ids, {"codebook": codebook_loss, "commitment": commit_loss}
 
     @torch.no_grad()
     def _track_and_reseed(self, z: Tensor, ids: Tensor) -> None:
