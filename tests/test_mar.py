@@ -147,7 +147,8 @@ def test_text_padding_is_ignored_and_empty_text_is_null():
     for gen in (_randomize(tiny_mar(num_classes=0, text_dim=12)), _randomize(tiny_mar_ar(num_classes=0, text_dim=12))):
         text, keep = torch.randn(2, 5, 12), torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
         tokens = torch.randn(2, 8, 4)
-        run = lambda c: gen.step(tokens[:, :3], torch.arange(3).expand(2, -1), gen.new_cache(c))
+        run = lambda c, gen=gen, tokens=tokens: gen.step(tokens[:, :3], torch.arange(3).expand(2, -1),
+                                                          gen.new_cache(c))
         z = run(Conditioning(text=text, text_mask=keep))
         torch.testing.assert_close(run(Conditioning(text=torch.where(keep[..., None], text, 5.0), text_mask=keep)), z)
         null = Conditioning(text=text, text_mask=torch.zeros_like(keep))
@@ -270,7 +271,8 @@ def test_head_sample_noise_temperature_and_cfg():
     assert not torch.allclose(head.sample(z, noise=torch.randn_like(noise)), a)
     other = noise.clone()
     other[1:] = torch.randn_like(other[1:])
-    torch.testing.assert_close(head.sample(z, noise=other, temperature=0.0), head.sample(z, noise=noise, temperature=0.0))
+    cold = head.sample(z, noise=noise, temperature=0.0)
+    torch.testing.assert_close(head.sample(z, noise=other, temperature=0.0), cold)
     torch.testing.assert_close(head.sample(z, z_null=z_null, cfg_scale=1.0, noise=noise), a)  # cfg 1: null unused
     assert not torch.allclose(head.sample(z, z_null=z_null, cfg_scale=3.0, noise=noise), a)
     torch.testing.assert_close(head.sample(z, z_null=z, cfg_scale=3.0, noise=noise), a, atol=1e-4, rtol=1e-4)

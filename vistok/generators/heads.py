@@ -159,7 +159,8 @@ class DiffLossHead(nn.Module, Configurable):
         abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
         post_var = betas * (1 - abar_prev) / (1 - abar)
         tables = {
-            "sqrt_abar": abar.sqrt(), "sqrt_1m_abar": (1 - abar).sqrt(), "sqrt_recip_abar": (1 / abar).sqrt(), "sqrt_recipm1_abar": (1 / abar - 1).sqrt(),
+            "sqrt_abar": abar.sqrt(), "sqrt_1m_abar": (1 - abar).sqrt(),
+            "sqrt_recip_abar": (1 / abar).sqrt(), "sqrt_recipm1_abar": (1 / abar - 1).sqrt(),
             "post_coef_x0": betas * abar_prev.sqrt() / (1 - abar),
             "post_coef_xt": (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar),
             "post_logvar": torch.log(torch.cat([post_var[1:2], post_var[1:]])),  # clipped at t = 0 (IDDPM)
@@ -325,7 +326,9 @@ class DiffLossHead(nn.Module, Configurable):
         abar_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else 1.0
         beta = 1 - abar_t / abar_prev
         x0 = (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
-        mean = (math.sqrt(abar_prev) * beta / (1 - abar_t)) * x0 + (math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar_t)) * x
+        coef_x0 = math.sqrt(abar_prev) * beta / (1 - abar_t)
+        coef_xt = math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar_t)
+        mean = coef_x0 * x0 + coef_xt * x  # posterior mean of q(x_prev | x_t, x0)
         if t == 0:
             return mean
         post_var = (1 - abar_prev) / (1 - abar_t) * beta

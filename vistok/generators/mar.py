@@ -244,7 +244,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             raise ValueError(f"max_text_len ({max_text_len}) must be <= buffer_size ({buffer_size}): text tokens "
                              "live in the buffer slots")
         self.token_dim, self.seq_len, self.buffer_size = token_dim, seq_len, buffer_size
-        self.cond_dropout, self.mask_ratio_min, self.diffusion_batch_mul = cond_dropout, mask_ratio_min, diffusion_batch_mul
+        self.cond_dropout, self.mask_ratio_min = cond_dropout, mask_ratio_min
+        self.diffusion_batch_mul = diffusion_batch_mul
         self._init_conditioning(encoder_width, num_classes, text_dim, max_text_len if text_dim else 0)
         # encoder
         self.token_proj = nn.Linear(token_dim, encoder_width)
@@ -366,11 +367,11 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         rows, cols = (positions > 0).nonzero(as_tuple=True)
         cache.tokens[rows, positions[rows, cols] - 1] = inputs[rows, cols].to(cache.tokens.dtype)
         cache.advance(positions)
-        b, l = positions.shape
+        b, length = positions.shape
         unknown = torch.arange(self.seq_len, device=positions.device) >= positions[..., None]  # b l n
-        z = self.decode(*self.encode(cache.tokens.repeat_interleave(l, 0), unknown.flatten(0, 1),
-                                     cache.buffer.repeat_interleave(l, 0)))
-        return z[torch.arange(b * l, device=z.device), positions.flatten()].unflatten(0, (b, l))
+        z = self.decode(*self.encode(cache.tokens.repeat_interleave(length, 0), unknown.flatten(0, 1),
+                                     cache.buffer.repeat_interleave(length, 0)))
+        return z[torch.arange(b * length, device=z.device), positions.flatten()].unflatten(0, (b, length))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -522,7 +523,9 @@ def convert_mar_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
         for pattern, target in rules:
             if m := pattern.fullmatch(key):
                 new = m.expand(target)
-                out[new] = value.reshape(value.shape[-1 if value.numel() == value.shape[-1] else -2 :]) if new in _SQUEEZE else value
+                if new in _SQUEEZE:  # (1, d) / (1, 1, d) / (1, s, d) -> (d,) / (s, d)
+                    value = value.reshape(value.shape[-1 if value.numel() == value.shape[-1] else -2 :])
+                out[new] = value
                 break
         else:
             unknown.append(key)
