@@ -45,13 +45,22 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--skip-untrained", action="store_true")
+    p.add_argument("--skip-reconstructions", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(2)
     ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=args.max_objects)
     captions = [ds.scene(i).caption for i in range(len(ds))]
     pipe = Pipeline.from_folder(args.model)
     opts = dict(decoder=args.decoder, cfg_scale=args.cfg_scale, top_k=args.top_k, temperature=args.temperature)
-    rows = [("trained", *evaluate(pipe, captions, args.batch, args.seed, **opts))]
+    rows = []
+    if not args.skip_reconstructions:  # the tokenizer's ceiling: real renders of the prompts, encoded + decoded
+        t0 = time.time()
+        real = torch.stack([ds[i]["pixels"] for i in range(len(ds))])
+        with torch.no_grad():
+            recon = torch.cat([pipe.tokenizer.decode(pipe.tokenizer.encode(b)) for b in real.split(args.batch)])
+        rows.append(("real renders", score_batch(real, captions), 0.0, 0.0))
+        rows.append(("tokenizer reconstructions", score_batch(recon, captions), time.time() - t0, 0.0))
+    rows.append(("trained", *evaluate(pipe, captions, args.batch, args.seed, **opts)))
     if not args.skip_untrained:
         untrained = copy.copy(pipe)
         untrained.generator = type(pipe.generator)(**pipe.generator.config).eval()

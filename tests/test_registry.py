@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vistok
-from vistok.generators import ARGenerator, NARGenerator
+from vistok.generators import ARGenerator, MARARGenerator, MARGenerator, NARGenerator, XARGenerator
 from vistok.interfaces import Conditioning, Generator, Tokenizer
 from vistok.tokenizers import TiTok
 
@@ -13,6 +13,13 @@ TINY = {
                 codebook_size=64, token_size=8),
     ARGenerator: dict(vocab_size=64, seq_len=8, width=32, depth=1, num_heads=2, max_text_len=6),
     NARGenerator: dict(vocab_size=64, seq_len=16, grid=(4, 4), width=32, depth=1, num_heads=2, max_text_len=6),
+    XARGenerator: dict(grid_size=4, cell_size=2, token_dim=4, width=32, depth=1, decoder_depth=1, num_heads=2,
+                       max_text_len=6),
+    MARGenerator: dict(token_dim=4, seq_len=8, encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32,
+                       decoder_depth=1, decoder_heads=2, buffer_size=6, max_text_len=6, head_width=32, head_depth=1,
+                       num_sampling_steps=4),
+    MARARGenerator: dict(token_dim=4, seq_len=8, width=32, depth=1, num_heads=2, max_text_len=6, head_width=32,
+                         head_depth=1, num_sampling_steps=4),
 }
 
 
@@ -62,7 +69,10 @@ def test_generator_contract(name):
         cond = Conditioning(text=torch.randn(b, 5, gen.text_dim))
     else:
         cond = Conditioning(batch=b)
-    tokens = torch.randint(0, gen.vocab_size, (b, gen.seq_len))
+    if gen.kind == "continuous":  # (B, N, D) floats
+        tokens = torch.randn(b, gen.seq_len, gen.token_dim)
+    else:
+        tokens = torch.randint(0, gen.vocab_size, (b, gen.seq_len))
     out = gen.train()(tokens, cond)
     assert torch.isfinite(out.loss)
     out.loss.backward()
@@ -70,7 +80,11 @@ def test_generator_contract(name):
     gen.eval()
     cache = gen.new_cache(cond)
     logits = gen.step(tokens[:, :4], torch.arange(4).expand(b, -1), cache)
-    assert logits.shape == (b, 4, gen.vocab_size)
+    if gen.kind == "discrete":
+        width = gen.vocab_size
+    else:  # diffusion-head models return the head's conditions, flow models the velocity itself
+        width = gen.head.cond_dim if hasattr(gen, "head") else gen.token_dim
+    assert logits.shape == (b, 4, width)
 
 
 def test_unknown_preset_names_the_choices():
