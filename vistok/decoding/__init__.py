@@ -16,6 +16,7 @@ from torch import Tensor
 
 from vistok.decoding.autoregressive import decode_ar
 from vistok.decoding.cells import decode_cells
+from vistok.decoding.continuous import decode_car, decode_csd
 from vistok.decoding.grouped import decode_gsd, decode_lantern
 from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
@@ -28,6 +29,7 @@ DECODERS: dict[str, Callable] = {"ar": decode_ar, "sjd": decode_sjd, "mcsjd": de
                                  "lantern": decode_lantern, "cells": decode_cells}
 DECODERS["nar"] = decode_nar  # NAR: one anti-diagonal per pass (vistok.generators.nar)
 DECODERS["masked"] = decode_masked  # MAR: random-order masked decoding (vistok.generators.mar)
+DECODERS["csd"] = decode_csd  # continuous speculative decoding (causal continuous generators, diffusion head)
 
 
 @dataclass
@@ -66,7 +68,10 @@ def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", n
     if isinstance(decoder, str):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")
-        decoder = DECODERS[decoder]
+        if decoder == "ar" and getattr(generator, "kind", None) == "continuous":
+            decoder = decode_car  # causal continuous generators (MARARGenerator): one head draw per pass
+        else:
+            decoder = DECODERS[decoder]
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     sampling = SamplingArgs(temperature, top_k, top_p)
@@ -84,5 +89,5 @@ def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", n
     return GenerationOutput(*out)
 
 
-__all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "decode_ar", "decode_cells",
-           "decode_gsd", "decode_lantern", "decode_mcsjd", "decode_sjd", "generate", "guided", "sample_probs"]
+__all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "decode_ar", "decode_car",
+           "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_mcsjd", "decode_sjd", "generate", "guided", "sample_probs"]
