@@ -12,14 +12,13 @@ import argparse
 import itertools
 
 import torch
+from geneval_lite import evaluate  # noqa: E402  (same folder)
 
 from vistok.data import ShapesDataset
 from vistok.data.geneval import ATTRIBUTES
 from vistok.hub import from_pretrained
 from vistok.sample import Pipeline
 from vistok.text import MiniLMTextEncoder
-
-from geneval_lite import evaluate  # noqa: E402  (same folder)
 
 
 def main() -> None:
@@ -33,7 +32,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(2)
     gen = from_pretrained(args.generator)
-    pipe = Pipeline(from_pretrained(args.tokenizer), gen, MiniLMTextEncoder(max_length=gen.config.get("max_text_len", 32)))
+    text = MiniLMTextEncoder(max_length=gen.config.get("max_text_len", 32))
+    pipe = Pipeline(from_pretrained(args.tokenizer), gen, text)
     ds = ShapesDataset(args.num_prompts, seed=777, max_objects=1)
     captions = [ds.scene(i).caption for i in range(len(ds))]
     rows = []

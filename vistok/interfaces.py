@@ -230,6 +230,43 @@ class Conditioning:
         return replace(self, labels=mv(self.labels), text=mv(self.text), text_mask=mv(self.text_mask))
 
 
+def check_conditioning(cond: Conditioning, *, num_classes: int, text_dim: int, max_text_len: int) -> None:
+    """Validate ``cond`` for a generator built with these sizes (shared by every generator family).
+
+    Raises:
+        TypeError: not a Conditioning.
+        ValueError: the condition the generator needs is missing, or labels / text states do not fit it.
+    """
+    if not isinstance(cond, Conditioning):
+        raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
+    if num_classes and cond.labels is None:
+        raise ValueError("this generator is class-conditional: pass Conditioning(labels=...) "
+                         f"with ids in [0, {num_classes - 1}] (-1 = null class)")
+    if text_dim and cond.text is None:
+        raise ValueError("this generator is text-conditional: pass Conditioning(text=..., text_mask=...) "
+                         "from vistok.text.MiniLMTextEncoder")
+    if cond.labels is not None:
+        if not num_classes:
+            raise ValueError("labels given to a generator built with num_classes=0")
+        if int(cond.labels.max()) >= num_classes or int(cond.labels.min()) < -1:
+            raise ValueError(f"class labels must be in [-1, {num_classes - 1}] (-1 = null)")
+    if cond.text is not None:
+        if not text_dim:
+            raise ValueError("text given to a generator built with text_dim=0")
+        if cond.text.shape[-1] != text_dim or cond.text.shape[1] > max_text_len:
+            raise ValueError(f"text states must be (B, T <= {max_text_len}, {text_dim}), got "
+                             f"{tuple(cond.text.shape)}")
+
+
+def drop_conditioning(cond: Conditioning, p: float, generator: torch.Generator | None = None) -> Conditioning:
+    """Replace each sample's condition by the null condition with probability ``p`` (training, for CFG):
+    labels become -1, text masks become all-False."""
+    device = generator.device if generator is not None else "cpu"
+    drop = torch.rand(cond.batch_size, generator=generator, device=device) < p
+    labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
+    mask = None if cond.text_mask is None else cond.text_mask & ~drop.to(cond.text_mask.device)[:, None]
+    return Conditioning(labels, cond.text, mask, cond.batch)
+
 class KVCache:
     """Preallocated key/value buffers for every layer, written at explicit slots, truncatable.
 

@@ -1,7 +1,8 @@
 """Synthetic *shapes* scenes rendered with PIL: exact captions and structured labels, deterministic per index.
 
 Each scene holds 1..``max_objects`` objects drawn from :data:`COLORS` x :data:`SHAPES`, each at a named
-position of a 3x3 grid (no two objects in neighbouring cells, so they never touch) and a named size.  Captions spell every attribute ("a large red circle on the left
+position of a 3x3 grid (no two objects in neighbouring cells, so they never touch) and a named size.
+Captions spell every attribute ("a large red circle on the left
 and a blue square at the bottom"; medium size is left unsaid).  The same ``(seed, index)`` always renders
 the same scene at any resolution, so image quality is measurable offline (see :mod:`vistok.data.geneval`).
 """

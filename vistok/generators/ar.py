@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.interfaces import (
+    Conditioning,
+    Configurable,
+    GeneratorOutput,
+    KVCache,
+    check_conditioning,
+    drop_conditioning,
+)
 from vistok.layers import LlamaBlock, RMSNorm, rope_table
 
 
@@ -60,7 +67,8 @@ class ARGenerator(nn.Module, Configurable):
         if mlp_hidden is None:
             mlp_hidden = -(-int(8 * width / 3) // 64) * 64
         self.vocab_size, self.seq_len, self.width, self.num_heads = vocab_size, seq_len, width, num_heads
-        self.num_classes, self.text_dim, self.cond_dropout, self.rope_base = num_classes, text_dim, cond_dropout, rope_base
+        self.num_classes, self.text_dim = num_classes, text_dim
+        self.cond_dropout, self.rope_base = cond_dropout, rope_base
         self.prefix_len = max_text_len if text_dim else 0
         # conditioning
         self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
@@ -87,32 +95,11 @@ class ARGenerator(nn.Module, Configurable):
 
     # -- conditioning ------------------------------------------------------------------------------------------
     def _check_cond(self, cond: Conditioning) -> None:
-        if not isinstance(cond, Conditioning):
-            raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
-        if self.num_classes and cond.labels is None:
-            raise ValueError("this generator is class-conditional: pass Conditioning(labels=...) "
-                             f"with ids in [0, {self.num_classes - 1}] (-1 = null class)")
-        if self.text_dim and cond.text is None:
-            raise ValueError("this generator is text-conditional: pass Conditioning(text=..., text_mask=...) "
-                             "from vistok.text.TextEncoder")
-        if cond.labels is not None:
-            if not self.num_classes:
-                raise ValueError("labels given to a generator built with num_classes=0")
-            if int(cond.labels.max()) >= self.num_classes or int(cond.labels.min()) < -1:
-                raise ValueError(f"class labels must be in [-1, {self.num_classes - 1}] (-1 = null)")
-        if cond.text is not None:
-            if not self.text_dim:
-                raise ValueError("text given to a generator built with text_dim=0")
-            if cond.text.shape[-1] != self.text_dim or cond.text.shape[1] > self.prefix_len:
-                raise ValueError(f"text states must be (B, T <= {self.prefix_len}, {self.text_dim}), got "
-                                 f"{tuple(cond.text.shape)}")
+        check_conditioning(cond, num_classes=self.num_classes, text_dim=self.text_dim, max_text_len=self.prefix_len)
 
     def drop_condition(self, cond: Conditioning) -> Conditioning:
         """Replace each condition by the null condition with probability ``cond_dropout`` (training only)."""
-        drop = torch.rand(cond.batch_size) < self.cond_dropout
-        labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
-        mask = None if cond.text_mask is None else cond.text_mask & ~drop.to(cond.text_mask.device)[:, None]
-        return Conditioning(labels, cond.text, mask, cond.batch)
+        return drop_conditioning(cond, self.cond_dropout)
 
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:

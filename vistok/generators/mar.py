@@ -36,7 +36,14 @@ from torch import Tensor, nn
 
 from vistok.generators.heads import DiffLossHead
 from vistok.hub import load_state_dict_strict
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.interfaces import (
+    Conditioning,
+    Configurable,
+    GeneratorOutput,
+    KVCache,
+    check_conditioning,
+    drop_conditioning,
+)
 from vistok.layers import Attention
 from vistok.registry import register_generator
 
@@ -148,31 +155,12 @@ class _ContinuousGenerator(nn.Module):
             raise ValueError(f"tokens must have shape (B, {self.seq_len}, {self.token_dim}), got {tuple(tokens.shape)}")
 
     def check_cond(self, cond: Conditioning) -> None:
-        if not isinstance(cond, Conditioning):
-            raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
-        if self.num_classes and cond.labels is None:
-            raise ValueError(f"this generator is class-conditional: pass Conditioning(labels=...) with ids in "
-                             f"[0, {self.num_classes - 1}] (-1 = null class)")
-        if self.text_dim and cond.text is None:
-            raise ValueError("this generator is text-conditional: pass Conditioning(text=..., text_mask=...)")
-        if cond.labels is not None:
-            if not self.num_classes:
-                raise ValueError("labels given to a generator built with num_classes=0")
-            if int(cond.labels.max()) >= self.num_classes or int(cond.labels.min()) < -1:
-                raise ValueError(f"class labels must be in [-1, {self.num_classes - 1}] (-1 = null)")
-        if cond.text is not None:
-            if not self.text_dim:
-                raise ValueError("text given to a generator built with text_dim=0")
-            if cond.text.shape[-1] != self.text_dim or cond.text.shape[1] > self.max_text_len:
-                raise ValueError(f"text states must be (B, T <= {self.max_text_len}, {self.text_dim}), "
-                                 f"got {tuple(cond.text.shape)}")
+        check_conditioning(cond, num_classes=self.num_classes, text_dim=self.text_dim,
+                           max_text_len=self.max_text_len)
 
     def drop_condition(self, cond: Conditioning) -> Conditioning:
         """Replace each condition by the null condition with probability ``cond_dropout`` (training, for CFG)."""
-        drop = torch.rand(cond.batch_size) < self.cond_dropout
-        labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
-        mask = None if cond.text_mask is None else cond.text_mask & ~drop.to(cond.text_mask.device)[:, None]
-        return Conditioning(labels, cond.text, mask, cond.batch)
+        return drop_conditioning(cond, self.cond_dropout)
 
     def class_vector(self, cond: Conditioning) -> Tensor:
         """One condition vector per sample (b, c): class embedding, or the null embedding (label -1 / no class)."""

@@ -41,7 +41,14 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from vistok.hub import load_state_dict_strict
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.interfaces import (
+    Conditioning,
+    Configurable,
+    GeneratorOutput,
+    KVCache,
+    check_conditioning,
+    drop_conditioning,
+)
 from vistok.layers import Attention, RMSNorm
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
@@ -207,32 +214,11 @@ class XARGenerator(nn.Module, Configurable):
 
     # -- conditioning ------------------------------------------------------------------------------------------
     def _check_cond(self, cond: Conditioning) -> None:
-        if not isinstance(cond, Conditioning):
-            raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
-        if self.num_classes and cond.labels is None:
-            raise ValueError("this generator is class-conditional: pass Conditioning(labels=...) "
-                             f"with ids in [0, {self.num_classes - 1}] (-1 = null class)")
-        if self.text_dim and cond.text is None:
-            raise ValueError("this generator is text-conditional: pass Conditioning(text=..., text_mask=...)")
-        if cond.labels is not None:
-            if not self.num_classes:
-                raise ValueError("labels given to a generator built with num_classes=0")
-            if int(cond.labels.max()) >= self.num_classes or int(cond.labels.min()) < -1:
-                raise ValueError(f"class labels must be in [-1, {self.num_classes - 1}] (-1 = null)")
-        if cond.text is not None:
-            if not self.text_dim:
-                raise ValueError("text given to a generator built with text_dim=0")
-            if cond.text.shape[-1] != self.text_dim or cond.text.shape[1] > self.prefix_len:
-                raise ValueError(f"text states must be (B, T <= {self.prefix_len}, {self.text_dim}), got "
-                                 f"{tuple(cond.text.shape)}")
+        check_conditioning(cond, num_classes=self.num_classes, text_dim=self.text_dim, max_text_len=self.prefix_len)
 
     def drop_condition(self, cond: Conditioning, generator: torch.Generator | None = None) -> Conditioning:
         """Replace each condition by the null condition with probability ``cond_dropout`` (training only)."""
-        device = generator.device if generator is not None else "cpu"
-        drop = torch.rand(cond.batch_size, generator=generator, device=device) < self.cond_dropout
-        labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
-        mask = None if cond.text_mask is None else cond.text_mask & ~drop.to(cond.text_mask.device)[:, None]
-        return Conditioning(labels, cond.text, mask, cond.batch)
+        return drop_conditioning(cond, self.cond_dropout, generator)
 
     def _check_tokens(self, tokens: Tensor, *, full: bool) -> None:
         if not isinstance(tokens, Tensor) or not tokens.is_floating_point():

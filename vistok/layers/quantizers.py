@@ -63,7 +63,6 @@ class VectorQuantizer(nn.Module):
         zq = self.lookup(ids)
         codebook_loss = F.mse_loss(zq, z.detach())
         commit_loss = F.mse_loss(z, zq.detach())
-        loss = codebook_loss + self.commitment * commit_loss
         if self.training and self.reseed_every:
             self._track_and_reseed(z.detach(), ids)
         zq = z + (zq - z).detach()
