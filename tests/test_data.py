@@ -72,3 +72,14 @@ def test_geneval_reads_each_attribute():
                         "shape"), ("a large blue star at the bottom left", "position")]:
         s = score_image(img, wrong)
         assert s[attr] == 0 and s["overall"] == 0
+
+
+def test_stray_blob_of_the_prompted_colour_earns_no_credit():
+    """The prompted colour must be one of the main objects, not confetti beside a wrong-colour object."""
+    from vistok.data.geneval import score_image
+
+    img = torch.ones(3, 64, 64)
+    img[:, 16:48, 16:48] = torch.tensor([0.0, 0.0, 1.0])[:, None, None]  # big blue square in the centre
+    img[:, 2:7, 2:7] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]      # small red blob in a corner
+    assert score_image(img, "a red square in the center")["color"] == 0.0
+    assert score_image(img, "a blue square in the center")["color"] == 1.0

@@ -8,7 +8,8 @@ detector; here the scenes are simple enough to read with colour segmentation:
 3. each region gets a shape from two scale-free measures: *solidity* (area / convex-hull area; stars are
    concave) and *extent* (area / bounding-box area: square ~1, circle ~0.79, triangle ~0.5), and a position
    from its centroid (3x3 grid with boundaries halfway between the named centres);
-4. expected objects are matched to regions of their colour (best attribute agreement first).
+4. the n prompted objects are matched to regions of their colour among the n *largest* regions (best attribute
+   agreement first), so stray blobs never earn credit.
 
 Scores per image, each in [0, 1]: ``count`` (number of regions == number of objects), ``color`` (fraction of
 expected objects with a region of their colour), ``shape`` and ``position`` (fraction of expected objects whose
@@ -111,10 +112,14 @@ def score_image(image: torch.Tensor | np.ndarray, prompt: Scene | str) -> dict[s
     """Per-attribute scores of one image against its prompt (a :class:`Scene` or a shapes caption)."""
     scene = parse_caption(prompt) if isinstance(prompt, str) else prompt
     regions = detect(image)
+    n = len(scene.objects)
+    # only the n largest regions can stand for the n prompted objects: stray blobs (noise, an untrained model's
+    # confetti) never earn colour/shape/position credit, they only break the count
+    main = set(sorted(range(len(regions)), key=lambda i: -regions[i].area)[:n])
     used: set[int] = set()
     color = shape = position = 0
     for obj in scene.objects:
-        cands = [i for i, r in enumerate(regions) if r.color == obj.color and i not in used]
+        cands = [i for i, r in enumerate(regions) if r.color == obj.color and i in main and i not in used]
         if not cands:
             continue
         best = max(cands, key=lambda i: ((regions[i].shape == obj.shape) + (regions[i].position == obj.position),
@@ -123,7 +128,6 @@ def score_image(image: torch.Tensor | np.ndarray, prompt: Scene | str) -> dict[s
         color += 1
         shape += regions[best].shape == obj.shape
         position += regions[best].position == obj.position
-    n = len(scene.objects)
     count = float(len(regions) == n)
     overall = float(count == 1 and color == shape == position == n)
     return {"count": count, "color": color / n, "shape": shape / n, "position": position / n, "overall": overall}
