@@ -10,10 +10,10 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_ar
 from scipy import stats
 from torch import nn
 
-from conftest import tiny_ar
 from vistok.decoding import DECODERS, SamplingArgs, continuous, decode_csd, generate
 from vistok.decoding.continuous import DiffusionPaths, decode_car
 from vistok.generators.heads import DiffLossHead

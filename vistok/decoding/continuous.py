@@ -55,7 +55,12 @@ What is exact (``verify="path"``):
 * trajectory alignment keeps exactness: a position's noise is independent of everything its verification
   conditions on (earlier positions, their uniforms, both conditions), and it is spent once the position is
   accepted;
-* float32 log-densities summed over S steps: ratios carry float rounding (~1e-6 relative), nothing more.
+* numerics: the network runs in its dtype; paths, step moments and log-densities are float64, so a ratio
+  carries only the network's rounding (two heads compared on the very same stored path).
+
+Acceptance is another matter: the path ratio includes the last step, whose std (~0.005 T) is far below the change
+a different context makes to the predicted x_0, so on context-sensitive models most drafts are rejected (see
+notes/csd.md for measured numbers); the official code's ``inner_temperature=42`` buys acceptance with exactness.
 
 What is approximate (``verify="last_step"``, ``extras["lossless"] = False``): the last-step Gaussians stand in for
 the token marginals, at different ``x_1`` for draft and target; accepted tokens are MAR's deterministic
@@ -127,8 +132,8 @@ class DiffusionPaths:
 
     def __init__(self, head, *, final_noise: bool):
         if getattr(head, "sampler", "ddpm") != "ddpm":
-            raise ValueError(f"the head samples with sampler={head.sampler!r}, which is deterministic after the initial "
-                             "noise and has no step densities; build the generator with head_sampler='ddpm'")
+            raise ValueError(f"the head samples with sampler={head.sampler!r}, which is deterministic after the "
+                             "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
         self.head, self.final_noise, self.evals = head, final_noise, 0
         s = self.steps = head.num_sampling_steps
         self.path_len, self.token_dim = s + 1, head.token_dim
@@ -154,7 +159,8 @@ class DiffusionPaths:
         ref = self.head.input_proj.weight
         return torch.randn(self.path_len, n, self.token_dim, generator=generator, device=ref.device, dtype=ref.dtype)
 
-    def _moments(self, x: Tensor, k: Tensor, z: Tensor, z_null: Tensor | None, cfg_scale: float) -> tuple[Tensor, Tensor]:
+    def _moments(self, x: Tensor, k: Tensor, z: Tensor, z_null: Tensor | None,
+                 cfg_scale: float) -> tuple[Tensor, Tensor]:
         """Float64 mean and log-variance (r, d) of step indices ``k`` (r,) from float64 states ``x`` (r, d).
 
         The network runs in its own dtype on the rounded state; the step arithmetic stays in float64 so that the
@@ -324,24 +330,48 @@ def decode_car(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
 # --------------------------------------------------------------------------------------------------------------
 # Continuous speculative decoding
 # --------------------------------------------------------------------------------------------------------------
+def _rows(v: Tensor | None, *index: Tensor) -> Tensor | None:
+    return None if v is None else v[index]
+
+
+class _NoiseBank:
+    """Trajectory alignment: every Gaussian draw of position ``p`` is drawn once (for the whole batch, in position
+    order, from ``rng``) and handed out again each time position ``p`` is (re)drawn.  Stores ``(L, b, n, d)``.
+    With ``aligned=False`` every call draws fresh noise."""
+
+    def __init__(self, paths, b: int, n: int, rng: torch.Generator | None, *, aligned: bool):
+        self.paths, self.b, self.n, self.rng, self.drawn, self.bank = paths, b, n, rng, 0, None
+        self.aligned = aligned
+
+    def __call__(self, bi: Tensor, pi: Tensor) -> Tensor:
+        """(L, r, d) noise of rows (sample ``bi``, position ``pi``)."""
+        if not self.aligned:
+            return self.paths.path_noise(len(bi), self.rng)
+        need = int(pi.max()) + 1 if len(pi) else 0
+        while self.drawn < need:
+            eps = self.paths.path_noise(self.b, self.rng)  # L b d
+            if self.bank is None:
+                self.bank = eps.new_zeros(eps.shape[0], self.b, self.n, eps.shape[-1])
+            self.bank[:, :, self.drawn] = eps
+            self.drawn += 1
+        return self.bank[:, bi, pi]
+
+
 def _residual_paths(kernel: _Kernel, zp: Tensor, zp_null: Tensor | None, zq: Tensor, zq_null: Tensor | None,
                     rng: torch.Generator | None, max_tries: int) -> tuple[Tensor, int, int]:
     """Tokens (r, d) from ``norm(max(0, p - q))`` over paths by acceptance-rejection with proposal ``p``.
 
     Returns ``(tokens, proposals drawn, rows capped)``; a capped row keeps its last proposal.
     """
-    r = zp.shape[0]
-    pending = torch.arange(r, device=zp.device)
-    out, tries, last = None, 0, None
+    pending, out, tries, last = torch.arange(zp.shape[0], device=zp.device), None, 0, None
     for _ in range(max_tries):
-        sub = lambda v: None if v is None else v[pending]
-        path, log_p, _ = kernel.sample(zp[pending], sub(zp_null), kernel.paths.path_noise(len(pending), rng))
-        log_q = kernel.log_prob(path, zq[pending], sub(zq_null))
+        noise = kernel.paths.path_noise(len(pending), rng)
+        path, log_p, _ = kernel.sample(zp[pending], _rows(zp_null, pending), noise)
+        log_q = kernel.log_prob(path, zq[pending], _rows(zq_null, pending))
         tries += len(pending)
-        u = torch.rand(len(pending), generator=rng, device=zp.device)
-        take = u < -torch.expm1(log_q - log_p)  # probability max(0, 1 - q / p)
+        take = torch.rand(len(pending), generator=rng, device=zp.device) < -torch.expm1(log_q - log_p)  # 1 - q/p
         if out is None:
-            out = path.new_zeros(r, path.shape[-1])
+            out = path.new_zeros(zp.shape[0], path.shape[-1])
         out[pending[take]] = path[-1][take]
         pending, last = pending[~take], path[-1][~take]
         if len(pending) == 0:
@@ -351,11 +381,12 @@ def _residual_paths(kernel: _Kernel, zp: Tensor, zp_null: Tensor | None, zq: Ten
     return out, tries, len(pending)
 
 
-def _residual_gauss(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor, fallback: Tensor,
-                    rng: torch.Generator | None, max_tries: int) -> tuple[Tensor, int, int]:
+def _residual_gauss(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor, rng: torch.Generator | None,
+                    max_tries: int) -> tuple[Tensor, int, int]:
     """The paper's residual in last-step Gaussian space: ``norm(max(0, N(mu_p, s_p) - N(mu_q, s_q)))`` by
-    acceptance-rejection with proposal ``N(mu_p, s_p)``; rows still open after ``max_tries`` take ``fallback``."""
-    out, pending, tries = fallback.clone(), torch.arange(mean_p.shape[0], device=mean_p.device), 0
+    acceptance-rejection with proposal ``N(mu_p, s_p)``; rows still open after ``max_tries`` take ``mu_p`` (the
+    target's aligned token)."""
+    out, pending, tries = mean_p.clone(), torch.arange(mean_p.shape[0], device=mean_p.device), 0
     for _ in range(max_tries):
         mp, sp, mq, sq = mean_p[pending], std_p[pending], mean_q[pending], std_q[pending]
         y = mp + sp * torch.randn(mp.shape, generator=rng, device=mp.device, dtype=mp.dtype)
@@ -382,7 +413,8 @@ def _check_options(window, verify: str, init: str, max_resample, inner_temperatu
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if isinstance(max_resample, bool) or not isinstance(max_resample, int) or max_resample < 1:
-        raise ValueError(f"max_resample must be an int >= 1 (residual proposals per rejected token), got {max_resample!r}")
+        raise ValueError(f"max_resample must be an int >= 1 (residual proposals per rejected token), "
+                         f"got {max_resample!r}")
     if not inner_temperature > 0:
         raise ValueError(f"inner_temperature must be > 0, got {inner_temperature}")
 
@@ -411,48 +443,36 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
     Returns ``(tokens (b, n, d), nfe, extras)``.
     """
     _check_options(window, verify, init, max_resample, inner_temperature, unknown)
-    if verify == "path" and inner_temperature != 1.0:
-        raise ValueError("inner_temperature only applies to verify='last_step' (it makes the ratio inexact)")
     generator, cfg_scale = _unwrap(generator, "csd")
     _check_sampling(sampling, "csd")
     if sampling.temperature <= 0:
         raise ValueError("decoder 'csd' compares step densities, which need noise: temperature must be > 0 "
                          "(for temperature 0 use decoder='ar')")
     exact = verify == "path"
-    align = align or not exact
+    if exact and inner_temperature != 1.0:
+        raise ValueError("inner_temperature only applies to verify='last_step' (it makes the ratio inexact)")
     if not exact and not hasattr(generator.head, "guided_net"):
         raise ValueError("verify='last_step' needs a DiffLossHead (MAR's deterministic last step); use verify='path'")
     paths = path_sampler(generator.head, final_noise=exact)
     kernel = _Kernel(paths, cfg_scale, sampling.temperature)
     cache, step = _start(generator, cond, cfg_scale)
     b, n, d, device = cond.batch_size, generator.seq_len, generator.token_dim, cache.lengths.device
-    w, ell = min(window, n), paths.path_len
+    w, ell, f64 = min(window, n), paths.path_len, torch.float64
     cols = torch.arange(w, device=device)[None]  # 1 w
     seq = torch.zeros(b, n, d, device=device)  # accepted tokens below `acc`, drafts / placeholders above
     acc = torch.zeros(b, dtype=torch.long, device=device)
     front = torch.zeros(b, dtype=torch.long, device=device)  # drafts drawn by the model lie in [acc, front)
-    # per-position draft records: condition(s) they were drawn with, path, log q, last-step std
-    zq = zq_null = draft_path = log_q = std_q = None
-    noise_bank, drawn = None, 0  # aligned noise per absolute position, filled in position order
+    # draft records per position: the condition(s) it was drawn with; its path and log q ("path") or its float64
+    # last step value and std ("last_step")
+    zq = zq_null = None
+    draft_path = torch.zeros(b, n, ell, d, dtype=f64, device=device) if exact else None
+    log_q = torch.zeros(b, n, dtype=f64, device=device)
+    last_q, std_q = torch.zeros(b, n, d, dtype=f64, device=device), torch.ones(b, n, d, dtype=f64, device=device)
+    noise_for = _NoiseBank(paths, b, n, rng, aligned=align or not exact)
     hist = torch.zeros(w + 1, dtype=torch.long, device=device)
     nfe_per_sample = torch.zeros(b, dtype=torch.long, device=device)
     nfe, res_draws, res_tries, res_capped = 0, 0, 0, 0
     bar = _progress(progress, n, "csd")
-
-    def noise_for(bi: Tensor, pi: Tensor) -> Tensor:
-        """(L, r, d) noise for rows (sample bi, position pi)."""
-        nonlocal noise_bank, drawn
-        if not align:
-            return paths.path_noise(len(bi), rng)
-        need = int(pi.max()) + 1 if len(pi) else 0
-        while drawn < need:
-            eps = paths.path_noise(b, rng)  # L b d
-            if noise_bank is None:
-                noise_bank = eps.new_zeros(ell, b, n, d)
-            noise_bank[:, :, drawn] = eps
-            drawn += 1
-        return noise_bank[:, bi, pi]
-
     while True:
         active = acc < n
         if not bool(active.any()):
@@ -462,12 +482,11 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
         # -- placeholders for the inputs not drafted yet: [front, start + w - 1)
         fresh = (pos >= front[:, None]) & (pos < (start + w - 1)[:, None])
         if bool(fresh.any()):
+            fb = fresh.nonzero(as_tuple=True)[0]
             before = seq[torch.arange(b, device=device), (front - 1).clamp(min=0)] * (front > 0)[:, None]
-            fill = before if init == "repeat" else torch.zeros_like(before)
-            seq[fresh.nonzero(as_tuple=True)[0], pos[fresh]] = fill[fresh.nonzero(as_tuple=True)[0]]
+            seq[fb, pos[fresh]] = before[fb] if init == "repeat" else 0.0
         # -- one forward pass over the window
-        inputs = seq.gather(1, (pos - 1).clamp(min=0)[..., None].expand(-1, -1, d))
-        z, z_null = step(inputs, pos)  # b w c (each)
+        z, z_null = step(seq.gather(1, (pos - 1).clamp(min=0)[..., None].expand(-1, -1, d)), pos)  # b w c
         nfe += 1
         nfe_per_sample += active.long()
         if zq is None:
@@ -475,23 +494,23 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
             zq_null = None if z_null is None else z.new_zeros(b, n, z.shape[-1])
         drafted = (pos >= acc[:, None]) & (pos < front[:, None])
         ok = pos < acc[:, None]
-        aligned = None  # last_step: the target's aligned draws at the drafted columns
+        if not exact:  # trajectory alignment: the target redraws every open position with that position's noise
+            lb, lc = (~ok).nonzero(as_tuple=True)
+            tpath, _, tstd = kernel.sample(z[lb, lc], _rows(z_null, lb, lc), noise_for(lb, pos[lb, lc]))
+            tgt, tgt_std = seq.new_zeros(b, w, d, dtype=f64), seq.new_ones(b, w, d, dtype=f64)
+            tgt[lb, lc], tgt_std[lb, lc] = tpath[-1].to(f64), tstd.to(f64)
         # -- verification of every drafted column, vectorised
         if bool(drafted.any()):
             rb, rc = drafted.nonzero(as_tuple=True)
             rp = pos[rb, rc]
-            zr, zr_null = z[rb, rc], None if z_null is None else z_null[rb, rc]
-            x = seq[rb, rp]
             if exact:
-                log_p = kernel.log_prob(draft_path[rb, rp].transpose(0, 1), zr, zr_null)
+                log_p = kernel.log_prob(draft_path[rb, rp].transpose(0, 1), z[rb, rc], _rows(z_null, rb, rc))
                 ratio = accept_log_ratio(log_p, log_q[rb, rp])
             else:
-                tpath, _, std_p = kernel.sample(zr, zr_null, noise_for(rb, rp))
-                aligned = (tpath, std_p)
-                k = inner_temperature
-                ratio = accept_log_ratio(_gauss_logpdf(x, tpath[-1], k * std_p), _gauss_logpdf(x, x, k * std_q[rb, rp]))
-            u = torch.rand(len(rb), generator=rng, device=device)
-            ok[rb, rc] = u.log() < ratio
+                x, k = last_q[rb, rp], inner_temperature
+                ratio = accept_log_ratio(_gauss_logpdf(x, tgt[rb, rc], k * tgt_std[rb, rc]),
+                                         _gauss_logpdf(x, x, k * std_q[rb, rp]))
+            ok[rb, rc] = torch.rand(len(rb), generator=rng, device=device).log() < ratio
         first = ok.long().cumprod(1).sum(1)  # first failing column, w if none
         at_first = cols == first[:, None]
         # -- the first rejected draft: residual sample
@@ -499,14 +518,11 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
         if bool(resid.any()):
             rb, rc = resid.nonzero(as_tuple=True)
             rp = pos[rb, rc]
-            sub = lambda v, i, j: None if v is None else v[i, j]
             if exact:
-                tok, tries, capped = _residual_paths(kernel, z[rb, rc], sub(z_null, rb, rc), zq[rb, rp],
-                                                     sub(zq_null, rb, rp), rng, max_resample)
+                tok, tries, capped = _residual_paths(kernel, z[rb, rc], _rows(z_null, rb, rc), zq[rb, rp],
+                                                     _rows(zq_null, rb, rp), rng, max_resample)
             else:
-                sel = at_first[drafted.nonzero(as_tuple=True)]  # drafted rows (in order) that are the first rejection
-                tpath, std_p = aligned[0][:, sel], aligned[1][sel]
-                tok, tries, capped = _residual_gauss(tpath[-1], std_p, seq[rb, rp], std_q[rb, rp], tpath[-1], rng,
+                tok, tries, capped = _residual_gauss(tgt[rb, rc], tgt_std[rb, rc], last_q[rb, rp], std_q[rb, rp], rng,
                                                      max_resample)
             seq[rb, rp] = tok.to(seq.dtype)
             res_draws, res_tries, res_capped = res_draws + len(rb), res_tries + tries, res_capped + capped
@@ -515,35 +531,16 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
         if bool(redraw.any()):
             rb, rc = redraw.nonzero(as_tuple=True)
             rp = pos[rb, rc]
-            zr, zr_null = z[rb, rc], None if z_null is None else z_null[rb, rc]
-            if aligned is None:
-                new_path, new_log_q, new_std = kernel.sample(zr, zr_null, noise_for(rb, rp))
-            else:  # last_step: a drafted column was already redrawn with its aligned noise during verification
-                slot = torch.full((b, w), -1, dtype=torch.long, device=device)
-                slot[drafted] = torch.arange(int(drafted.sum()), device=device)
-                j = slot[rb, rc]
-                new_path = aligned[0].new_zeros(ell, len(rb), d)
-                new_std = aligned[1].new_zeros(len(rb), d)
-                have = j >= 0
-                new_path[:, have], new_std[have] = aligned[0][:, j[have]], aligned[1][j[have]]
-                if bool((~have).any()):
-                    m = ~have
-                    new_path[:, m], _, new_std[m] = kernel.sample(zr[m], None if zr_null is None else zr_null[m],
-                                                                  noise_for(rb[m], rp[m]))
-                new_log_q = None
-            seq[rb, rp] = new_path[-1].to(seq.dtype)
-            zq[rb, rp] = zr
+            zq[rb, rp] = z[rb, rc]
             if zq_null is not None:
-                zq_null[rb, rp] = zr_null
+                zq_null[rb, rp] = z_null[rb, rc]
             if exact:
-                if draft_path is None:
-                    draft_path, log_q = new_path.new_zeros(b, n, ell, d), new_log_q.new_zeros(b, n)
-                draft_path[rb, rp] = new_path.transpose(0, 1)
-                log_q[rb, rp] = new_log_q
+                new_path, new_log_q, _ = kernel.sample(z[rb, rc], _rows(z_null, rb, rc), noise_for(rb, rp))
+                draft_path[rb, rp], log_q[rb, rp] = new_path.transpose(0, 1).to(f64), new_log_q.to(f64)
+                seq[rb, rp] = new_path[-1].to(seq.dtype)
             else:
-                if std_q is None:
-                    std_q = new_std.new_ones(b, n, d)
-                std_q[rb, rp] = new_std
+                last_q[rb, rp], std_q[rb, rp] = tgt[rb, rc], tgt_std[rb, rc]
+                seq[rb, rp] = tgt[rb, rc].to(seq.dtype)
         new_acc = torch.where(first < w, start + first + 1, start + w)
         hist += torch.bincount((new_acc - acc)[active], minlength=w + 1)
         if bar is not None:
@@ -553,10 +550,9 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
     if bar is not None:
         bar.close()
     counts = hist.tolist()
-    forwards = max(1, sum(counts))
     extras = {"decoder": "csd", "window": w, "verify": verify, "lossless": exact, "accepted_hist": counts,
               "nfe_per_sample": nfe_per_sample.tolist(),
-              "mean_accepted": sum(k * c for k, c in enumerate(counts)) / forwards,
+              "mean_accepted": sum(k * c for k, c in enumerate(counts)) / max(1, sum(counts)),
               "head_evals": getattr(paths, "evals", 0), "residual_draws": res_draws, "residual_tries": res_tries,
               "residual_capped": res_capped}
     return seq, nfe, extras
