@@ -345,7 +345,7 @@ class _NoiseBank:
 
     def __call__(self, bi: Tensor, pi: Tensor) -> Tensor:
         """(L, r, d) noise of rows (sample ``bi``, position ``pi``)."""
-        if not self.aligned:
+        if not self.aligned or len(bi) == 0:
             return self.paths.path_noise(len(bi), self.rng)
         need = int(pi.max()) + 1 if len(pi) else 0
         while self.drawn < need:
