@@ -90,4 +90,5 @@ def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", n
 
 
 __all__ = ["DECODERS", "FILTERS", "GenerationOutput", "Guided", "SamplingArgs", "decode_ar", "decode_car",
-           "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_mcsjd", "decode_sjd", "generate", "guided", "sample_probs"]
+           "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_mcsjd", "decode_sjd", "generate",
+           "guided", "sample_probs"]
