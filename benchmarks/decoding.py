@@ -34,6 +34,7 @@ import torch
 from vistok.data import ShapesDataset
 from vistok.data.geneval import score_batch
 from vistok.decoding import generate
+from vistok.evaluation import fid_from_features
 from vistok.sample import DEFAULT_MODEL, Pipeline
 
 DECODERS = ("ar", "sjd", "mcsjd", "gsd", "lantern")
@@ -81,7 +82,8 @@ def timed(pipe: Pipeline, cond, num_samples: int, seed: int, sampling: dict, dec
 
 @torch.no_grad()
 def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: int, seed: int, sampling: dict,
-              decoders: list[str], windows: list[int], reps: int) -> list[dict]:
+              decoders: list[str], windows: list[int], reps: int, real_features: torch.Tensor | None = None,
+              features: torch.nn.Module | None = None) -> list[dict]:
     """One row per (decoder, window); AR is re-run next to every configuration for paired timing."""
     n = pipe.generator.seq_len
     chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
@@ -119,6 +121,9 @@ def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: i
     for row in rows:
         images = torch.cat([pipe.tokenizer.decode(t) for t in row["tokens"].split(64)])
         row["geneval"] = score_batch(images, rep_captions)["overall"]
+        if real_features is not None:
+            fake = torch.cat([features(b) for b in images.split(32)])
+            row["fid"] = fid_from_features(real_features, fake)
     ar_score = rows[0]["geneval"]
     for row in rows:
         row["geneval_delta"] = row["geneval"] - ar_score
@@ -129,8 +134,8 @@ def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: i
 def table(rows: list[dict], title: str) -> str:
     out = [f"### {title}", "",
            "| decoder | W | NFE/sample | NFE/batch | step compression | AR s | decoder s | speed-up | ms/fwd | "
-           "accepted/fwd | fwd accepting 1 | GenEval overall | vs AR |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "accepted/fwd | fwd accepting 1 | GenEval overall | vs AR | FID |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hist = r["hist"]
         fwd = max(1, sum(hist))
@@ -138,7 +143,8 @@ def table(rows: list[dict], title: str) -> str:
         out.append(f"| {r['decoder']} | {r['window']} | {r['nfe_sample']:.1f} | {r['nfe_batch']:.1f} | "
                    f"{r['n'] / r['nfe_sample']:.2f}x | {r['t_ar']:.2f} | {r['t_dec']:.2f} | "
                    f"{r['t_ar'] / r['t_dec']:.2f}x | {r['ms_fwd']:.1f} | {mean_acc:.2f} | {hist[1] / fwd:.0%} | "
-                   f"{r['geneval']:.3f} | {r['geneval_delta']:+.3f} |")
+                   f"{r['geneval']:.3f} | {r['geneval_delta']:+.3f} | "
+                   + (f"{r['fid']:.1f} |" if "fid" in r else "- |"))
     out += ["", "Accepted tokens per forward pass (share of (sample, forward) pairs accepting k = 1, 2, ...):", ""]
     for r in rows[1:]:
         fwd = max(1, sum(r["hist"]))
@@ -182,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-random", action="store_true", help="skip the random-init (artefact) table")
     p.add_argument("--plot", default=None, help="save a speed-vs-quality PNG here")
+    p.add_argument("--fid-reference", type=int, default=0,
+                   help="also report FID against this many real renders (seed prompt-seed + 1; needs vistok[eval])")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=1)
@@ -201,6 +209,15 @@ def main(argv: list[str] | None = None) -> None:
           f"sampling {sampling}, {torch.get_num_threads()} threads\n")
     kw = dict(num_samples=args.num_samples, batch=args.batch, seed=args.seed, sampling=sampling,
               decoders=args.decoders, windows=args.windows, reps=args.reps)
+    if args.fid_reference:
+        from vistok.evaluation import InceptionFeatures
+
+        feats = InceptionFeatures()
+        ref = ShapesDataset(args.fid_reference, seed=args.prompt_seed + 1, max_objects=1)
+        real = torch.stack([ref[i]["pixels"] for i in range(len(ref))])
+        with torch.no_grad():
+            kw.update(features=feats, real_features=torch.cat([feats(b) for b in real.split(32)]))
+        print(f"FID: each row's images vs {len(ref)} real renders (small sets: compare rows, not papers)\n")
     results = {}
     title = "trained model" if trained else "random tiny model (ARTEFACT: no trained model found)"
     results[title] = benchmark(pipe, captions, **kw)

@@ -291,7 +291,7 @@ def test_bad_input(decoder):
         kind = "continuous"
 
     for cls, match in [(NonCausal, "is_causal=True.*use its own decoder.*'ar'"),
-                       (Continuous, "continuous.*csd.*not available yet")]:
+                       (Continuous, "continuous.*decoder='csd'")]:
         bad = cls(torch.zeros(1, 8, 8), torch.zeros(1, 8), 4)
         with pytest.raises(ValueError, match=match):
             generate(bad, Conditioning(labels=torch.zeros(1, dtype=torch.long)), decoder=decoder)

@@ -20,7 +20,7 @@ from torch import nn
 
 from vistok.interfaces import check_pixels
 
-__all__ = ["InceptionFeatures", "frechet_distance", "inception_weights_path", "psnr", "ssim"]
+__all__ = ["InceptionFeatures", "fid_from_features", "frechet_distance", "inception_weights_path", "psnr", "ssim"]
 
 _TF_RANGE = (-1.0, 0.9921875)
 
@@ -85,3 +85,18 @@ def frechet_distance(real: torch.Tensor | list[torch.Tensor], fake: torch.Tensor
             check_pixels(b, "FID images")
             metric.update(b.float(), real=real_flag)
     return float(metric.compute())
+
+
+def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """FID from two feature sets ``(n, F)`` (e.g. :class:`InceptionFeatures` outputs); float64 throughout."""
+    import numpy as np
+    import scipy.linalg
+
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError("FID needs at least 2 feature rows per set")
+    a, b = real.double().cpu().numpy(), fake.double().cpu().numpy()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
+    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))

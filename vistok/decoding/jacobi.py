@@ -78,8 +78,8 @@ def check_generator(generator, name: str) -> int:
     if getattr(generator, "kind", None) == "continuous":
         raise ValueError(
             f"decoder {name!r} verifies discrete token ids, but this generator is continuous (kind='continuous'); "
-            f"use a decoder made for it (available: {others}). Continuous speculative decoding (csd) needs a "
-            "causal continuous generator (MAR causal variant), not available yet")
+            f"use a decoder made for it (available: {others}): decoder='csd' (continuous speculative decoding) "
+            "or decoder='ar' for causal continuous generators such as mar_ar_tiny")
     if not getattr(generator, "is_causal", False):
         raise ValueError(
             f"decoder {name!r} verifies a window of drafts in one causal forward pass and needs a generator "
