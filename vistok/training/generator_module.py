@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
 from torch import nn
 
-from vistok.hub import from_pretrained, save_pretrained
+from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.training.tokenizer_module import warmup_cosine
+from vistok.training.tokenizer_module import adamw_warmup_cosine, export
 
 
 class GeneratorModule(L.LightningModule):
@@ -87,18 +86,7 @@ class GeneratorModule(L.LightningModule):
         self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
 
     def configure_optimizers(self):
-        h = self.hparams
-        named = list(self.generator.named_parameters())
-        decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
-        rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=h.lr, betas=h.betas)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, h.warmup_steps, h.total_steps, h.final_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.generator, self.hparams)
 
     def on_train_end(self) -> None:
-        if self.hparams.export_dir:
-            folder = save_pretrained(self.generator, Path(self.hparams.export_dir),
-                                     dtype=torch.float16 if self.hparams.export_fp16 else None)
-            print(f"exported generator to {folder}")
+        export(self.generator, self.hparams, "generator")

@@ -23,6 +23,26 @@ def warmup_cosine(step: int, warmup: int, total: int, final_ratio: float) -> flo
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def adamw_warmup_cosine(model: nn.Module, h) -> dict:
+    """AdamW (no weight decay on biases, norms and embeddings) + per-step warm-up/cosine, from hparams
+    ``lr, betas, weight_decay, warmup_steps, total_steps, final_lr_ratio``."""
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=h.lr, betas=h.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, h.warmup_steps, h.total_steps, h.final_lr_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def export(model: nn.Module, h, what: str) -> None:
+    """Write the trained network as a hub folder to ``h.export_dir`` (fp16 if ``h.export_fp16``)."""
+    if h.export_dir:
+        folder = save_pretrained(model, Path(h.export_dir), dtype=torch.float16 if h.export_fp16 else None)
+        print(f"exported {what} to {folder}")
+
+
 class TokenizerModule(L.LightningModule):
     """Reconstruction training: ``mse + l1_weight * l1 + vq_weight * quantizer loss``.
 
@@ -103,17 +123,7 @@ class TokenizerModule(L.LightningModule):
         self.log("val/codebook_perplexity", torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
 
     def configure_optimizers(self):
-        h = self.hparams
-        decay = [p for n, p in self.tokenizer.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        rest = [p for n, p in self.tokenizer.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=h.lr, betas=h.betas)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, h.warmup_steps, h.total_steps, h.final_lr_ratio))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return adamw_warmup_cosine(self.tokenizer, self.hparams)
 
     def on_train_end(self) -> None:
-        if self.hparams.export_dir:
-            folder = save_pretrained(self.tokenizer, Path(self.hparams.export_dir),
-                                     dtype=torch.float16 if self.hparams.export_fp16 else None)
-            print(f"exported tokenizer to {folder}")
+        export(self.tokenizer, self.hparams, "tokenizer")
