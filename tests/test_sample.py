@@ -48,3 +48,19 @@ def test_shipped_default_samples():
     assert images.shape == (2, 3, 64, 64) and out.nfe == pipe.generator.seq_len
     again, _ = pipe(["a red circle on the left"], num_samples=2, seed=0)
     assert torch.equal(images, again)
+
+
+def test_sample_cli_swaps_generator(tiny_pipeline, tmp_path, capsys):
+    from vistok.hub import save_pretrained
+
+    other = tmp_path / "gen"
+    save_pretrained(tiny_ar(vocab_size=64, seq_len=8, text_dim=384, max_text_len=16, depth=1), other)
+    out = tmp_path / "grid.png"
+    cli(["a red circle on the left", "--num-samples", "2", "--out", str(out), "--model", str(tiny_pipeline),
+        "--generator", str(other), "--scale", "1"])
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+    wrong = tmp_path / "wrong"
+    save_pretrained(tiny_ar(vocab_size=32, seq_len=8, text_dim=384, max_text_len=16), wrong)
+    with pytest.raises(SystemExit):
+        cli(["a red circle", "--model", str(tiny_pipeline), "--generator", str(wrong), "--out", str(out)])
+    assert "vocabulary 32 != tokenizer codebook 64" in capsys.readouterr().err

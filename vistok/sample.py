@@ -63,6 +63,21 @@ class Pipeline:
         (folder / "pipeline.json").write_text(json.dumps(spec, indent=2))
         return folder
 
+    def check_compatible(self) -> Pipeline:
+        """Raise ``ValueError`` if the generator's tokens do not fit the tokenizer (ids vs floats, count, vocab)."""
+        tok, gen = self.tokenizer, self.generator
+        continuous_tok = tok.codebook_size is None
+        if continuous_tok != (getattr(gen, "kind", "discrete") == "continuous"):
+            raise ValueError(f"the generator ({type(gen).__name__}, kind={getattr(gen, 'kind', 'discrete')!r}) and "
+                             f"the tokenizer ({type(tok).__name__}, codebook_size={tok.codebook_size}) disagree on "
+                             "discrete vs continuous tokens; pair discrete generators with VQ tokenizers")
+        if gen.seq_len != tok.num_tokens:
+            raise ValueError(f"the generator makes {gen.seq_len} tokens but the tokenizer decodes {tok.num_tokens}; "
+                             "train the generator on this tokenizer's tokens (GeneratorModule tokenizer_path)")
+        if not continuous_tok and gen.vocab_size != tok.codebook_size:
+            raise ValueError(f"generator vocabulary {gen.vocab_size} != tokenizer codebook {tok.codebook_size}")
+        return self
+
     def condition(self, prompts: list[str]) -> Conditioning:
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder; build a Conditioning(labels=...) yourself")
@@ -111,6 +126,9 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="same seed, same images")
     p.add_argument("--out", default="grid.png", help="output PNG path")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="pipeline folder (default: the shipped model)")
+    p.add_argument("--generator", default=None,
+                   help="a generator folder (vistok fit export) to use instead of the model's own; it must have been "
+                        "trained on the same tokenizer's tokens")
     p.add_argument("--decoder", default=None, choices=sorted(DECODERS), help="decoding algorithm (default ar)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
@@ -123,6 +141,12 @@ def cli(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     t0 = time.time()
     pipe = Pipeline.from_folder(args.model)
+    if args.generator:
+        pipe.generator = from_pretrained(args.generator)
+        try:
+            pipe.check_compatible()
+        except ValueError as e:
+            p.error(str(e))
     t1 = time.time()
     images, out = pipe(args.prompts, num_samples=args.num_samples, seed=args.seed, decoder=args.decoder,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
