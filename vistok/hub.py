@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ from torch import nn
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
-__all__ = ["from_pretrained", "load_official", "load_state_dict_strict", "save_pretrained"]
+__all__ = ["from_pretrained", "load_official", "load_state_dict_strict", "rename_state_dict", "save_pretrained"]
 
 
 def save_pretrained(model: nn.Module, folder: str | Path, *, dtype: torch.dtype | None = None) -> Path:
@@ -63,6 +65,28 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
             parts.append(f"shape mismatches: {shapes[:20]}")
         raise ValueError("\n  ".join(parts))
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+
+
+def rename_state_dict(state: dict[str, torch.Tensor], rules: list[tuple[str, str]], *, unknown_error: str,
+                      transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+                      skip: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Rename official keys to vistok's with ``(regex, replacement)`` rules: the first rule whose regex fully matches
+    a key wins (``\\1`` groups expand).  ``transform(new_key, value)`` reshapes values, ``skip(key)`` drops keys
+    (e.g. derived buffers).  Raises ``ValueError("<unknown_error> (n): [keys]")`` listing every key no rule matched.
+    """
+    compiled = [(re.compile(a), b) for a, b in rules]
+    out, unknown = {}, []
+    for key, value in state.items():
+        if skip is not None and skip(key):
+            continue
+        new = next((m.expand(b) for p, b in compiled if (m := p.fullmatch(key))), None)
+        if new is None:
+            unknown.append(key)
+            continue
+        out[new] = transform(new, value) if transform is not None else value
+    if unknown:
+        raise ValueError(f"{unknown_error} ({len(unknown)}): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}")
+    return out
 
 
 def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
@@ -295,6 +296,17 @@ class KVCache:
     @property
     def batch_size(self) -> int:
         return self.lengths.shape[0]
+
+    def prefill_layout(self, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Record which of the ``T <= prefix_len`` prefix slots are real (``text_mask`` ``(B, T)``, padded with
+        False) and return the ``slots`` ``(B, prefix_len)`` and attention ``mask`` ``(B, 1, prefix_len, S)`` for
+        writing the prefix in one pass: each slot sees the real prefix slots and itself, no tokens."""
+        p = self.prefix_len
+        self.prefix_mask = F.pad(text_mask, (0, p - text_mask.shape[1]), value=False)
+        slots = torch.arange(p, device=text_mask.device).expand(len(text_mask), -1)
+        eye = torch.eye(p, dtype=torch.bool, device=text_mask.device)
+        mask = F.pad(self.prefix_mask[:, None, :] | eye, (0, self.max_tokens))[:, None]
+        return slots, mask
 
     def truncate(self, lengths: int | Tensor) -> None:
         """Keep only token positions ``< lengths`` (an int, or ``(B,)`` per sample).

@@ -117,11 +117,7 @@ class ARGenerator(nn.Module, Configurable):
         if self.prefix_len:
             t = cond.text.shape[1]
             x = self.text_proj(F.pad(cond.text.to(ref.dtype), (0, 0, 0, self.prefix_len - t)))  # b p c
-            cache.prefix_mask = F.pad(cond.text_mask, (0, self.prefix_len - t), value=False)
-            slots = torch.arange(self.prefix_len, device=ref.device).expand(b, -1)
-            eye = torch.eye(self.prefix_len, dtype=torch.bool, device=ref.device)
-            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, cache.max_tokens))[:, None]  # b 1 p s
-            self._run(x, slots, mask, cache)
+            self._run(x, *cache.prefill_layout(cond.text_mask.to(ref.device)), cache)
         return cache
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:

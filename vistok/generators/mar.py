@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from vistok.generators.heads import DiffLossHead
-from vistok.hub import load_state_dict_strict
+from vistok.hub import load_state_dict_strict, rename_state_dict
 from vistok.interfaces import (
     Conditioning,
     Configurable,
@@ -415,11 +414,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
             t = cond.text.shape[1]
             text = F.pad(cond.text.to(ref.dtype), (0, 0, 0, self.prefix_len - t))
             x = self.token_norm(self.text_proj(text) + self.prefix_pos)  # b p c
-            cache.prefix_mask = F.pad(cond.text_mask, (0, self.prefix_len - t), value=False)
-            slots = torch.arange(self.prefix_len, device=ref.device).expand(b, -1)
-            eye = torch.eye(self.prefix_len, dtype=torch.bool, device=ref.device)
-            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, cache.max_tokens))[:, None]  # b 1 p s
-            self._run(x, slots, mask, cache)
+            self._run(x, *cache.prefill_layout(cond.text_mask.to(ref.device)), cache)
         return cache
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
@@ -504,22 +499,13 @@ def convert_mar_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         ValueError: listing every official key it does not know.
     """
-    rules = [(re.compile(a), b) for a, b in _KEY_RULES]
-    out, unknown = {}, []
-    for key, value in official.items():
-        key = key.removeprefix("module.")
-        for pattern, target in rules:
-            if m := pattern.fullmatch(key):
-                new = m.expand(target)
-                if new in _SQUEEZE:  # (1, d) / (1, 1, d) / (1, s, d) -> (d,) / (s, d)
-                    value = value.reshape(value.shape[-1 if value.numel() == value.shape[-1] else -2 :])
-                out[new] = value
-                break
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ValueError(f"not MAR keys ({len(unknown)}): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}")
-    return out
+    def squeeze(new: str, value: Tensor) -> Tensor:
+        if new in _SQUEEZE:  # (1, d) / (1, 1, d) / (1, s, d) -> (d,) / (s, d)
+            return value.reshape(value.shape[-1 if value.numel() == value.shape[-1] else -2 :])
+        return value
+
+    return rename_state_dict({k.removeprefix("module."): v for k, v in official.items()}, _KEY_RULES,
+                             transform=squeeze, unknown_error="not MAR keys")
 
 
 def mar_kwargs_from_official(args: dict) -> dict:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from vistok.hub import load_state_dict_strict
+from vistok.hub import load_state_dict_strict, rename_state_dict
 from vistok.interfaces import (
     Conditioning,
     Configurable,
@@ -383,20 +383,9 @@ def convert_xar_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         ValueError: listing every official key it does not know.
     """
-    rules = [(re.compile(a), b) for a, b in _KEY_RULES]
-    out, unknown = {}, []
-    for key, value in official.items():
-        if _DERIVED.fullmatch(key):
-            continue
-        new = next((m.expand(b) for p, b in rules if (m := p.fullmatch(key))), None)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        raise ValueError(f"convert_xar_state_dict: {len(unknown)} official keys have no vistok counterpart: "
-                         f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''} (is this an xAR checkpoint?)")
-    return out
+    return rename_state_dict(official, _KEY_RULES, skip=lambda k: bool(_DERIVED.fullmatch(k)),
+                             unknown_error="convert_xar_state_dict: official keys with no vistok counterpart "
+                                           "(is this an xAR checkpoint?)")
 
 
 def xar_kwargs_from_official_config(args: dict) -> dict:

@@ -37,7 +37,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from vistok.hub import load_state_dict_strict
+from vistok.hub import load_state_dict_strict, rename_state_dict
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers import VectorQuantizer, ViTBlock
 from vistok.layers.vqgan import VQGANDecoder
@@ -375,26 +375,18 @@ def convert_titok_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
         ValueError: listing every official key it does not know (e.g. a TA-TiTok or stage-1 checkpoint).
     """
     legacy = "decoder.ffn.2.weight" in official
-    rules = [(re.compile(a), b) for a, b in [*_KEY_RULES, _LEGACY_HEAD_RULE if legacy else _DIRECT_HEAD_RULE]]
-    out, unknown = {}, []
-    for key, value in official.items():
-        for pattern, target in rules:
-            if m := pattern.fullmatch(key):
-                new = m.expand(target)
-                break
-        else:
-            unknown.append(key)
-            continue
+
+    def reshape(new: str, value: Tensor) -> Tensor:
         if new == "decoder.mask_token":
-            value = value.reshape(1, -1)
-        elif value.ndim == 4 and (new.startswith("decoder.head") or new.startswith("encoder.proj_out")):
-            value = value.flatten(1)  # (o, i, 1, 1) -> (o, i)
-        out[new] = value
-    if unknown:
-        raise ValueError(f"convert_titok_state_dict: {len(unknown)} official keys have no vistok counterpart: "
-                         f"{unknown[:20]}{' ...' if len(unknown) > 20 else ''} (is this a plain TiTok / One-D-Piece "
-                         "tokenizer checkpoint?)")
-    return out
+            return value.reshape(1, -1)
+        if value.ndim == 4 and (new.startswith("decoder.head") or new.startswith("encoder.proj_out")):
+            return value.flatten(1)  # (o, i, 1, 1) -> (o, i)
+        return value
+
+    return rename_state_dict(
+        official, [*_KEY_RULES, _LEGACY_HEAD_RULE if legacy else _DIRECT_HEAD_RULE], transform=reshape,
+        unknown_error="convert_titok_state_dict: official keys with no vistok counterpart (is this a plain TiTok / "
+                      "One-D-Piece tokenizer checkpoint?)")
 
 
 def _config_tree(config: dict) -> dict | None:
