@@ -29,3 +29,13 @@ def tiny_ar(**kw):
 
     cfg = dict(vocab_size=64, seq_len=8, width=32, depth=2, num_heads=2, dropout=0.0)
     return ARGenerator(**{**cfg, **kw})
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of many tiny forward passes: extra threads only add overhead (and contention).
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,12 +24,7 @@ AR_KW = dict(token_dim=2, seq_len=4, width=16, depth=1, num_heads=2, num_classes
              proj_dropout=0.0, head_width=16, head_depth=1, num_sampling_steps=3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class GaussHead(nn.Module):

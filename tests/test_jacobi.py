@@ -15,13 +15,7 @@ from vistok.interfaces import Conditioning, KVCache
 EXACT = ["sjd", "mcsjd"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny forward passes: extra threads only add overhead (and contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Stub:

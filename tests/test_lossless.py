@@ -30,13 +30,7 @@ SETTINGS = {
 SEQS = torch.tensor(list(itertools.product(range(V), repeat=N)))  # all 243 sequences
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests run many tiny forward passes: extra threads only add overhead (and contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
