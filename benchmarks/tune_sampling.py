@@ -40,7 +40,7 @@ def main() -> None:
     print("| cfg | top_k | temperature | " + " | ".join(ATTRIBUTES) + " |")
     print("|---" * (len(ATTRIBUTES) + 3) + "|")
     for cfg, k, t in itertools.product(args.cfg, args.top_k, args.temperature):
-        s, _, _ = evaluate(pipe, captions, 50, 0, cfg_scale=cfg, top_k=k or None, temperature=t)
+        s, _, _, _ = evaluate(pipe, captions, 50, 0, cfg_scale=cfg, top_k=k or None, temperature=t)
         rows.append(((s["overall"], s["color"]), dict(cfg_scale=cfg, top_k=k or None, temperature=t)))
         print(f"| {cfg} | {k or '-'} | {t} | " + " | ".join(f"{s[a]:.3f}" for a in ATTRIBUTES) + " |", flush=True)
     print("best:", max(rows, key=lambda r: r[0])[1])

@@ -1,13 +1,27 @@
 """Every YAML in configs/ runs one training batch through ``vistok fit`` (LightningCLI)."""
 
+import importlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vistok import create_tokenizer, save_pretrained
 from vistok.cli import main
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def untrained_tokenizer_for(export_dir: str):
+    """The tokenizer whose config in configs/tokenizers exports to ``export_dir``, freshly initialised."""
+    for cfg in (ROOT / "configs" / "tokenizers").glob("*.yaml"):
+        model = yaml.safe_load(cfg.read_text())["model"]["init_args"]
+        if model.get("export_dir") == export_dir:
+            spec = model["tokenizer"]
+            module, name = spec["class_path"].rsplit(".", 1)
+            return getattr(importlib.import_module(module), name)(**spec.get("init_args", {}))
+    raise AssertionError(f"no tokenizer config exports to {export_dir}: add one to configs/tokenizers")
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -15,9 +29,9 @@ def test_fit_fast_dev_run(config, tmp_path):
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--data.init_args.train_size=16", "--data.init_args.val_size=8",
             "--data.init_args.batch_size=8", f"--model.init_args.export_dir={tmp_path / 'export'}"]
-    text = config.read_text()
-    if "tokenizer_path" in text:
-        save_pretrained(create_tokenizer("titok_tiny"), tmp_path / "tok")
+    tokenizer_path = yaml.safe_load(config.read_text())["model"]["init_args"].get("tokenizer_path")
+    if tokenizer_path and not (ROOT / tokenizer_path).is_dir():  # a run's export: an untrained stand-in
+        save_pretrained(untrained_tokenizer_for(tokenizer_path), tmp_path / "tok")
         args.append(f"--model.init_args.tokenizer_path={tmp_path / 'tok'}")
     main(args)
     assert (tmp_path / "export" / "model.safetensors").is_file()

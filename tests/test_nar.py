@@ -180,3 +180,28 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="decoder='nar'"):  # raster AR decoding cannot feed the upper neighbour
         generate(gen, cond, decoder="ar")
     assert DECODERS["nar"] is decode_nar
+
+
+def test_shipped_tokenizer_latents_are_spatial_so_an_8x4_nar_grid_fits():
+    """configs/generators/nar_tiny_t2i.yaml reads the shipped TiTok's 32 tokens as an 8 x 4 grid: latent j should
+    own the 1 x 2-patch region (row j // 4, columns 2 (j % 4) .. + 1) that spatial_init dealt it.  Replacing latent
+    j's id must change that region more than any other."""
+    from vistok.data import ShapesDataset
+    from vistok.sample import DEFAULT_MODEL
+
+    torch.manual_seed(0)
+    tok = from_pretrained(DEFAULT_MODEL / "tokenizer").float().eval()
+    ds = ShapesDataset(32, seed=5)
+    x = torch.stack([ds[i]["pixels"] for i in range(len(ds))])
+    ids = tok.encode(x)
+    base = tok.decode(ids)
+    hits, share = 0, []
+    for j in range(tok.num_tokens):
+        other = ids.clone()
+        other[:, j] = torch.randint(0, tok.codebook_size, (len(ids),))
+        cells = (tok.decode(other) - base).abs().mean((0, 1)).reshape(8, 8, 8, 8).mean((1, 3))  # 8 x 8 patches
+        regions = cells.reshape(8, 4, 2).sum(-1)  # 8 x 4 regions of 1 x 2 patches
+        hits += int(regions.argmax()) == j
+        share.append(float(regions.flatten()[j] / regions.sum()))
+    assert hits >= 30, f"only {hits}/32 latents change their own region most"
+    assert sum(share) / len(share) > 0.3  # uniform would be 1/32

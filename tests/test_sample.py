@@ -64,3 +64,29 @@ def test_sample_cli_swaps_generator(tiny_pipeline, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli(["a red circle", "--model", str(tiny_pipeline), "--generator", str(wrong), "--out", str(out)])
     assert "vocabulary 32 != tokenizer codebook 64" in capsys.readouterr().err
+
+
+def test_continuous_pipeline_uses_each_generators_own_decoder(tmp_path):
+    """A VAE tokenizer + MAR pipeline samples with the masked decoder by default; swapping in xAR switches to
+    the cell decoder and drops the AR-only top-k default instead of failing on it."""
+    from vistok.generators import MARGenerator, XARGenerator
+    from vistok.hub import save_pretrained
+
+    torch.manual_seed(0)
+    tok = tiny_titok(codebook_size=None, token_size=4, num_latent_tokens=16)
+    mar = MARGenerator(token_dim=4, seq_len=16, encoder_width=32, encoder_depth=1, encoder_heads=2, decoder_width=32,
+                       decoder_depth=1, decoder_heads=2, buffer_size=16, num_classes=0, text_dim=384,
+                       max_text_len=16, head_width=32, head_depth=1, num_sampling_steps=5)
+    Pipeline(tok, mar, MiniLMTextEncoder(max_length=16), {"cfg_scale": 2.0, "top_k": 50}).save(tmp_path / "pipe")
+    pipe = Pipeline.from_folder(tmp_path / "pipe")
+    pipe.defaults = {"cfg_scale": 2.0, "num_iter": 4}
+    images, out = pipe(["a red circle"], num_samples=2, seed=0)
+    assert images.shape == (2, 3, 32, 32) and out.nfe == 4  # masked decoder: one pass per iteration
+    xar = XARGenerator(grid_size=4, cell_size=2, token_dim=4, width=32, depth=1, decoder_depth=1, num_heads=2,
+                       num_classes=0, text_dim=384, max_text_len=16)
+    save_pretrained(xar, tmp_path / "xar")
+    pipe.defaults = {"cfg_scale": 2.0, "top_k": 50}
+    pipe.swap_generator(tmp_path / "xar")
+    assert pipe.defaults == {"cfg_scale": 2.0}
+    images, out = pipe(["a red circle"], num_samples=1, seed=0, num_steps=3)
+    assert images.shape == (1, 3, 32, 32) and out.nfe == 4 * 3  # 4 cells x 3 velocity passes (CFG rides in the batch)

@@ -77,3 +77,22 @@ def test_save_load_roundtrip(tmp_path):
     again = from_pretrained(tmp_path / "tok")
     assert torch.equal(again.encode(x), tok.encode(x))
     assert torch.equal(again.decode(tok.encode(x)), tok.decode(tok.encode(x)))
+
+
+def test_vae_latent_scale_gives_unit_variance_tokens_and_survives_save(tmp_path):
+    torch.manual_seed(0)
+    tok = tiny_titok(codebook_size=None, token_size=8).eval()
+    x = torch.rand(16, 3, *([tok.image_size] * 2))
+    before = tok.decode(tok.encode(x))
+    raw_std = float(tok.encode(x).std())
+    scale = tok.calibrate_latent_scale(x)
+    assert scale == pytest.approx(1 / raw_std, rel=1e-5)
+    assert float(tok.encode(x).std()) == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(tok.decode(tok.encode(x)), before, atol=1e-5, rtol=0)  # decode undoes the scale
+    back = from_pretrained(save_pretrained(tok, tmp_path / "vae"))
+    assert back.latent_scale == pytest.approx(scale)
+    torch.testing.assert_close(back.encode(x), tok.encode(x))
+    with pytest.raises(ValueError, match="VQ"):
+        tiny_titok().calibrate_latent_scale(x)
+    with pytest.raises(ValueError, match="latent_scale"):
+        tiny_titok(codebook_size=None, latent_scale=0.0)

@@ -78,6 +78,23 @@ class Pipeline:
             raise ValueError(f"generator vocabulary {gen.vocab_size} != tokenizer codebook {tok.codebook_size}")
         return self
 
+    def swap_generator(self, folder: str | Path) -> Pipeline:
+        """Use the generator saved in ``folder`` (checked against the tokenizer).
+
+        Sampling defaults: ``folder/sampling.json`` when the folder has one; otherwise the pipeline's own are kept
+        if the new generator is sampled by the same decoder, and only ``cfg_scale`` / ``temperature`` otherwise
+        (e.g. top-k means nothing to a diffusion head).
+        """
+        folder = Path(folder)
+        old = getattr(self.generator, "default_decoder", "ar")
+        self.generator = from_pretrained(folder)
+        self.check_compatible()
+        if (folder / "sampling.json").is_file():
+            self.defaults = json.loads((folder / "sampling.json").read_text())
+        elif getattr(self.generator, "default_decoder", "ar") != old:
+            self.defaults = {k: v for k, v in self.defaults.items() if k in ("cfg_scale", "temperature")}
+        return self
+
     def condition(self, prompts: list[str]) -> Conditioning:
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder; build a Conditioning(labels=...) yourself")
@@ -103,7 +120,7 @@ def pack(tokenizer_dir: str | Path, generator_dir: str | Path, out: str | Path =
     if text_encoder == "minilm":
         from vistok.text import MiniLMTextEncoder
 
-        enc = MiniLMTextEncoder(max_length=getattr(gen, "prefix_len", 32) or 32)
+        enc = MiniLMTextEncoder(max_length=getattr(gen, "prefix_len", None) or getattr(gen, "max_text_len", None) or 32)
     return Pipeline(from_pretrained(tokenizer_dir), gen, enc, sampling).save(out)
 
 
@@ -129,7 +146,7 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--generator", default=None,
                    help="a generator folder (vistok fit export) to use instead of the model's own; it must have been "
                         "trained on the same tokenizer's tokens")
-    p.add_argument("--decoder", default=None, choices=sorted(DECODERS), help="decoding algorithm (default ar)")
+    p.add_argument("--decoder", default=None, choices=sorted(DECODERS), help="decoding algorithm (default: the generator's own, e.g. ar for AR, masked for MAR)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -142,9 +159,8 @@ def cli(argv: list[str] | None = None) -> None:
     t0 = time.time()
     pipe = Pipeline.from_folder(args.model)
     if args.generator:
-        pipe.generator = from_pretrained(args.generator)
         try:
-            pipe.check_compatible()
+            pipe.swap_generator(args.generator)
         except ValueError as e:
             p.error(str(e))
     t1 = time.time()

@@ -49,7 +49,7 @@ def _rng(seed: int | torch.Generator | None, device: torch.device) -> torch.Gene
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", num_samples: int = 1,
+def generate(generator, cond: Conditioning, *, decoder: str | Callable | None = None, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              cfg_scale: float = 1.0, seed: int | torch.Generator | None = None, progress: bool = False,
              **decoder_kwargs) -> GenerationOutput:
@@ -58,13 +58,16 @@ def generate(generator, cond: Conditioning, *, decoder: str | Callable = "ar", n
     Args:
         generator: any object following the Generator protocol.
         cond: the conditions, batch B.
-        decoder: a name in :data:`DECODERS` or a decoder function.
+        decoder: a name in :data:`DECODERS` or a decoder function; None = the generator's ``default_decoder``
+            (AR / MAR-AR ``"ar"``, NAR ``"nar"``, MAR ``"masked"``, xAR ``"cells"``).
         num_samples: samples per condition (output batch ``B * num_samples``).
         temperature, top_k, top_p: the sampling filters (temperature 0 = greedy).
         cfg_scale: classifier-free guidance scale (1 = off).
         seed: an int or a ``torch.Generator`` for reproducible sampling.
         decoder_kwargs: decoder-specific options (e.g. ``window`` for Jacobi decoders).
     """
+    if decoder is None:
+        decoder = getattr(getattr(generator, "inner", generator), "default_decoder", "ar")
     if isinstance(decoder, str):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")

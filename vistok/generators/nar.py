@@ -85,6 +85,7 @@ class NARGenerator(nn.Module, Configurable):
     """
 
     kind = "discrete"
+    default_decoder = "nar"  # H + W - 1 passes; "ar" also works on the 1 x N grid
 
     def __init__(self, vocab_size: int = 1024, seq_len: int = 16, grid: tuple[int, int] | None = None,
                  width: int = 256, depth: int = 6, down_depth: int = 1, num_heads: int = 4,

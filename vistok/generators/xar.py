@@ -137,6 +137,7 @@ class XARGenerator(nn.Module, Configurable):
 
     kind = "continuous"
     is_causal = True  # block-causal over cells
+    default_decoder = "cells"
     vocab_size = None
 
     def __init__(self, *, grid_size: int = 16, cell_size: int = 8, token_dim: int = 16, width: int = 768,

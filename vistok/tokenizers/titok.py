@@ -176,6 +176,9 @@ class TiTok(nn.Module, Configurable):
         embed_init_std: init std of the learned tokens and position tables (None: ``width ** -0.5`` as the
             official code).  A larger value (1.0) makes position dominate patch content at init, which shortens
             the background-only plateau of small from-scratch CPU runs; it changes nothing else.
+        latent_scale: VAE variant only: ``encode`` returns posterior means times this factor and ``decode`` divides
+            by it, so generators see roughly unit-variance tokens (the role of MAR's 0.2325 or SD's 0.18215).
+            Set from data after training with :meth:`calibrate_latent_scale`; 1.0 = raw latents.
     """
 
     kind = "discrete"
@@ -187,8 +190,10 @@ class TiTok(nn.Module, Configurable):
                  reseed_every: int = 0, tail_drop: bool = False, legacy_readout: bool = False,
                  pixel_conv_out: bool = True, pixel_codebook_size: int | None = None, pixel_code_dim: int = 256,
                  pixel_channels: tuple[int, ...] = (128, 128, 256, 256, 512), pixel_res_blocks: int = 2,
-                 embed_init_std: float | None = None, spatial_init: bool = False):
+                 embed_init_std: float | None = None, spatial_init: bool = False, latent_scale: float = 1.0):
         super().__init__()
+        if not latent_scale > 0:
+            raise ValueError(f"latent_scale must be > 0, got {latent_scale}")
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
         if codebook_size is not None and codebook_size < 1:
@@ -200,7 +205,7 @@ class TiTok(nn.Module, Configurable):
         self.image_size, self.patch_size = image_size, patch_size
         self.num_tokens, self.codebook_size, self.token_dim = num_latent_tokens, codebook_size, token_size
         self.kind = "discrete" if codebook_size is not None else "continuous"
-        self.tail_drop, self.kl_weight = tail_drop, kl_weight
+        self.tail_drop, self.kl_weight, self.latent_scale = tail_drop, kl_weight, float(latent_scale)
         self.latent_tokens = nn.Parameter(width**-0.5 * torch.randn(num_latent_tokens, width))
         out_dim = token_size if codebook_size is not None else 2 * token_size  # VAE: mean and log-variance
         self.encoder = TiTokEncoder(image_size, patch_size, width, depth, num_heads, num_latent_tokens, out_dim,
@@ -268,7 +273,7 @@ class TiTok(nn.Module, Configurable):
         check_pixels(pixels, video=False, size=self.image_size)
         z = self.encoder(pixels, self.latent_tokens)  # b n d (VAE: b n 2d)
         if self.quantizer is None:
-            return z.chunk(2, dim=-1)[0]
+            return z.chunk(2, dim=-1)[0] * self.latent_scale
         return self.quantizer.indices(z)
 
     @torch.no_grad()
@@ -279,7 +284,7 @@ class TiTok(nn.Module, Configurable):
         """
         if self.quantizer is None:
             self._check_latents(tokens)
-            codes = tokens
+            codes = tokens / self.latent_scale
         else:
             check_token_ids(tokens, self.codebook_size, self.num_tokens, allow_prefix=self.tail_drop)
             codes = self.quantizer.lookup(tokens)
@@ -302,6 +307,23 @@ class TiTok(nn.Module, Configurable):
             zq = zq[:, :k]
         recon = self.decoder(zq)
         return TokenizerOutput(recon, tokens, loss, {**extras, "prefix_len": torch.tensor(zq.shape[1])})
+
+    @torch.no_grad()
+    def calibrate_latent_scale(self, pixels: Tensor) -> float:
+        """VAE variant: set ``latent_scale`` so that ``encode(pixels)`` has unit standard deviation; returns it.
+
+        The new value is also written into ``config`` so a saved folder keeps it.
+        """
+        if self.quantizer is not None:
+            raise ValueError("calibrate_latent_scale is for the continuous (VAE) variant; this TiTok is VQ")
+        self.latent_scale = 1.0
+        std = float(self.encode(pixels).float().std())
+        if not std > 0:
+            raise ValueError("the encoder's latents have zero spread on these pixels; cannot calibrate")
+        self.latent_scale = 1.0 / std
+        if hasattr(self, "_config"):
+            self._config["latent_scale"] = self.latent_scale
+        return self.latent_scale
 
     def reconstruct(self, pixels: Tensor, prefix_len: int | None = None) -> Tensor:
         """encode -> (prefix) -> decode, in [0, 1]."""

@@ -43,7 +43,8 @@ class GeneratorModule(L.LightningModule):
         if conditioning == "text":
             from vistok.text import MiniLMTextEncoder
 
-            self._frozen["text"] = MiniLMTextEncoder(max_length=getattr(generator, "prefix_len", 32) or 32)
+            longest = getattr(generator, "prefix_len", None) or getattr(generator, "max_text_len", None) or 32
+            self._frozen["text"] = MiniLMTextEncoder(max_length=longest)
         self._tokens: dict[tuple[str, int], torch.Tensor] = {}
 
     def on_fit_start(self) -> None:
