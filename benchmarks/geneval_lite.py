@@ -64,8 +64,9 @@ def main() -> None:
                    help="also report FID of each row's images vs this many real renders (another held-out seed)")
     p.add_argument("--skip-untrained", action="store_true")
     p.add_argument("--skip-reconstructions", action="store_true")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (1 when sharing the machine)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=args.max_objects)
     captions = [ds.scene(i).caption for i in range(len(ds))]
     real = torch.stack([ds[i]["pixels"] for i in range(len(ds))])

@@ -344,3 +344,22 @@ def test_generate_with_masked_decoder_is_seeded():
     torch.testing.assert_close(a.tokens, b.tokens)
     assert not torch.allclose(a.tokens, c.tokens)
     assert not torch.allclose(a.tokens[0], a.tokens[1])
+
+
+def test_head_clip_denoised_bounds_the_samples():
+    """``clip_denoised=c`` clamps the x0 estimate at every step; the last DDPM step returns that estimate, so every
+    sample lies in [-c, c].  Without it, a head with large outputs throws samples far out (the failure a briefly
+    trained head shows at t = T, where the eps error is divided by sqrt(abar_T))."""
+    from vistok.generators.heads import DiffLossHead
+
+    torch.manual_seed(0)
+    wild = DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, num_sampling_steps=10)
+    for p in wild.parameters():
+        torch.nn.init.normal_(p, std=0.15)
+    z = torch.randn(64, 8)
+    free = wild.sample(z, generator=torch.Generator().manual_seed(1))
+    wild.clip_denoised = 1.5
+    clipped = wild.sample(z, generator=torch.Generator().manual_seed(1))
+    assert free.abs().max() > 1.5 and clipped.abs().max() <= 1.5 + 1e-5
+    with pytest.raises(ValueError, match="clip_denoised"):
+        DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, clip_denoised=0.0)

@@ -173,6 +173,8 @@ class DiffusionPaths:
         d = self.token_dim
         eps, frac = out[:, :d], (out[:, d:] + 1) / 2
         x0 = (x - tab[:, 0:1] * eps) / tab[:, 1:2]
+        if getattr(self.head, "clip_denoised", None) is not None:
+            x0 = x0.clamp(-self.head.clip_denoised, self.head.clip_denoised)
         mean = tab[:, 2:3] * x0 + tab[:, 3:4] * x
         return mean, frac * tab[:, 4:5] + (1 - frac) * tab[:, 5:6]
 

@@ -114,16 +114,24 @@ class DiffLossHead(nn.Module, Configurable):
         num_sampling_steps: respaced steps used by :meth:`sample` (MAR: 100).
         sampler: ``"ddpm"`` (MAR's ancestral sampler with the learned variance) or ``"ddim"``.
         ddim_eta: DDIM's eta (0 = deterministic); only for ``sampler="ddim"``.
+        clip_denoised: clamp the predicted x0 to ``[-c, c]`` at every sampling step (diffusers'
+            ``clip_sample_range``); None = MAR's unclipped sampler.  At t = T the cosine schedule divides the eps
+            error by sqrt(abar_T) (about 1e-4 of its square), so a briefly trained head's first step can throw x
+            hundreds of stds away; with unit-variance tokens (a calibrated ``latent_scale``) c = 4 is safe.
     """
 
     def __init__(self, *, token_dim: int = 16, cond_dim: int = 1024, width: int = 1024, depth: int = 3,
                  num_train_timesteps: int = 1000, num_sampling_steps: int = 100,
-                 sampler: Literal["ddpm", "ddim"] = "ddpm", ddim_eta: float = 0.0):
+                 sampler: Literal["ddpm", "ddim"] = "ddpm", ddim_eta: float = 0.0,
+                 clip_denoised: float | None = None):
         super().__init__()
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
         self.token_dim, self.num_sampling_steps, self.sampler, self.ddim_eta = token_dim, 0, sampler, ddim_eta
         self.cond_dim = cond_dim
+        if clip_denoised is not None and not clip_denoised > 0:
+            raise ValueError(f"clip_denoised must be > 0 or None, got {clip_denoised}")
+        self.clip_denoised = clip_denoised
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                                        variance_type="learned_range", prediction_type="epsilon", clip_sample=False,
                                        timestep_spacing="linspace")
@@ -303,7 +311,8 @@ class DiffLossHead(nn.Module, Configurable):
         cfg = self.scheduler.config
         if self.sampler == "ddim":
             sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
-                                  prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True,
+                                  prediction_type="epsilon", clip_sample=self.clip_denoised is not None,
+                                  clip_sample_range=self.clip_denoised or 1.0, set_alpha_to_one=True,
                                   timestep_spacing="trailing")
             sched.set_timesteps(num_steps)
         else:
@@ -326,6 +335,8 @@ class DiffLossHead(nn.Module, Configurable):
         abar_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else 1.0
         beta = 1 - abar_t / abar_prev
         x0 = (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
+        if self.clip_denoised is not None:
+            x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
         coef_x0 = math.sqrt(abar_prev) * beta / (1 - abar_t)
         coef_xt = math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar_t)
         mean = coef_x0 * x0 + coef_xt * x  # posterior mean of q(x_prev | x_t, x0)

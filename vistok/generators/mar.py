@@ -212,7 +212,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         cond_dropout: probability of the null condition in training (MAR's ``label_drop_prob``).
         mask_ratio_min: lower end of the training mask ratio, in (0, 1].
         attn_dropout, proj_dropout: dropout in attention probabilities / after projections and MLPs.
-        head_width, head_depth, num_sampling_steps, head_sampler: the :class:`DiffLossHead`.
+        head_width, head_depth, num_sampling_steps, head_sampler, head_clip_denoised: the :class:`DiffLossHead`
+            (``head_clip_denoised`` = its ``clip_denoised``, a sampling-time x0 clamp; None = official).
         diffusion_batch_mul: copies of every token in the diffusion loss (independent t and noise).
     """
 
@@ -224,7 +225,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                  mlp_ratio: float = 4.0, norm_eps: float = 1e-6, buffer_size: int = 64, num_classes: int = 1000,
                  text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, mask_ratio_min: float = 0.7,
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3,
-                 num_sampling_steps: int = 100, head_sampler: str = "ddpm", diffusion_batch_mul: int = 4):
+                 num_sampling_steps: int = 100, head_sampler: str = "ddpm", diffusion_batch_mul: int = 4,
+                 head_clip_denoised: float | None = None):
         super().__init__()
         if not 0 < mask_ratio_min <= 1:
             raise ValueError(f"mask_ratio_min must be in (0, 1] (MAR: 0.7), got {mask_ratio_min}")
@@ -250,7 +252,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         self.decoder_norm = nn.LayerNorm(decoder_width, eps=norm_eps)
         self.head_pos = nn.Parameter(torch.zeros(seq_len, decoder_width))
         self.head = DiffLossHead(token_dim=token_dim, cond_dim=decoder_width, width=head_width, depth=head_depth,
-                                 num_sampling_steps=num_sampling_steps, sampler=head_sampler)
+                                 num_sampling_steps=num_sampling_steps, sampler=head_sampler,
+                                 clip_denoised=head_clip_denoised)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -381,7 +384,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
                  num_heads: int = 16, mlp_ratio: float = 4.0, norm_eps: float = 1e-6, num_classes: int = 1000,
                  text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, attn_dropout: float = 0.1,
                  proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3, num_sampling_steps: int = 100,
-                 head_sampler: str = "ddpm", diffusion_batch_mul: int = 4):
+                 head_sampler: str = "ddpm", diffusion_batch_mul: int = 4, head_clip_denoised: float | None = None):
         super().__init__()
         self.token_dim, self.seq_len, self.width, self.num_heads = token_dim, seq_len, width, num_heads
         self.cond_dropout, self.diffusion_batch_mul = cond_dropout, diffusion_batch_mul
@@ -395,7 +398,8 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.head = DiffLossHead(token_dim=token_dim, cond_dim=width, width=head_width, depth=head_depth,
-                                 num_sampling_steps=num_sampling_steps, sampler=head_sampler)
+                                 num_sampling_steps=num_sampling_steps, sampler=head_sampler,
+                                 clip_denoised=head_clip_denoised)
         for p in (self.null_embed, self.pos, self.prefix_pos):
             nn.init.normal_(p, std=0.02)
         self._init_linear_and_norms()
