@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import tiny_ar
+
 from vistok.interfaces import Conditioning
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import tiny_ar
+
 from vistok.decoding import SamplingArgs, generate
 from vistok.decoding.sampling import top_k_filter, top_p_filter
 from vistok.interfaces import Conditioning

@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_ar, tiny_titok
+
 from vistok.hub import from_pretrained, load_state_dict_strict, save_pretrained
 
 

@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_ar
+
 from vistok.decoding import DECODERS, SamplingArgs, decode_gsd, decode_mcsjd, decode_sjd, generate
 from vistok.decoding.grouped import gsd_ratio, lantern_neighbours, lantern_ratio
 from vistok.decoding.sampling import Guided

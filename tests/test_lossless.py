@@ -16,9 +16,9 @@ import itertools
 
 import pytest
 import torch
+from conftest import tiny_ar
 from scipy import stats
 
-from conftest import tiny_ar
 from vistok.decoding import SamplingArgs, generate, jacobi
 from vistok.interfaces import Conditioning
 

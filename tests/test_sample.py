@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import tiny_ar, tiny_titok
 from PIL import Image
 
-from conftest import tiny_ar, tiny_titok
 from vistok.sample import DEFAULT_MODEL, Pipeline, cli
 from vistok.text import MiniLMTextEncoder
 

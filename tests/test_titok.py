@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import tiny_titok
+
 from vistok.hub import from_pretrained, save_pretrained
 
 

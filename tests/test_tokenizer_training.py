@@ -236,3 +236,51 @@ def test_proxy_mismatches_raise(tmp_path):
         TokenizerModule(_two_stage(), proxy_tokenizer=_Tiny2DVQ(), gan_weight=0.1)
     with pytest.raises(FileNotFoundError):
         TokenizerModule(_two_stage(), proxy_tokenizer=str(tmp_path / "nowhere"))
+
+
+# -- stage 2: decoder-only fine-tuning with a pixel refiner ---------------------------------------------------------
+def test_pixel_refiner_starts_as_identity_and_rejects_the_vqgan_head():
+    torch.manual_seed(0)
+    plain = tiny_titok(pixel_conv_out=False).eval()
+    refined = tiny_titok(pixel_conv_out=False, pixel_refine=8, pixel_refine_blocks=1, pixel_refine_features=4).eval()
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("decoder.") for k in missing)
+    ids = plain.encode(torch.rand(3, 3, 32, 32))
+    assert torch.equal(refined.decode(ids, clamp=False), plain.decode(ids, clamp=False))  # zero-init output conv
+    with pytest.raises(ValueError, match="direct pixel head"):
+        tiny_titok(pixel_codebook_size=16, pixel_code_dim=8, pixel_channels=(8, 8, 8, 8), pixel_refine=8)
+
+
+def test_decoder_only_training_keeps_every_id_and_moves_only_the_decoder(tmp_path):
+    torch.manual_seed(0)
+    base = tiny_titok(pixel_conv_out=False, reseed_every=1)
+    save_pretrained(base, tmp_path / "stage1")
+    pixels = torch.rand(8, 3, 32, 32)
+    ids_before = base.eval().encode(pixels)
+    tok = tiny_titok(pixel_conv_out=False, reseed_every=1, pixel_refine=8, pixel_refine_blocks=1)
+    module = TokenizerModule(tok, pretrained=str(tmp_path / "stage1"), train_decoder_only=True, lr=1e-2,
+                             warmup_steps=1)
+    trainer, record = _fit(module, 6, pixels)
+    names = [n for n, _ in module.tokenizer.named_parameters()]
+    first, last = record.tok[0], record.tok[-1]
+    moved = {n for n, a, b in zip(names, first, last) if not torch.equal(a, b)}
+    assert moved and all(n.startswith("decoder.") for n in moved)
+    assert any(n.startswith("decoder.refine.") for n in moved)
+    assert torch.equal(module.tokenizer.eval().encode(pixels), ids_before)  # re-seeding never ran
+    module.train()  # the frozen parts stay in eval mode whatever Lightning toggles
+    assert module.tokenizer.decoder.training and not module.tokenizer.encoder.training
+    assert not module.tokenizer.quantizer.training
+    losses = [m["train/loss"] for m in record.metrics]
+    assert losses[-1] < losses[0]
+
+
+def test_pretrained_that_does_not_fit_lists_the_keys(tmp_path):
+    save_pretrained(tiny_titok(pixel_conv_out=False), tmp_path / "stage1")
+    with pytest.raises(ValueError, match="missing .*decoder.refine"):  # new modules are only allowed in stage 2
+        TokenizerModule(tiny_titok(pixel_conv_out=False, pixel_refine=8), pretrained=str(tmp_path / "stage1"))
+    save_pretrained(tiny_titok(pixel_conv_out=True), tmp_path / "with_conv")
+    with pytest.raises(ValueError, match="unexpected .*decoder.conv_out"):
+        TokenizerModule(tiny_titok(pixel_conv_out=False), pretrained=str(tmp_path / "with_conv"),
+                        train_decoder_only=True)
+    with pytest.raises(ValueError, match="proxy_tokenizer"):
+        TokenizerModule(tiny_titok(), train_decoder_only=True, proxy_tokenizer=tiny_titok())

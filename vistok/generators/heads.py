@@ -55,6 +55,7 @@ from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 
 from vistok.interfaces import Configurable
+from vistok.layers.init import xavier_linears
 
 __all__ = ["DiffLossHead"]
 
@@ -150,10 +151,7 @@ class DiffLossHead(nn.Module, Configurable):
 
     def initialize_weights(self) -> None:
         """MAR's init: xavier-uniform Linears, N(0, 0.02) time MLP, zero adaLN and output layers."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        xavier_linears(self)
         nn.init.normal_(self.time_mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_mlp[2].weight, std=0.02)
         for layer in [*(b.modulation for b in self.blocks), self.out_modulation, self.out_proj]:

@@ -50,6 +50,7 @@ from vistok.interfaces import (
     drop_conditioning,
 )
 from vistok.layers import Attention, RMSNorm
+from vistok.layers.init import xavier_linears
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
 
@@ -177,10 +178,7 @@ class XARGenerator(nn.Module, Configurable):
 
     def initialize_weights(self) -> None:
         """Official init: xavier-uniform linears with zero biases; N(0, 0.02) class and position embeddings."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        xavier_linears(self)
         for p in (self.encoder_pos, self.decoder_pos, *([self.class_embed.weight] if self.class_embed else [])):
             nn.init.normal_(p, std=0.02)
 

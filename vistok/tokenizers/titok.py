@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from vistok.hub import load_state_dict_strict, rename_state_dict
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers import VectorQuantizer, ViTBlock
+from vistok.layers.refine import PixelRefiner
 from vistok.layers.vqgan import VQGANDecoder
 
 __all__ = ["TITOK_PRESETS", "TiTok", "convert_titok_state_dict", "load_official", "official_matches"]
@@ -94,7 +95,8 @@ class TiTokDecoder(nn.Module):
     def __init__(self, image_size: int, patch_size: int, width: int, depth: int, num_heads: int,
                  num_latent_tokens: int, token_dim: int, conv_out: bool = True, pixel_codebook_size: int | None = None,
                  pixel_code_dim: int = 256, pixel_channels: tuple[int, ...] = (128, 128, 256, 256, 512),
-                 pixel_res_blocks: int = 2):
+                 pixel_res_blocks: int = 2, refine_channels: int = 0, refine_blocks: int = 2,
+                 refine_features: int = 8):
         super().__init__()
         self.grid, self.patch_size = image_size // patch_size, patch_size
         scale = width**-0.5
@@ -116,6 +118,13 @@ class TiTokDecoder(nn.Module):
         else:
             self.head = nn.Linear(width, patch_size * patch_size * 3)
             self.conv_out = nn.Conv2d(3, 3, 3, padding=1) if conv_out else nn.Identity()
+        self.refine = None
+        if refine_channels:
+            if self.vqgan_head:
+                raise ValueError("refine_channels is for the direct pixel head (pixel_codebook_size=None)")
+            self.refine = PixelRefiner(refine_channels, refine_blocks, refine_features)
+            self.feature_head = (nn.Linear(width, patch_size * patch_size * refine_features)
+                                 if refine_features else None)
 
     def _cells(self, codes: Tensor) -> Tensor:
         """codes (b, k, d), k <= n -> normalised mask-token outputs (b, p, c)."""
@@ -139,9 +148,17 @@ class TiTokDecoder(nn.Module):
         if self.vqgan_head:
             mix = torch.einsum("bkhw,kd->bdhw", self.pixel_logits(codes).softmax(1), self.pixel_codebook)
             return self.pixel_decoder(mix)  # b 3 H W
-        x = self.head(self._cells(codes))  # b p (ph pw 3)
-        x = rearrange(x, "b (h w) (ph pw c) -> b c (h ph) (w pw)", h=self.grid, ph=self.patch_size, c=3)
-        return self.conv_out(x)
+        cells = self._cells(codes)  # b p c
+        p = self.patch_size
+        x = rearrange(self.head(cells), "b (h w) (ph pw c) -> b c (h ph) (w pw)", h=self.grid, ph=p, pw=p)
+        x = self.conv_out(x)
+        if self.refine is None:
+            return x
+        feats = None
+        if self.feature_head is not None:
+            feats = rearrange(self.feature_head(cells), "b (h w) (ph pw f) -> b f (h ph) (w pw)", h=self.grid,
+                              ph=p, pw=p)
+        return self.refine(x, feats)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,6 +189,11 @@ class TiTok(nn.Module, Configurable):
         pixel_code_dim: pixel code dimension (VQGAN decoder input channels; official 256).
         pixel_channels: VQGAN decoder level widths, finest first; ``2 ** (len - 1)`` must equal ``patch_size``.
         pixel_res_blocks: res-blocks per VQGAN decoder level.
+        pixel_refine: width of a residual 3x3-conv refiner after the direct pixel head (0 = none, as the official
+            models); it sharpens patch seams and object edges (:class:`vistok.layers.refine.PixelRefiner`) and
+            starts as the identity, so it can be added to a trained model for decoder fine-tuning.
+        pixel_refine_blocks, pixel_refine_features: the refiner's residual blocks and the per-pixel feature
+            channels the decoder ViT emits for it beside RGB.
         spatial_init: start from spatially routed attention (see ``initialize_spatial_routing``).
         embed_init_std: init std of the learned tokens and position tables (None: ``width ** -0.5`` as the
             official code).  A larger value (1.0) makes position dominate patch content at init, which shortens
@@ -190,7 +212,8 @@ class TiTok(nn.Module, Configurable):
                  reseed_every: int = 0, tail_drop: bool = False, legacy_readout: bool = False,
                  pixel_conv_out: bool = True, pixel_codebook_size: int | None = None, pixel_code_dim: int = 256,
                  pixel_channels: tuple[int, ...] = (128, 128, 256, 256, 512), pixel_res_blocks: int = 2,
-                 embed_init_std: float | None = None, spatial_init: bool = False, latent_scale: float = 1.0):
+                 embed_init_std: float | None = None, spatial_init: bool = False, latent_scale: float = 1.0,
+                 pixel_refine: int = 0, pixel_refine_blocks: int = 2, pixel_refine_features: int = 8):
         super().__init__()
         if not latent_scale > 0:
             raise ValueError(f"latent_scale must be > 0, got {latent_scale}")
@@ -198,6 +221,9 @@ class TiTok(nn.Module, Configurable):
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {patch_size}")
         if codebook_size is not None and codebook_size < 1:
             raise ValueError(f"codebook_size must be >= 1 (or None for continuous VAE tokens), got {codebook_size}")
+        if pixel_refine and pixel_codebook_size is not None:
+            raise ValueError("pixel_refine is for the direct pixel head: set pixel_codebook_size=None or "
+                             "pixel_refine=0")
         if pixel_codebook_size is not None and 2 ** (len(pixel_channels) - 1) != patch_size:
             raise ValueError(f"the VQGAN pixel decoder upsamples by 2**(len(pixel_channels) - 1) = "
                              f"{2 ** (len(pixel_channels) - 1)}, which must equal patch_size {patch_size}; give "
@@ -214,7 +240,8 @@ class TiTok(nn.Module, Configurable):
                                           reseed_every=reseed_every) if codebook_size is not None else None)
         self.decoder = TiTokDecoder(image_size, patch_size, decoder_width or width, decoder_depth or depth,
                                     decoder_num_heads or num_heads, num_latent_tokens, token_size, pixel_conv_out,
-                                    pixel_codebook_size, pixel_code_dim, tuple(pixel_channels), pixel_res_blocks)
+                                    pixel_codebook_size, pixel_code_dim, tuple(pixel_channels), pixel_res_blocks,
+                                    pixel_refine, pixel_refine_blocks, pixel_refine_features)
         if spatial_init:
             self.initialize_spatial_routing()
         if embed_init_std is not None:

@@ -14,6 +14,7 @@ from torch import nn
 
 from vistok.evaluation import psnr, ssim
 from vistok.hub import from_pretrained, save_pretrained
+from vistok.interfaces import TokenizerOutput
 from vistok.training.losses import (
     GAN_LOSSES,
     PatchDiscriminator,
@@ -75,6 +76,20 @@ def load_proxy_tokenizer(proxy: str | nn.Module, tokenizer: nn.Module) -> nn.Mod
     return proxy.requires_grad_(False)
 
 
+def load_pretrained_weights(model: nn.Module, folder: str, new_ok: str | None = None) -> None:
+    """Copy a ``save_pretrained`` folder's weights into ``model``.  Keys the folder lacks are an error, unless they
+    start with ``new_ok`` (modules added for fine-tuning, which keep their init); extra keys are always an error."""
+    state = from_pretrained(folder).state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not (new_ok and k.startswith(new_ok))]
+    if bad or unexpected:
+        raise ValueError(f"pretrained={folder!r} does not fit the configured model: missing {bad}, unexpected "
+                         f"{list(unexpected)}; configure the model as the folder's config.json says")
+    if missing:
+        fresh = sorted({k.rsplit(".", 1)[0] for k in missing})
+        print(f"pretrained: {len(missing)} new tensors keep their init ({fresh})")
+
+
 class TokenizerModule(L.LightningModule):
     """Reconstruction training: ``mse + l1_weight * l1 + vq_weight * quantizer loss``, optionally
     ``+ perceptual_weight * perceptual`` and an adversarial term; or TiTok's stage 1 (proxy codes).
@@ -109,6 +124,11 @@ class TokenizerModule(L.LightningModule):
             TiTok's ``pixel_codebook_size`` and ``h = w`` its patch grid.  Training is then cross-entropy between the
             decoder's pixel-code logits and those codes (+ ``vq_weight`` * VQ loss); validation decodes the argmax
             codes with the proxy's ``decode``.  Kept out of checkpoints, as the perceptual net.
+        train_decoder_only: TiTok's stage 2 decoder fine-tuning: the encoder and quantizer are frozen (no
+            gradient, no dead-code re-seeding), so ``encode`` gives exactly the ids it gave before training and
+            generators trained on those ids stay valid; only ``tokenizer.decoder`` learns, on ``mse + l1``.  Start
+            it from a trained tokenizer with ``pretrained``; decoder modules the folder lacks (a new
+            ``pixel_refine`` head) start from their own init.
 
     Validation logs ``val/psnr``, ``val/ssim``, ``val/codebook_usage`` (distinct codes used / codebook size),
     ``val/codebook_perplexity``, ``val/proxy_acc`` in stage 1 and, under ``validate``, ``val/rfid``.
@@ -123,7 +143,7 @@ class TokenizerModule(L.LightningModule):
                  gan_adaptive: bool = False, disc_start: int = 0, disc_lr: float | None = None,
                  disc_betas: tuple[float, float] = (0.5, 0.9), disc_layers: int = 3, disc_channels: int = 64,
                  disc_norm: Literal["batch", "group"] = "batch", grad_clip: float | None = None,
-                 proxy_tokenizer: str | nn.Module | None = None):
+                 proxy_tokenizer: str | nn.Module | None = None, train_decoder_only: bool = False):
         super().__init__()
         module_proxy = isinstance(proxy_tokenizer, nn.Module)
         self.save_hyperparameters(ignore=["tokenizer", "proxy_tokenizer"] if module_proxy else ["tokenizer"])
@@ -137,8 +157,16 @@ class TokenizerModule(L.LightningModule):
         if proxy_tokenizer is not None and (gan_weight or perceptual_weight):
             raise ValueError("proxy_tokenizer is TiTok's stage 1 (proxy-code cross-entropy only); train the GAN and "
                              "perceptual terms in stage 2, without proxy_tokenizer")
+        if train_decoder_only and (proxy_tokenizer is not None or getattr(tokenizer, "decoder", None) is None):
+            raise ValueError("train_decoder_only needs a tokenizer with a .decoder (TiTok) and no proxy_tokenizer")
         if pretrained:
-            tokenizer.load_state_dict(from_pretrained(pretrained).state_dict())
+            load_pretrained_weights(tokenizer, pretrained, new_ok="decoder." if train_decoder_only else None)
+        if train_decoder_only:
+            for name, module in tokenizer.named_children():
+                if name != "decoder":
+                    module.requires_grad_(False)
+            for p in tokenizer.parameters(recurse=False):
+                p.requires_grad_(False)
         self.tokenizer = tokenizer
         # Frozen helpers live outside the state dict: checkpoints stay small and load without their files.
         self._frozen: dict[str, nn.Module] = {}
@@ -159,7 +187,7 @@ class TokenizerModule(L.LightningModule):
         x = batch["pixels"]
         if "proxy" in self._frozen:
             return self._proxy_step(x)
-        out = self.tokenizer(x)
+        out = self._decoder_only_forward(x) if self.hparams.train_decoder_only else self.tokenizer(x)
         mse = F.mse_loss(out.reconstruction, x)
         loss = mse + self.hparams.l1_weight * F.l1_loss(out.reconstruction, x) + self.hparams.vq_weight * out.loss
         logs = {"train/loss": loss, "train/mse": mse, "train/psnr": -10 * torch.log10(mse)}
@@ -171,6 +199,23 @@ class TokenizerModule(L.LightningModule):
             return self._gan_step(x, out.reconstruction, loss, logs)
         self.log_dict(logs, prog_bar=True)
         return loss
+
+    def _decoder_only_forward(self, x: torch.Tensor) -> TokenizerOutput:
+        """Frozen ids (``encode``: no re-seeding, no gradient) -> the decoder's reconstruction with gradient."""
+        tok = self.tokenizer
+        ids = tok.encode(x)
+        codes = tok.quantizer.lookup(ids) if tok.quantizer is not None else ids / tok.latent_scale
+        if tok.tail_drop:
+            codes = codes[:, : int(torch.randint(1, tok.num_tokens + 1, ()))]
+        return TokenizerOutput(tok.decoder(codes), ids, torch.zeros((), device=x.device), {})
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.hparams.train_decoder_only:  # frozen parts stay in eval mode (dropout, norms, no re-seeding)
+            for name, module in self.tokenizer.named_children():
+                if name != "decoder":
+                    module.eval()
+        return self
 
     def _gan_step(self, x: torch.Tensor, recon: torch.Tensor, rec_loss: torch.Tensor, logs: dict) -> None:
         """Manual optimization: a generator step (reconstruction + adversarial term), then a discriminator step."""
@@ -282,7 +327,8 @@ class TokenizerModule(L.LightningModule):
         self.log("val/codebook_perplexity", torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
 
     def configure_optimizers(self):
-        gen = adamw_warmup_cosine(self.tokenizer, self.hparams)
+        trained = self.tokenizer.decoder if self.hparams.train_decoder_only else self.tokenizer
+        gen = adamw_warmup_cosine(trained, self.hparams)
         if self.automatic_optimization:
             return gen
         h = self.hparams
