@@ -29,10 +29,12 @@ def test_fit_fast_dev_run(config, tmp_path):
     args = ["fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--data.init_args.train_size=16", "--data.init_args.val_size=8",
             "--data.init_args.batch_size=8", f"--model.init_args.export_dir={tmp_path / 'export'}"]
-    tokenizer_path = yaml.safe_load(config.read_text())["model"]["init_args"].get("tokenizer_path")
-    if tokenizer_path and not (ROOT / tokenizer_path).is_dir():  # a run's export: an untrained stand-in
-        save_pretrained(untrained_tokenizer_for(tokenizer_path), tmp_path / "tok")
-        args.append(f"--model.init_args.tokenizer_path={tmp_path / 'tok'}")
+    init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
+    for key in ("tokenizer_path", "pretrained"):  # a run's export (a generator's tokenizer, stage 1 of stage 2)
+        path = init_args.get(key)
+        if path and not (ROOT / path).is_dir():  # not trained on this machine: an untrained stand-in
+            save_pretrained(untrained_tokenizer_for(path), tmp_path / key)
+            args.append(f"--model.init_args.{key}={tmp_path / key}")
     main(args)
     assert (tmp_path / "export" / "model.safetensors").is_file()
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.training.tokenizer_module import adamw_warmup_cosine, export
+from vistok.training.tokenizer_module import adamw_warmup_cosine, export, load_pretrained_weights
 
 
 class GeneratorModule(L.LightningModule):
@@ -26,6 +26,8 @@ class GeneratorModule(L.LightningModule):
         warmup_steps, total_steps, final_lr_ratio: warm-up + cosine schedule.
         export_dir: where the generator's hub folder is written when training ends.
         export_fp16: store exported weights in fp16.
+        pretrained: a ``save_pretrained`` folder (e.g. a previous export) whose weights replace the injected
+            generator's, to continue training it (every key must fit; a mismatch lists the keys).
 
     Token ids of each dataset item are computed once and memoised by index (the datasets are deterministic).
     """
@@ -34,9 +36,11 @@ class GeneratorModule(L.LightningModule):
                  conditioning: Literal["text", "class", "none"] = "text", lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05, warmup_steps: int = 200,
                  total_steps: int = 3000, final_lr_ratio: float = 0.1, export_dir: str | None = None,
-                 export_fp16: bool = True):
+                 export_fp16: bool = True, pretrained: str | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["generator"])
+        if pretrained:
+            load_pretrained_weights(generator, pretrained)
         self.generator = generator
         # frozen helpers are kept out of the state_dict (not registered as submodules)
         self._frozen: dict[str, nn.Module] = {"tokenizer": from_pretrained(tokenizer_path).requires_grad_(False)}
