@@ -90,3 +90,25 @@ def test_continuous_pipeline_uses_each_generators_own_decoder(tmp_path):
     assert pipe.defaults == {"cfg_scale": 2.0}
     images, out = pipe(["a red circle"], num_samples=1, seed=0, num_steps=3)
     assert images.shape == (1, 3, 32, 32) and out.nfe == 4 * 3  # 4 cells x 3 velocity passes (CFG rides in the batch)
+
+
+def test_shipped_tokenizer_reconstructs_shapes():
+    """The shipped TiTok (stage 2, decoder fine-tuned): 96 held-out scenes.  Measured when it was trained:
+    31.6 dB and GenEval-lite shape 0.94 on single objects, 29.4 dB on 1-2 objects; the bars are 27 dB and 0.9
+    (issue: >= 27 dB, shapes told apart)."""
+    from vistok import from_pretrained
+    from vistok.data import ShapesDataset
+    from vistok.data.geneval import score_batch
+    from vistok.evaluation import psnr
+
+    tok = from_pretrained(DEFAULT_MODEL / "tokenizer").float().eval()
+    single = ShapesDataset(96, seed=2024, max_objects=1)
+    x = torch.stack([single[i]["pixels"] for i in range(len(single))])
+    with torch.no_grad():
+        recon = tok.decode(tok.encode(x))
+    assert float(psnr(recon, x).mean()) >= 27.0
+    assert score_batch(recon, [single.scene(i).caption for i in range(len(single))])["shape"] >= 0.9
+    two = ShapesDataset(96, seed=2024, min_objects=1, max_objects=2)
+    x = torch.stack([two[i]["pixels"] for i in range(len(two))])
+    with torch.no_grad():
+        assert float(psnr(tok.decode(tok.encode(x)), x).mean()) >= 27.0
