@@ -146,7 +146,8 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--generator", default=None,
                    help="a generator folder (vistok fit export) to use instead of the model's own; it must have been "
                         "trained on the same tokenizer's tokens")
-    p.add_argument("--decoder", default=None, choices=sorted(DECODERS), help="decoding algorithm (default: the generator's own, e.g. ar for AR, masked for MAR)")
+    p.add_argument("--decoder", default=None, choices=sorted(DECODERS),
+                   help="decoding algorithm (default: the generator's own, e.g. ar for AR, masked for MAR)")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)

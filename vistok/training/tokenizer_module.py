@@ -161,13 +161,12 @@ class TokenizerModule(L.LightningModule):
             raise ValueError("train_decoder_only needs a tokenizer with a .decoder (TiTok) and no proxy_tokenizer")
         if pretrained:
             load_pretrained_weights(tokenizer, pretrained, new_ok="decoder." if train_decoder_only else None)
-        if train_decoder_only:
-            for name, module in tokenizer.named_children():
-                if name != "decoder":
-                    module.requires_grad_(False)
-            for p in tokenizer.parameters(recurse=False):
-                p.requires_grad_(False)
         self.tokenizer = tokenizer
+        if train_decoder_only:
+            for module in self._frozen_parts():
+                module.requires_grad_(False)
+            for p in tokenizer.parameters(recurse=False):  # the latent tokens
+                p.requires_grad_(False)
         # Frozen helpers live outside the state dict: checkpoints stay small and load without their files.
         self._frozen: dict[str, nn.Module] = {}
         if perceptual_weight > 0 and (net := load_perceptual(perceptual_path)) is not None:
@@ -212,10 +211,13 @@ class TokenizerModule(L.LightningModule):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.hparams.train_decoder_only:  # frozen parts stay in eval mode (dropout, norms, no re-seeding)
-            for name, module in self.tokenizer.named_children():
-                if name != "decoder":
-                    module.eval()
+            for module in self._frozen_parts():
+                module.eval()
         return self
+
+    def _frozen_parts(self) -> list[nn.Module]:
+        """Under ``train_decoder_only``: every child of the tokenizer but its decoder (encoder, quantizer)."""
+        return [m for name, m in self.tokenizer.named_children() if name != "decoder"]
 
     def _gan_step(self, x: torch.Tensor, recon: torch.Tensor, rec_loss: torch.Tensor, logs: dict) -> None:
         """Manual optimization: a generator step (reconstruction + adversarial term), then a discriminator step."""
