@@ -284,3 +284,22 @@ def test_pretrained_that_does_not_fit_lists_the_keys(tmp_path):
                         train_decoder_only=True)
     with pytest.raises(ValueError, match="proxy_tokenizer"):
         TokenizerModule(tiny_titok(), train_decoder_only=True, proxy_tokenizer=tiny_titok())
+
+
+def test_generator_module_pretrained_continues_from_a_folder(tmp_path):
+    """GeneratorModule(pretrained=...) shares the loader: same weights in, mismatching keys listed."""
+    from conftest import tiny_ar
+
+    from vistok.training import GeneratorModule
+
+    save_pretrained(tiny_titok(), tmp_path / "tok")
+    torch.manual_seed(0)
+    trained = tiny_ar(num_classes=4)
+    save_pretrained(trained, tmp_path / "gen")
+    module = GeneratorModule(tiny_ar(num_classes=4), str(tmp_path / "tok"), conditioning="class",
+                             pretrained=str(tmp_path / "gen"))
+    assert all(torch.equal(a, b) for a, b in zip(module.generator.state_dict().values(),
+                                                 trained.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="missing .*class_embed"):
+        GeneratorModule(tiny_ar(num_classes=4), str(tmp_path / "tok"), conditioning="class",
+                        pretrained=str(save_pretrained(tiny_ar(), tmp_path / "unconditional")))

@@ -118,13 +118,10 @@ class TiTokDecoder(nn.Module):
         else:
             self.head = nn.Linear(width, patch_size * patch_size * 3)
             self.conv_out = nn.Conv2d(3, 3, 3, padding=1) if conv_out else nn.Identity()
-        self.refine = None
-        if refine_channels:
-            if self.vqgan_head:
-                raise ValueError("refine_channels is for the direct pixel head (pixel_codebook_size=None)")
-            self.refine = PixelRefiner(refine_channels, refine_blocks, refine_features)
-            self.feature_head = (nn.Linear(width, patch_size * patch_size * refine_features)
-                                 if refine_features else None)
+        # optional conv refiner after the direct head (TiTok checks it is not combined with the VQGAN head)
+        self.refine = PixelRefiner(refine_channels, refine_blocks, refine_features) if refine_channels else None
+        self.feature_head = (nn.Linear(width, patch_size * patch_size * refine_features)
+                             if refine_channels and refine_features else None)
 
     def _cells(self, codes: Tensor) -> Tensor:
         """codes (b, k, d), k <= n -> normalised mask-token outputs (b, p, c)."""
