@@ -96,3 +96,27 @@ def test_vae_latent_scale_gives_unit_variance_tokens_and_survives_save(tmp_path)
         tiny_titok().calibrate_latent_scale(x)
     with pytest.raises(ValueError, match="latent_scale"):
         tiny_titok(codebook_size=None, latent_scale=0.0)
+
+
+def test_code_tokens_expose_the_vq_code_vectors_as_continuous_tokens(tmp_path):
+    torch.manual_seed(0)
+    vq = tiny_titok().eval()
+    x = torch.rand(8, 3, *([vq.image_size] * 2))
+    folder = save_pretrained(vq, tmp_path / "vq")
+    codes = from_pretrained(folder, code_tokens=True)
+    assert (vq.kind, codes.kind) == ("discrete", "continuous")
+    z = codes.encode(x)
+    assert z.shape == (8, vq.num_tokens, vq.token_dim) and z.is_floating_point()
+    torch.testing.assert_close(z, vq.quantizer.lookup(vq.encode(x)))  # exactly the ids' code vectors
+    torch.testing.assert_close(codes.decode(z), vq.decode(vq.encode(x)))  # same pixels as the id path
+    scale = codes.calibrate_latent_scale(x)
+    assert float(codes.encode(x).std()) == pytest.approx(1.0, rel=1e-4)
+    torch.testing.assert_close(codes.decode(codes.encode(x)), vq.decode(vq.encode(x)), atol=1e-5, rtol=0)
+    # l2-normalised codes: decode puts vectors back on the unit sphere, so a rescaled vector decodes the same
+    torch.testing.assert_close(codes.decode(3 * codes.encode(x)), codes.decode(codes.encode(x)), atol=1e-5, rtol=0)
+    back = from_pretrained(save_pretrained(codes, tmp_path / "codes"))
+    assert back.kind == "continuous" and back.latent_scale == pytest.approx(scale)
+    with pytest.raises(TypeError, match="float latents"):
+        codes.decode(vq.encode(x))
+    with pytest.raises(ValueError, match="continuous already"):
+        tiny_titok(codebook_size=None, code_tokens=True)

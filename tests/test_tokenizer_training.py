@@ -303,3 +303,25 @@ def test_generator_module_pretrained_continues_from_a_folder(tmp_path):
     with pytest.raises(ValueError, match="missing .*class_embed"):
         GeneratorModule(tiny_ar(num_classes=4), str(tmp_path / "tok"), conditioning="class",
                         pretrained=str(save_pretrained(tiny_ar(), tmp_path / "unconditional")))
+
+
+def test_generator_module_trains_a_continuous_generator_on_vq_code_vectors(tmp_path):
+    """tokenizer_kwargs={"code_tokens": True} turns a VQ TiTok folder into continuous (B, N, D) training tokens."""
+    from vistok.generators import XARGenerator
+    from vistok.training import GeneratorModule
+
+    torch.manual_seed(0)
+    vq = tiny_titok()
+    save_pretrained(vq, tmp_path / "tok")
+    gen = XARGenerator(grid_size=(4, 2), cell_size=(2, 1), token_dim=vq.token_dim, width=32, depth=1,
+                       decoder_depth=1, num_heads=2, num_classes=4)
+    module = GeneratorModule(gen, str(tmp_path / "tok"), conditioning="class",
+                             tokenizer_kwargs={"code_tokens": True, "latent_scale": 2.0})
+    pixels = torch.rand(3, 3, vq.image_size, vq.image_size)
+    batch = {"index": torch.arange(3), "pixels": pixels, "label": torch.tensor([0, 1, 2])}
+    tokens = module.tokens_of(batch, "train")
+    torch.testing.assert_close(tokens, 2.0 * vq.eval().quantizer.lookup(vq.encode(pixels)))
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert gen.out.weight.grad.abs().sum() > 0

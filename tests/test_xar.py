@@ -54,6 +54,26 @@ def test_cell_major_layout_round_trips_and_groups_cells():
     assert torch.equal(gen.to_raster(gen.to_cell_major(grid)), grid)
 
 
+def test_rectangular_grid_and_cells():
+    gen = _model(grid_size=(4, 2), cell_size=(2, 1))  # 8 tokens, 4 cells of 2 x 1 (the TiTok-32 layout, scaled)
+    assert (gen.seq_len, gen.num_cells, gen.cell_tokens, gen.cells) == (8, 4, 2, (2, 2))
+    grid = torch.arange(8.0).view(1, 8, 1)  # raster ids of a 4-row, 2-column grid
+    cells = gen.to_cell_major(grid)[0, :, 0].view(4, 2)
+    assert cells.tolist() == [[0, 2], [1, 3], [4, 6], [5, 7]]  # each cell is one column of two rows
+    assert torch.equal(gen.to_raster(gen.to_cell_major(grid)), grid)
+    cos, _ = gen._rope(torch.arange(8)[None])  # rows rotate the first half, columns the second
+    row_part, col_part = cos[0, :, : cos.shape[-1] // 2], cos[0, :, cos.shape[-1] // 2 :]
+    # cell-major positions 0 and 1 are raster tokens 0 and 2: rows 0 and 1 of column 0
+    assert torch.equal(col_part[0], col_part[1]) and not torch.equal(row_part[0], row_part[1])
+    tokens, nfe, _ = decode_cells(gen, _cond(), num_steps=2, rng=torch.Generator().manual_seed(0))
+    assert tokens.shape == (2, 8, 4) and nfe == 8
+    assert torch.isfinite(gen.train()(torch.randn(2, 8, 4), _cond()).loss)
+    with pytest.raises(ValueError, match="along each side"):
+        XARGenerator(grid_size=(8, 4), cell_size=(4, 3))
+    with pytest.raises(ValueError, match=r"\(rows, columns\)"):
+        XARGenerator(grid_size=(8, 4, 2), cell_size=2)
+
+
 def test_attention_is_block_causal_over_cells():
     gen, tokens, noise, t = _model(), torch.randn(1, 16, 4), torch.randn(1, 16, 4), torch.rand(1, 4)
     v0 = gen.to_cell_major(gen(tokens, _cond(1), t=t, noise=noise).extras["velocity"])

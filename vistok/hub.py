@@ -89,8 +89,12 @@ def rename_state_dict(state: dict[str, torch.Tensor], rules: list[tuple[str, str
     return out
 
 
-def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_pretrained`; returned in eval mode, fp32."""
+def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "cpu", **overrides) -> nn.Module:
+    """Rebuild a model saved by :func:`save_pretrained`; returned in eval mode, fp32.
+
+    ``overrides`` replace constructor kwargs of the saved config (those that change no weight shape), e.g.
+    ``from_pretrained(folder, code_tokens=True)`` reads a VQ TiTok's code vectors as continuous tokens.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder} (give a folder written by vistok.hub.save_pretrained)")
@@ -99,7 +103,7 @@ def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "c
             raise FileNotFoundError(f"{folder} has no {name}; a vistok model folder holds {CONFIG_NAME} and "
                                     f"{WEIGHTS_NAME} (write one with vistok.hub.save_pretrained)")
     cfg = json.loads((folder / CONFIG_NAME).read_text())
-    model = _resolve_class(cfg["class"])(**cfg["kwargs"])
+    model = _resolve_class(cfg["class"])(**{**cfg["kwargs"], **overrides})
     load_state_dict_strict(model, load_file(str(folder / WEIGHTS_NAME), device=str(map_location)), str(folder))
     return model.eval()
 

@@ -66,11 +66,12 @@ class Pipeline:
     def check_compatible(self) -> Pipeline:
         """Raise ``ValueError`` if the generator's tokens do not fit the tokenizer (ids vs floats, count, vocab)."""
         tok, gen = self.tokenizer, self.generator
-        continuous_tok = tok.codebook_size is None
+        continuous_tok = getattr(tok, "kind", "discrete") == "continuous"
         if continuous_tok != (getattr(gen, "kind", "discrete") == "continuous"):
             raise ValueError(f"the generator ({type(gen).__name__}, kind={getattr(gen, 'kind', 'discrete')!r}) and "
-                             f"the tokenizer ({type(tok).__name__}, codebook_size={tok.codebook_size}) disagree on "
-                             "discrete vs continuous tokens; pair discrete generators with VQ tokenizers")
+                             f"the tokenizer ({type(tok).__name__}, kind={getattr(tok, 'kind', 'discrete')!r}) "
+                             "disagree on discrete vs continuous tokens; pair discrete generators with id tokenizers "
+                             "(a VQ TiTok gives continuous generators its code vectors with code_tokens=True)")
         if gen.seq_len != tok.num_tokens:
             raise ValueError(f"the generator makes {gen.seq_len} tokens but the tokenizer decodes {tok.num_tokens}; "
                              "train the generator on this tokenizer's tokens (GeneratorModule tokenizer_path)")

@@ -5,7 +5,9 @@ Reference code (facts only: shapes, key names, conventions): github.com/OliverRe
 (``models/xar.py``, ``models/sampler.py``, ``models/rope.py``).
 
 Entity X is a *cell* of ``cell_size x cell_size`` tokens: the ``grid_size x grid_size`` token grid is cut into
-cells taken in raster order (the official setting: 16x16 tokens, 4 cells of 8x8).  One transformer with
+cells taken in raster order (the official setting: 16x16 tokens, 4 cells of 8x8).  Grids and cells may also be
+rectangular (``grid_size=(8, 4)``, ``cell_size=(4, 2)``: a vistok addition for 1D tokenizers read as a grid, such as
+the tiny TiTok's 32 tokens).  One transformer with
 **block-causal** attention (a token sees its own cell and every earlier cell) predicts the flow-matching velocity
 of every token; there is no separate head.  Decoding is :func:`vistok.decoding.cells.decode_cells`.
 
@@ -24,7 +26,7 @@ Conventions (those of the official code, so its checkpoints load unchanged):
 Text conditioning (a vistok addition): text states are projected into ``max_text_len`` prefix slots that every
 token attends to (as in :mod:`vistok.generators.ar`); the adaLN condition is then the time embedding alone.
 
-Legend: b batch, n tokens (grid_size^2), l tokens in a call, g cells in a call, k tokens per cell, c width,
+Legend: b batch, n tokens (grid rows x columns), l tokens in a call, g cells in a call, k tokens per cell, c width,
 d token channels, p prefix slots, s cache slots.
 """
 
@@ -55,6 +57,13 @@ from vistok.layers.init import xavier_linears
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
 
 _TIME_STEPS = 1000  # the official time discretisation: time_embed(floor(1000 t))
+
+
+def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be a positive int or (rows, columns), got {value!r}")
+    return pair
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,8 +131,9 @@ class XARGenerator(nn.Module, Configurable):
     """Cell-autoregressive flow-matching transformer (xAR) over continuous tokens ``(B, N, D)``.
 
     Args:
-        grid_size: side G of the token grid (N = G^2 tokens, raster order).
-        cell_size: side of a cell; G must be a multiple.  One cell = one autoregressive step.
+        grid_size: side G of the token grid (N = G^2 tokens, raster order), or ``(rows, columns)``.
+        cell_size: side of a cell, or ``(rows, columns)``; each grid side must be a multiple of the cell's.  One cell
+            = one autoregressive step.
         token_dim: channels D per token (16 for MAR's KL-16 latents).
         width, depth, decoder_depth, num_heads: transformer size (``depth`` encoder + ``decoder_depth`` decoder
             blocks; official naming, both stacks see the same block-causal mask).
@@ -141,18 +151,22 @@ class XARGenerator(nn.Module, Configurable):
     default_decoder = "cells"
     vocab_size = None
 
-    def __init__(self, *, grid_size: int = 16, cell_size: int = 8, token_dim: int = 16, width: int = 768,
+    def __init__(self, *, grid_size: int | tuple[int, int] = 16, cell_size: int | tuple[int, int] = 8,
+                 token_dim: int = 16, width: int = 768,
                  depth: int = 8, decoder_depth: int = 8, num_heads: int = 12, mlp_ratio: float = 4.0,
                  dropout: float = 0.1, num_classes: int = 1000, text_dim: int = 0, max_text_len: int = 32,
                  cond_dropout: float = 0.1, rope_base: float = 10000.0):
         super().__init__()
-        if cell_size < 1 or grid_size % cell_size:
-            raise ValueError(f"grid_size {grid_size} must be a multiple of cell_size {cell_size}")
+        self.grid = _pair(grid_size, "grid_size")  # (rows, columns) of tokens
+        self.cell = _pair(cell_size, "cell_size")  # (rows, columns) of one cell
+        if any(g % k for g, k in zip(self.grid, self.cell, strict=True)):
+            raise ValueError(f"grid_size {grid_size} must be a multiple of cell_size {cell_size} along each side")
         if width % num_heads or (width // num_heads) % 4:
             raise ValueError(f"width {width} / num_heads {num_heads} must give a head dim divisible by 4 (2-D RoPE)")
         self.grid_size, self.cell_size, self.token_dim = grid_size, cell_size, token_dim
-        self.cells_per_side = grid_size // cell_size
-        self.num_cells, self.cell_tokens, self.seq_len = self.cells_per_side**2, cell_size**2, grid_size**2
+        self.cells = (self.grid[0] // self.cell[0], self.grid[1] // self.cell[1])  # cells per column, per row
+        self.num_cells, self.cell_tokens = self.cells[0] * self.cells[1], self.cell[0] * self.cell[1]
+        self.seq_len = self.grid[0] * self.grid[1]
         self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
         self.num_classes, self.text_dim, self.cond_dropout = num_classes, text_dim, cond_dropout
         self.prefix_len = max_text_len if text_dim else 0
@@ -185,21 +199,22 @@ class XARGenerator(nn.Module, Configurable):
     # -- layout ------------------------------------------------------------------------------------------------
     def to_cell_major(self, x: Tensor) -> Tensor:
         """(b, n, d) in raster order of the grid -> (b, n, d) cell-major."""
-        s, k = self.cells_per_side, self.cell_size
-        return rearrange(x, "b (gh kh gw kw) d -> b (gh gw kh kw) d", gh=s, kh=k, gw=s, kw=k)
+        (sh, sw), (kh, kw) = self.cells, self.cell
+        return rearrange(x, "b (gh kh gw kw) d -> b (gh gw kh kw) d", gh=sh, kh=kh, gw=sw, kw=kw)
 
     def to_raster(self, x: Tensor) -> Tensor:
         """(b, n, d) cell-major -> (b, n, d) in raster order of the grid."""
-        s, k = self.cells_per_side, self.cell_size
-        return rearrange(x, "b (gh gw kh kw) d -> b (gh kh gw kw) d", gh=s, kh=k, gw=s, kw=k)
+        (sh, sw), (kh, kw) = self.cells, self.cell
+        return rearrange(x, "b (gh gw kh kw) d -> b (gh kh gw kw) d", gh=sh, kh=kh, gw=sw, kw=kw)
 
     def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos/sin (b, l, head_dim / 2) of the 2-D RoPE at cell-major ``positions`` (b, l)."""
         half = self.width // self.num_heads // 2
         freqs = 1.0 / (self.rope_base ** (torch.arange(0, half, 2, device=positions.device).float() / half))
         cell, j = positions // self.cell_tokens, positions % self.cell_tokens
-        row = (cell // self.cells_per_side) * self.cell_size + j // self.cell_size
-        col = (cell % self.cells_per_side) * self.cell_size + j % self.cell_size
+        (_, sw), (kh, kw) = self.cells, self.cell
+        row = (cell // sw) * kh + j // kw
+        col = (cell % sw) * kw + j % kw
         angles = torch.cat([row.float()[..., None] * freqs, col.float()[..., None] * freqs], dim=-1)
         return angles.cos(), angles.sin()
 
@@ -227,7 +242,7 @@ class XARGenerator(nn.Module, Configurable):
         n = self.seq_len if full else tokens.shape[1] if tokens.ndim == 3 else -1
         if tokens.ndim != 3 or tokens.shape[1] != n or tokens.shape[2] != self.token_dim:
             raise ValueError(f"tokens must have shape (B, {self.seq_len if full else 'l'}, {self.token_dim}): a "
-                             f"{self.grid_size}x{self.grid_size} grid of {self.token_dim}-d tokens in raster order; "
+                             f"{self.grid[0]}x{self.grid[1]} grid of {self.token_dim}-d tokens in raster order; "
                              f"got {tuple(tokens.shape)} (was the generator built for this tokenizer's grid?)")
 
     # -- decoding interface ------------------------------------------------------------------------------------

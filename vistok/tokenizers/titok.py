@@ -34,6 +34,7 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
@@ -195,9 +196,16 @@ class TiTok(nn.Module, Configurable):
         embed_init_std: init std of the learned tokens and position tables (None: ``width ** -0.5`` as the
             official code).  A larger value (1.0) makes position dominate patch content at init, which shortens
             the background-only plateau of small from-scratch CPU runs; it changes nothing else.
-        latent_scale: VAE variant only: ``encode`` returns posterior means times this factor and ``decode`` divides
-            by it, so generators see roughly unit-variance tokens (the role of MAR's 0.2325 or SD's 0.18215).
-            Set from data after training with :meth:`calibrate_latent_scale`; 1.0 = raw latents.
+        latent_scale: continuous tokens only (VAE variant or ``code_tokens``): ``encode`` returns latents times this
+            factor and ``decode`` divides by it, so generators see roughly unit-variance tokens (the role of MAR's
+            0.2325 or SD's 0.18215).  Set from data with :meth:`calibrate_latent_scale`; 1.0 = raw latents.
+        code_tokens: VQ variant only: expose the *quantized code vectors* ``(B, N, token_size)`` as continuous
+            tokens instead of their ids (``kind == "continuous"``), so a continuous generator (MAR's DiffLoss,
+            xAR's flow head) can model a trained VQ tokenizer's latent space; the MAR paper (Table 2) also runs
+            DiffLoss on a VQ tokenizer.  ``decode`` feeds the given vectors to the decoder without snapping them
+            to the codebook (with ``l2_norm`` they are first put back on the unit sphere, where every code lies).
+            Weights and training are those of the VQ model, so the flag can be set on load:
+            ``from_pretrained(folder, code_tokens=True)``.
     """
 
     kind = "discrete"
@@ -210,8 +218,12 @@ class TiTok(nn.Module, Configurable):
                  pixel_conv_out: bool = True, pixel_codebook_size: int | None = None, pixel_code_dim: int = 256,
                  pixel_channels: tuple[int, ...] = (128, 128, 256, 256, 512), pixel_res_blocks: int = 2,
                  embed_init_std: float | None = None, spatial_init: bool = False, latent_scale: float = 1.0,
-                 pixel_refine: int = 0, pixel_refine_blocks: int = 2, pixel_refine_features: int = 8):
+                 pixel_refine: int = 0, pixel_refine_blocks: int = 2, pixel_refine_features: int = 8,
+                 code_tokens: bool = False):
         super().__init__()
+        if code_tokens and codebook_size is None:
+            raise ValueError("code_tokens exposes a VQ TiTok's code vectors; this TiTok has codebook_size=None, so "
+                             "its tokens are continuous already: drop code_tokens")
         if not latent_scale > 0:
             raise ValueError(f"latent_scale must be > 0, got {latent_scale}")
         if image_size % patch_size:
@@ -227,7 +239,8 @@ class TiTok(nn.Module, Configurable):
                              f"{int(math.log2(patch_size)) + 1} pixel_channels")
         self.image_size, self.patch_size = image_size, patch_size
         self.num_tokens, self.codebook_size, self.token_dim = num_latent_tokens, codebook_size, token_size
-        self.kind = "discrete" if codebook_size is not None else "continuous"
+        self.code_tokens = code_tokens
+        self.kind = "discrete" if codebook_size is not None and not code_tokens else "continuous"
         self.tail_drop, self.kl_weight, self.latent_scale = tail_drop, kl_weight, float(latent_scale)
         self.latent_tokens = nn.Parameter(width**-0.5 * torch.randn(num_latent_tokens, width))
         out_dim = token_size if codebook_size is not None else 2 * token_size  # VAE: mean and log-variance
@@ -293,12 +306,14 @@ class TiTok(nn.Module, Configurable):
     # -- public API ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
-        """pixels (B, 3, H, W) in [0, 1] -> token ids (B, N) long; VAE variant: posterior means (B, N, D) float."""
+        """pixels (B, 3, H, W) in [0, 1] -> token ids (B, N) long; VAE variant: posterior means (B, N, D) float;
+        ``code_tokens``: the ids' code vectors (B, N, D) float (times ``latent_scale`` in both continuous cases)."""
         check_pixels(pixels, video=False, size=self.image_size)
         z = self.encoder(pixels, self.latent_tokens)  # b n d (VAE: b n 2d)
         if self.quantizer is None:
             return z.chunk(2, dim=-1)[0] * self.latent_scale
-        return self.quantizer.indices(z)
+        ids = self.quantizer.indices(z)
+        return self.quantizer.lookup(ids) * self.latent_scale if self.code_tokens else ids
 
     @torch.no_grad()
     def decode(self, tokens: Tensor, *, clamp: bool = True) -> Tensor:
@@ -306,9 +321,11 @@ class TiTok(nn.Module, Configurable):
 
         K < N needs a tail-drop (One-D-Piece) model.
         """
-        if self.quantizer is None:
+        if self.kind == "continuous":
             self._check_latents(tokens)
             codes = tokens / self.latent_scale
+            if self.code_tokens and self.quantizer.l2_norm:
+                codes = F.normalize(codes, dim=-1)
         else:
             check_token_ids(tokens, self.codebook_size, self.num_tokens, allow_prefix=self.tail_drop)
             codes = self.quantizer.lookup(tokens)
@@ -338,8 +355,9 @@ class TiTok(nn.Module, Configurable):
 
         The new value is also written into ``config`` so a saved folder keeps it.
         """
-        if self.quantizer is not None:
-            raise ValueError("calibrate_latent_scale is for the continuous (VAE) variant; this TiTok is VQ")
+        if self.kind != "continuous":
+            raise ValueError("calibrate_latent_scale is for continuous tokens (the VAE variant or code_tokens=True); "
+                             "this VQ TiTok emits ids")
         self.latent_scale = 1.0
         std = float(self.encode(pixels).float().std())
         if not std > 0:
@@ -365,7 +383,7 @@ class TiTok(nn.Module, Configurable):
 
     def _check_latents(self, latents: Tensor) -> None:
         if not isinstance(latents, Tensor) or not latents.is_floating_point():
-            raise TypeError(f"this TiTok is continuous (VAE): decode takes float latents (B, N, {self.token_dim}), got "
+            raise TypeError(f"this TiTok is continuous: decode takes float latents (B, N, {self.token_dim}), got "
                             f"{getattr(latents, 'dtype', type(latents).__name__)}")
         if latents.ndim != 3 or latents.shape[-1] != self.token_dim:
             raise ValueError(f"latents must have shape (B, N, {self.token_dim}), got {tuple(latents.shape)}")

@@ -20,6 +20,9 @@ class GeneratorModule(L.LightningModule):
     Args:
         generator: the network (injected, e.g. ``vistok.generators.ARGenerator``).
         tokenizer_path: folder written by ``vistok.hub.save_pretrained`` (e.g. a TokenizerModule export).
+        tokenizer_kwargs: constructor kwargs that override the folder's config (weights unchanged), e.g.
+            ``{"code_tokens": True, "latent_scale": 3.587}`` to train a continuous generator on a VQ TiTok's
+            code vectors.
         conditioning: ``"text"`` (captions through the MiniLM text encoder), ``"class"`` (the batch's
             ``label``), or ``"none"``.
         lr, betas, weight_decay: AdamW settings.
@@ -36,14 +39,16 @@ class GeneratorModule(L.LightningModule):
                  conditioning: Literal["text", "class", "none"] = "text", lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05, warmup_steps: int = 200,
                  total_steps: int = 3000, final_lr_ratio: float = 0.1, export_dir: str | None = None,
-                 export_fp16: bool = True, pretrained: str | None = None):
+                 export_fp16: bool = True, pretrained: str | None = None,
+                 tokenizer_kwargs: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["generator"])
         if pretrained:
             load_pretrained_weights(generator, pretrained)
         self.generator = generator
         # frozen helpers are kept out of the state_dict (not registered as submodules)
-        self._frozen: dict[str, nn.Module] = {"tokenizer": from_pretrained(tokenizer_path).requires_grad_(False)}
+        self._frozen: dict[str, nn.Module] = {
+            "tokenizer": from_pretrained(tokenizer_path, **(tokenizer_kwargs or {})).requires_grad_(False)}
         if conditioning == "text":
             from vistok.text import MiniLMTextEncoder
 
