@@ -92,6 +92,24 @@ def test_continuous_pipeline_uses_each_generators_own_decoder(tmp_path):
     assert images.shape == (1, 3, 32, 32) and out.nfe == 4 * 3  # 4 cells x 3 velocity passes (CFG rides in the batch)
 
 
+def test_code_token_pipeline_pairs_a_vq_tokenizer_with_continuous_generators():
+    """A VQ TiTok with code_tokens=True feeds MAR/xAR; an id generator on it (and the reverse) is refused."""
+    from vistok.generators import XARGenerator
+
+    torch.manual_seed(0)
+    tok = tiny_titok(codebook_size=64, token_size=4, num_latent_tokens=16, code_tokens=True)
+    xar = XARGenerator(grid_size=4, cell_size=2, token_dim=4, width=32, depth=1, decoder_depth=1, num_heads=2,
+                       num_classes=0, text_dim=384, max_text_len=16)
+    pipe = Pipeline(tok, xar, MiniLMTextEncoder(max_length=16), {"cfg_scale": 2.0}).check_compatible()
+    images, _ = pipe(["a red circle"], num_samples=1, seed=0, num_steps=2)
+    assert images.shape == (1, 3, 32, 32)
+    ar = tiny_ar(vocab_size=64, seq_len=16, text_dim=384, max_text_len=16, depth=1)
+    with pytest.raises(ValueError, match="discrete vs continuous"):
+        Pipeline(tok, ar, None).check_compatible()
+    with pytest.raises(ValueError, match="code_tokens=True"):
+        Pipeline(tiny_titok(codebook_size=64, token_size=4, num_latent_tokens=16), xar, None).check_compatible()
+
+
 def test_shipped_tokenizer_reconstructs_shapes():
     """The shipped TiTok (stage 2, decoder fine-tuned): 96 held-out scenes.  Measured when it was trained:
     31.6 dB and GenEval-lite shape 0.94 on single objects, 29.4 dB on 1-2 objects; the bars are 27 dB and 0.9
