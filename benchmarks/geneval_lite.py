@@ -60,6 +60,8 @@ def main() -> None:
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sampling option, e.g. --set num_iter=32 --set num_steps=20 (value read as JSON)")
     p.add_argument("--fid-reference", type=int, default=0,
                    help="also report FID of each row's images vs this many real renders (another held-out seed)")
     p.add_argument("--skip-untrained", action="store_true")
@@ -71,6 +73,14 @@ def main() -> None:
     captions = [ds.scene(i).caption for i in range(len(ds))]
     real = torch.stack([ds[i]["pixels"] for i in range(len(ds))])
     opts = dict(decoder=args.decoder, cfg_scale=args.cfg_scale, top_k=args.top_k, temperature=args.temperature)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
     fid = None
     if args.fid_reference:
         from vistok.evaluation import InceptionFeatures, fid_from_features
