@@ -38,7 +38,12 @@ class Pipeline:
 
     @classmethod
     def from_folder(cls, folder: str | Path = DEFAULT_MODEL) -> Pipeline:
+        """Load a pipeline folder, or a shipped one by name (``"default"``, ``"xar"``) when no such folder exists."""
         folder = Path(folder)
+        shipped = DEFAULT_MODEL.parent / folder
+        by_name = len(folder.parts) == 1 and not (folder / "pipeline.json").is_file()
+        if by_name and (shipped / "pipeline.json").is_file():
+            folder = shipped
         if not (folder / "pipeline.json").is_file():
             raise FileNotFoundError(f"{folder} is not a vistok pipeline folder (no pipeline.json); it needs "
                                     "tokenizer/, generator/ and pipeline.json — see the README's 'Train the default'")
@@ -161,9 +166,7 @@ def cli(argv: list[str] | None = None) -> None:
         p.error("--num-samples must be >= 1")
     torch.manual_seed(args.seed)
     t0 = time.time()
-    shipped = DEFAULT_MODEL.parent / args.model
-    pipe = Pipeline.from_folder(shipped if "/" not in args.model and (shipped / "pipeline.json").is_file()
-                                else args.model)
+    pipe = Pipeline.from_folder(args.model)
     if args.generator:
         try:
             pipe.swap_generator(args.generator)

@@ -164,7 +164,7 @@ class XARGenerator(nn.Module, Configurable):
         if width % num_heads or (width // num_heads) % 4:
             raise ValueError(f"width {width} / num_heads {num_heads} must give a head dim divisible by 4 (2-D RoPE)")
         self.grid_size, self.cell_size, self.token_dim = grid_size, cell_size, token_dim
-        self.cells = (self.grid[0] // self.cell[0], self.grid[1] // self.cell[1])  # cells per column, per row
+        self.cells = (self.grid[0] // self.cell[0], self.grid[1] // self.cell[1])  # (rows, columns) of cells
         self.num_cells, self.cell_tokens = self.cells[0] * self.cells[1], self.cell[0] * self.cell[1]
         self.seq_len = self.grid[0] * self.grid[1]
         self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
