@@ -61,7 +61,9 @@ def test_presets_registered():
 # The generators
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("build", [tiny_mar, tiny_mar_ar, lambda: tiny_mar(num_classes=0, text_dim=12),
-                                   lambda: tiny_mar_ar(num_classes=0, text_dim=12), lambda: tiny_mar(num_classes=0)])
+                                   lambda: tiny_mar_ar(num_classes=0, text_dim=12), lambda: tiny_mar(num_classes=0),
+                                   lambda: tiny_mar(num_classes=0, text_dim=12, decoder_cond=True,
+                                                    mask_ratio_dist="cosine", mask_ratio_min=0.05)])
 def test_contract_forward_backward_step(build):
     gen = build()
     assert isinstance(gen, Generator) and gen.kind == "continuous" and gen.vocab_size is None
@@ -104,8 +106,9 @@ def test_masked_tokens_are_ignored():
     assert not torch.allclose(gen.predict(tokens + 1, mask, cond), z)
 
 
-def test_mar_step_is_raster_prediction_with_later_tokens_masked():
-    gen = _randomize(tiny_mar())
+@pytest.mark.parametrize("decoder_cond", [False, True])
+def test_mar_step_is_raster_prediction_with_later_tokens_masked(decoder_cond):
+    gen = _randomize(tiny_mar(decoder_cond=decoder_cond))
     tokens, cond = torch.randn(2, 8, 4), Conditioning(labels=torch.tensor([3, -1]))
     cache = gen.new_cache(cond)
     z1 = gen.step(torch.zeros(2, 3, 4), torch.arange(3).expand(2, -1), cache)  # inputs at -1, 0, 1
@@ -167,6 +170,40 @@ def test_random_mask_follows_truncated_normal():
     mean = 1 + 0.25 * (phi(a) - phi(0)) / (0.5 - 0.5 * math.erfc(-a / math.sqrt(2)))
     assert abs(float(ratios.mean()) - mean) < 0.015
     assert bool((tiny_mar(mask_ratio_min=1.0).random_mask(3)).all())
+
+
+def test_random_mask_cosine_covers_every_context_size():
+    """``mask_ratio_dist="cosine"``: ratio = cos(pi/2 u) on [mask_ratio_min, 1], so E[ratio] = 2/pi at min -> 0
+    and small ratios (most tokens visible), which the truncated normal never draws, are common."""
+    gen = tiny_mar(seq_len=1000, mask_ratio_dist="cosine", mask_ratio_min=1e-6)
+    counts = torch.stack([gen.random_mask(2).sum(1) for _ in range(2000)])
+    assert bool((counts[:, 0] == counts[:, 1]).all())
+    ratios = counts[:, 0].double() / 1000
+    assert abs(float(ratios.mean()) - 2 / math.pi) < 0.02
+    assert 0.25 < float((ratios < 0.5).double().mean()) < 0.42  # P(cos(pi/2 u) < 1/2) = 1/3
+    low = tiny_mar(seq_len=1000, mask_ratio_dist="cosine", mask_ratio_min=0.6)
+    r = torch.stack([low.random_mask(1).sum() for _ in range(300)]).double() / 1000
+    assert float(r.min()) >= 0.6 and float(r.max()) <= 1.0 and float(r.min()) < 0.65
+    with pytest.raises(ValueError, match="mask_ratio_dist"):
+        tiny_mar(mask_ratio_dist="uniform")
+
+
+def test_decoder_cond_reads_the_pooled_condition():
+    """decoder_cond adds a projection of the pooled condition to every decoder slot: with every token masked
+    and the buffer's influence cut, z still depends on the condition; off, it does not."""
+    tokens, mask = torch.randn(2, 8, 4), torch.ones(2, 8, dtype=torch.bool)
+    cond = Conditioning(labels=torch.tensor([1, 3]))
+    for on in (False, True):
+        gen = _randomize(tiny_mar(decoder_cond=on))
+        with torch.no_grad():
+            gen.decoder_embed.weight.zero_()
+            gen.decoder_embed.bias.zero_()  # the buffer no longer reaches the decoder
+        z = gen.predict(tokens, mask, cond)
+        assert torch.allclose(z[0], z[1]) != on
+        assert (gen.decoder_cond is not None) == on
+    x, idx, valid = gen.encode(tokens, mask, gen.cond_buffer(cond))
+    with pytest.raises(ValueError, match="decoder_cond"):
+        gen.decode(x, idx, valid)
 
 
 def test_patchify_roundtrip():

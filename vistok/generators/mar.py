@@ -110,13 +110,16 @@ class TokenCache(KVCache):
     """State of a bidirectional generator between ``step`` calls: the tokens written so far, ``(b, n, d)``.
 
     It holds no keys/values (every step re-encodes the known tokens); ``lengths``/``truncate`` work as for a
-    :class:`KVCache`.  ``buffer`` holds the encoder's condition slots ``(b, buffer_size, c)``.
+    :class:`KVCache`.  ``buffer`` holds the encoder's condition slots ``(b, buffer_size, c)``, ``pooled`` the
+    pooled condition ``(b, c)`` (read by ``decoder_cond`` models).
     """
 
-    def __init__(self, batch_size: int, max_tokens: int, token_dim: int, buffer: Tensor):
+    def __init__(self, batch_size: int, max_tokens: int, token_dim: int, buffer: Tensor,
+                 pooled: Tensor | None = None):
         super().__init__(0, batch_size, 1, 1, 0, max_tokens, dtype=buffer.dtype, device=buffer.device)
         self.tokens = buffer.new_zeros(batch_size, max_tokens, token_dim)
         self.buffer = buffer
+        self.pooled = buffer[:, -1] if pooled is None else pooled
 
     def clone(self) -> TokenCache:
         new = super().clone()
@@ -211,6 +214,14 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         max_text_len: longest text (must fit the buffer).
         cond_dropout: probability of the null condition in training (MAR's ``label_drop_prob``).
         mask_ratio_min: lower end of the training mask ratio, in (0, 1].
+        mask_ratio_dist: how the training mask ratio is drawn.  ``"truncnorm"`` (MAR): N(1, 0.25) truncated to
+            ``[mask_ratio_min, 1]``, which keeps at most 30 % of the tokens visible and mostly under 15 %.
+            ``"cosine"`` (vistok option, MaskGIT's training rule): ``cos(pi/2 u)`` with u uniform, restricted to
+            ``[mask_ratio_min, 1]``; with ``mask_ratio_min`` near 0 every context size the cosine *sampling* schedule
+            visits is trained about equally often, which short runs on short sequences need.
+        decoder_cond: vistok option (off = official): add a projection of the pooled condition (class embedding,
+            mean text state or the null embedding) to every decoder slot, so masked positions read the condition
+            directly instead of only through the encoder's buffer slots.
         attn_dropout, proj_dropout: dropout in attention probabilities / after projections and MLPs.
         head_width, head_depth, num_sampling_steps, head_sampler, head_clip_denoised: the :class:`DiffLossHead`
             (``head_clip_denoised`` = its ``clip_denoised``, a sampling-time x0 clamp; None = official).
@@ -226,10 +237,14 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                  text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, mask_ratio_min: float = 0.7,
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3,
                  num_sampling_steps: int = 100, head_sampler: str = "ddpm", diffusion_batch_mul: int = 4,
-                 head_clip_denoised: float | None = None):
+                 head_clip_denoised: float | None = None, mask_ratio_dist: str = "truncnorm",
+                 decoder_cond: bool = False):
         super().__init__()
         if not 0 < mask_ratio_min <= 1:
             raise ValueError(f"mask_ratio_min must be in (0, 1] (MAR: 0.7), got {mask_ratio_min}")
+        if mask_ratio_dist not in ("truncnorm", "cosine"):
+            raise ValueError(f"mask_ratio_dist must be 'truncnorm' (MAR) or 'cosine', got {mask_ratio_dist!r}")
+        self.mask_ratio_dist = mask_ratio_dist
         if text_dim and max_text_len > buffer_size:
             raise ValueError(f"max_text_len ({max_text_len}) must be <= buffer_size ({buffer_size}): text tokens "
                              "live in the buffer slots")
@@ -247,6 +262,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         # decoder
         self.decoder_embed = nn.Linear(encoder_width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(decoder_width))
+        self.decoder_cond = nn.Linear(encoder_width, decoder_width) if decoder_cond else None
         self.decoder_pos = nn.Parameter(torch.zeros(buffer_size + seq_len, decoder_width))
         self.decoder = nn.ModuleList(block(decoder_width, decoder_heads) for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_width, eps=norm_eps)
@@ -262,16 +278,21 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         self._init_linear_and_norms()
 
     # -- conditioning ------------------------------------------------------------------------------------------
-    def cond_buffer(self, cond: Conditioning) -> Tensor:
-        """The encoder's condition slots (b, buffer_size, c) for ``cond`` (no dropout)."""
+    def cond_slots(self, cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """The encoder's condition slots (b, buffer_size, c) and the pooled condition (b, c) (no dropout)."""
         if self.text_proj is None:
-            return self.class_vector(cond)[:, None].expand(-1, self.buffer_size, -1)
+            pooled = self.class_vector(cond)
+            return pooled[:, None].expand(-1, self.buffer_size, -1), pooled
         text = self.text_proj(cond.text.to(self.null_embed.dtype))  # b t c
         keep = cond.text_mask[..., None]
         pooled = (text * keep).sum(1) / keep.sum(1).clamp(min=1)
         pooled = torch.where(keep.any(1), pooled, self.null_embed)  # all-masked text = null condition
         slots = torch.where(keep, text, pooled[:, None])
-        return torch.cat([slots, pooled[:, None].expand(-1, self.buffer_size - text.shape[1], -1)], dim=1)
+        return torch.cat([slots, pooled[:, None].expand(-1, self.buffer_size - text.shape[1], -1)], dim=1), pooled
+
+    def cond_buffer(self, cond: Conditioning) -> Tensor:
+        """The encoder's condition slots (b, buffer_size, c) for ``cond`` (no dropout)."""
+        return self.cond_slots(cond)[0]
 
     # -- network -----------------------------------------------------------------------------------------------
     def encode(self, tokens: Tensor, mask: Tensor, buffer: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -293,11 +314,18 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             x = blk(x, attn_mask)
         return self.encoder_norm(x), idx, valid
 
-    def decode(self, x: Tensor, idx: Tensor, valid: Tensor) -> Tensor:
-        """MAE decoder: mask tokens back in, bidirectional blocks -> per-token head conditions z (b, n, c)."""
+    def decode(self, x: Tensor, idx: Tensor, valid: Tensor, pooled: Tensor | None = None) -> Tensor:
+        """MAE decoder: mask tokens back in, bidirectional blocks -> per-token head conditions z (b, n, c).
+
+        ``pooled`` (b, c_enc), the pooled condition, is required when the model was built with ``decoder_cond``.
+        """
         y = torch.where(valid[..., None], self.decoder_embed(x), self.mask_token.to(x.dtype))
         full = self.mask_token.to(y.dtype).expand(y.shape[0], self.buffer_size + self.seq_len, -1)
         y = full.scatter(1, idx[..., None].expand(-1, -1, y.shape[-1]), y) + self.decoder_pos
+        if self.decoder_cond is not None:
+            if pooled is None:
+                raise ValueError("this MAR was built with decoder_cond=True: pass the pooled condition to decode")
+            y = y + self.decoder_cond(pooled.to(y.dtype))[:, None]
         for blk in self.decoder:
             y = blk(y)
         return self.decoder_norm(y)[:, self.buffer_size :] + self.head_pos
@@ -307,14 +335,20 @@ class MARGenerator(_ContinuousGenerator, Configurable):
 
         tokens (b, n, d) (values under the mask are ignored), mask (b, n) bool, True = unknown -> z (b, n, c).
         """
-        return self.decode(*self.encode(tokens, mask.bool(), self.cond_buffer(cond)))
+        buffer, pooled = self.cond_slots(cond)
+        return self.decode(*self.encode(tokens, mask.bool(), buffer), pooled)
 
     def random_mask(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
-        """MAR's training mask (b, n) bool: one ratio per batch from N(1, 0.25) truncated to [mask_ratio_min, 1],
-        ``ceil(n * ratio)`` masked positions per sample taken from a random order."""
-        lo = torch.special.ndtr(torch.tensor((self.mask_ratio_min - 1.0) / 0.25, dtype=torch.float64))
-        u = lo + (0.5 - lo) * torch.rand((), dtype=torch.float64)
-        ratio = 1.0 + 0.25 * float(torch.special.ndtri(u)) if self.mask_ratio_min < 1 else 1.0
+        """MAR's training mask (b, n) bool: one ratio per batch (``mask_ratio_dist``: N(1, 0.25) truncated to
+        [mask_ratio_min, 1], or ``cos(pi/2 u)`` on the same range), ``ceil(n * ratio)`` masked positions per sample
+        taken from a random order."""
+        if self.mask_ratio_dist == "cosine":
+            u_max = math.acos(self.mask_ratio_min) * 2 / math.pi  # cos(pi/2 u) >= mask_ratio_min for u <= u_max
+            ratio = math.cos(math.pi / 2 * u_max * float(torch.rand((), dtype=torch.float64)))
+        else:
+            lo = torch.special.ndtr(torch.tensor((self.mask_ratio_min - 1.0) / 0.25, dtype=torch.float64))
+            u = lo + (0.5 - lo) * torch.rand((), dtype=torch.float64)
+            ratio = 1.0 + 0.25 * float(torch.special.ndtri(u)) if self.mask_ratio_min < 1 else 1.0
         num = min(self.seq_len, max(1, math.ceil(self.seq_len * ratio)))
         orders = torch.rand(batch_size, self.seq_len, device=device).argsort(dim=1)
         return torch.zeros(batch_size, self.seq_len, dtype=torch.bool, device=device).scatter(1, orders[:, :num], True)
@@ -346,7 +380,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         self.check_cond(cond)
         if max_tokens not in (None, self.seq_len):
             raise ValueError(f"MAR always holds all {self.seq_len} positions; got max_tokens={max_tokens}")
-        return TokenCache(cond.batch_size, self.seq_len, self.token_dim, self.cond_buffer(cond))
+        buffer, pooled = self.cond_slots(cond)
+        return TokenCache(cond.batch_size, self.seq_len, self.token_dim, buffer, pooled)
 
     def step(self, inputs: Tensor, positions: Tensor, cache: TokenCache) -> Tensor:
         """inputs (b, l, d) = tokens at ``positions - 1`` -> z (b, l, c): position p's condition given the
@@ -361,7 +396,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         b, length = positions.shape
         unknown = torch.arange(self.seq_len, device=positions.device) >= positions[..., None]  # b l n
         z = self.decode(*self.encode(cache.tokens.repeat_interleave(length, 0), unknown.flatten(0, 1),
-                                     cache.buffer.repeat_interleave(length, 0)))
+                                     cache.buffer.repeat_interleave(length, 0)),
+                        cache.pooled.repeat_interleave(length, 0))
         return z[torch.arange(b * length, device=z.device), positions.flatten()].unflatten(0, (b, length))
 
 
