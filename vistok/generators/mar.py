@@ -114,12 +114,11 @@ class TokenCache(KVCache):
     pooled condition ``(b, c)`` (read by ``decoder_cond`` models).
     """
 
-    def __init__(self, batch_size: int, max_tokens: int, token_dim: int, buffer: Tensor,
-                 pooled: Tensor | None = None):
+    def __init__(self, batch_size: int, max_tokens: int, token_dim: int, buffer: Tensor, pooled: Tensor):
         super().__init__(0, batch_size, 1, 1, 0, max_tokens, dtype=buffer.dtype, device=buffer.device)
         self.tokens = buffer.new_zeros(batch_size, max_tokens, token_dim)
         self.buffer = buffer
-        self.pooled = buffer[:, -1] if pooled is None else pooled
+        self.pooled = pooled
 
     def clone(self) -> TokenCache:
         new = super().clone()
