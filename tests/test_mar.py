@@ -4,13 +4,15 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 from diffusers import DDPMScheduler
 
 import vistok
 from vistok.decoding import generate
 from vistok.decoding.masked import mask_schedule, sample_masked
 from vistok.generators.heads import DiffLossHead, _mar_respacing
-from vistok.generators.mar import MAR_AR_PRESETS, MAR_PRESETS, MARARGenerator, MARGenerator, patchify, unpatchify
+from vistok.generators.mar import (MAR_AR_PRESETS, MAR_PRESETS, MARARGenerator, MARGenerator, grid_rope, grid_sincos,
+                                  patchify, unpatchify)
 from vistok.hub import from_pretrained, save_pretrained
 from vistok.interfaces import Conditioning, Generator
 
@@ -63,7 +65,8 @@ def test_presets_registered():
 @pytest.mark.parametrize("build", [tiny_mar, tiny_mar_ar, lambda: tiny_mar(num_classes=0, text_dim=12),
                                    lambda: tiny_mar_ar(num_classes=0, text_dim=12), lambda: tiny_mar(num_classes=0),
                                    lambda: tiny_mar(num_classes=0, text_dim=12, decoder_cond=True,
-                                                    mask_ratio_dist="cosine", mask_ratio_min=0.05)])
+                                                    mask_ratio_dist="cosine", mask_ratio_min=0.05),
+                                   lambda: tiny_mar(pos_grid=(2, 4), pos_init="sincos", rope=True)])
 def test_contract_forward_backward_step(build):
     gen = build()
     assert isinstance(gen, Generator) and gen.kind == "continuous" and gen.vocab_size is None
@@ -106,9 +109,9 @@ def test_masked_tokens_are_ignored():
     assert not torch.allclose(gen.predict(tokens + 1, mask, cond), z)
 
 
-@pytest.mark.parametrize("decoder_cond", [False, True])
-def test_mar_step_is_raster_prediction_with_later_tokens_masked(decoder_cond):
-    gen = _randomize(tiny_mar(decoder_cond=decoder_cond))
+@pytest.mark.parametrize("options", [{}, {"decoder_cond": True}, {"rope": True, "pos_grid": (2, 4)}])
+def test_mar_step_is_raster_prediction_with_later_tokens_masked(options):
+    gen = _randomize(tiny_mar(**options))
     tokens, cond = torch.randn(2, 8, 4), Conditioning(labels=torch.tensor([3, -1]))
     cache = gen.new_cache(cond)
     z1 = gen.step(torch.zeros(2, 3, 4), torch.arange(3).expand(2, -1), cache)  # inputs at -1, 0, 1
@@ -206,6 +209,48 @@ def test_decoder_cond_reads_the_pooled_condition():
         gen.decode(x, idx, valid)
 
 
+def test_sincos_position_init_is_a_2d_table_on_the_token_slots():
+    gen = tiny_mar(pos_grid=(2, 4), pos_init="sincos")
+    table = grid_sincos((2, 4), 32)
+    for p in (gen.encoder_pos, gen.decoder_pos):
+        torch.testing.assert_close(p[6:].detach(), table)  # token slots; the 6 buffer slots stay N(0, 0.02)
+        assert p[:6].abs().max() < 0.2
+    # rows share the first half of the channels, columns the second half; neighbours are more alike than far slots
+    assert torch.equal(table[1, :16], table[0, :16]) and torch.equal(table[4, 16:], table[0, 16:])
+    assert torch.dist(table[0], table[1]) < torch.dist(table[0], table[3])
+    assert tiny_mar().encoder_pos.abs().max() < 0.2  # default: MAR's N(0, 0.02)
+
+
+def test_rope_carries_position_when_the_learned_tables_are_zero():
+    """With the learned position tables zeroed, a bidirectional MAR cannot tell which known token sits where
+    (swapping two known tokens leaves z unchanged); with 2-D RoPE it can."""
+    cond = Conditioning(labels=torch.tensor([1]))
+    a, b = torch.randn(1, 4), torch.randn(1, 4)
+
+    def z_after_swap(gen) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            for p in (gen.encoder_pos, gen.decoder_pos, gen.head_pos):
+                p.zero_()
+        mask = torch.tensor([[False, False] + [True] * 6])
+        one, two = torch.zeros(1, 8, 4), torch.zeros(1, 8, 4)
+        one[:, 0], one[:, 1], two[:, 0], two[:, 1] = a, b, b, a
+        return gen.predict(one, mask, cond)[0, 5], gen.predict(two, mask, cond)[0, 5]
+
+    torch.testing.assert_close(*z_after_swap(_randomize(tiny_mar(pos_grid=(2, 4)))), atol=1e-5, rtol=1e-5)
+    with_rope = z_after_swap(_randomize(tiny_mar(pos_grid=(2, 4), rope=True)))
+    assert not torch.allclose(*with_rope, atol=1e-3)
+    assert tiny_mar().rope is False and tiny_mar()._rope(torch.zeros(1, 3, dtype=torch.long), 32, 2) is None
+
+
+def test_grid_rope_leaves_buffer_slots_unrotated():
+    cos, sin = grid_rope(torch.arange(10)[None], (2, 4), 8, offset=2)
+    assert cos.shape == (1, 10, 4)
+    torch.testing.assert_close(cos[0, :3], torch.ones(3, 4))  # buffer slots 0, 1 and token (0, 0)
+    torch.testing.assert_close(sin[0, :3], torch.zeros(3, 4))
+    assert sin[0, 3, 2] != 0 and sin[0, 3, 0] == 0  # token 1 = (row 0, col 1): only the column pairs turn
+    assert sin[0, 6, 0] != 0 and sin[0, 6, 2] == 0  # token 4 = (row 1, col 0): only the row pairs turn
+
+
 def test_patchify_roundtrip():
     x = torch.randn(2, 3, 8, 8)
     tok = patchify(x, 2)
@@ -247,6 +292,10 @@ def test_bad_inputs_raise_clear_errors():
         tiny_mar(num_classes=0, text_dim=8, max_text_len=10)
     with pytest.raises(ValueError, match="not both"):
         tiny_mar(text_dim=8)
+    with pytest.raises(ValueError, match="pos_grid"):
+        tiny_mar(pos_grid=(3, 3))
+    with pytest.raises(ValueError, match="pos_init"):
+        tiny_mar(pos_init="learned")
 
 
 def test_decoding_bad_inputs():

@@ -43,7 +43,7 @@ from vistok.interfaces import (
     check_conditioning,
     drop_conditioning,
 )
-from vistok.layers import Attention
+from vistok.layers import Attention, apply_rope
 from vistok.registry import register_generator
 
 __all__ = ["MARARGenerator", "MARGenerator", "MAR_AR_PRESETS", "MAR_PRESETS", "convert_mar_state_dict",
@@ -64,6 +64,33 @@ def unpatchify(tokens: Tensor, channels: int, patch_size: int = 1) -> Tensor:
     return rearrange(tokens, "b (h w) (c p q) -> b c (h p) (w q)", h=side, c=channels, p=patch_size, q=patch_size)
 
 
+def grid_sincos(grid: tuple[int, int], dim: int) -> Tensor:
+    """2-D sine-cosine position table (rows * cols, dim), raster order (MAE's fixed embedding): the first half of
+    the channels encode the row, the second half the column, each as [sin, cos] over ``dim / 4`` frequencies."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sincos table needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    parts = [torch.cat([(a.flatten()[:, None] * omega).sin(), (a.flatten()[:, None] * omega).cos()], 1)
+             for a in (rows, cols)]
+    return torch.cat(parts, 1).float()
+
+
+def grid_rope(slots: Tensor, grid: tuple[int, int], head_dim: int, offset: int, base: float = 10000.0
+              ) -> tuple[Tensor, Tensor]:
+    """cos/sin (b, l, head_dim / 2) of a 2-D RoPE for sequence ``slots`` (b, l): slot ``offset + j`` is token j at
+    (j // cols, j % cols); half the rotated pairs turn with the row, half with the column.  Slots before
+    ``offset`` (condition buffer) are not rotated."""
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
+    freqs = base ** (-torch.arange(0, head_dim // 2, 2, device=slots.device, dtype=torch.float32) / (head_dim // 2))
+    j = (slots - offset).clamp(min=0)
+    token = (slots >= offset)[..., None]
+    angles = torch.cat([(j // grid[1]).float()[..., None] * freqs, (j % grid[1]).float()[..., None] * freqs], -1)
+    angles = angles * token
+    return angles.cos(), angles.sin()
+
+
 class _Attention(Attention):
     """vistok's attention plus attention-probability dropout (timm ``Attention(attn_drop=...)``)."""
 
@@ -72,8 +99,10 @@ class _Attention(Attention):
         self.attn_dropout = attn_dropout
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
-                slots: Tensor | None = None) -> Tensor:
+                slots: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
         p = self.attn_dropout if self.training else 0.0
@@ -101,8 +130,8 @@ class _Block(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
-                slots: Tensor | None = None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask, cache, layer, slots))
+                slots: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), mask, cache, layer, slots, rope))
         return x + self.mlp(self.norm2(x))
 
 
@@ -221,6 +250,14 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         decoder_cond: vistok option (off = official): add a projection of the pooled condition (class embedding,
             mean text state or the null embedding) to every decoder slot, so masked positions read the condition
             directly instead of only through the encoder's buffer slots.
+        pos_grid: (rows, columns) of the token layout, read by ``pos_init="sincos"`` and ``rope`` (default: a square
+            grid when ``seq_len`` is a square, else one row).  For a 1D tokenizer whose latents are spatial (the
+            shipped tiny TiTok: 8 x 4), give that layout.
+        pos_init: ``"normal"`` (MAR: N(0, 0.02) learned tables) or ``"sincos"`` (vistok option: the token part of
+            the encoder/decoder position tables starts as a unit-scale 2-D sine-cosine table, still learned).  MAR's
+            0.02 tables are drowned by the token and condition vectors until training grows them.
+        rope: vistok option: 2-D rotary embeddings over ``pos_grid`` in every encoder/decoder attention (buffer
+            slots unrotated), so relative position is readable from the first step.
         attn_dropout, proj_dropout: dropout in attention probabilities / after projections and MLPs.
         head_width, head_depth, num_sampling_steps, head_sampler, head_clip_denoised: the :class:`DiffLossHead`
             (``head_clip_denoised`` = its ``clip_denoised``, a sampling-time x0 clamp; None = official).
@@ -237,8 +274,18 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3,
                  num_sampling_steps: int = 100, head_sampler: str = "ddpm", diffusion_batch_mul: int = 4,
                  head_clip_denoised: float | None = None, mask_ratio_dist: str = "truncnorm",
-                 decoder_cond: bool = False):
+                 decoder_cond: bool = False, pos_grid: tuple[int, int] | None = None, pos_init: str = "normal",
+                 rope: bool = False):
         super().__init__()
+        if pos_grid is None:
+            side = math.isqrt(seq_len)
+            pos_grid = (side, side) if side * side == seq_len else (1, seq_len)
+        pos_grid = (int(pos_grid[0]), int(pos_grid[1]))
+        if pos_grid[0] * pos_grid[1] != seq_len:
+            raise ValueError(f"pos_grid {pos_grid} must hold seq_len={seq_len} tokens (rows * columns)")
+        if pos_init not in ("normal", "sincos"):
+            raise ValueError(f"pos_init must be 'normal' (MAR) or 'sincos', got {pos_init!r}")
+        self.pos_grid, self.pos_init, self.rope = pos_grid, pos_init, rope
         if not 0 < mask_ratio_min <= 1:
             raise ValueError(f"mask_ratio_min must be in (0, 1] (MAR: 0.7), got {mask_ratio_min}")
         if mask_ratio_dist not in ("truncnorm", "cosine"):
@@ -274,7 +321,14 @@ class MARGenerator(_ContinuousGenerator, Configurable):
     def initialize_weights(self) -> None:
         for p in (self.null_embed, self.mask_token, self.encoder_pos, self.decoder_pos, self.head_pos):
             nn.init.normal_(p, std=0.02)
+        if self.pos_init == "sincos":
+            with torch.no_grad():
+                for p in (self.encoder_pos, self.decoder_pos):
+                    p[self.buffer_size :] = grid_sincos(self.pos_grid, p.shape[1])
         self._init_linear_and_norms()
+
+    def _rope(self, slots: Tensor, width: int, heads: int) -> tuple[Tensor, Tensor] | None:
+        return grid_rope(slots, self.pos_grid, width // heads, self.buffer_size) if self.rope else None
 
     # -- conditioning ------------------------------------------------------------------------------------------
     def cond_slots(self, cond: Conditioning) -> tuple[Tensor, Tensor]:
@@ -309,8 +363,9 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         valid = torch.arange(idx.shape[1], device=idx.device) < counts[:, None]
         x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
         attn_mask = None if bool(valid.all()) else valid[:, None, None, :]
+        rope = self._rope(idx, x.shape[-1], self.encoder[0].attn.num_heads) if self.encoder else None
         for blk in self.encoder:
-            x = blk(x, attn_mask)
+            x = blk(x, attn_mask, rope=rope)
         return self.encoder_norm(x), idx, valid
 
     def decode(self, x: Tensor, idx: Tensor, valid: Tensor, pooled: Tensor | None = None) -> Tensor:
@@ -325,8 +380,10 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             if pooled is None:
                 raise ValueError("this MAR was built with decoder_cond=True: pass the pooled condition to decode")
             y = y + self.decoder_cond(pooled.to(y.dtype))[:, None]
+        slots = torch.arange(y.shape[1], device=y.device).expand(y.shape[0], -1)
+        rope = self._rope(slots, y.shape[-1], self.decoder[0].attn.num_heads) if self.decoder else None
         for blk in self.decoder:
-            y = blk(y)
+            y = blk(y, rope=rope)
         return self.decoder_norm(y)[:, self.buffer_size :] + self.head_pos
 
     def predict(self, tokens: Tensor, mask: Tensor, cond: Conditioning) -> Tensor:
