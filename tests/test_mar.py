@@ -4,15 +4,23 @@ import math
 
 import pytest
 import torch
-from torch import Tensor
 from diffusers import DDPMScheduler
+from torch import Tensor
 
 import vistok
 from vistok.decoding import generate
 from vistok.decoding.masked import mask_schedule, sample_masked
 from vistok.generators.heads import DiffLossHead, _mar_respacing
-from vistok.generators.mar import (MAR_AR_PRESETS, MAR_PRESETS, MARARGenerator, MARGenerator, grid_rope, grid_sincos,
-                                  patchify, unpatchify)
+from vistok.generators.mar import (
+    MAR_AR_PRESETS,
+    MAR_PRESETS,
+    MARARGenerator,
+    MARGenerator,
+    grid_rope,
+    grid_sincos,
+    patchify,
+    unpatchify,
+)
 from vistok.hub import from_pretrained, save_pretrained
 from vistok.interfaces import Conditioning, Generator
 
