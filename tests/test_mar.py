@@ -223,6 +223,7 @@ def test_sincos_position_init_is_a_2d_table_on_the_token_slots():
     for p in (gen.encoder_pos, gen.decoder_pos):
         torch.testing.assert_close(p[6:].detach(), table)  # token slots; the 6 buffer slots stay N(0, 0.02)
         assert p[:6].abs().max() < 0.2
+    torch.testing.assert_close(gen.head_pos.detach(), table)
     # rows share the first half of the channels, columns the second half; neighbours are more alike than far slots
     assert torch.equal(table[1, :16], table[0, :16]) and torch.equal(table[4, 16:], table[0, 16:])
     assert torch.dist(table[0], table[1]) < torch.dist(table[0], table[3])

@@ -254,7 +254,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             grid when ``seq_len`` is a square, else one row).  For a 1D tokenizer whose latents are spatial (the
             shipped tiny TiTok: 8 x 4), give that layout.
         pos_init: ``"normal"`` (MAR: N(0, 0.02) learned tables) or ``"sincos"`` (vistok option: the token part of
-            the encoder/decoder position tables starts as a unit-scale 2-D sine-cosine table, still learned).  MAR's
+            the encoder/decoder position tables and the head's position table start as a unit-scale 2-D sine-cosine
+            table, still learned).  MAR's
             0.02 tables are drowned by the token and condition vectors until training grows them.
         rope: vistok option: 2-D rotary embeddings over ``pos_grid`` in every encoder/decoder attention (buffer
             slots unrotated), so relative position is readable from the first step.
@@ -325,6 +326,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             with torch.no_grad():
                 for p in (self.encoder_pos, self.decoder_pos):
                     p[self.buffer_size :] = grid_sincos(self.pos_grid, p.shape[1])
+                self.head_pos.copy_(grid_sincos(self.pos_grid, self.head_pos.shape[1]))
         self._init_linear_and_norms()
 
     def _rope(self, slots: Tensor, width: int, heads: int) -> tuple[Tensor, Tensor] | None:
