@@ -43,7 +43,7 @@ from vistok.interfaces import (
     check_conditioning,
     drop_conditioning,
 )
-from vistok.layers import Attention, apply_rope
+from vistok.layers import Attention, apply_rope, rope_table
 from vistok.registry import register_generator
 
 __all__ = ["MARARGenerator", "MARGenerator", "MAR_AR_PRESETS", "MAR_PRESETS", "convert_mar_state_dict",
@@ -79,16 +79,13 @@ def grid_sincos(grid: tuple[int, int], dim: int) -> Tensor:
 def grid_rope(slots: Tensor, grid: tuple[int, int], head_dim: int, offset: int, base: float = 10000.0
               ) -> tuple[Tensor, Tensor]:
     """cos/sin (b, l, head_dim / 2) of a 2-D RoPE for sequence ``slots`` (b, l): slot ``offset + j`` is token j at
-    (j // cols, j % cols); half the rotated pairs turn with the row, half with the column.  Slots before
-    ``offset`` (condition buffer) are not rotated."""
+    (j // cols, j % cols); half the rotated pairs turn with the row, half with the column (:func:`rope_table` on
+    each).  Slots before ``offset`` (condition buffer) sit at (0, 0), i.e. are not rotated."""
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
-    freqs = base ** (-torch.arange(0, head_dim // 2, 2, device=slots.device, dtype=torch.float32) / (head_dim // 2))
     j = (slots - offset).clamp(min=0)
-    token = (slots >= offset)[..., None]
-    angles = torch.cat([(j // grid[1]).float()[..., None] * freqs, (j % grid[1]).float()[..., None] * freqs], -1)
-    angles = angles * token
-    return angles.cos(), angles.sin()
+    (cos_r, sin_r), (cos_c, sin_c) = (rope_table(a, head_dim // 2, base) for a in (j // grid[1], j % grid[1]))
+    return torch.cat([cos_r, cos_c], -1), torch.cat([sin_r, sin_c], -1)
 
 
 class _Attention(Attention):
@@ -255,8 +252,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             shipped tiny TiTok: 8 x 4), give that layout.
         pos_init: ``"normal"`` (MAR: N(0, 0.02) learned tables) or ``"sincos"`` (vistok option: the token part of
             the encoder/decoder position tables and the head's position table start as a unit-scale 2-D sine-cosine
-            table, still learned).  MAR's
-            0.02 tables are drowned by the token and condition vectors until training grows them.
+            table, still learned).  MAR's 0.02 tables are drowned by the token and condition vectors until
+            training grows them.
         rope: vistok option: 2-D rotary embeddings over ``pos_grid`` in every encoder/decoder attention (buffer
             slots unrotated), so relative position is readable from the first step.
         attn_dropout, proj_dropout: dropout in attention probabilities / after projections and MLPs.
