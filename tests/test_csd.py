@@ -15,7 +15,7 @@ from scipy import stats
 from torch import nn
 
 from vistok.decoding import DECODERS, SamplingArgs, continuous, decode_csd, generate
-from vistok.decoding.continuous import DiffusionPaths, decode_car
+from vistok.decoding.continuous import decode_car
 from vistok.generators.heads import DiffLossHead
 from vistok.generators.mar import MARARGenerator, MARGenerator
 from vistok.interfaces import Conditioning, KVCache
@@ -152,7 +152,7 @@ def test_paths_reproduce_the_head_sampler_and_their_density():
             p.normal_(0, 0.3)
     z, z_null = torch.randn(5, 8), torch.randn(5, 8)
     for final_noise in (False, True):
-        paths = DiffusionPaths(head, final_noise=final_noise)
+        paths = head.paths(final_noise=final_noise)
         noise = paths.path_noise(5, torch.Generator().manual_seed(2))
         with torch.no_grad():
             path, logp, _ = paths.path_sample(z, z_null, 2.0, 0.7, noise)
@@ -161,8 +161,8 @@ def test_paths_reproduce_the_head_sampler_and_their_density():
                 torch.testing.assert_close(path[-1].float(), want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
             torch.testing.assert_close(paths.path_log_prob(path, z, z_null, 2.0, 0.7), logp)
     with pytest.raises(ValueError, match="head_sampler='ddpm'"):
-        DiffusionPaths(DiffLossHead(token_dim=3, cond_dim=8, width=16, depth=1, sampler="ddim",
-                                    num_sampling_steps=10), final_noise=True)
+        DiffLossHead(token_dim=3, cond_dim=8, width=16, depth=1, sampler="ddim",
+                     num_sampling_steps=10).paths(final_noise=True)
 
 
 @pytest.mark.parametrize("cfg", [1.0, 2.5])

@@ -9,7 +9,7 @@ from conftest import tiny_ar
 
 from vistok.decoding import DECODERS, SamplingArgs, decode_gsd, decode_mcsjd, decode_sjd, generate
 from vistok.decoding.grouped import gsd_ratio, lantern_neighbours, lantern_ratio
-from vistok.decoding.sampling import Guided
+from vistok.decoding.guidance import Guidance
 from vistok.interfaces import Conditioning, KVCache
 
 EXACT = ["sjd", "mcsjd"]
@@ -175,14 +175,15 @@ def test_cache_rollback_matches_ar_pass(decoder):
     gen = _ar(text=True)
     torch.nn.init.normal_(gen.output.weight, std=0.15)  # some drafts accepted, many rejected
     cond = _cond(True, b=3)
-    rec = Recorder(Guided(gen, 2.0))
+    rec, guidance = Recorder(gen), Guidance(2.0, gen)
     tokens, nfe, extras = decoder(rec, cond, SamplingArgs(1.0, top_k=20), torch.Generator().manual_seed(0),
-                                  window=6)
+                                  window=6, guidance=guidance)
     hist = extras["accepted_hist"]
     assert hist[1] > 0 and sum(hist[2:]) > 0, hist  # a mix of accepts and rejects
-    ref = Guided(gen, 2.0).new_cache(cond)
+    ref = guidance.new_cache(gen, cond)
     n = gen.seq_len
-    Guided(gen, 2.0).step(torch.nn.functional.pad(tokens[:, :-1], (1, 0)), torch.arange(n).expand(3, -1), ref)
+    gen.step(guidance.double(torch.nn.functional.pad(tokens[:, :-1], (1, 0))),
+             guidance.double(torch.arange(n).expand(3, -1)), ref)
     p = ref.prefix_len
     checked = 0
     for lengths, ks, vs in rec.snaps[1:]:

@@ -343,17 +343,19 @@ def test_respacing_rule_and_diffusers_linspace():
 @pytest.mark.parametrize("t_index", [0, 4, 9])
 def test_ddpm_step_equals_diffusers_step(t_index):
     head = _randomize(DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, num_sampling_steps=10))
-    sched = head._sampling_scheduler(10)
+    paths = head.paths(final_noise=False)
     ref = DDPMScheduler.from_config(head.scheduler.config)
-    ref.set_timesteps(timesteps=sched.timesteps.tolist())
+    ref.set_timesteps(timesteps=paths.timesteps)
     ref.alphas_cumprod = head._abar  # same float64 table: the test is about the arithmetic
-    t = int(sched.timesteps[t_index])
+    t = paths.timesteps[t_index]
     x, z = torch.randn(6, 4), torch.randn(6, 8)
     out = head.net(x, torch.full((6,), t), z)
     out = torch.cat([out[:, :4], out[:, 4:].tanh()], 1)  # v in [-1, 1] as a trained head gives
     want = ref.step(out, t, x, generator=torch.Generator().manual_seed(5)).prev_sample
-    got = head._ddpm_step(sched, out, t, x, torch.randn(6, 4, generator=torch.Generator().manual_seed(5)))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    mean, logvar = paths.moments(out, x.double(), torch.full((6,), t_index))
+    noise = torch.randn(6, 4, generator=torch.Generator().manual_seed(5)).double()
+    got = mean if t == 0 else mean + (0.5 * logvar).exp() * noise
+    torch.testing.assert_close(got.float(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_head_sample_noise_temperature_and_cfg():

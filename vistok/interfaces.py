@@ -28,8 +28,16 @@ from torch import Tensor
 __all__ = [
     "Conditioning",
     "Configurable",
+    "CausalGenerator",
+    "CellGenerator",
     "Generator",
     "GeneratorOutput",
+    "HasPaths",
+    "MaskedGenerator",
+    "NeighbourGenerator",
+    "PathDensity",
+    "TokenEmbeddings",
+    "TokenHead",
     "KVCache",
     "Tokenizer",
     "TokenizerOutput",
@@ -373,19 +381,141 @@ class GeneratorOutput:
 
 @runtime_checkable
 class Generator(Protocol):
-    """Tokens from conditions.  Training: ``forward``; decoding: ``new_cache`` then ``step``.
+    """What every generator family has: a training ``forward`` and the sizes decoders and pipelines read.
 
-    ``kind == "discrete"``: ``step`` returns logits ``(B, L, vocab_size)``.
-    ``kind == "continuous"``: ``step`` returns head conditioning vectors; the generator's ``head`` samples.
+    ``kind == "discrete"``: tokens are ``(B, N)`` ids in ``[0, vocab_size)``.  ``kind == "continuous"``: tokens are
+    ``(B, N, token_dim)`` floats.  A generator with ``num_classes`` or ``text_dim`` has a null condition
+    (``Conditioning.null()``), which is what classifier-free guidance needs.  ``default_decoder`` names the decoder
+    ``vistok.decoding.generate`` uses when none is given.
     """
 
     kind: Literal["discrete", "continuous"]
     seq_len: int
-    vocab_size: int | None
-    is_causal: bool
+    num_classes: int
+    text_dim: int
+    default_decoder: str
 
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput: ...
+
+
+# Decoder-facing protocols: one per decoding family.  Decoders in vistok.decoding are typed against these and
+# never import a model family.  Classifier-free guidance is never inside a generator: a decoder runs the
+# conditional and null batches stacked (``Conditioning.cat(cond.null())``, conditional first) through the same
+# calls and mixes the outputs (vistok.decoding.guidance.Guidance).
+
+
+@runtime_checkable
+class CausalGenerator(Protocol):
+    """Token-by-token generators with a truncatable cache (AR, MAR-AR, the toy random-order AR).
+
+    ``step(inputs, positions, cache)`` returns, for every requested position ``p`` (``positions`` ``(B, L)``), the
+    prediction of token ``p`` given the tokens before it: logits ``(B, L, vocab_size)`` (discrete) or the per-token
+    condition ``z`` ``(B, L, C)`` of its ``head`` (continuous).  ``inputs`` holds the token at ``p - 1``
+    (``(B, L)`` ids or ``(B, L, D)`` vectors; ignored at ``p = 0``).  See the module docstring for the cache rules.
+    """
+
+    kind: Literal["discrete", "continuous"]
+    seq_len: int
+    is_causal: bool
 
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache: ...
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor: ...
+
+
+@runtime_checkable
+class NeighbourGenerator(Protocol):
+    """Next-neighbour generators over an ``(H, W)`` grid (NAR), decoded one anti-diagonal per pass.
+
+    ``step_heads(inputs, positions, cache) -> (right, down)``: ``inputs`` ``(B, L)`` are grid tokens at
+    ``positions - 1`` (position 0 is the start slot); ``right`` ``(B, L, V)`` predicts each fed token's right
+    neighbour, ``down`` ``(B, L, V)`` its lower neighbour (None for a one-row grid).
+    """
+
+    grid: tuple[int, int]
+
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache: ...
+
+    def step_heads(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> tuple[Tensor, Tensor | None]: ...
+
+
+@runtime_checkable
+class TokenHead(Protocol):
+    """A per-token sampler ``p(x | z)`` of continuous tokens (MAR's DiffLoss head).
+
+    ``sample(z (R, C), z_null=(R, C) | None, cfg_scale=float | (R,), temperature=, generator=, noise=) -> (R, D)``;
+    guidance is applied inside the sampler (on eps for a diffusion head).
+    """
+
+    token_dim: int
+    num_sampling_steps: int
+
+    def sample(self, z: Tensor, **kwargs) -> Tensor: ...
+
+
+@runtime_checkable
+class PathDensity(Protocol):
+    """A head sampler whose sampling *paths* have a tractable density (what continuous speculative decoding needs).
+
+    Paths are ``(path_len, R, D)`` (the token last); ``path_noise(R, generator)`` draws every Gaussian of ``R``
+    paths; ``path_sample(z, z_null, cfg_scale, temperature, noise) -> (path, log_density (R,), last_std (R, D))``;
+    ``path_log_prob(path, z, z_null, cfg_scale, temperature) -> (R,)``.
+    """
+
+    path_len: int
+
+    def path_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
+
+    def path_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float, temperature: float,
+                    noise: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    def path_log_prob(self, path: Tensor, z: Tensor, z_null: Tensor | None, cfg_scale: float,
+                      temperature: float) -> Tensor: ...
+
+
+@runtime_checkable
+class HasPaths(Protocol):
+    """A head that exposes its sampler's path densities: ``paths(final_noise=...) -> PathDensity``."""
+
+    def paths(self, *, final_noise: bool) -> PathDensity: ...
+
+
+@runtime_checkable
+class MaskedGenerator(Protocol):
+    """Bidirectional masked generators over continuous tokens (MAR): ``predict(tokens (B, N, D), mask (B, N) bool,
+    True = unknown, cond) -> z (B, N, C)``, the head conditions of every position given the known tokens;
+    ``check_cond(cond)`` validates a batch of conditions."""
+
+    seq_len: int
+    token_dim: int
+    head: TokenHead
+
+    def check_cond(self, cond: Conditioning) -> None: ...
+
+    def predict(self, tokens: Tensor, mask: Tensor, cond: Conditioning) -> Tensor: ...
+
+
+@runtime_checkable
+class CellGenerator(Protocol):
+    """Cell-autoregressive flow generators (xAR): ``num_cells`` cells of ``cell_tokens`` tokens, generated in order.
+
+    ``step(inputs (B, L, D), positions, cache, t) -> velocity (B, L, D)`` for whole cells at cell-major positions
+    with per-cell times ``t``; ``to_raster`` maps cell-major tokens back to raster order.
+    """
+
+    num_cells: int
+    cell_tokens: int
+    token_dim: int
+
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache: ...
+
+    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache, t: Tensor | float | None = None) -> Tensor: ...
+
+    def to_raster(self, tokens: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
+class TokenEmbeddings(Protocol):
+    """Optional: a discrete generator's ``(V, D)`` input embedding table (GSD / LANTERN use it as token latents)."""
+
+    def token_embeddings(self) -> Tensor: ...

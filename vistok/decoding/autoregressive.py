@@ -1,32 +1,38 @@
-"""Plain autoregressive decoding: one token per forward pass (NFE = N).  The baseline every speculative
-decoder must reproduce in distribution."""
+"""Plain autoregressive decoding: one token per forward pass (NFE = N).  The baseline every speculative decoder
+must reproduce in distribution.  Causal generators of continuous tokens go to
+:func:`vistok.decoding.continuous.decode_car` (one head draw per pass)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from vistok.decoding.sampling import SamplingArgs, sample_probs
-from vistok.interfaces import Conditioning
+from vistok.decoding.guidance import Guidance
+from vistok.decoding.sampling import SamplingArgs, draw
+from vistok.interfaces import CausalGenerator, Conditioning
+from vistok.progress import track
 
 
 @torch.no_grad()
-def decode_ar(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-              progress: bool = False) -> tuple[Tensor, int]:
-    """Sample ``(B, N)`` tokens one position at a time.  Returns ``(tokens, nfe)``."""
-    cache = generator.new_cache(cond)
+def decode_ar(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
+              rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+              **options) -> tuple[Tensor, int, dict]:
+    """Sample ``(B, N)`` tokens one position at a time.  Returns ``(tokens, nfe, extras)``."""
+    if getattr(generator, "kind", None) == "continuous":
+        from vistok.decoding.continuous import decode_car
+
+        return decode_car(generator, cond, sampling, rng, progress, guidance=guidance, **options)
+    if options:
+        raise ValueError(f"decoder 'ar' got unknown option(s) {sorted(options)}; it takes none")
+    guidance = guidance or Guidance()
+    cache = guidance.new_cache(generator, cond)
     b, n = cond.batch_size, generator.seq_len
     device = cache.lengths.device
     tokens = torch.zeros(b, n, dtype=torch.long, device=device)
     prev = torch.zeros(b, 1, dtype=torch.long, device=device)
-    steps = range(n)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="ar", leave=False)
-    for p in steps:
-        logits = generator.step(prev, torch.full((b, 1), p, device=device), cache)[:, 0]
-        probs = sampling.probs(logits)
-        tokens[:, p] = probs.argmax(-1) if sampling.greedy else sample_probs(probs, rng)
+    for p in track(range(n), progress, desc="ar"):
+        pos = torch.full((b, 1), p, device=device)
+        logits = guidance.mix(generator.step(guidance.double(prev), guidance.double(pos), cache))[:, 0]
+        tokens[:, p] = draw(sampling.probs(logits), sampling, rng)
         prev = tokens[:, p : p + 1]
-    return tokens, n
+    return tokens, n, {"decoder": "ar"}

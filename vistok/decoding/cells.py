@@ -41,8 +41,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vistok.decoding.sampling import Guided, SamplingArgs
-from vistok.interfaces import Conditioning
+from vistok.decoding.guidance import Guidance
+from vistok.decoding.sampling import SamplingArgs
+from vistok.interfaces import CellGenerator, Conditioning
+from vistok.progress import track
 
 __all__ = ["cell_cfg_scales", "decode_cells"]
 
@@ -65,15 +67,7 @@ def _score_from_velocity(v: Tensor, x: Tensor, t: Tensor) -> Tensor:
     return (ratio * v - x) / var
 
 
-def _mix(out: Tensor, scale: float, guided: bool) -> Tensor:
-    """Stacked (cond, null) outputs -> guided output; ``out`` itself without guidance."""
-    if not guided:
-        return out
-    cond, null = out.chunk(2)
-    return cond if scale == 1 else null + scale * (cond - null)
-
-
-def _sde_cell(velocity: Callable, x0: Tensor, num_steps: int, t_min: float, scale: float, guided: bool,
+def _sde_cell(velocity: Callable, x0: Tensor, num_steps: int, t_min: float, scale: float, guidance: Guidance,
               rng: torch.Generator | None) -> Tensor:
     """Euler–Maruyama from t = 1 to ``t_min``, then a mean step to 0.  x0 (b, k, d) -> clean cell, float64."""
     ts = torch.cat([torch.linspace(1.0, t_min, num_steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
@@ -84,13 +78,12 @@ def _sde_cell(velocity: Callable, x0: Tensor, num_steps: int, t_min: float, scal
         eps = None if last else torch.randn(x.shape, generator=rng, dtype=torch.float64, device=x.device)
         v = velocity(x.float(), t, i == 0).to(torch.float64)  # (2b | b) k d
         diffusion = 2 * t
-        xs = torch.cat([x, x]) if guided else x
-        drift = _mix(v - 0.5 * diffusion * _score_from_velocity(v, xs, t), scale, guided)
+        drift = guidance.mix(v - 0.5 * diffusion * _score_from_velocity(v, guidance.double(x), t), scale)
         x = x + dt * drift if last else x + drift * dt + torch.sqrt(diffusion) * (eps * torch.sqrt(dt.abs()))
     return x
 
 
-def _ode_cell(velocity: Callable, x0: Tensor, num_steps: int, scale: float, guided: bool) -> Tensor:
+def _ode_cell(velocity: Callable, x0: Tensor, num_steps: int, scale: float, guidance: Guidance) -> Tensor:
     """Euler over t = linspace(1, 0, num_steps + 1) with diffusers' FlowMatchEulerDiscreteScheduler."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -98,25 +91,25 @@ def _ode_cell(velocity: Callable, x0: Tensor, num_steps: int, scale: float, guid
     scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist(), device=x0.device)
     x = x0
     for i, timestep in enumerate(scheduler.timesteps):
-        v = _mix(velocity(x, scheduler.sigmas[i], i == 0), scale, guided)
+        v = guidance.mix(velocity(x, scheduler.sigmas[i], i == 0), scale)
         x = scheduler.step(v, timestep, x).prev_sample
     return x
 
 
 @torch.no_grad()
-def decode_cells(generator, cond: Conditioning, sampling: SamplingArgs | None = None,
-                 rng: torch.Generator | None = None, progress: bool = False, *, num_steps: int = 40,
-                 cfg_scale: float | None = None, cfg_schedule: str = "linear", method: str = "sde",
-                 t_min: float = 0.04) -> tuple[Tensor, int, dict]:
+def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: SamplingArgs | None = None,
+                 rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+                 num_steps: int = 40, cfg_scale: float | None = None, cfg_schedule: str = "linear",
+                 method: str = "sde", t_min: float = 0.04) -> tuple[Tensor, int, dict]:
     """Sample ``(B, N, D)`` continuous tokens cell by cell (see the module docstring).
 
     Args:
-        generator: a cell-autoregressive generator (``cell_tokens``, ``num_cells``, ``token_dim``, ``new_cache``,
-            ``step(inputs, positions, cache, t)``, ``to_raster``), or a :class:`~vistok.decoding.sampling.Guided`
-            wrapper of one (as :func:`vistok.decoding.generate` passes it), whose scale is then the ``cfg_scale``.
+        generator: a :class:`~vistok.interfaces.CellGenerator` (e.g. XARGenerator).
         cond: the conditions, batch B.
         sampling: only the defaults are accepted (xAR has no temperature or top-k/top-p).
         rng: random generator for the initial noise and the SDE increments (None: torch's global RNG).
+        guidance: classifier-free guidance (its scale is the ``cfg_scale`` of the last cell); or give
+            ``cfg_scale`` directly.
         num_steps: velocity evaluations per cell (official evaluation: 40 for xAR-B, 50 for L/H).
         cfg_scale: classifier-free guidance scale (1 = off); ``cfg_schedule``: ``"linear"`` ramp or ``"constant"``.
         method: ``"sde"`` (official Euler–Maruyama) or ``"ode"`` (Euler through diffusers).
@@ -125,12 +118,10 @@ def decode_cells(generator, cond: Conditioning, sampling: SamplingArgs | None = 
     Returns:
         ``(tokens (B, N, D) raster order, nfe, {"cells": (B, K, k, D), "cfg_scales": [per cell]})``.
     """
-    if isinstance(generator, Guided):
-        if cfg_scale is not None and cfg_scale != generator.scale:
-            raise ValueError(f"cfg_scale={cfg_scale} conflicts with the Guided wrapper's scale {generator.scale}")
-        generator, cfg_scale = generator.inner, generator.scale
-    cfg_scale = 1.0 if cfg_scale is None else float(cfg_scale)
-    if not all(hasattr(generator, a) for a in ("cell_tokens", "num_cells", "to_raster")):
+    if guidance is not None and cfg_scale is not None and cfg_scale != guidance.scale:
+        raise ValueError(f"cfg_scale={cfg_scale} conflicts with the guidance scale {guidance.scale}")
+    cfg_scale = guidance.scale if guidance is not None else 1.0 if cfg_scale is None else cfg_scale
+    if not isinstance(generator, CellGenerator):
         raise ValueError("decoder 'cells' needs a cell-autoregressive generator (e.g. XARGenerator); use 'ar' or a "
                          "speculative decoder for token-by-token generators")
     if not isinstance(num_steps, int) or num_steps < 1:
@@ -142,24 +133,15 @@ def decode_cells(generator, cond: Conditioning, sampling: SamplingArgs | None = 
     if sampling is not None and (sampling.temperature != 1 or sampling.top_k or sampling.top_p not in (None, 1.0)):
         raise ValueError("xAR decoding has no temperature, top_k or top_p (its randomness is the flow's noise); "
                          "leave them at their defaults")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
     scales = cell_cfg_scales(cfg_scale, generator.num_cells, cfg_schedule)
-    guided = any(s != 1 for s in scales)
-    if guided and not (getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)):
-        raise ValueError("cfg_scale != 1 needs a null condition, but this generator is unconditional "
-                         "(num_classes=0, text_dim=0); use cfg_scale=1.0")
+    # every cell runs the stacked batch whenever any cell is guided, so the null cache is complete
+    guidance = Guidance(cfg_scale if any(s != 1 for s in scales) else 1.0, generator)
 
     b, k, d = cond.batch_size, generator.cell_tokens, generator.token_dim
-    cache = generator.new_cache(cond.cat(cond.null()) if guided else cond)
+    cache = guidance.new_cache(generator, cond)
     device = cache.lengths.device
     cells: list[Tensor] = []
-    order = range(generator.num_cells)
-    if progress:
-        from tqdm.auto import tqdm
-
-        order = tqdm(order, desc="cells", leave=False)
-    for c in order:
+    for c in track(range(generator.num_cells), progress, desc="cells"):
         context = cells[-1] if cells else None
 
         def velocity(x: Tensor, t: Tensor, first: bool, c=c, context=context) -> Tensor:
@@ -167,17 +149,16 @@ def decode_cells(generator, cond: Conditioning, sampling: SamplingArgs | None = 
             feed = torch.cat([context, x], dim=1) if first and context is not None else x
             times = torch.full((feed.shape[1] // k,), float(t), dtype=torch.float64, device=device)
             times[:-1] = 0.0  # the context cell is clean
-            if guided:
-                feed = torch.cat([feed, feed])
+            feed = guidance.double(feed)
             start = (c + 1) * k - feed.shape[1]
             positions = torch.arange(start, (c + 1) * k, device=device)
             return generator.step(feed, positions, cache, times.expand(feed.shape[0], -1))[:, -k:]
 
         x0 = torch.randn(b, k, d, generator=rng, device=device)
         if method == "sde":
-            cell = _sde_cell(velocity, x0, num_steps, t_min, scales[c], guided, rng)
+            cell = _sde_cell(velocity, x0, num_steps, t_min, scales[c], guidance, rng)
         else:
-            cell = _ode_cell(velocity, x0, num_steps, scales[c], guided)
+            cell = _ode_cell(velocity, x0, num_steps, scales[c], guidance)
         cells.append(cell.float())
     stacked = torch.stack(cells, dim=1)  # b K k d
     tokens = generator.to_raster(stacked.flatten(1, 2))

@@ -77,27 +77,27 @@ Extras: ``accepted_hist`` (index k = (sample, forward) pairs that accepted k tok
 ``mean_accepted``, ``window``, ``verify``, ``lossless``, ``head_evals``, ``residual_draws`` (positions that needed
 the residual), ``residual_tries``, ``residual_capped``.
 
-Heads: :class:`~vistok.generators.heads.DiffLossHead` (``sampler="ddpm"``) through :class:`DiffusionPaths`, or any
-head object with the same four members (``path_len``, ``path_noise``, ``path_sample``, ``path_log_prob``), e.g. a
-Gaussian toy head.  Legend: b batch, w window, n tokens, d token dim, c condition width, s sampling steps,
+Heads: any :class:`~vistok.interfaces.HasPaths` head (the DiffLoss head with ``sampler="ddpm"``: its
+``paths(final_noise=...)``), or any :class:`~vistok.interfaces.PathDensity` object (e.g. a Gaussian toy head).
+Legend: b batch, w window, n tokens, d token dim, c condition width, s sampling steps,
 L = s + 1 path length, r rows.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+from torch.distributions import Normal
 
-from vistok.decoding.sampling import Guided, SamplingArgs
-from vistok.interfaces import Conditioning
+from vistok.decoding.guidance import Guidance
+from vistok.decoding.sampling import SamplingArgs, no_logit_filters
+from vistok.interfaces import CausalGenerator, Conditioning, HasPaths, PathDensity
+from vistok.progress import progress_bar, track
 
-__all__ = ["DiffusionPaths", "accept_log_ratio", "decode_car", "decode_csd", "path_sampler"]
+__all__ = ["accept_log_ratio", "decode_car", "decode_csd", "path_sampler"]
 
 VERIFY = ("path", "last_step")
 INITS = ("repeat", "zeros")
-_LOG_2PI = math.log(2 * math.pi)
 
 
 def accept_log_ratio(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -109,152 +109,35 @@ def accept_log_ratio(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 
 def _gauss_logpdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """Sum over the last axis of ``log N(x; mean, std^2)``."""
-    return (-0.5 * ((x - mean) / std) ** 2 - std.log() - 0.5 * _LOG_2PI).sum(-1)
+    """Sum over the last axis of ``log N(x; mean, std^2)`` (torch's Normal, no argument validation)."""
+    return Normal(mean, std, validate_args=False).log_prob(x).sum(-1)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Trajectory densities of the DiffLoss head
-# --------------------------------------------------------------------------------------------------------------
-class DiffusionPaths:
-    """The ancestral DDPM sampler of a :class:`~vistok.generators.heads.DiffLossHead`, with path log-densities.
-
-    Same arithmetic as ``DiffLossHead.sample`` (``sampler="ddpm"``): ``x_S ~ N(0, I)``, then per kept timestep
-    ``t`` the posterior mean of the predicted ``x_0`` (CFG on eps) plus ``T * exp(logvar / 2) * noise`` with the
-    learned-range log-variance.  With ``final_noise=False`` the last step (t = 0) returns the mean, as MAR does;
-    with ``final_noise=True`` it adds noise too, with the log-variance ``frac log(beta_0) + (1 - frac) log(v)``,
-    ``v`` the respaced posterior variance of the second-to-last step (IDDPM's clipping).
-
-    Path layout: ``(L, r, d)``, ``path[0]`` the initial noise, ``path[k]`` the state after step ``k``, the token
-    last.  Noise layout: ``(L, r, d)``, ``noise[0]`` initial, ``noise[k]`` the noise of step ``k`` (``noise[:s]``
-    is what ``DiffLossHead.sample(noise=...)`` takes).  ``evals`` counts head-network rows.
-    """
-
-    def __init__(self, head, *, final_noise: bool):
-        if getattr(head, "sampler", "ddpm") != "ddpm":
-            raise ValueError(f"the head samples with sampler={head.sampler!r}, which is deterministic after the "
-                             "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
-        self.head, self.final_noise, self.evals = head, final_noise, 0
-        s = self.steps = head.num_sampling_steps
-        self.path_len, self.token_dim = s + 1, head.token_dim
-        sched = head._sampling_scheduler(s)
-        self.timesteps = [int(t) for t in sched.timesteps.tolist()]
-        abar = head._abar  # float64
-        rows = []
-        for t in self.timesteps:
-            prev = int(sched.previous_timestep(t))
-            a_t, a_prev = float(abar[t]), float(abar[prev]) if prev >= 0 else 1.0
-            beta = 1 - a_t / a_prev
-            post = (1 - a_prev) / (1 - a_t) * beta
-            rows.append([math.sqrt(1 - a_t), math.sqrt(a_t), math.sqrt(a_prev) * beta / (1 - a_t),
-                         math.sqrt(1 - beta) * (1 - a_prev) / (1 - a_t), math.log(beta), post])
-        table = torch.tensor(rows, dtype=torch.float64)
-        post = table[:, 5]
-        post[-1] = post[-2] if s > 1 else table[-1, 4].exp()  # clipped at t = 0 (only used with final_noise)
-        table[:, 5] = post.log()
-        self._table = table  # s x 6: sqrt(1-abar), sqrt(abar), coef_x0, coef_xt, log beta, log post var
-
-    def path_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Every Gaussian draw of ``n`` paths: ``(L, n, d)``."""
-        ref = self.head.input_proj.weight
-        return torch.randn(self.path_len, n, self.token_dim, generator=generator, device=ref.device, dtype=ref.dtype)
-
-    def _moments(self, x: Tensor, k: Tensor, z: Tensor, z_null: Tensor | None,
-                 cfg_scale: float) -> tuple[Tensor, Tensor]:
-        """Float64 mean and log-variance (r, d) of step indices ``k`` (r,) from float64 states ``x`` (r, d).
-
-        The network runs in its own dtype on the rounded state; the step arithmetic stays in float64 so that the
-        path densities of two heads are compared on the same path without float32 cancellation (a random head's
-        states can reach 1e4 while the last step's std is 5e-3)."""
-        tab = self._table.to(x.device)[k]  # r 6
-        t = torch.tensor(self.timesteps, device=x.device)[k]
-        out = self.head.guided_net(x.to(self.head.input_proj.weight.dtype), t, z, z_null, cfg_scale).double()
-        self.evals += x.shape[0] * (2 if z_null is not None and cfg_scale != 1.0 else 1)
-        d = self.token_dim
-        eps, frac = out[:, :d], (out[:, d:] + 1) / 2
-        x0 = (x - tab[:, 0:1] * eps) / tab[:, 1:2]
-        if getattr(self.head, "clip_denoised", None) is not None:
-            x0 = x0.clamp(-self.head.clip_denoised, self.head.clip_denoised)
-        mean = tab[:, 2:3] * x0 + tab[:, 3:4] * x
-        return mean, frac * tab[:, 4:5] + (1 - frac) * tab[:, 5:6]
-
-    def path_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float, temperature: float,
-                    noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample paths ``(L, r, d)`` (float64) from conditions ``z`` (r, c) with ``noise`` (L, r, d).
-
-        Returns ``(path, log_density (r,), last_std (r, d))``: the log-density of the stochastic steps (the
-        initial N(0, I) term left out), evaluated on the stored path exactly as :meth:`path_log_prob` does, and
-        the std of the last step (``T exp(logvar / 2)``, also when it adds no noise).
-        """
-        r = z.shape[0]
-        noise = noise.double()
-        x, path, logp = noise[0], [noise[0]], noise.new_zeros(r)
-        std = noise.new_zeros(r, self.token_dim)
-        for k in range(self.steps):
-            mean, logvar = self._moments(x, torch.full((r,), k, device=z.device), z, z_null, cfg_scale)
-            std = (0.5 * logvar).exp() * temperature
-            if k == self.steps - 1 and not self.final_noise:
-                x = mean
-            else:
-                x = mean + std * noise[k + 1]
-                logp = logp + _gauss_logpdf(x, mean, std)
-            path.append(x)
-        return torch.stack(path), logp, std
-
-    def path_log_prob(self, path: Tensor, z: Tensor, z_null: Tensor | None, cfg_scale: float,
-                      temperature: float) -> Tensor:
-        """Log-density (r,) of paths ``(L, r, d)`` under conditions ``z`` (r, c): one batched pass over all steps."""
-        steps = self.steps if self.final_noise else self.steps - 1
-        r, path = z.shape[0], path.double()
-        if steps == 0:
-            return path.new_zeros(r)
-        k = torch.arange(steps, device=z.device).repeat_interleave(r)  # step-major rows
-        rep = lambda v: None if v is None else v.repeat(steps, 1)
-        mean, logvar = self._moments(path[:steps].flatten(0, 1), k, rep(z), rep(z_null), cfg_scale)
-        std = (0.5 * logvar).exp() * temperature
-        return _gauss_logpdf(path[1 : steps + 1].flatten(0, 1), mean, std).view(steps, r).sum(0)
-
-
-def path_sampler(head, *, final_noise: bool):
-    """The path sampler of a generator's head: :class:`DiffusionPaths` for a DiffLossHead, the head itself if it
-    already has ``path_len``/``path_noise``/``path_sample``/``path_log_prob``."""
-    from vistok.generators.heads import DiffLossHead
-
-    if isinstance(head, DiffLossHead):
-        return DiffusionPaths(head, final_noise=final_noise)
-    if all(hasattr(head, m) for m in ("path_len", "path_noise", "path_sample", "path_log_prob")):
+def path_sampler(head, *, final_noise: bool) -> PathDensity:
+    """The path sampler of a generator's head: ``head.paths(final_noise=...)`` for a head that exposes one (the
+    DiffLoss head), the head itself if it is already a :class:`~vistok.interfaces.PathDensity`."""
+    if isinstance(head, HasPaths):
+        return head.paths(final_noise=final_noise)
+    if isinstance(head, PathDensity):
         return head
-    raise ValueError(f"continuous causal decoding needs a per-token diffusion head with step densities "
-                     f"(DiffLossHead, or an object with path_noise/path_sample/path_log_prob); got "
-                     f"{type(head).__name__}")
+    raise ValueError(f"continuous causal decoding needs a per-token head with step densities (a DiffLoss head, or "
+                     f"an object with path_len/path_noise/path_sample/path_log_prob); got {type(head).__name__}")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Shared checks and the guided head
 # --------------------------------------------------------------------------------------------------------------
-def _unwrap(generator, name: str):
-    """(generator, cfg_scale): CFG is applied inside the head on eps, not to the generator's output."""
-
-    cfg_scale = 1.0
-    if isinstance(generator, Guided):
-        generator, cfg_scale = generator.inner, generator.scale
+def _check_generator(generator, name: str) -> None:
     if getattr(generator, "kind", None) != "continuous":
         raise ValueError(f"decoder {name!r} samples continuous tokens from a diffusion head, but this generator is "
                          f"{getattr(generator, 'kind', 'not a vistok generator')!r}; for discrete token ids use "
                          "decoder='sjd' or 'mcsjd' (speculative, lossless) or 'ar'")
-    if not getattr(generator, "is_causal", False):
+    if not (isinstance(generator, CausalGenerator) and generator.is_causal):
         raise ValueError(f"decoder {name!r} needs a causal continuous generator (e.g. MARARGenerator, preset "
                          f"'mar_ar_tiny'); {type(generator).__name__} is not causal: use decoder='masked' for MAR")
     if not hasattr(generator, "head"):
         raise ValueError(f"decoder {name!r} needs a generator with a per-token diffusion head (`head`); "
                          f"{type(generator).__name__} has none (xAR: use decoder='cells')")
-    return generator, cfg_scale
-
-
-def _check_sampling(sampling: SamplingArgs, name: str) -> None:
-    if sampling.top_k or (sampling.top_p is not None and sampling.top_p < 1):
-        raise ValueError(f"top_k / top_p filter logits; decoder {name!r} samples continuous tokens from a diffusion "
-                         "head: leave them unset (temperature scales the head's step noise)")
 
 
 class _Kernel:
@@ -270,34 +153,23 @@ class _Kernel:
         return self.paths.path_log_prob(path, z, z_null, self.cfg, self.temperature)
 
 
-def _start(generator, cond: Conditioning, cfg_scale: float):
-    cache = generator.new_cache(cond.cat(cond.null()) if cfg_scale != 1.0 else cond)
-    if cfg_scale != 1.0:
-        cache.group = 2
+def _start(generator, cond: Conditioning, guidance: Guidance):
+    """A cache over the (stacked) conditions and ``step(inputs, positions) -> (z, z_null | None)``."""
+    cache = guidance.new_cache(generator, cond)
 
     def step(inputs: Tensor, positions: Tensor) -> tuple[Tensor, Tensor | None]:
-        if cfg_scale == 1.0:
-            return generator.step(inputs, positions, cache), None
-        z = generator.step(torch.cat([inputs, inputs]), torch.cat([positions, positions]), cache)
-        return z.chunk(2)
+        return guidance.split(generator.step(guidance.double(inputs), guidance.double(positions), cache))
 
     return cache, step
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Plain causal AR
 # --------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def decode_car(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-               progress: bool = False, *, final_noise: bool = False, **unknown) -> tuple[Tensor, int, dict]:
+def decode_car(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
+               rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+               final_noise: bool = False, **unknown) -> tuple[Tensor, int, dict]:
     """Causal AR over continuous tokens: ``(tokens (b, n, d), nfe = n, extras)``.
 
     Each position's head draw takes its noise ``(L, b, d)`` from ``rng`` in position order, so
@@ -306,15 +178,15 @@ def decode_car(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
     """
     if unknown:
         raise ValueError(f"decoder 'ar' (continuous) got unknown option(s) {sorted(unknown)}; it takes final_noise=")
-    generator, cfg_scale = _unwrap(generator, "ar")
-    _check_sampling(sampling, "ar")
+    _check_generator(generator, "ar")
+    no_logit_filters(sampling, "ar")
+    guidance = guidance or Guidance()
     paths = path_sampler(generator.head, final_noise=final_noise)
-    kernel = _Kernel(paths, cfg_scale, sampling.temperature)
-    cache, step = _start(generator, cond, cfg_scale)
+    kernel = _Kernel(paths, guidance.scale, sampling.temperature)
+    cache, step = _start(generator, cond, guidance)
     b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
     tokens, prev = None, None
-    bar = _progress(progress, n, "ar")
-    for p in range(n):
+    for p in track(range(n), progress, desc="ar"):
         z, z_null = step(prev if prev is not None else torch.zeros(b, 1, generator.token_dim, device=device),
                          torch.full((b, 1), p, device=device))
         path, _, _ = kernel.sample(z[:, 0], None if z_null is None else z_null[:, 0], paths.path_noise(b, rng))
@@ -322,10 +194,6 @@ def decode_car(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
             tokens = z.new_zeros(b, n, path.shape[-1])
         tokens[:, p] = path[-1].to(tokens.dtype)
         prev = tokens[:, p : p + 1]
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     return tokens, n, {"decoder": "ar", "head_evals": getattr(paths, "evals", 0), "final_noise": final_noise}
 
 
@@ -422,8 +290,9 @@ def _check_options(window, verify: str, init: str, max_resample, inner_temperatu
 
 
 @torch.no_grad()
-def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-               progress: bool = False, *, window: int = 16, verify: str = "path", init: str = "repeat",
+def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
+               rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+               window: int = 16, verify: str = "path", init: str = "repeat",
                align: bool = True, max_resample: int = 100, inner_temperature: float = 1.0,
                **unknown) -> tuple[Tensor, int, dict]:
     """Continuous speculative decoding (see the module docstring for the algorithm and what is exact).
@@ -445,19 +314,20 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
     Returns ``(tokens (b, n, d), nfe, extras)``.
     """
     _check_options(window, verify, init, max_resample, inner_temperature, unknown)
-    generator, cfg_scale = _unwrap(generator, "csd")
-    _check_sampling(sampling, "csd")
+    _check_generator(generator, "csd")
+    no_logit_filters(sampling, "csd")
+    guidance = guidance or Guidance()
     if sampling.temperature <= 0:
         raise ValueError("decoder 'csd' compares step densities, which need noise: temperature must be > 0 "
                          "(for temperature 0 use decoder='ar')")
     exact = verify == "path"
     if exact and inner_temperature != 1.0:
         raise ValueError("inner_temperature only applies to verify='last_step' (it makes the ratio inexact)")
-    if not exact and not hasattr(generator.head, "guided_net"):
+    if not exact and not isinstance(generator.head, HasPaths):
         raise ValueError("verify='last_step' needs a DiffLossHead (MAR's deterministic last step); use verify='path'")
     paths = path_sampler(generator.head, final_noise=exact)
-    kernel = _Kernel(paths, cfg_scale, sampling.temperature)
-    cache, step = _start(generator, cond, cfg_scale)
+    kernel = _Kernel(paths, guidance.scale, sampling.temperature)
+    cache, step = _start(generator, cond, guidance)
     b, n, d, device = cond.batch_size, generator.seq_len, generator.token_dim, cache.lengths.device
     w, ell, f64 = min(window, n), paths.path_len, torch.float64
     cols = torch.arange(w, device=device)[None]  # 1 w
@@ -474,7 +344,7 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
     hist = torch.zeros(w + 1, dtype=torch.long, device=device)
     nfe_per_sample = torch.zeros(b, dtype=torch.long, device=device)
     nfe, res_draws, res_tries, res_capped = 0, 0, 0, 0
-    bar = _progress(progress, n, "csd")
+    bar = progress_bar(progress, total=n, desc="csd")
     while True:
         active = acc < n
         if not bool(active.any()):
@@ -545,12 +415,11 @@ def decode_csd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
                 seq[rb, rp] = tgt[rb, rc].to(seq.dtype)
         new_acc = torch.where(first < w, start + first + 1, start + w)
         hist += torch.bincount((new_acc - acc)[active], minlength=w + 1)
-        if bar is not None:
+        if progress:
             bar.update(int(new_acc.min()) - int(acc.min()))
         acc, front = new_acc, start + w
         cache.truncate(acc)
-    if bar is not None:
-        bar.close()
+    bar.close()
     counts = hist.tolist()
     extras = {"decoder": "csd", "window": w, "verify": verify, "lossless": exact, "accepted_hist": counts,
               "nfe_per_sample": nfe_per_sample.tolist(),

@@ -16,19 +16,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vistok.decoding.guidance import Guidance
 from vistok.decoding.jacobi import _check_common, check_generator, jacobi_decode
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import Conditioning
+from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings
 
 __all__ = ["decode_gsd", "decode_lantern", "gsd_ratio", "lantern_neighbours", "lantern_ratio"]
 
 
 def _token_table(generator, given: Tensor | None, option: str, vocab: int, name: str) -> Tensor | None:
-    """The (V, D) table passed as ``option``, else the generator's input embedding (``tok_embed``), else None."""
+    """The (V, D) table passed as ``option``, else the generator's ``token_embeddings()``, else None."""
     if given is None:
-        inner = getattr(generator, "inner", generator)  # unwrap classifier-free guidance
-        emb = getattr(inner, "tok_embed", None)
-        return None if emb is None else emb.weight.detach().float()
+        return generator.token_embeddings().detach().float() if isinstance(generator, TokenEmbeddings) else None
     if not isinstance(given, Tensor) or given.ndim != 2 or given.shape[0] != vocab:
         shape = tuple(given.shape) if isinstance(given, Tensor) else type(given).__name__
         raise ValueError(f"{name}: {option} must be a ({vocab}, D) tensor (one row per token id), got {shape}")
@@ -64,8 +63,9 @@ def gsd_ratio(p: Tensor, q: Tensor, x: Tensor, *, group_rank: int, p_thr: float,
     return (p_g * keep).sum(-1) / (q_g * keep).sum(-1).clamp_min(1e-30)
 
 
-def decode_gsd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-               progress: bool = False, *, window: int = 16, init: str = "random", group_rank: int = 7,
+def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
+               rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+               window: int = 16, init: str = "random", group_rank: int = 7,
                p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None,
                **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
@@ -83,7 +83,7 @@ def decode_gsd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
         p_thr: probability filter (``> 0``).
         d_thr: squared-L2 embedding-distance filter (``> 0``).
         embeddings: ``(V, D)`` token embeddings for the distance filter; default the generator's
-            ``tok_embed.weight`` if it has one, else no distance filter.
+            ``token_embeddings()`` if it has one, else no distance filter.
     """
     _check_common("gsd", window, init, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
     vocab = check_generator(generator, "gsd")
@@ -97,7 +97,7 @@ def decode_gsd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
         return gsd_ratio(p, q, x, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
 
     return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=False,
-                         ratio=ratio, lossless=group_rank == 0, progress=progress)
+                         ratio=ratio, lossless=group_rank == 0, progress=progress, guidance=guidance)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,8 +137,9 @@ def lantern_ratio(p: Tensor, q: Tensor, x: Tensor, *, neighbours: Tensor, delta:
     return (p_x + added) / q_x.clamp_min(1e-30)
 
 
-def decode_lantern(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-                   progress: bool = False, *, window: int = 16, init: str = "random", latents: Tensor | None = None,
+def decode_lantern(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
+                   rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+                   window: int = 16, init: str = "random", latents: Tensor | None = None,
                    k: int = 1000, delta: float = 0.1, **unknown) -> tuple[Tensor, int, dict]:
     """LANTERN-style relaxed acceptance on SJD drafts (arXiv 2410.03355).  **NOT lossless** (each accepted
     token's distribution is within total variation ``delta`` of the target's, per position).
@@ -150,7 +151,7 @@ def decode_lantern(generator, cond: Conditioning, sampling: SamplingArgs, rng: t
     Args:
         window, init: as for :func:`~vistok.decoding.jacobi.decode_sjd`.
         latents: ``(V, D)`` latent vector of each token id, e.g. the tokenizer codebook
-            (``tokenizer.quantizer.codebook()``); default the generator's ``tok_embed.weight``.
+            (``tokenizer.quantizer.codebook()``); default the generator's ``token_embeddings()``.
         k: neighbours considered (capped at ``V - 1``).
         delta: neighbour-mass (TV) budget, ``>= 0`` (0 = plain SJD).
     """
@@ -163,11 +164,11 @@ def decode_lantern(generator, cond: Conditioning, sampling: SamplingArgs, rng: t
     table = _token_table(generator, latents, "latents", vocab, "lantern")
     if table is None:
         raise ValueError("lantern needs latents=(V, D) token latents (e.g. tokenizer.quantizer.codebook()); "
-                         "this generator has no tok_embed to fall back on")
+                         "this generator has no token_embeddings() to fall back on")
     nb = lantern_neighbours(table, k)
 
     def ratio(p, q, x):
         return lantern_ratio(p, q, x, neighbours=nb, delta=delta)
 
     return jacobi_decode(generator, cond, sampling, rng, name="lantern", window=window, init=init, coupled=False,
-                         ratio=ratio, lossless=delta == 0, progress=progress)
+                         ratio=ratio, lossless=delta == 0, progress=progress, guidance=guidance)

@@ -49,8 +49,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vistok.decoding.sampling import SamplingArgs, sample_probs
-from vistok.interfaces import Conditioning
+from vistok.decoding.guidance import Guidance
+from vistok.decoding.sampling import SamplingArgs, draw
+from vistok.interfaces import CausalGenerator, Conditioning
+from vistok.progress import progress_bar
 
 __all__ = ["accept_ratio", "decode_mcsjd", "decode_sjd", "jacobi_decode"]
 
@@ -72,18 +74,16 @@ def _standard_ratio(p: Tensor, q: Tensor, x: Tensor) -> Tensor:
 
 def check_generator(generator, name: str) -> int:
     """Raise a ValueError unless ``generator`` is a causal discrete-token generator; return its vocab size."""
-    from vistok.decoding import DECODERS  # late import: the registry imports this module
-
-    others = sorted(k for k in DECODERS if k not in JACOBI_DECODERS)
     if getattr(generator, "kind", None) == "continuous":
         raise ValueError(
             f"decoder {name!r} verifies discrete token ids, but this generator is continuous (kind='continuous'); "
-            f"use a decoder made for it (available: {others}): decoder='csd' (continuous speculative decoding) "
-            "or decoder='ar' for causal continuous generators such as mar_ar_tiny")
-    if not getattr(generator, "is_causal", False):
+            "use decoder='csd' (continuous speculative decoding) or decoder='ar' for causal continuous generators "
+            "such as mar_ar_tiny, or the generator's own default decoder")
+    if not (isinstance(generator, CausalGenerator) and generator.is_causal):
         raise ValueError(
-            f"decoder {name!r} verifies a window of drafts in one causal forward pass and needs a generator "
-            f"with is_causal=True; this one is not causal: use its own decoder instead (available: {others})")
+            f"decoder {name!r} verifies a window of drafts in one causal forward pass and needs a causal generator "
+            f"(new_cache + step, is_causal=True); {type(generator).__name__} is not: use its own decoder "
+            f"(decoder={getattr(generator, 'default_decoder', 'ar')!r})")
     v = getattr(generator, "vocab_size", None)
     if not v:
         raise ValueError(f"decoder {name!r} needs generator.vocab_size (the number of token ids)")
@@ -104,7 +104,7 @@ def _check_common(name: str, window, init: str, unknown: dict, known: str) -> No
 def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None, *,
                   name: str, window: int, init: str, coupled: bool,
                   ratio: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, lossless: bool = True,
-                  progress: bool = False) -> tuple[Tensor, int, dict]:
+                  progress: bool = False, guidance: Guidance | None = None) -> tuple[Tensor, int, dict]:
     """The shared speculative Jacobi loop (see the module docstring).
 
     Args:
@@ -115,7 +115,8 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
     """
     v = check_generator(generator, name)
     ratio = ratio or _standard_ratio
-    cache = generator.new_cache(cond)
+    guidance = guidance or Guidance()
+    cache = guidance.new_cache(generator, cond)
     b, n = cond.batch_size, generator.seq_len
     device = cache.lengths.device
     w = min(window, n)
@@ -128,11 +129,7 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
     hist = torch.zeros(w + 1, dtype=torch.long, device=device)
     nfe_per_sample = torch.zeros(b, dtype=torch.long, device=device)
     nfe = 0
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc=name, leave=False)
+    bar = progress_bar(progress, total=n, desc=name)
     while True:
         active = acc < n
         if not bool(active.any()):
@@ -150,7 +147,7 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
             seq.scatter_(1, pos, torch.where(fresh, fill, seq.gather(1, pos)))
         # -- one forward pass over [token at pos - 1] for the whole window
         inputs = seq.gather(1, (pos - 1).clamp(min=0))
-        logits = generator.step(inputs, pos, cache)
+        logits = guidance.mix(generator.step(guidance.double(inputs), guidance.double(pos), cache))
         nfe += 1
         nfe_per_sample += active.long()
         p = sampling.probs(logits)  # b w v
@@ -176,19 +173,18 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         after = cols > first[:, None]
         use_resid = (cols == first[:, None]) | (after if coupled else torch.zeros_like(after))
         dist = torch.where(use_resid[..., None], resid, p)
-        draw = dist.argmax(-1) if sampling.greedy else sample_probs(dist, rng)
+        new = draw(dist, sampling, rng)
         if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
-            draw = torch.where(after & passed if ratio is _standard_ratio
-                               else after & has & (r < _standard_ratio(p, q, x)), x, draw)
-        seq.scatter_(1, pos, torch.where(cols >= first[:, None], draw, x))
+            new = torch.where(after & passed if ratio is _standard_ratio
+                              else after & has & (r < _standard_ratio(p, q, x)), x, new)
+        seq.scatter_(1, pos, torch.where(cols >= first[:, None], new, x))
         new_acc = torch.where(first < w, start + first + 1, start + w)
         hist += torch.bincount((new_acc - acc)[active], minlength=w + 1)
-        if bar is not None:
+        if progress:
             bar.update(int(new_acc.min()) - int(acc.min()))
         acc, front, s_prev, p_prev = new_acc, start + w, start, p
         cache.truncate(acc)
-    if bar is not None:
-        bar.close()
+    bar.close()
     counts = hist.tolist()
     forwards = max(1, sum(counts))
     extras = {"decoder": name, "window": w, "lossless": lossless, "accepted_hist": counts,
@@ -197,9 +193,9 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
     return seq, nfe, extras
 
 
-def decode_sjd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-               progress: bool = False, *, window: int = 16, init: str = "random",
-               **unknown) -> tuple[Tensor, int, dict]:
+def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
+               rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+               window: int = 16, init: str = "random", **unknown) -> tuple[Tensor, int, dict]:
     """Speculative Jacobi decoding (arXiv 2410.01699).  Lossless w.r.t. the processed AR sampler.
 
     Args:
@@ -211,12 +207,12 @@ def decode_sjd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
     """
     _check_common("sjd", window, init, unknown, "window=, init=")
     return jacobi_decode(generator, cond, sampling, rng, name="sjd", window=window, init=init, coupled=False,
-                         progress=progress)
+                         progress=progress, guidance=guidance)
 
 
-def decode_mcsjd(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-                 progress: bool = False, *, window: int = 16, init: str = "random",
-                 **unknown) -> tuple[Tensor, int, dict]:
+def decode_mcsjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
+                 rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+                 window: int = 16, init: str = "random", **unknown) -> tuple[Tensor, int, dict]:
     """SJD with maximally coupled drafts (MC-SJD / speculative coupled decoding, arXiv 2510.24211).  Lossless.
 
     Identical to :func:`decode_sjd` except after the first rejection: there each old draft is kept if it passes
@@ -226,4 +222,4 @@ def decode_mcsjd(generator, cond: Conditioning, sampling: SamplingArgs, rng: tor
     """
     _check_common("mcsjd", window, init, unknown, "window=, init=")
     return jacobi_decode(generator, cond, sampling, rng, name="mcsjd", window=window, init=init, coupled=True,
-                         progress=progress)
+                         progress=progress, guidance=guidance)

@@ -25,8 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from vistok.decoding.sampling import Guided, SamplingArgs
-from vistok.interfaces import Conditioning
+from vistok.decoding.guidance import Guidance
+from vistok.decoding.sampling import SamplingArgs, no_logit_filters
+from vistok.interfaces import Conditioning, MaskedGenerator
+from vistok.progress import track
 
 __all__ = ["decode_masked", "mask_schedule", "sample_masked"]
 
@@ -44,11 +46,11 @@ def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_masked(generator, cond: Conditioning, *, num_iter: int = 64, cfg_scale: float = 1.0,
+def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: int = 64, cfg_scale: float = 1.0,
                   cfg_schedule: str = "linear", temperature: float = 1.0, rng: torch.Generator | None = None,
                   orders: Tensor | None = None, head_noise: Callable[[int, int], Tensor] | None = None,
                   progress: bool = False) -> tuple[Tensor, dict]:
-    """Sample continuous tokens (b, n, d) from a masked generator (e.g. :class:`~vistok.generators.mar.MARGenerator`).
+    """Sample continuous tokens (b, n, d) from a :class:`~vistok.interfaces.MaskedGenerator` (e.g. MAR).
 
     Args:
         generator: has ``predict(tokens, mask, cond)``, ``head.sample``, ``seq_len``, ``token_dim``.
@@ -64,37 +66,27 @@ def sample_masked(generator, cond: Conditioning, *, num_iter: int = 64, cfg_scal
     Returns:
         ``(tokens, {"orders": (b, n), "revealed": (num_iter, b, n) bool, "head_nfe": head network calls})``.
     """
-    for name in ("predict", "head", "seq_len", "token_dim"):
-        if not hasattr(generator, name):
-            raise ValueError(f"masked decoding needs a masked continuous generator (e.g. MARGenerator) with "
-                             f"`{name}`; {type(generator).__name__} has none")
+    if not isinstance(generator, MaskedGenerator):
+        raise ValueError(f"masked decoding needs a masked continuous generator (predict, head, seq_len, token_dim; "
+                         f"e.g. MARGenerator); {type(generator).__name__} is not one")
     schedule = mask_schedule(generator.seq_len, num_iter)
     if cfg_schedule not in ("linear", "constant"):
         raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
-    guided = cfg_scale != 1.0
-    if guided and not (getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)):
-        raise ValueError("cfg_scale != 1 needs a conditional generator with a null condition (num_classes or "
-                         "text_dim > 0, trained with cond_dropout > 0); use cfg_scale=1.0")
-    generator.check_cond(cond)
+    guidance = Guidance(cfg_scale, generator)
     b, n, d = cond.batch_size, generator.seq_len, generator.token_dim
-    device = generator.null_embed.device
+    full = guidance.condition(cond)
+    generator.check_cond(cond)
+    ref = next(generator.parameters())
     if orders is None:
-        orders = torch.rand(b, n, generator=rng, device=device).argsort(dim=1)
+        orders = torch.rand(b, n, generator=rng, device=ref.device).argsort(dim=1)
     elif orders.shape != (b, n):
         raise ValueError(f"orders must have shape ({b}, {n}), got {tuple(orders.shape)}")
-    full = cond.cat(cond.null()) if guided else cond
-    tokens = torch.zeros(b, n, d, device=device, dtype=generator.null_embed.dtype)
-    unknown = torch.ones(b, n, dtype=torch.bool, device=device)
+    tokens = torch.zeros(b, n, d, device=ref.device, dtype=ref.dtype)
+    unknown = torch.ones(b, n, dtype=torch.bool, device=ref.device)
     revealed, head_nfe = [], 0
-    steps = range(num_iter)
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="mar", leave=False)
-    for k in steps:
-        z = generator.predict(tokens.repeat(2, 1, 1) if guided else tokens, unknown.repeat(2, 1) if guided else unknown,
-                              full)
-        z_cond, z_null = z.chunk(2) if guided else (z, None)
+    for k in track(range(num_iter), progress, desc="mar"):
+        z = generator.predict(guidance.double(tokens), guidance.double(unknown), full)
+        z_cond, z_null = guidance.split(z)
         keep = schedule[k]
         still = torch.zeros_like(unknown).scatter(1, orders[:, :keep], True) if keep else torch.zeros_like(unknown)
         now = unknown & ~still  # (b, n): revealed at this step
@@ -106,29 +98,24 @@ def sample_masked(generator, cond: Conditioning, *, num_iter: int = 64, cfg_scal
             tokens[rows] = generator.head.sample(z_cond[rows], z_null=None if z_null is None else z_null[rows],
                                                  cfg_scale=scale, temperature=temperature, generator=rng,
                                                  noise=noise).to(tokens.dtype)
-            head_nfe += generator.head.num_sampling_steps * (2 if guided and scale != 1.0 else 1)
+            head_nfe += generator.head.num_sampling_steps * (2 if guidance.active and scale != 1.0 else 1)
         revealed.append(now)
         unknown = still
     return tokens, {"orders": orders, "revealed": torch.stack(revealed), "head_nfe": head_nfe}
 
 
-def decode_masked(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-                  progress: bool = False, *, num_iter: int = 64, cfg_schedule: str = "linear",
-                  **unknown) -> tuple[Tensor, int, dict]:
+def decode_masked(generator: MaskedGenerator, cond: Conditioning, sampling: SamplingArgs,
+                  rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+                  num_iter: int = 64, cfg_schedule: str = "linear", **unknown) -> tuple[Tensor, int, dict]:
     """:data:`vistok.decoding.DECODERS` entry ``"masked"``: ``(tokens (b, n, d), nfe = num_iter, extras)``.
 
-    ``generate(..., cfg_scale=s)`` arrives here as a :class:`Guided` wrapper; the scale is applied inside the
-    diffusion head instead (MAR guides eps, not the generator output).  ``temperature`` scales the head noise;
-    ``top_k``/``top_p`` do not apply to a continuous head.
+    The guidance scale is applied inside the diffusion head (MAR guides eps, not the generator output), ramped by
+    ``cfg_schedule``.  ``temperature`` scales the head noise; ``top_k``/``top_p`` do not apply to a continuous head.
     """
     if unknown:
         raise ValueError(f"decoder 'masked' got unknown option(s) {sorted(unknown)}; it takes num_iter, cfg_schedule")
-    if sampling.top_k or (sampling.top_p is not None and sampling.top_p < 1):
-        raise ValueError("top_k / top_p filter logits; the masked decoder samples continuous tokens from a "
-                         "diffusion head: leave them unset")
-    cfg_scale = 1.0
-    if isinstance(generator, Guided):
-        generator, cfg_scale = generator.inner, generator.scale
-    tokens, extras = sample_masked(generator, cond, num_iter=num_iter, cfg_scale=cfg_scale, cfg_schedule=cfg_schedule,
-                                   temperature=sampling.temperature, rng=rng, progress=progress)
+    no_logit_filters(sampling, "masked")
+    tokens, extras = sample_masked(generator, cond, num_iter=num_iter, cfg_scale=(guidance or Guidance()).scale,
+                                   cfg_schedule=cfg_schedule, temperature=sampling.temperature, rng=rng,
+                                   progress=progress)
     return tokens, num_iter, extras

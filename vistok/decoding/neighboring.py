@@ -3,19 +3,12 @@
 Paper: He et al., "Neighboring Autoregressive Modeling for Efficient Visual Generation", arXiv 2503.10696
 (reference: github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/generate.py``).
 
-Works over any generator with the *neighbour protocol* (:class:`vistok.generators.nar.NARGenerator`):
-
-* ``grid``: ``(H, W)``;
-* ``new_cache(cond) -> KVCache``;
-* ``step_heads(inputs, positions, cache) -> (right, down)``: ``inputs`` (b, l) are grid tokens ``positions - 1``
-  (position 0 is the start/condition slot); ``right`` (b, l, v) predicts each fed token's right neighbour,
-  ``down`` (b, l, v) its lower neighbour (None when the grid has one row).
+Works over any :class:`vistok.interfaces.NeighbourGenerator` (``grid``, ``new_cache``, ``step_heads``).
 
 Pass ``d`` feeds the tokens of anti-diagonal ``d - 1`` (the start slot for ``d = 0``) in increasing row order and
 samples all of diagonal ``d`` at once.  A token with both neighbours decoded takes the mean of the two heads'
 logits, first-row tokens the right head, first-column tokens the down head, the top-left token the mean of both
-heads at the start slot.  Guidance (a :class:`~vistok.decoding.sampling.Guided` wrapper from
-:func:`vistok.decoding.generate`) mixes the *combined* logits, then temperature / top-k / top-p apply per token.
+heads at the start slot.  Guidance mixes the *combined* logits, then temperature / top-k / top-p apply per token.
 
 Legend: b batch, k tokens of one diagonal, l fed tokens, v vocab.
 """
@@ -25,8 +18,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vistok.decoding.sampling import Guided, SamplingArgs, sample_probs
-from vistok.interfaces import Conditioning
+from vistok.decoding.guidance import Guidance
+from vistok.decoding.sampling import SamplingArgs, draw
+from vistok.interfaces import Conditioning, NeighbourGenerator
+from vistok.progress import track
 
 
 def diagonal_schedule(height: int, width: int) -> list[list[int]]:
@@ -54,16 +49,17 @@ def neighbour_logits(right: Tensor, down: Tensor | None, from_right: list[int], 
 
 
 @torch.no_grad()
-def decode_nar(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None = None,
-               progress: bool = False, cfg_interval: int = -1,
-               record: bool = False) -> tuple[Tensor, int, dict]:
+def decode_nar(generator: NeighbourGenerator, cond: Conditioning, sampling: SamplingArgs,
+               rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
+               cfg_interval: int = -1, record: bool = False) -> tuple[Tensor, int, dict]:
     """Sample ``(B, H * W)`` raster tokens one anti-diagonal per forward pass.
 
     Args:
-        generator: a neighbour-protocol generator, or a ``Guided`` wrapper of one (classifier-free guidance).
+        generator: a neighbour-protocol generator.
         cond: conditions, batch B.
         sampling: temperature / top-k / top-p (temperature 0 = greedy).
         rng: random generator for sampling.
+        guidance: classifier-free guidance; it mixes the *combined* logits.
         cfg_interval: stop guiding once more than this many tokens are decoded (-1: guide throughout).
         record: keep per-pass inputs, raw heads and combined pre-guidance logits in ``extras["steps"]``.
 
@@ -71,26 +67,18 @@ def decode_nar(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
         ``(tokens, nfe, extras)``: tokens (B, N), ``nfe = H + W - 1``, ``extras["schedule"]`` the raster indices
         decoded at each pass.
     """
-    guided = isinstance(generator, Guided)
-    net, scale = (generator.inner, generator.scale) if guided else (generator, 1.0)
-    if not (hasattr(net, "step_heads") and hasattr(net, "grid")):
+    if not isinstance(generator, NeighbourGenerator):
         raise ValueError(f"decoder 'nar' needs a neighbouring-AR generator (grid + step_heads, e.g. NARGenerator); "
-                         f"{type(net).__name__} has none: use decoder='ar'")
-    if guided and getattr(net, "cond_dropout", 1.0) <= 0:
-        raise ValueError("cfg_scale != 1 needs a null condition learned with cond_dropout > 0; this generator was "
-                         "built with cond_dropout=0, use cfg_scale=1.0")
-    h, w = net.grid
-    cache = generator.new_cache(cond)
-    b, copies = cond.batch_size, 2 if guided else 1
+                         f"{type(generator).__name__} has none: use decoder='ar'")
+    guidance = guidance or Guidance()
+    h, w = generator.grid
+    cache = guidance.new_cache(generator, cond)
+    b = cond.batch_size
     device = cache.lengths.device
     tokens = torch.zeros(b, h * w, dtype=torch.long, device=device)
     schedule = diagonal_schedule(h, w)
-    steps, log, done = enumerate(schedule), [], 0
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, total=len(schedule), desc="nar", leave=False)
-    for d, cells in steps:
+    log, done = [], 0
+    for d, cells in track(enumerate(schedule), progress, total=len(schedule), desc="nar"):
         if d == 0:  # the start slot predicts the top-left token with both heads
             fed, from_right, from_down = [-1], [0], [0]
         else:  # diagonal d - 1 predicts diagonal d
@@ -98,17 +86,12 @@ def decode_nar(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch
             slot = {q: j for j, q in enumerate(fed)}
             from_right = [slot[q - 1] if q % w else -1 for q in cells]
             from_down = [slot[q - w] if q >= w else -1 for q in cells]
-        positions = torch.tensor(fed, device=device).add(1).expand(b * copies, -1)
-        inputs = tokens[:, [max(q, 0) for q in fed]].repeat(copies, 1)
-        right, down = net.step_heads(inputs, positions, cache)
+        positions = guidance.double(torch.tensor(fed, device=device).add(1).expand(b, -1))
+        inputs = guidance.double(tokens[:, [max(q, 0) for q in fed]])
+        right, down = generator.step_heads(inputs, positions, cache)
         logits = neighbour_logits(right, down, from_right, from_down)  # (b * copies) k v
-        if guided:
-            c, u = logits.chunk(2)
-            mixed = u + scale * (c - u) if cfg_interval < 0 or done <= cfg_interval else c
-        else:
-            mixed = logits
-        probs = sampling.probs(mixed)
-        tokens[:, cells] = probs.argmax(-1) if sampling.greedy else sample_probs(probs, rng)
+        mixed = guidance.mix(logits, None if cfg_interval < 0 or done <= cfg_interval else 1.0)
+        tokens[:, cells] = draw(sampling.probs(mixed), sampling, rng)
         done += len(cells)
         if record:
             log.append(dict(cells=cells, positions=positions, inputs=inputs, right=right, down=down, logits=logits))

@@ -1,21 +1,18 @@
-"""Sampling filters on logits and classifier-free guidance, shared by every decoder.
+"""Sampling filters on logits, shared by every decoder of discrete tokens.
 
-Filters are plain functions in :data:`FILTERS` (a name or a callable is accepted where a filter is taken).
-Every decoder samples from the *processed* distribution: CFG mix -> temperature -> top-k -> top-p.
-Speculative decoders compare processed distributions, so they are lossless w.r.t. exactly this sampler.
+Every decoder samples from the *processed* distribution: CFG mix (:mod:`vistok.decoding.guidance`) -> temperature
+-> top-k -> top-p.  Speculative decoders compare processed distributions, so they are lossless w.r.t. exactly this
+sampler.
 
 Legend: b batch, l positions, v vocab.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-from vistok.interfaces import Conditioning, KVCache
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
@@ -35,9 +32,6 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     drop_sorted = (cum - sorted_logits.softmax(-1)) >= p  # mass before this token already reaches p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
-
-
-FILTERS: dict[str, Callable[[Tensor, float], Tensor]] = {"top_k": top_k_filter, "top_p": top_p_filter}
 
 
 @dataclass
@@ -91,37 +85,13 @@ def sample_probs(probs: Tensor, generator: torch.Generator | None = None) -> Ten
     return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
 
 
-class Guided:
-    """Classifier-free guidance as a generator wrapper: same protocol, guided logits.
-
-    The batch is doubled (cond, then null) in one forward pass (one NFE) and the logits are mixed as
-    ``u + scale * (c - u)``.  Decoders stay unaware of guidance.
-    """
-
-    def __init__(self, generator, scale: float):
-        self.inner, self.scale = generator, scale
-        self.kind, self.seq_len, self.is_causal = generator.kind, generator.seq_len, generator.is_causal
-        self.vocab_size = getattr(generator, "vocab_size", None)
-
-    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
-        cache = self.inner.new_cache(cond.cat(cond.null()), max_tokens)
-        cache.group = 2
-        return cache
-
-    def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
-        out = self.inner.step(torch.cat([inputs, inputs]), torch.cat([positions, positions]), cache)
-        c, u = out.chunk(2)
-        return u + self.scale * (c - u)
+def draw(probs: Tensor, sampling: SamplingArgs, generator: torch.Generator | None = None) -> Tensor:
+    """One id per row of ``probs`` (..., v): the argmax when ``sampling`` is greedy, else a random draw."""
+    return probs.argmax(-1) if sampling.greedy else sample_probs(probs, generator)
 
 
-def guided(generator, cfg_scale: float):
-    """``generator`` itself for ``cfg_scale == 1``, else a :class:`Guided` wrapper."""
-    if cfg_scale == 1.0:
-        return generator
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")
-    null_capable = getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)
-    if not null_capable:
-        raise ValueError("cfg_scale != 1 needs a conditional generator with a null condition "
-                         "(trained with cond_dropout > 0); use cfg_scale=1.0 for unconditional models")
-    return Guided(generator, cfg_scale)
+def no_logit_filters(sampling: SamplingArgs, decoder: str) -> None:
+    """Raise unless top-k / top-p are off (decoders of continuous tokens have no logits to filter)."""
+    if sampling.top_k or (sampling.top_p is not None and sampling.top_p < 1):
+        raise ValueError(f"top_k / top_p filter logits; decoder {decoder!r} samples continuous tokens: leave them "
+                         "unset (temperature scales the sampler's noise where the decoder has one)")

@@ -94,6 +94,10 @@ class ARGenerator(nn.Module, Configurable):
         if self.bos is not None:
             nn.init.normal_(self.bos, std=0.02)
 
+    def token_embeddings(self) -> Tensor:
+        """The ``(V, width)`` input embedding table (token latents for GSD / LANTERN)."""
+        return self.tok_embed.weight
+
     # -- conditioning ------------------------------------------------------------------------------------------
     def _check_cond(self, cond: Conditioning) -> None:
         check_conditioning(cond, num_classes=self.num_classes, text_dim=self.text_dim, max_text_len=self.prefix_len)

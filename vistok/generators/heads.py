@@ -53,11 +53,12 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
+from torch.distributions import Normal
 
 from vistok.interfaces import Configurable
 from vistok.layers.init import xavier_linears
 
-__all__ = ["DiffLossHead"]
+__all__ = ["DiffLossHead", "DiffusionPaths"]
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -136,7 +137,8 @@ class DiffLossHead(nn.Module, Configurable):
         self.scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
                                        variance_type="learned_range", prediction_type="epsilon", clip_sample=False,
                                        timestep_spacing="linspace")
-        self._schedulers: dict[int, DDPMScheduler | DDIMScheduler] = {}
+        self._abar = torch.cumprod(1 - self.scheduler.betas.double(), dim=0)  # float64, CPU
+        self._schedulers: dict[int, DDIMScheduler] = {}
         self.set_sampling_steps(num_sampling_steps)
         # the network (key names: see vistok.generators.mar.convert_mar_state_dict)
         self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
@@ -159,21 +161,30 @@ class DiffLossHead(nn.Module, Configurable):
             nn.init.zeros_(layer.bias)
 
     def _register_tables(self) -> None:
-        """Per-timestep constants, computed in float64 from the scheduler's betas, stored fp32 (not saved)."""
-        betas = self.scheduler.betas.double()
-        abar = self._abar = torch.cumprod(1 - betas, dim=0)  # float64, CPU; also used by the samplers
-        abar_prev = torch.cat([abar.new_ones(1), abar[:-1]])
-        post_var = betas * (1 - abar_prev) / (1 - abar)
-        tables = {
-            "sqrt_abar": abar.sqrt(), "sqrt_1m_abar": (1 - abar).sqrt(),
-            "sqrt_recip_abar": (1 / abar).sqrt(), "sqrt_recipm1_abar": (1 / abar - 1).sqrt(),
-            "post_coef_x0": betas * abar_prev.sqrt() / (1 - abar),
-            "post_coef_xt": (1 - abar_prev) * (1 - betas).sqrt() / (1 - abar),
-            "post_logvar": torch.log(torch.cat([post_var[1:2], post_var[1:]])),  # clipped at t = 0 (IDDPM)
-            "log_betas": betas.log(),
-        }
+        """Per-timestep constants of the full (training) schedule, from :meth:`step_table`, stored fp32 (not saved)."""
+        total = self.scheduler.config.num_train_timesteps
+        tab = self.step_table(list(range(total - 1, -1, -1))).flip(0)  # row t = timestep t
+        tables = {"sqrt_abar": tab[:, 1], "sqrt_1m_abar": tab[:, 0], "sqrt_recip_abar": 1 / tab[:, 1],
+                  "sqrt_recipm1_abar": tab[:, 0] / tab[:, 1], "post_coef_x0": tab[:, 2], "post_coef_xt": tab[:, 3],
+                  "log_betas": tab[:, 4], "post_logvar": tab[:, 5]}
         for name, value in tables.items():
             self.register_buffer(name, value.float(), persistent=False)
+
+    def step_table(self, timesteps: list[int]) -> Tensor:
+        """The DDPM step maths, once, in float64: one row per kept timestep ``t`` (descending) stepping to the next
+        kept one ``t'`` (-1 after the last), ``beta = 1 - abar_t / abar_t'`` (IDDPM's respacing).
+
+        Columns: ``sqrt(1 - abar_t)``, ``sqrt(abar_t)``, the posterior-mean coefficients of x0 and x_t,
+        ``log beta`` and the log posterior variance (the last row takes the row before it: IDDPM's clipping at t = 0).
+        """
+        a_t = self._abar[timesteps]
+        a_prev = torch.cat([self._abar[timesteps[1:]], a_t.new_ones(1)])
+        beta = 1 - a_t / a_prev
+        post = (1 - a_prev) / (1 - a_t) * beta
+        post = torch.cat([post[:-1], post[-2:-1] if len(timesteps) > 1 else beta[-1:]])  # clipped at t = 0
+        table = torch.stack([(1 - a_t).sqrt(), a_t.sqrt(), a_prev.sqrt() * beta / (1 - a_t),
+                             (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t), beta.log(), post.log()], dim=1)
+        return table
 
     def _check_steps(self, num_steps: int) -> None:
         total = self.scheduler.config.num_train_timesteps
@@ -289,58 +300,126 @@ class DiffLossHead(nn.Module, Configurable):
             raise ValueError(f"noise must have shape (steps={s}, n={n}, d={self.token_dim}), got {tuple(noise.shape)}")
         if n == 0:
             return z.new_zeros(0, self.token_dim)
-        scheduler = self._sampling_scheduler(s)
+        z_null = z_null if guided else None
+        if self.sampler == "ddpm":
+            paths = DiffusionPaths(self, final_noise=False, num_steps=s)
+            return paths.path_sample(z, z_null, cfg_scale, temperature, noise)[0][-1].to(z.dtype)
+        scheduler = self._ddim_scheduler(s)
         x = noise[0]
         for k, t in enumerate(scheduler.timesteps.tolist()):
-            tt = torch.full((n,), t, device=z.device, dtype=torch.long)
-            out = self.guided_net(x, tt, z, z_null if guided else None, cfg_scale)
+            out = self.guided_net(x, torch.full((n,), t, device=z.device, dtype=torch.long), z, z_null, cfg_scale)
             step_noise = noise[k + 1] * temperature if k + 1 < s else torch.zeros_like(x)
-            if self.sampler == "ddim":
-                x = scheduler.step(out[:, : self.token_dim], t, x, eta=self.ddim_eta, variance_noise=step_noise,
-                                   return_dict=False)[0]
-            else:
-                x = self._ddpm_step(scheduler, out, t, x, step_noise)
+            x = scheduler.step(out[:, : self.token_dim], t, x, eta=self.ddim_eta, variance_noise=step_noise,
+                               return_dict=False)[0]
         return x
 
-    def _sampling_scheduler(self, num_steps: int) -> DDPMScheduler | DDIMScheduler:
-        """The respaced scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""
-        if num_steps in self._schedulers:
-            return self._schedulers[num_steps]
-        cfg = self.scheduler.config
-        if self.sampler == "ddim":
+    def paths(self, *, final_noise: bool, num_steps: int | None = None) -> DiffusionPaths:
+        """The ancestral sampler with its path densities (:class:`vistok.interfaces.PathDensity`), for
+        continuous speculative decoding.  ``final_noise=True`` also adds noise at the last step."""
+        if self.sampler != "ddpm":
+            raise ValueError(f"the head samples with sampler={self.sampler!r}, which is deterministic after the "
+                             "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
+        return DiffusionPaths(self, final_noise=final_noise, num_steps=num_steps)
+
+    def respaced_timesteps(self, num_steps: int) -> list[int]:
+        """MAR's kept timesteps for ``num_steps`` sampling steps, descending."""
+        return _mar_respacing(self.scheduler.config.num_train_timesteps, num_steps)
+
+    def _ddim_scheduler(self, num_steps: int) -> DDIMScheduler:
+        """diffusers' DDIM scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""
+        if num_steps not in self._schedulers:
+            cfg = self.scheduler.config
             sched = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                                   prediction_type="epsilon", clip_sample=self.clip_denoised is not None,
                                   clip_sample_range=self.clip_denoised or 1.0, set_alpha_to_one=True,
                                   timestep_spacing="trailing")
             sched.set_timesteps(num_steps)
-        else:
-            sched = DDPMScheduler.from_config(cfg)
-            sched.set_timesteps(timesteps=_mar_respacing(cfg.num_train_timesteps, num_steps))
-        sched.alphas_cumprod = self._abar  # float64 (diffusers' float32 copy loses 1 - abar at small t)
-        self._schedulers[num_steps] = sched
-        return sched
+            sched.alphas_cumprod = self._abar  # float64 (diffusers' float32 copy loses 1 - abar at small t)
+            self._schedulers[num_steps] = sched
+        return self._schedulers[num_steps]
 
-    def _ddpm_step(self, sched: DDPMScheduler, out: Tensor, t: int, x: Tensor, noise: Tensor) -> Tensor:
-        """One ancestral step from timestep ``t`` to the scheduler's previous timestep (learned-range variance).
 
-        Same arithmetic as ``DDPMScheduler.step`` with ``variance_type="learned_range"``, except that the
-        (temperature-scaled) noise is given.
+def _gauss_logpdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Sum over the last axis of ``log N(x; mean, std^2)`` (torch's Normal, no argument validation)."""
+    return Normal(mean, std, validate_args=False).log_prob(x).sum(-1)
+
+
+class DiffusionPaths:
+    """The ancestral DDPM sampler of a :class:`DiffLossHead` (MAR's ``p_sample`` loop), with path log-densities.
+
+    ``x_S ~ N(0, I)``, then per kept timestep the posterior mean of the predicted ``x_0`` (CFG on eps, optional x0
+    clamp) plus ``T * exp(logvar / 2) * noise`` with the learned-range log-variance (:meth:`DiffLossHead.step_table`).
+    With ``final_noise=False`` the last step (t = 0) returns the mean, as MAR does; with ``final_noise=True`` it adds
+    noise too, with the clipped posterior variance.  States and step arithmetic are float64 (the network runs in its
+    own dtype on the rounded state), so two heads compared on the same stored path differ only by network rounding.
+
+    Layouts: paths and noise ``(L, r, d)``, ``L = steps + 1``; ``path[0]`` is the initial noise, ``path[k]`` the state
+    after step ``k`` (the token last); ``noise[k]`` the noise of step ``k``.  ``evals`` counts head-network rows.
+    """
+
+    def __init__(self, head: DiffLossHead, *, final_noise: bool, num_steps: int | None = None):
+        self.head, self.final_noise, self.evals = head, final_noise, 0
+        s = self.steps = num_steps or head.num_sampling_steps
+        self.path_len, self.token_dim = s + 1, head.token_dim
+        self.timesteps = head.respaced_timesteps(s)
+        self._table = head.step_table(self.timesteps)
+
+    def path_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Every Gaussian draw of ``n`` paths: ``(L, n, d)``."""
+        ref = self.head.input_proj.weight
+        return torch.randn(self.path_len, n, self.token_dim, generator=generator, device=ref.device, dtype=ref.dtype)
+
+    def moments(self, out: Tensor, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Float64 mean and log-variance (r, d) of step indices ``k`` (r,) from the network output ``out`` (r, 2d)
+        ``[eps | v]`` at float64 states ``x`` (r, d)."""
+        tab = self._table.to(x.device)[k]  # r 6
+        out, d = out.double(), self.token_dim
+        eps, frac = out[:, :d], (out[:, d:] + 1) / 2
+        x0 = (x - tab[:, 0:1] * eps) / tab[:, 1:2]
+        if self.head.clip_denoised is not None:
+            x0 = x0.clamp(-self.head.clip_denoised, self.head.clip_denoised)
+        return tab[:, 2:3] * x0 + tab[:, 3:4] * x, frac * tab[:, 4:5] + (1 - frac) * tab[:, 5:6]
+
+    def _step(self, x: Tensor, k: Tensor, z: Tensor, z_null: Tensor | None,
+              cfg_scale: float | Tensor) -> tuple[Tensor, Tensor]:
+        t = torch.tensor(self.timesteps, device=x.device)[k]
+        out = self.head.guided_net(x.to(self.head.input_proj.weight.dtype), t, z, z_null, cfg_scale)
+        guided = z_null is not None and (torch.is_tensor(cfg_scale) or cfg_scale != 1.0)
+        self.evals += x.shape[0] * (2 if guided else 1)
+        return self.moments(out, x, k)
+
+    def path_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float | Tensor, temperature: float,
+                    noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sample paths ``(L, r, d)`` (float64) from conditions ``z`` (r, c) with ``noise`` (L or L - 1, r, d).
+
+        Returns ``(path, log_density (r,), last_std (r, d))``: the log-density of the stochastic steps (the initial
+        N(0, I) term left out), evaluated on the stored path exactly as :meth:`path_log_prob` does, and the std of the
+        last step (``T exp(logvar / 2)``, also when it adds no noise).
         """
-        d = self.token_dim
-        eps, v = out[:, :d], out[:, d:]
-        prev = int(sched.previous_timestep(t))
-        abar_t = float(sched.alphas_cumprod[t])
-        abar_prev = float(sched.alphas_cumprod[prev]) if prev >= 0 else 1.0
-        beta = 1 - abar_t / abar_prev
-        x0 = (x - math.sqrt(1 - abar_t) * eps) / math.sqrt(abar_t)
-        if self.clip_denoised is not None:
-            x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
-        coef_x0 = math.sqrt(abar_prev) * beta / (1 - abar_t)
-        coef_xt = math.sqrt(1 - beta) * (1 - abar_prev) / (1 - abar_t)
-        mean = coef_x0 * x0 + coef_xt * x  # posterior mean of q(x_prev | x_t, x0)
-        if t == 0:
-            return mean
-        post_var = (1 - abar_prev) / (1 - abar_t) * beta
-        frac = (v + 1) / 2
-        logvar = frac * math.log(beta) + (1 - frac) * math.log(post_var)
-        return mean + torch.exp(0.5 * logvar) * noise
+        r = z.shape[0]
+        noise = noise.double()
+        x, path, logp = noise[0], [noise[0]], noise.new_zeros(r)
+        std = noise.new_zeros(r, self.token_dim)
+        for k in range(self.steps):
+            mean, logvar = self._step(x, torch.full((r,), k, device=z.device), z, z_null, cfg_scale)
+            std = (0.5 * logvar).exp() * temperature
+            if k == self.steps - 1 and not self.final_noise:
+                x = mean
+            else:
+                x = mean + std * noise[k + 1]
+                logp = logp + _gauss_logpdf(x, mean, std)
+            path.append(x)
+        return torch.stack(path), logp, std
+
+    def path_log_prob(self, path: Tensor, z: Tensor, z_null: Tensor | None, cfg_scale: float,
+                      temperature: float) -> Tensor:
+        """Log-density (r,) of paths ``(L, r, d)`` under conditions ``z`` (r, c): one batched pass over all steps."""
+        steps = self.steps if self.final_noise else self.steps - 1
+        r, path = z.shape[0], path.double()
+        if steps == 0:
+            return path.new_zeros(r)
+        k = torch.arange(steps, device=z.device).repeat_interleave(r)  # step-major rows
+        rep = lambda v: None if v is None else v.repeat(steps, 1)
+        mean, logvar = self._step(path[:steps].flatten(0, 1), k, rep(z), rep(z_null), cfg_scale)
+        std = (0.5 * logvar).exp() * temperature
+        return _gauss_logpdf(path[1 : steps + 1].flatten(0, 1), mean, std).view(steps, r).sum(0)

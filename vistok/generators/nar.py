@@ -146,6 +146,10 @@ class NARGenerator(nn.Module, Configurable):
         if self.bos is not None:
             nn.init.normal_(self.bos, std=0.02)
 
+    def token_embeddings(self) -> Tensor:
+        """The ``(V, width)`` input embedding table (token latents for GSD / LANTERN)."""
+        return self.tok_embed.weight
+
     # -- conditioning (same contract as the AR generator) ------------------------------------------------------
     _check_cond = ARGenerator._check_cond
     drop_condition = ARGenerator.drop_condition

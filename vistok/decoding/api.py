@@ -1,0 +1,104 @@
+"""``generate``: the one entry point that picks a decoder by name, sets up guidance and seeding, and runs it.
+
+    out = vistok.decoding.generate(generator, cond, decoder="sjd", num_samples=4, temperature=1.0, top_k=100,
+                                   cfg_scale=3.0, seed=0, window=16)
+    out.tokens  # (B * num_samples, N) ids or (B * num_samples, N, D) vectors
+    out.nfe     # generator forward passes used
+
+Every decoder is a free function ``decoder(generator, cond, sampling, rng, progress, *, guidance, **options) ->
+(tokens, nfe, extras)`` over the protocols of :mod:`vistok.interfaces`; :data:`DECODERS` maps names to them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.cells import decode_cells
+from vistok.decoding.continuous import decode_csd
+from vistok.decoding.grouped import decode_gsd, decode_lantern
+from vistok.decoding.guidance import Guidance
+from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
+from vistok.decoding.masked import decode_masked
+from vistok.decoding.neighboring import decode_nar
+from vistok.decoding.sampling import SamplingArgs
+from vistok.interfaces import Conditioning
+
+#: name -> decoder function
+DECODERS: dict[str, Callable] = {
+    "ar": decode_ar,  # one token per pass (discrete ids, or continuous tokens through the head)
+    "sjd": decode_sjd, "mcsjd": decode_mcsjd,  # speculative Jacobi decoding, lossless
+    "gsd": decode_gsd, "lantern": decode_lantern,  # relaxed acceptance, lossy
+    "nar": decode_nar,  # one anti-diagonal per pass (NeighbourGenerator)
+    "masked": decode_masked,  # MAR's random-order masked decoding (MaskedGenerator)
+    "cells": decode_cells,  # xAR next-cell flow decoding (CellGenerator)
+    "csd": decode_csd,  # continuous speculative decoding (causal continuous generators with a diffusion head)
+}
+
+
+@dataclass
+class GenerationOutput:
+    """Tokens ``(B, N)`` / ``(B, N, D)``, the number of generator forward passes (NFE) and decoder extras."""
+
+    tokens: Tensor
+    nfe: int
+    extras: dict = field(default_factory=dict)
+
+
+def _rng(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    if seed is None or isinstance(seed, torch.Generator):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = None, num_samples: int = 1,
+             temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+             cfg_scale: float = 1.0, seed: int | torch.Generator | None = None, progress: bool = False,
+             **decoder_kwargs) -> GenerationOutput:
+    """Sample tokens from ``model`` for each condition in ``cond`` (``num_samples`` each, in a row).
+
+    Args:
+        model: a generator (positional; any object following the protocol its decoder needs).
+        cond: the conditions, batch B.
+        decoder: a name in :data:`DECODERS` or a decoder function; None = the model's ``default_decoder``
+            (AR / MAR-AR ``"ar"``, NAR ``"nar"``, MAR ``"masked"``, xAR ``"cells"``).
+        num_samples: samples per condition (output batch ``B * num_samples``).
+        temperature, top_k, top_p: the sampling filters (temperature 0 = greedy).
+        cfg_scale: classifier-free guidance scale (1 = off).
+        seed: an int or a ``torch.Generator`` for reproducible sampling.
+        progress: show a progress bar.
+        decoder_kwargs: decoder-specific options (e.g. ``window`` for Jacobi decoders).
+    """
+    if decoder is None:
+        decoder = getattr(model, "default_decoder", "ar")
+    if isinstance(decoder, str):
+        if decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")
+        decoder = DECODERS[decoder]
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    if not isinstance(cond, Conditioning):
+        raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+    sampling = SamplingArgs(temperature, top_k, top_p)
+    guidance = Guidance(cfg_scale, model)
+    device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
+    cond = cond.to(device).repeat_interleave(num_samples) if num_samples > 1 else cond.to(device)
+    was_training = getattr(model, "training", False)
+    if was_training:
+        model.eval()
+    try:
+        out = decoder(model, cond, sampling, _rng(seed, device), progress, guidance=guidance, **decoder_kwargs)
+    finally:
+        if was_training:
+            model.train()
+    return GenerationOutput(*out)
