@@ -4,14 +4,16 @@
 
 Every family is built from its tiny preset at the same token count (an 8x8 grid by default) with random weights,
 class-conditional with CFG 2 (a batch of B images runs 2B rows): AR and NAR are width 256, depth 6 (NAR + its
-down block); MAR (2 + 2 blocks) and xAR (2 + 2 blocks) are width 128 — the table prints each one's parameters.  Only token generation is timed (no tokenizer decoding); each cell
+down block); MAR (2 + 2 blocks) and xAR (2 + 2 blocks) are width 128 — the table prints each one's parameters.
+Only token generation is timed (no tokenizer decoding); each cell
 is the best of ``--repeats`` runs after one warm-up.  NFE counts transformer forward passes per image; MAR and
 xAR also run a per-token head (DiffLoss: ``num_sampling_steps`` MLP evaluations per revealed token; xAR: the
 velocity comes from the transformer itself, so NFE = cells x steps).  Decoder settings:
 
 * AR: ``decoder="ar"`` (N passes, KV cache);  NAR: ``decoder="nar"`` (H + W - 1 passes);
 * MAR: ``decoder="masked", num_iter=16`` with a 50-step DiffLoss head (MAR's paper uses 64 iterations, 100 steps);
-* xAR: ``decoder="cells", num_steps=20`` (4 cells of 4x4; the paper uses 50 SDE steps).
+* xAR: ``decoder="cells", num_steps=20`` (4 cells of 4x4; the paper uses 50 SDE steps);
+* ``default`` / ``xar_shipped``: the shipped text-to-image pipelines with their own sampling defaults (32 tokens).
 
 CPU numbers from a 2-core machine say which family is cheap *per image at this size*; they are not GPU figures.
 """
@@ -43,14 +45,26 @@ def build(family: str, tokens: int) -> tuple[torch.nn.Module, dict]:
     if family == "xar":
         gen = vistok.create_generator("xar_tiny", grid_size=side, cell_size=side // 2, **common)
         return gen, dict(decoder="cells", num_steps=20)
-    raise ValueError(f"unknown family {family!r}; choose from ar, nar, mar, xar")
+    if family in ("default", "xar_shipped"):  # a shipped text-to-image pipeline, its own sampling defaults
+        from vistok.sample import Pipeline
+
+        pipe = Pipeline.from_folder("default" if family == "default" else "xar")
+        return pipe.generator, dict(pipe.defaults, text_encoder=pipe.text_encoder)
+    raise ValueError(f"unknown family {family!r}; choose from ar, nar, mar, xar, default, xar_shipped")
 
 
 @torch.no_grad()
 def run(gen: torch.nn.Module, opts: dict, batch: int, seed: int) -> tuple[float, float]:
-    cond = Conditioning(labels=torch.arange(batch) % 24)
+    opts = dict(opts)
+    encoder = opts.pop("text_encoder", None)
+    if encoder is not None:  # shipped pipeline: text prompts (encoded outside the timed region)
+        cond = encoder(["a red circle on the left", "a large blue star at the top right"] * (batch // 2 + 1))
+        cond = Conditioning(text=cond.text[:batch], text_mask=cond.text_mask[:batch])
+    else:
+        cond = Conditioning(labels=torch.arange(batch) % 24)
+        opts.setdefault("cfg_scale", 2.0)
     t0 = time.perf_counter()
-    out = generate(gen, cond, num_samples=1, cfg_scale=2.0, seed=seed, **opts)
+    out = generate(gen, cond, num_samples=1, seed=seed, **opts)
     return time.perf_counter() - t0, float(out.nfe)
 
 
