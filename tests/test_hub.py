@@ -227,7 +227,7 @@ def fake_hub(monkeypatch):
     def snapshot_download(repo_id, revision=None, allow_patterns=None, **kw):
         calls.append(dict(repo_id=repo_id, revision=revision, allow_patterns=allow_patterns))
         if repo_id not in repos:
-            raise huggingface_hub.errors.LocalEntryNotFoundError(f"404 {repo_id}")
+            raise OSError(f"404 {repo_id}")  # what the hub client raises derives from OSError
         return str(repos[repo_id])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
