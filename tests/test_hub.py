@@ -67,6 +67,20 @@ def test_changed_default_still_builds_the_saved_model(tmp_path, toy_registry):
     assert type(back) is new and back.proj.in_features == 3 and back.config == {"width": 3, "sizes": [1, 2]}
 
 
+def test_config_of_subclasses():
+    base = _toy_class(3)
+
+    class Inherits(base):  # no __init__ of its own: the inherited signature is recorded
+        pass
+
+    class Narrows(base):
+        def __init__(self, depth: int = 2):
+            super().__init__(width=4 * depth)
+
+    assert Inherits(width=6).config == {"width": 6, "sizes": [1, 2]}
+    assert Narrows().config == {"depth": 2}  # what Narrows(**config) needs, not the parent's arguments
+
+
 @pytest.mark.parametrize("payload", ["overwrite", "create"])
 def test_config_cannot_call_arbitrary_functions(tmp_path, payload):
     """Issue 15 finding 1: ``"class": "vistok.hub.save_file"`` used to write any file through from_pretrained."""

@@ -61,7 +61,7 @@ class Configurable:
         def wrapped(self, *args, __init=init, **kwargs):
             if args:
                 raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
-            if type(self) is cls:
+            if "_config" not in self.__dict__:  # the outermost wrapped __init__ records (a subclass's own)
                 bound = signature.bind(self, **kwargs)  # TypeError on unknown kwargs, like the call itself
                 bound.apply_defaults()
                 object.__setattr__(self, "_config", _bound_config(bound))
