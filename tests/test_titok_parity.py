@@ -130,8 +130,8 @@ def test_onedpiece_bare_bin_infers_sizes(tmp_path, fixture_json, official_state,
     width = vq["vit_enc_custom_size"]["width"]
     assert piece.tail_drop and piece.image_size == fixture_json["config"]["dataset"]["preprocessing"]["crop_size"]
     assert piece.encoder.blocks[0].attn.num_heads == width // 64  # heads are 64 wide in every official size
-    assert piece.config["pixel_channels"] == tuple(vq["pixel_vqgan"]["hidden_channels"] * m
-                                                   for m in vq["pixel_vqgan"]["channel_mult"])
+    assert piece.config["pixel_channels"] == [vq["pixel_vqgan"]["hidden_channels"] * m  # config: JSON-ready lists
+                                              for m in vq["pixel_vqgan"]["channel_mult"]]
     assert piece.decode(piece.encode(io["image"])[:, :2]).shape == io["image"].shape
     # a width whose head count cannot be inferred asks for the config
     state = dict(official_state)

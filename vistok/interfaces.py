@@ -18,6 +18,7 @@ Step convention (teacher forcing, shifted by one):
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, runtime_checkable
 
@@ -50,9 +51,12 @@ __all__ = [
 # Models remember their constructor kwargs (written to config.json by vistok.hub)
 # --------------------------------------------------------------------------------------------------------------
 class Configurable:
-    """Mixin: records the keyword arguments ``__init__`` was called with in ``self.config``.
+    """Mixin: records every constructor argument in ``self.config``, defaults included.
 
-    Subclasses must be constructed with keyword arguments only (LightningCLI and the registry do this).
+    ``config`` is the full bound signature of ``__init__`` (``inspect.signature(...).bind`` + ``apply_defaults``)
+    with tuples turned into lists, so it is JSON-ready and a saved folder rebuilds the same model even after a
+    default changes.  Subclasses must be constructed with keyword arguments only (LightningCLI and the registry do
+    this).
     """
 
     def __init_subclass__(cls, **kw):
@@ -60,23 +64,49 @@ class Configurable:
         init = cls.__dict__.get("__init__")
         if init is None:
             return
+        signature = inspect.signature(init)
 
         def wrapped(self, *args, __init=init, **kwargs):
             if args:
                 raise TypeError(f"{cls.__name__} takes keyword arguments only, got {len(args)} positional")
-            if type(self) is cls:
-                object.__setattr__(self, "_config", dict(kwargs))
+            if "_config" not in self.__dict__:  # the outermost wrapped __init__ records (a subclass's own)
+                bound = signature.bind(self, **kwargs)  # TypeError on unknown kwargs, like the call itself
+                bound.apply_defaults()
+                object.__setattr__(self, "_config", _bound_config(bound))
             __init(self, **kwargs)
 
-        wrapped.__signature__ = __import__("inspect").signature(init)
+        wrapped.__signature__ = signature
         wrapped.__doc__, wrapped.__name__, wrapped.__qualname__ = init.__doc__, init.__name__, init.__qualname__
         wrapped.__wrapped__ = init
         cls.__init__ = wrapped
 
     @property
     def config(self) -> dict:
-        """Constructor kwargs (explicitly given ones; defaults are re-applied on load)."""
-        return dict(getattr(self, "_config", {}))
+        """Every constructor argument (given or default), JSON-ready: tuples are lists."""
+        return _json_ready(getattr(self, "_config", {}))
+
+
+def _bound_config(bound: inspect.BoundArguments) -> dict:
+    """``{name: value}`` of a bound ``__init__`` call without ``self``; ``**kwargs`` are flattened in."""
+    out = {}
+    for i, (name, value) in enumerate(bound.arguments.items()):
+        kind = bound.signature.parameters[name].kind
+        if i == 0:  # self
+            continue
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is not inspect.Parameter.VAR_POSITIONAL:
+            out[name] = value
+    return _json_ready(out)
+
+
+def _json_ready(value):
+    """Tuples -> lists, recursively through lists and dicts (other values are returned as they are)."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ d token dim, k kept (visible) slots, s buffer + tokens, l step length, c width.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -33,8 +32,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.generators.heads import DiffLossHead
-from vistok.hub import load_state_dict_strict, rename_state_dict
 from vistok.interfaces import (
     Conditioning,
     Configurable,
@@ -631,7 +630,7 @@ _WEIGHT_FILES = ("weights.safetensors", "model.safetensors")
 def official_matches(config: dict, folder: Path) -> bool:
     """True for a folder whose ``config.json`` names LTH14/mar's ``models.mar.MAR`` and holds safetensors weights."""
     is_mar = config.get("cls") == "models.mar.MAR" or "LTH14/mar" in str(config.get("repo", ""))
-    return is_mar and any((Path(folder) / name).is_file() for name in _WEIGHT_FILES)
+    return is_mar and find_weight_file(folder, _WEIGHT_FILES) is not None
 
 
 def load_official(folder: str | Path) -> MARGenerator:
@@ -642,13 +641,11 @@ def load_official(folder: str | Path) -> MARGenerator:
     demo samples with), and load ``convert_mar_state_dict(...)`` into ``create_generator("mar_b" | "mar_l" |
     "mar_h")``.
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
-    path = next((folder / n for n in _WEIGHT_FILES if (folder / n).is_file()), None)
+    config = read_json(folder / "config.json")
+    path = find_weight_file(folder, _WEIGHT_FILES)
     if path is None:
         raise FileNotFoundError(f"{folder} holds none of {_WEIGHT_FILES}")
     model = MARGenerator(**mar_kwargs_from_official(config.get("constructor_args", {})))
-    load_state_dict_strict(model, convert_mar_state_dict(load_file(str(path))), str(path))
+    load_state_dict_strict(model, convert_mar_state_dict(read_state_dict(path)), str(path))
     return model.eval()

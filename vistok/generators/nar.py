@@ -29,7 +29,6 @@ Legend: b batch, l step length, t token positions, s cache slots, p prefix slots
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_keys, read_state_dict
 from vistok.generators.ar import ARGenerator
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
 from vistok.layers import LlamaBlock, RMSNorm
@@ -326,27 +326,11 @@ def convert_nar_state_dict(state: dict[str, Tensor], *, depth: int,
     return out
 
 
-def _weight_files(folder: Path) -> list[Path]:
-    names = ["weights.safetensors", "model.safetensors"]
-    found = [folder / n for n in names if (folder / n).is_file()]
-    return found + sorted(p for ext in ("*.pt", "*.pth", "*.bin") for p in folder.glob(ext))
-
-
-def _read_state(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    for key in ("model", "module", "state_dict"):  # training checkpoints nest the weights
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
+_WEIGHT_NAMES, _WEIGHT_PATTERNS = ("weights.safetensors", "model.safetensors"), ("*.pt", "*.pth", "*.bin")
 
 
 def _model_args(folder: Path) -> dict | None:
-    path = folder / "config.json"
-    args = json.loads(path.read_text()).get("model_args") if path.is_file() else None
+    args = read_json(folder / "config.json", missing_ok=True).get("model_args")
     return args if isinstance(args, dict) and "medusa_attention_num" in args else None
 
 
@@ -357,12 +341,11 @@ def official_matches(config: dict, folder: Path) -> bool:
         return "medusa_attention_num" in args
     if config:
         return False
-    for path in _weight_files(Path(folder))[:1]:
-        try:
-            return "medusa_output.weight" in _read_state(path)
-        except Exception:  # not a weights-only checkpoint: not ours to read
-            return False
-    return False
+    path = find_weight_file(folder, _WEIGHT_NAMES, _WEIGHT_PATTERNS)
+    try:
+        return path is not None and "medusa_output.weight" in read_keys(path)
+    except ValueError:  # not a weights-only checkpoint: not ours to read
+        return False
 
 
 def load_official(folder: str | Path) -> NARGenerator:
@@ -370,13 +353,11 @@ def load_official(folder: str | Path) -> NARGenerator:
 
     Without a config, sizes are read from the weights (head count from the GPT-* table, 16 x 16 grid).
     """
-    from vistok.hub import load_state_dict_strict
-
     folder = Path(folder)
-    files = _weight_files(folder)
-    if not files:
+    path = find_weight_file(folder, _WEIGHT_NAMES, _WEIGHT_PATTERNS)
+    if path is None:
         raise FileNotFoundError(f"{folder} holds no NAR weights (weights.safetensors, model.safetensors or *.pt)")
-    state = _read_state(files[0])
+    state = read_state_dict(path)
     args = _model_args(folder)
     if args is None:  # bare checkpoint: infer what the weights show
         width = state["tok_embeddings.weight"].shape[1]
@@ -401,7 +382,7 @@ def load_official(folder: str | Path) -> NARGenerator:
                   norm_eps=args.get("norm_eps", 1e-5))
     model = NARGenerator(**kwargs)
     converted = convert_nar_state_dict(state, depth=kwargs["depth"], num_classes=kwargs["num_classes"])
-    load_state_dict_strict(model, converted, str(files[0]))
+    load_state_dict_strict(model, converted, str(path))
     return model.eval()
 
 

@@ -32,7 +32,6 @@ d token channels, p prefix slots, s cache slots.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from vistok.hub import load_state_dict_strict, rename_state_dict
+from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.interfaces import (
     Conditioning,
     Configurable,
@@ -431,25 +430,6 @@ def xar_kwargs_from_official_weights(state: dict[str, Tensor]) -> dict:
                 decoder_depth=depth("decoder"), num_heads=OFFICIAL_HEADS[width], mlp_ratio=4.0, dropout=0.0)
 
 
-def _weight_file(folder: Path) -> Path | None:
-    found = [folder / n for n in OFFICIAL_WEIGHT_FILES if (folder / n).is_file()] + sorted(folder.glob("xAR-*.pth"))
-    if len(found) > 1:
-        raise ValueError(f"{folder} holds several weight files {[p.name for p in found]}; keep one per folder")
-    return found[0] if found else None
-
-
-def _read_weights(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model_ema", "model", "state_dict"):  # training checkpoints wrap the state dict
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    return state
-
-
 def official_matches(config: dict, folder: Path) -> bool:
     """True for an official xAR folder: a config naming ``models.xar.xAR``, or a bare ``xAR-*.pth`` release."""
     folder = Path(folder)
@@ -466,12 +446,11 @@ def load_official(folder: str | Path) -> XARGenerator:
     hard-codes 1001 class rows and 16 output channels).
     """
     folder = Path(folder)
-    path = _weight_file(folder)
+    path = find_weight_file(folder, OFFICIAL_WEIGHT_FILES, ("xAR-*.pth",), unique=True)
     if path is None:
         raise FileNotFoundError(f"{folder} holds none of {OFFICIAL_WEIGHT_FILES} or xAR-*.pth")
-    cfg_path = folder / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-    state = _read_weights(path)
+    config = read_json(folder / "config.json", missing_ok=True)
+    state = read_state_dict(path)
     kwargs = (xar_kwargs_from_official_config(config["constructor_args"]) if "constructor_args" in config
               else xar_kwargs_from_official_weights(state))
     kwargs.update(num_classes=state["class_emb.weight"].shape[0] - 1, token_dim=state["pred.weight"].shape[0])

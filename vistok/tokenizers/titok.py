@@ -28,7 +28,6 @@ d token size, h/w patch grid, ph/pw patch pixels.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -38,7 +37,14 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from vistok.hub import load_state_dict_strict, rename_state_dict
+from vistok.checkpoint import (
+    find_weight_file,
+    load_state_dict_strict,
+    read_json,
+    read_keys,
+    read_state_dict,
+    rename_state_dict,
+)
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers import VectorQuantizer, ViTBlock
 from vistok.layers.refine import PixelRefiner
@@ -535,42 +541,15 @@ def titok_kwargs_from_official_weights(state: dict[str, Tensor]) -> dict:
     return kwargs
 
 
-def _weight_file(folder: Path) -> Path | None:
-    return next((folder / n for n in OFFICIAL_WEIGHT_FILES if (folder / n).is_file()), None)
-
-
-def _read_weights(path: Path, *, mmap: bool = False) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except RuntimeError:  # mmap needs the zip format; pre-1.6 pickles load without it
-        if not mmap:
-            raise
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state) if isinstance(state, dict) else state
-
-
-def _weight_keys(path: Path) -> set[str]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            return set(f.keys())
-    return set(_read_weights(path, mmap=True))
-
-
 def official_matches(config: dict, folder: Path) -> bool:
     """True for an official TiTok / One-D-Piece folder (config tree with ``model.vq_model``, or TiTok weight keys)."""
-    path = _weight_file(Path(folder))
+    path = find_weight_file(folder, OFFICIAL_WEIGHT_FILES)
     if path is None:
         return False
     if config:
         return _config_tree(config) is not None and not any(k.startswith("decoder.text_guidance")
-                                                            for k in _weight_keys(path))  # TA-TiTok
-    keys = _weight_keys(path)
+                                                            for k in read_keys(path))  # TA-TiTok
+    keys = read_keys(path)
     return "latent_tokens" in keys and "encoder.latent_token_positional_embedding" in keys
 
 
@@ -583,15 +562,15 @@ def load_official(folder: str | Path) -> TiTok:
     (``turing-motors/One-D-Piece-*``): the sizes are read off the weights and prefix decoding is enabled.
     """
     folder = Path(folder)
-    path = _weight_file(folder)
+    path = find_weight_file(folder, OFFICIAL_WEIGHT_FILES)
     if path is None:
         raise FileNotFoundError(f"{folder} holds none of {OFFICIAL_WEIGHT_FILES}")
     cfg_path = folder / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    config = read_json(cfg_path, missing_ok=True)
     tree = _config_tree(config)
     if config and tree is None:
         raise ValueError(f"{cfg_path} is not an official TiTok config (no model.vq_model.vit_enc_model_size)")
-    state = _read_weights(path)
+    state = read_state_dict(path)
     kwargs = titok_kwargs_from_official_config(tree) if tree else {**titok_kwargs_from_official_weights(state),
                                                                    "tail_drop": True}
     model = TiTok(**kwargs)
