@@ -1,86 +1,37 @@
 """Causal decoding of continuous tokens with a per-token diffusion head: plain AR and continuous speculative decoding.
 
 * :func:`decode_car` -- plain causal AR: one token per generator forward pass (NFE = N), each token drawn by the
-  head's DDPM sampler.  ``generate(..., decoder="ar")`` routes here for continuous generators.
+  head's sampler.  ``generate(..., decoder="ar")`` routes here for continuous generators.
 * :func:`decode_csd` -- continuous speculative decoding, after Wang et al., "Continuous Speculative Decoding for
   Autoregressive Image Generation", arXiv 2411.11925 (official code github.com/MarkXCloud/CSpD at d91f721, read for
   facts only), run *self-speculatively* on a window of drafts like SJD (:mod:`vistok.decoding.jacobi`).
 
-Speculative sampling needs ``p(x) / q(x)`` for the draft token ``x``, but a diffusion head's marginal density is an
-intractable integral over denoising trajectories.  The head's *trajectory* density is tractable: every ancestral
-DDPM step is a Gaussian ``N(x_{k+1}; mu(x_k, t_k, z), (T sigma(x_k, t_k, z))^2)`` (T = temperature).
+A diffusion head's marginal density is intractable, but the density of its sampling *path* is a product of
+Gaussians (:class:`~vistok.interfaces.PathDensity`).  Each iteration (one ``generator.step``, one NFE) predicts the
+head conditions ``z_p`` of a window of positions from the accepted prefix and the drafts; every draft, drawn with
+the previous iteration's ``z_q`` and stored with its path and ``log q``, is verified left to right:
 
-One iteration (one ``generator.step``, one NFE) per sample with ``a`` accepted tokens:
+* ``verify="path"`` (default, **exact**): accept when ``u < p(tau) / q(tau)`` over the full path; at the first
+  rejection the token comes from the residual ``norm(max(0, p - q))`` by acceptance-rejection with proposal ``p``
+  (at most ``max_resample`` proposals; a capped row keeps its last proposal, at most ``1 / (e (K + 1))`` TV).
+  The law is exactly :func:`decode_car` with ``final_noise=True`` (MAR's sampler with noise at the last step);
+* ``verify="last_step"`` (the paper's approximation, ``lossless=False``): the target redraws the position with the
+  draft's noise (trajectory alignment) and compares only the two last-step Gaussians widened by
+  ``inner_temperature`` (official: 42).
 
-1. the window covers positions ``a .. a + W - 1`` (shifted left to end at ``N - 1`` near the end).  The inputs are
-   ``[last accepted token, d_a, .., d_{a+W-2}]``; output ``j`` is the head condition ``z_p`` of position ``a + j``
-   given the prefix and the drafts before it.  Positions never drafted yet get placeholders (``init="repeat"``: a
-   copy of the token before them; ``"zeros"``), which are inputs only: they have no density and are never accepted;
-2. each draft ``x`` was drawn by the head from the condition ``z_q`` of the previous iteration (the model's own
-   prediction from a partly wrong context), and its full path ``tau = (x_S, .., x_0 = x)`` and ``log q(tau)`` were
-   kept.  Verification, vectorised over batch and window:
+Outputs after the first rejection become the next drafts; the KV cache is rolled back per sample with
+``cache.truncate``.  With ``align=True`` every Gaussian draw of a position is drawn once, in position order, and
+reused by all its drafts (exactness is kept: that noise is independent of everything its test conditions on).
+Paths, step moments and log-densities are float64.  NFE counts ``generator.step`` calls (CFG's doubled batch once);
+``extras["head_evals"]`` counts head-network rows.  The algorithm, what is exact and the measurements:
+``docs/csd.md``.
 
-   * ``verify="path"`` (default): accept when ``u < p(tau) / q(tau)``, both sides the product of the per-step
-     Gaussians (the shared initial N(0, I) cancels); ``log p(tau)`` is one batched head pass over all steps of all
-     drafts with ``z_p``.  At the first rejection the token is drawn from the residual ``norm(max(0, p - q))`` over
-     trajectories by acceptance-rejection (the paper's scheme): propose ``tau' ~ p`` (a fresh target path) and keep
-     it with probability ``max(0, 1 - q(tau') / p(tau'))`` -- the bound ``residual <= p`` makes this valid with no
-     integral -- for at most ``max_resample`` proposals;
-   * ``verify="last_step"`` (the paper's approximation, as in the official code): the target redraws the position
-     with the draft's own noise (*denoising trajectory alignment*); the ratio uses only the two last-step Gaussians,
-     ``N(x; mu_p, (k sigma_p)^2) / N(x; mu_q, (k sigma_q)^2)`` with ``k = inner_temperature`` (official: 42) and
-     each side's own ``x_1``; the residual is sampled in that last-step Gaussian space with ``N(mu_p, sigma_p^2)``
-     as proposal (no head calls), falling back to the target's aligned token;
+Extras: ``accepted_hist``, ``nfe_per_sample``, ``mean_accepted``, ``window``, ``verify``, ``lossless``,
+``head_evals``, ``residual_draws``, ``residual_tries``, ``residual_capped``.
 
-   a position without a draft (placeholder, or the bonus position after an accepted window) is drawn from ``p``;
-3. the outputs after the first rejection are sampled from their ``z_p`` and become the next drafts (with their
-   paths, ``log q`` and ``z_q = z_p``); the KV cache is rolled back with ``cache.truncate`` to the accepted length
-   per sample, so each sample of a batch accepts its own count.
-
-Trajectory alignment (``align=True``, default): all Gaussian draws of a position (initial noise and per-step
-noise) are drawn once per absolute position, in position order, and reused by every draft of that position and
-by the fresh target draw there; a redrawn draft therefore moves only as much as its condition moved.  The residual
-sampler always uses fresh noise.
-
-What is exact (``verify="path"``):
-
-* the tokens follow exactly the law of :func:`decode_car` with ``final_noise=True``: MAR's ancestral sampler
-  (same CFG on eps, same temperature on the step noise) whose *last* step also adds Gaussian noise, with the
-  head's learned-range variance at t = 0 (IDDPM's clipped posterior variance; std about 0.005 T for the cosine
-  schedule).  MAR's own last step is deterministic, which leaves no density for the accepted token, so the exact
-  mode cannot target it;
-* except for the cap on the residual sampler: a capped draw keeps the last proposal, which moves the law of that
-  position by at most ``r (1 - r)^K <= 1 / (e (K + 1))`` in total variation (``r`` the rejection probability,
-  ``K = max_resample``; about 0.0036 for K = 100).  ``extras["residual_capped"]`` counts capped draws;
-* trajectory alignment keeps exactness: a position's noise is independent of everything its verification
-  conditions on (earlier positions, their uniforms, both conditions), and it is spent once the position is
-  accepted;
-* numerics: the network runs in its dtype; paths, step moments and log-densities are float64, so a ratio
-  carries only the network's rounding (two heads compared on the very same stored path).
-
-Acceptance is another matter: the path ratio includes the last step, whose std (~0.005 T) is far below the change
-a different context makes to the predicted x_0, so on context-sensitive models most drafts are rejected (see
-notes/csd.md for measured numbers); the official code's ``inner_temperature=42`` buys acceptance with exactness.
-
-What is approximate (``verify="last_step"``, ``extras["lossless"] = False``): the last-step Gaussians stand in for
-the token marginals, at different ``x_1`` for draft and target; accepted tokens are MAR's deterministic
-(mean) last step while residual tokens carry last-step noise; ``inner_temperature != 1`` flattens the ratio;
-the fallback after ``max_resample`` tries is the target's aligned token.
-
-Cost and NFE: NFE counts ``generator.step`` calls (classifier-free guidance's doubled batch counts once); the text
-prefix prefilled in ``new_cache`` is not counted.  The head dominates compute for small transformers: per
-iteration it samples every redrawn position (S sequential passes) and, for ``verify="path"``, evaluates the
-drafts' paths (one batched pass over S steps); ``extras["head_evals"]`` counts head-network rows (CFG rows
-twice).  Memory: the drafts' paths and the aligned noise, ``O(B N S D)`` floats each.
-
-Extras: ``accepted_hist`` (index k = (sample, forward) pairs that accepted k tokens), ``nfe_per_sample``,
-``mean_accepted``, ``window``, ``verify``, ``lossless``, ``head_evals``, ``residual_draws`` (positions that needed
-the residual), ``residual_tries``, ``residual_capped``.
-
-Heads: any :class:`~vistok.interfaces.HasPaths` head (the DiffLoss head with ``sampler="ddpm"``: its
-``paths(final_noise=...)``), or any :class:`~vistok.interfaces.PathDensity` object (e.g. a Gaussian toy head).
-Legend: b batch, w window, n tokens, d token dim, c condition width, s sampling steps,
-L = s + 1 path length, r rows.
+Heads: any :class:`~vistok.interfaces.HasPaths` head (the DiffLoss head with ``sampler="ddpm"``), or any
+:class:`~vistok.interfaces.PathDensity` object (e.g. a Gaussian toy head).  Legend: b batch, w window, n tokens,
+d token dim, c condition width, s sampling steps, L = s + 1 path length, r rows.
 """
 
 from __future__ import annotations
