@@ -30,7 +30,10 @@ def load_repa_encoder(path: str | Path) -> nn.Module:
         raise FileNotFoundError(f"repa_encoder {path} is not a file: give a TorchScript module (torch.jit.save) that "
                                 "maps pixels in [0, 1] (B, 3, H, W) to features (B, T, D) or (B, D, h, w), or leave "
                                 "repa_encoder unset to train without REPA")
-    return torch.jit.load(str(path), map_location="cpu").eval().requires_grad_(False)
+    net = torch.jit.load(str(path), map_location="cpu").eval()
+    for p in net.parameters():  # ScriptModules have no requires_grad_()
+        p.requires_grad_(False)
+    return net
 
 
 def features_on_grid(feats: torch.Tensor, grid: int) -> torch.Tensor:
