@@ -53,7 +53,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float = 1e-4) ->
 
 def test_config_comes_from_the_fixture(model, fixture_json):
     cfg = fixture_json["config"]
-    enc, dec = _modules(fixture_json, "encoder", "FlexTransformer"), _modules(fixture_json, "decoder", "FlexTransformer")
+    enc = _modules(fixture_json, "encoder", "FlexTransformer")
+    dec = _modules(fixture_json, "decoder", "FlexTransformer")
     assert isinstance(model, FlexTok) and model.image_size == fixture_json["image_size"]
     assert model.num_tokens == _modules(fixture_json, "encoder", "Registers1D")["n_max"]
     assert model.quantizer.levels == tuple(cfg["regularizer"]["levels"])
