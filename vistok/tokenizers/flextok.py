@@ -487,8 +487,8 @@ def _build_vae(vae: dict | str | None) -> tuple[nn.Module | None, int, int, floa
 OFFICIAL_WEIGHT_FILES = ("model.safetensors", "weights.safetensors")
 
 
-def _modules(tree: dict) -> dict[str, dict]:
-    """Official ``module_dict``: class name (last part of ``_target_``) -> (module name, its config), in order."""
+def _modules(tree: dict) -> dict[str, list[tuple[str, dict]]]:
+    """Official ``module_dict``: class name (last part of ``_target_``) -> [(module name, its config)], in order."""
     out = {}
     for name, cfg in tree["module_dict"].items():
         cls = cfg["_target_"].rsplit(".", 1)[-1]
