@@ -6,11 +6,13 @@ import torch
 import vistok
 from vistok.generators import ARGenerator, MARARGenerator, MARGenerator, NARGenerator, XARGenerator
 from vistok.interfaces import Conditioning, Generator, Tokenizer
-from vistok.tokenizers import TiTok
+from vistok.tokenizers import FlexTok, TiTok
 
 TINY = {
     TiTok: dict(image_size=32, patch_size=8, width=32, depth=1, num_heads=2, num_latent_tokens=8,
                 codebook_size=64, token_size=8),
+    FlexTok: dict(image_size=16, patch_size=4, width=32, depth=1, head_dim=16, decoder_width=32, decoder_depth=1,
+                  num_registers=8, num_steps=2),
     ARGenerator: dict(vocab_size=64, seq_len=8, width=32, depth=1, num_heads=2, max_text_len=6),
     NARGenerator: dict(vocab_size=64, seq_len=16, grid=(4, 4), width=32, depth=1, num_heads=2, max_text_len=6),
     XARGenerator: dict(grid_size=4, cell_size=2, token_dim=4, width=32, depth=1, decoder_depth=1, num_heads=2,
@@ -37,6 +39,10 @@ def _tiny(kind, name):
                              pixel_res_blocks=1)
         if "codebook_size" in preset and preset["codebook_size"] is None:
             overrides.pop("codebook_size")
+    if cls is FlexTok and preset.get("vae"):  # a tiny random AutoencoderKL (f2, 4 channels) instead of the SD one
+        overrides.update(patch_size=2, vae=dict(block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+                                                latent_channels=4, down_block_types=("DownEncoderBlock2D",) * 2,
+                                                up_block_types=("UpDecoderBlock2D",) * 2))
     return create(name, **overrides)
 
 

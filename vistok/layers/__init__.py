@@ -1,11 +1,11 @@
 """Blocks shared by every family: attention, RoPE, MLPs, transformer blocks, quantizers."""
 
 from vistok.layers.attention import Attention, LlamaBlock, RMSNorm, SwiGLU, ViTBlock
-from vistok.layers.quantizers import VectorQuantizer
+from vistok.layers.quantizers import FSQ, VectorQuantizer
 from vistok.layers.rope import apply_rope, rope_table
 from vistok.layers.vqgan import VQGANDecoder
 
 __all__ = [
-    "Attention", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder", "VectorQuantizer", "apply_rope",
+    "FSQ", "Attention", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder", "VectorQuantizer", "apply_rope",
     "rope_table",
 ]

@@ -49,13 +49,16 @@ class Attention(nn.Module):
         dim: model width.
         num_heads: heads; ``dim`` must divide evenly.
         bias: biases on the qkv and output projections.
+        qk_norm: normalise queries and keys per head with a parameter-free LayerNorm (fp32) before RoPE (FlexTok).
+        scale: softmax scale (None: ``head_dim ** -0.5``; FlexTok's muP scale is ``8 / head_dim``).
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, bias: bool = True, qk_norm: bool = False,
+                 scale: float | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
+        self.num_heads, self.qk_norm, self.scale = num_heads, qk_norm, scale
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
@@ -67,11 +70,13 @@ class Attention(nn.Module):
         whole cache buffer.
         """
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
+        if self.qk_norm:
+            q, k = (F.layer_norm(t.float(), t.shape[-1:]).type_as(t) for t in (q, k))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 

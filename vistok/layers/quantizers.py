@@ -1,10 +1,13 @@
-"""Vector quantisation with an l2-normalised codebook (ViT-VQGAN arXiv 2110.04627, as TiTok uses it),
-straight-through gradients, and dead-code re-seeding.
+"""Quantisers: vector quantisation with an l2-normalised codebook (ViT-VQGAN arXiv 2110.04627, as TiTok uses it),
+straight-through gradients, and dead-code re-seeding; finite scalar quantisation (FSQ, arXiv 2309.15505, as FlexTok
+uses it).
 
 Legend: b batch, n tokens, d code dim, k codebook size.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -80,3 +83,62 @@ class VectorQuantizer(nn.Module):
             pick = torch.randint(len(pool), (len(dead),), device=pool.device)
             self.embedding.weight.data[dead] = pool[pick].to(self.embedding.weight.dtype)
         self.usage.zero_()
+
+
+class FSQ(nn.Module):
+    """Finite scalar quantisation (Mentzer et al., arXiv 2309.15505), as FlexTok uses it: no codebook, no loss.
+
+    Each of the ``d = len(levels)`` channels is squashed by a shifted tanh into ``levels[i]`` integer steps and
+    rounded (straight-through).  Codes are returned normalised to ``[-1, 1]`` (divided by ``L // 2``); the id is
+    ``sum_i (code_i * (L_i // 2) + L_i // 2) * basis_i`` with ``basis = cumprod([1, L_0, ..., L_{d-2}])``, so the
+    first channel varies fastest.  Even levels get a half-step offset so that the rounded grid is symmetric.
+
+    Args:
+        levels: steps per channel, e.g. ``(8, 8, 8, 5, 5, 5)`` = 64,000 codes.
+        eps: the bound stretches to ``(L - 1)(1 + eps) / 2`` so the extreme steps stay reachable.
+    """
+
+    def __init__(self, levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5), eps: float = 1e-3):
+        super().__init__()
+        levels = tuple(int(v) for v in levels)
+        if not levels or min(levels) < 2:
+            raise ValueError(f"FSQ levels must be integers >= 2, got {levels}")
+        self.levels, self.eps = levels, eps
+        self.dim, self.codebook_size = len(levels), math.prod(levels)
+        basis = [1]
+        for v in levels[:-1]:
+            basis.append(basis[-1] * v)
+        self.register_buffer("_levels", torch.tensor(levels), persistent=False)
+        self.register_buffer("_basis", torch.tensor(basis), persistent=False)
+
+    def bound(self, z: Tensor) -> Tensor:
+        """``z`` (..., d) -> values in ``(-(L-1)/2 - offset, (L-1)/2 - offset)`` per channel (before rounding)."""
+        levels = self._levels.to(z.dtype)
+        half = (levels - 1) * (1 + self.eps) / 2
+        offset = (self._levels % 2 == 0).to(z.dtype) * 0.5
+        return torch.tanh(z + torch.atanh(offset / half)) * half - offset
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """``z`` (..., d) -> (codes in [-1, 1] with straight-through gradients (..., d), ids (...) long).
+
+        Computed in fp32 whatever the autocast state.
+        """
+        if z.shape[-1] != self.dim:
+            raise ValueError(f"FSQ with {self.dim} levels takes (..., {self.dim}) inputs, got {tuple(z.shape)}")
+        with torch.autocast(z.device.type, enabled=False):
+            bounded = self.bound(z.float())
+            rounded = bounded + (bounded.round() - bounded).detach()
+            codes = rounded / (self._levels // 2)
+        return codes, self.codes_to_ids(codes)
+
+    def codes_to_ids(self, codes: Tensor) -> Tensor:
+        """Normalised codes (..., d) -> ids (...) long."""
+        half = self._levels // 2
+        steps = (codes * half + half).round().long()
+        return (steps * self._basis).sum(-1)
+
+    def ids_to_codes(self, ids: Tensor) -> Tensor:
+        """ids (...) -> normalised codes (..., d) fp32; ids must lie in ``[0, codebook_size)``."""
+        half = self._levels // 2
+        steps = (ids[..., None] // self._basis) % self._levels
+        return ((steps - half) / half).float()

@@ -1,9 +1,11 @@
 """Tokenizer families; importing this package registers their presets."""
 
 from vistok.registry import register_tokenizer
+from vistok.tokenizers.flextok import FLEXTOK_PRESETS, FlexTok
 from vistok.tokenizers.titok import TITOK_PRESETS, TiTok
 
-for _name, _kwargs in TITOK_PRESETS.items():
-    register_tokenizer(_name, TiTok, **_kwargs)
+for _presets, _cls in ((TITOK_PRESETS, TiTok), (FLEXTOK_PRESETS, FlexTok)):
+    for _name, _kwargs in _presets.items():
+        register_tokenizer(_name, _cls, **_kwargs)
 
-__all__ = ["TiTok"]
+__all__ = ["FlexTok", "TiTok"]

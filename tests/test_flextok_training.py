@@ -1,0 +1,85 @@
+"""FlexTokModule: ``vistok fit`` on the shipped tiny config, REPA against a local TorchScript encoder, bad options."""
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vistok import from_pretrained
+from vistok.cli import main
+from vistok.tokenizers.flextok import FlexTok
+from vistok.training.flextok_module import FlexTokModule, features_on_grid
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CONFIG = "configs/tokenizers/flextok_tiny.yaml"
+
+
+def tiny(**kw) -> FlexTok:
+    return FlexTok(**{**dict(image_size=16, patch_size=4, width=32, depth=2, head_dim=16, num_registers=8), **kw})
+
+
+def test_vistok_fit_two_steps(tmp_path):
+    args = ["fit", "--config", CONFIG, "--trainer.max_steps", "2", f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+            "--data.init_args.train_size=8", "--data.init_args.val_size=4", "--data.init_args.batch_size=4",
+            "--model.init_args.tokenizer.init_args.depth=1", "--model.init_args.val_steps=1",
+            f"--model.init_args.export_dir={tmp_path / 'export'}"]
+    main(args)
+    model = from_pretrained(tmp_path / "export")
+    assert isinstance(model, FlexTok) and model.num_tokens == 32 and len(model.encoder.blocks) == 1
+
+
+class _Pixels(torch.utils.data.Dataset):
+    def __init__(self, n: int, side: int):
+        self.x = torch.rand(n, 3, side, side)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"pixels": self.x[i]}
+
+
+def test_repa_aligns_decoder_features_with_a_torchscript_encoder(tmp_path):
+    encoder = torch.jit.script(nn.Sequential(nn.Conv2d(3, 12, 8, stride=8), nn.Flatten(2)))  # (B, 12, 4)
+    torch.jit.save(encoder, str(tmp_path / "enc.pt"))
+
+    class Tokens(nn.Module):  # (B, T, D) layout
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x).transpose(1, 2)
+
+    torch.jit.save(torch.jit.script(Tokens(encoder)), str(tmp_path / "tokens.pt"))
+    module = FlexTokModule(tiny(), repa_encoder=str(tmp_path / "tokens.pt"), repa_layer=1, repa_hidden=16,
+                           val_prefixes=(1,), lr=1e-3, warmup_steps=1, total_steps=4)
+    assert module.projector[-1].out_features == 12
+    assert not any(k.startswith("_frozen") or "net." in k for k in module.state_dict())  # the encoder stays out
+    before = [p.detach().clone() for p in module.projector.parameters()]
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=4))
+    metrics = trainer.callback_metrics
+    assert -1.0 <= float(metrics["train/repa"]) <= 1.0
+    assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/flow"]) + 0.5 * float(
+        metrics["train/repa"]), rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.projector.parameters()))
+
+
+def test_features_on_grid_layouts():
+    assert features_on_grid(torch.randn(2, 16, 5), 2).shape == (2, 4, 5)
+    assert features_on_grid(torch.randn(2, 5, 8, 8), 4).shape == (2, 16, 5)
+    with pytest.raises(ValueError, match="square token count"):
+        features_on_grid(torch.randn(2, 17, 5), 4)
+
+
+def test_bad_options_raise(tmp_path):
+    with pytest.raises(FileNotFoundError, match="repa_encoder .* is not a file"):
+        FlexTokModule(tiny(), repa_encoder=str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match=r"repa_layer must be in \[0, 1\]"):
+        FlexTokModule(tiny(), repa_layer=2)
+    with pytest.raises(ValueError, match=r"val_prefixes must lie in \[1, 8\]"):
+        FlexTokModule(tiny(), val_prefixes=(0, 9))
