@@ -98,7 +98,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
         if int(positions.max()) >= cache.max_tokens or int(positions.min()) < 0:
             raise ValueError(f"positions must be in [0, {cache.max_tokens - 1}]")
         x = self.tok_embed(inputs.clamp(min=0))
-        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        x = self.with_start(x, positions, cache)
         mask = cache.attention_mask(positions)
         x = self._run(self.drop(x), positions + cache.prefix_len, mask, cache)
         cache.advance(positions)

@@ -438,7 +438,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
         if not inputs.is_floating_point():
             raise TypeError("MARARGenerator.step takes continuous tokens (B, L, D) floats")
         x = self.token_proj(inputs.to(self.pos.dtype))
-        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        x = self.with_start(x, positions, cache)
         x = self.token_norm(x + self.pos[positions])
         x = self._run(x, positions + cache.prefix_len, cache.attention_mask(positions), cache)
         cache.advance(positions)

@@ -189,7 +189,7 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         if int(positions.max()) >= cache.max_tokens or int(positions.min()) < 0:
             raise ValueError(f"positions must be in [0, {cache.max_tokens - 1}]")
         x = self.tok_embed(inputs.clamp(min=0))
-        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        x = self.with_start(x, positions, cache)
         cos, sin = rope_2d_table(*self.grid, self.width // self.num_heads, self.rope_base, positions.device)
         mask = self._proximity_mask(positions, cache)
         rope = (cos[positions], sin[positions])  # b l d/2

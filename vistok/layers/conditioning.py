@@ -111,6 +111,12 @@ class ConditionEmbedder:
             return self.class_embed(torch.where(labels < 0, self.num_classes, labels))
         return self.bos.expand(b, -1)
 
+    @staticmethod
+    def with_start(x: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
+        """Embedded inputs ``x`` (b, l, c) with ``cache.start`` (b, c) in place of the input at token position 0
+        (``positions`` (b, l)): the input of position p is token p - 1, and position 0 reads the start vector."""
+        return torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+
     def text_states(self, cond: Conditioning, length: int | None = None) -> Tensor:
         """Projected text (b, length, c): ``cond.text`` (b, t, e) zero-padded to ``length`` (default t) slots."""
         ref = self.text_proj[0].weight
