@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
 from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_table
+from vistok.layers.init import normal_linears_and_embeddings
 
 
 def _check_tokens(tokens: Tensor, vocab_size: int, seq_len: int) -> None:
@@ -73,11 +74,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        normal_linears_and_embeddings(self)
         nn.init.zeros_(self.output.weight)  # LlamaGen: zero-initialised output head
         if self.bos is not None:
             nn.init.normal_(self.bos, std=0.02)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
 from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_2d
+from vistok.layers.init import normal_linears_and_embeddings
 from vistok.registry import register_generator
 
 
@@ -123,9 +124,7 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
+        normal_linears_and_embeddings(self)
         nn.init.zeros_(self.right_head.weight)  # LlamaGen/NAR zero only the first output head
         if self.bos is not None:
             nn.init.normal_(self.bos, std=0.02)

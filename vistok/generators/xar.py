@@ -102,8 +102,8 @@ class XARBlock(nn.Module):
         self.ada = nn.Linear(dim, 6 * dim)  # applied to SiLU(condition)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, cond: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache,
-                layer: int, slots: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, layer: int,
+                slots: Tensor, cond: Tensor) -> Tensor:
         """x (b, l, c); cond (b, g, c): one condition per run of ``l // g`` consecutive tokens."""
         mod = repeat(self.ada(F.silu(cond)), "b g (six c) -> six b (g r) c", six=6, r=x.shape[1] // cond.shape[1])
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod
@@ -285,12 +285,12 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
             h = h + self.encoder_pos[0, positions]
         h = self.token_norm(h)
         for i, blk in enumerate(self.encoder_blocks):
-            h = blk(h, cond, mask, rope, cache, i, slots)
+            h = blk(h, mask, rope, cache, i, slots, cond)
         h = self.decoder_in(self.encoder_norm(h))
         if positions is not None:
             h = h + self.decoder_pos[0, positions]
         for i, blk in enumerate(self.decoder_blocks, start=len(self.encoder_blocks)):
-            h = blk(h, cond, mask, rope, cache, i, slots)
+            h = blk(h, mask, rope, cache, i, slots, cond)
         return h
 
     # -- training ----------------------------------------------------------------------------------------------
