@@ -64,7 +64,8 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
 # Blocks
 # ----------------------------------------------------------------------------------------------------------------
 class TimestepEmbedding(nn.Module):
-    """``t`` in [0, 1] (any shape) -> ``floor(1000 t)`` -> ``[cos, sin]`` sinusoid -> Linear-SiLU-Linear (..., dim)."""
+    """``t`` in [0, 1] (any shape) -> ``floor(1000 t)`` -> ``[cos, sin]`` sinusoid (diffusers'
+    ``get_timestep_embedding``) -> Linear-SiLU-Linear (..., dim)."""
 
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
