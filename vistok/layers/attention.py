@@ -102,9 +102,10 @@ class ViTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5,
                  attn_dropout: float = 0.0, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        # registered norm1, norm2, attn, mlp: the order of MAR's former private copy, so code that walks
+        # parameters() in order (seeded random models in tests) builds the same models as before
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, attn_dropout=attn_dropout)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(OrderedDict([("0", nn.Linear(dim, hidden)), ("1", nn.GELU()),
                                               ("drop1", nn.Dropout(dropout)), ("2", nn.Linear(hidden, dim)),
