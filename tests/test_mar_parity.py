@@ -59,7 +59,7 @@ def test_patchify(fx):
 def test_encoder_decoder(fx):
     config, io, model = fx
     cond = Conditioning(labels=io["labels"])
-    _close(model.class_vector(cond), io["class_embedding"])
+    _close(model.condition_vector(cond), io["class_embedding"])
     mask = io["mask"].bool()
     for suffix, c in (("", cond), ("_uncond", cond.null())):
         x, idx, valid = model.encode(io["tokens"], mask, model.cond_buffer(c))

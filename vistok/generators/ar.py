@@ -19,15 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.interfaces import (
-    Conditioning,
-    Configurable,
-    GeneratorOutput,
-    KVCache,
-    check_conditioning,
-    drop_conditioning,
-)
-from vistok.layers import LlamaBlock, RMSNorm, rope_table
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_table
+from vistok.layers.init import normal_linears_and_embeddings
 
 
 def _check_tokens(tokens: Tensor, vocab_size: int, seq_len: int) -> None:
@@ -41,7 +35,7 @@ def _check_tokens(tokens: Tensor, vocab_size: int, seq_len: int) -> None:
                          f"{int(tokens.max())}]: was the generator built for this tokenizer's codebook?")
 
 
-class ARGenerator(nn.Module, Configurable):
+class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
     """Causal transformer over token ids with a preallocated KV cache.
 
     Args:
@@ -68,14 +62,9 @@ class ARGenerator(nn.Module, Configurable):
         if mlp_hidden is None:
             mlp_hidden = -(-int(8 * width / 3) // 64) * 64
         self.vocab_size, self.seq_len, self.width, self.num_heads = vocab_size, seq_len, width, num_heads
-        self.num_classes, self.text_dim = num_classes, text_dim
-        self.cond_dropout, self.rope_base = cond_dropout, rope_base
-        self.prefix_len = max_text_len if text_dim else 0
-        # conditioning
-        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
-        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"),
-                                        nn.Linear(width, width)) if text_dim else None)
-        self.bos = nn.Parameter(torch.zeros(width)) if not num_classes else None
+        self.rope_base = rope_base
+        self.init_conditioning(width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
+                               cond_dropout=cond_dropout)
         # backbone
         self.tok_embed = nn.Embedding(vocab_size, width)
         self.drop = nn.Dropout(dropout)
@@ -85,11 +74,7 @@ class ARGenerator(nn.Module, Configurable):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
+        normal_linears_and_embeddings(self)
         nn.init.zeros_(self.output.weight)  # LlamaGen: zero-initialised output head
         if self.bos is not None:
             nn.init.normal_(self.bos, std=0.02)
@@ -98,31 +83,15 @@ class ARGenerator(nn.Module, Configurable):
         """The ``(V, width)`` input embedding table (token latents for GSD / LANTERN)."""
         return self.tok_embed.weight
 
-    # -- conditioning ------------------------------------------------------------------------------------------
-    def _check_cond(self, cond: Conditioning) -> None:
-        check_conditioning(cond, num_classes=self.num_classes, text_dim=self.text_dim, max_text_len=self.prefix_len)
-
-    def drop_condition(self, cond: Conditioning) -> Conditioning:
-        """Replace each condition by the null condition with probability ``cond_dropout`` (training only)."""
-        return drop_conditioning(cond, self.cond_dropout)
-
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
         """Allocate a cache for ``cond``'s batch and prefill the text prefix (if any)."""
-        self._check_cond(cond)
-        b = cond.batch_size
+        self.check_cond(cond)
         ref = self.tok_embed.weight
-        cache = KVCache(len(self.blocks), b, self.num_heads, self.width // self.num_heads, self.prefix_len,
-                        max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
-        if self.class_embed is not None:
-            labels = torch.where(cond.labels < 0, self.num_classes, cond.labels)
-            cache.start = self.class_embed(labels)
-        else:
-            cache.start = self.bos.expand(b, -1)
-        if self.prefix_len:
-            t = cond.text.shape[1]
-            x = self.text_proj(F.pad(cond.text.to(ref.dtype), (0, 0, 0, self.prefix_len - t)))  # b p c
-            self._run(x, *cache.prefill_layout(cond.text_mask.to(ref.device)), cache)
+        cache = KVCache(len(self.blocks), cond.batch_size, self.num_heads, self.width // self.num_heads,
+                        self.prefix_len, max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
+        cache.start = self.condition_vector(cond)
+        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(x, slots, mask, cache))
         return cache
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
@@ -130,7 +99,7 @@ class ARGenerator(nn.Module, Configurable):
         if int(positions.max()) >= cache.max_tokens or int(positions.min()) < 0:
             raise ValueError(f"positions must be in [0, {cache.max_tokens - 1}]")
         x = self.tok_embed(inputs.clamp(min=0))
-        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        x = self.with_start(x, positions, cache)
         mask = cache.attention_mask(positions)
         x = self._run(self.drop(x), positions + cache.prefix_len, mask, cache)
         cache.advance(positions)

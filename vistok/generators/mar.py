@@ -34,15 +34,8 @@ from torch import Tensor, nn
 
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.generators.heads import DiffLossHead
-from vistok.interfaces import (
-    Conditioning,
-    Configurable,
-    GeneratorOutput,
-    KVCache,
-    check_conditioning,
-    drop_conditioning,
-)
-from vistok.layers import Attention, apply_rope, rope_table
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d
 from vistok.registry import register_generator
 
 __all__ = ["MARARGenerator", "MARGenerator", "MAR_AR_PRESETS", "MAR_PRESETS", "convert_mar_state_dict",
@@ -77,58 +70,11 @@ def grid_sincos(grid: tuple[int, int], dim: int) -> Tensor:
 
 def grid_rope(slots: Tensor, grid: tuple[int, int], head_dim: int, offset: int, base: float = 10000.0
               ) -> tuple[Tensor, Tensor]:
-    """cos/sin (b, l, head_dim / 2) of a 2-D RoPE for sequence ``slots`` (b, l): slot ``offset + j`` is token j at
-    (j // cols, j % cols); half the rotated pairs turn with the row, half with the column (:func:`rope_table` on
-    each).  Slots before ``offset`` (condition buffer) sit at (0, 0), i.e. are not rotated."""
-    if head_dim % 4:
-        raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
+    """cos/sin (b, l, head_dim / 2) of a 2-D RoPE (:func:`~vistok.layers.rope_2d`) for sequence ``slots`` (b, l):
+    slot ``offset + j`` is token j at (j // cols, j % cols).  Slots before ``offset`` (condition buffer) sit at
+    (0, 0), i.e. are not rotated."""
     j = (slots - offset).clamp(min=0)
-    (cos_r, sin_r), (cos_c, sin_c) = (rope_table(a, head_dim // 2, base) for a in (j // grid[1], j % grid[1]))
-    return torch.cat([cos_r, cos_c], -1), torch.cat([sin_r, sin_c], -1)
-
-
-class _Attention(Attention):
-    """vistok's attention plus attention-probability dropout (timm ``Attention(attn_drop=...)``)."""
-
-    def __init__(self, dim: int, num_heads: int, attn_dropout: float):
-        super().__init__(dim, num_heads)
-        self.attn_dropout = attn_dropout
-
-    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
-                slots: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if cache is not None:
-            k, v = cache.write(layer, k, v, slots)
-        p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=p)
-        return self.proj(rearrange(out, "b h l d -> b l (h d)"))
-
-
-class _Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float):
-        super().__init__()
-        self.fc1, self.fc2, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
-
-
-class _Block(nn.Module):
-    """Pre-LN ViT block (timm ``Block`` as MAR builds it: qkv bias, GELU MLP, proj/attn dropout)."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, eps: float, attn_dropout: float, dropout: float):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
-        self.attn = _Attention(dim, num_heads, attn_dropout)
-        self.mlp = _Mlp(dim, int(dim * mlp_ratio), dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None, cache: KVCache | None = None, layer: int = 0,
-                slots: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), mask, cache, layer, slots, rope))
-        return x + self.mlp(self.norm2(x))
+    return rope_2d(j // grid[1], j % grid[1], head_dim, base)
 
 
 class TokenCache(KVCache):
@@ -152,25 +98,14 @@ class TokenCache(KVCache):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Shared by both generators: conditioning, token checks, the diffusion loss
+# Shared by both generators: conditioning (ConditionEmbedder, MAR's null vector), token checks, the diffusion loss
 # --------------------------------------------------------------------------------------------------------------
-class _ContinuousGenerator(nn.Module):
+class _ContinuousGenerator(nn.Module, ConditionEmbedder):
     kind = "continuous"
     vocab_size = None
     seq_len: int
     token_dim: int
-    num_classes: int
-    text_dim: int
     head: DiffLossHead
-
-    def _init_conditioning(self, width: int, num_classes: int, text_dim: int, max_text_len: int) -> None:
-        if num_classes and text_dim:
-            raise ValueError("give num_classes or text_dim, not both (MAR conditions on one of them)")
-        self.num_classes, self.text_dim, self.max_text_len = num_classes, text_dim, max_text_len
-        self.class_embed = nn.Embedding(num_classes, width) if num_classes else None
-        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"),
-                                        nn.Linear(width, width)) if text_dim else None)
-        self.null_embed = nn.Parameter(torch.zeros(width))  # MAR's ``fake_latent``: the null condition for CFG
 
     def check_tokens(self, tokens: Tensor) -> None:
         if not isinstance(tokens, Tensor) or not tokens.is_floating_point():
@@ -179,22 +114,6 @@ class _ContinuousGenerator(nn.Module):
                             "discrete token ids need a discrete generator such as ARGenerator")
         if tokens.ndim != 3 or tokens.shape[1:] != (self.seq_len, self.token_dim):
             raise ValueError(f"tokens must have shape (B, {self.seq_len}, {self.token_dim}), got {tuple(tokens.shape)}")
-
-    def check_cond(self, cond: Conditioning) -> None:
-        check_conditioning(cond, num_classes=self.num_classes, text_dim=self.text_dim,
-                           max_text_len=self.max_text_len)
-
-    def drop_condition(self, cond: Conditioning) -> Conditioning:
-        """Replace each condition by the null condition with probability ``cond_dropout`` (training, for CFG)."""
-        return drop_conditioning(cond, self.cond_dropout)
-
-    def class_vector(self, cond: Conditioning) -> Tensor:
-        """One condition vector per sample (b, c): class embedding, or the null embedding (label -1 / no class)."""
-        null = self.null_embed.expand(cond.batch_size, -1)
-        if self.class_embed is None:
-            return null
-        labels = cond.labels
-        return torch.where((labels >= 0)[:, None], self.class_embed(labels.clamp(min=0)), null)
 
     def diffusion_loss(self, z: Tensor, tokens: Tensor, weight: Tensor | None = None, *, t: Tensor | None = None,
                        noise: Tensor | None = None) -> Tensor:
@@ -292,14 +211,15 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             raise ValueError(f"max_text_len ({max_text_len}) must be <= buffer_size ({buffer_size}): text tokens "
                              "live in the buffer slots")
         self.token_dim, self.seq_len, self.buffer_size = token_dim, seq_len, buffer_size
-        self.cond_dropout, self.mask_ratio_min = cond_dropout, mask_ratio_min
+        self.mask_ratio_min = mask_ratio_min
         self.diffusion_batch_mul = diffusion_batch_mul
-        self._init_conditioning(encoder_width, num_classes, text_dim, max_text_len if text_dim else 0)
+        self.init_conditioning(encoder_width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
+                               cond_dropout=cond_dropout, null="vector")
         # encoder
         self.token_proj = nn.Linear(token_dim, encoder_width)
         self.token_norm = nn.LayerNorm(encoder_width, eps=1e-6)
         self.encoder_pos = nn.Parameter(torch.zeros(buffer_size + seq_len, encoder_width))
-        block = lambda w, h: _Block(w, h, mlp_ratio, norm_eps, attn_dropout, proj_dropout)
+        block = lambda w, h: ViTBlock(w, h, mlp_ratio, norm_eps, attn_dropout, proj_dropout)
         self.encoder = nn.ModuleList(block(encoder_width, encoder_heads) for _ in range(encoder_depth))
         self.encoder_norm = nn.LayerNorm(encoder_width, eps=norm_eps)
         # decoder
@@ -332,9 +252,9 @@ class MARGenerator(_ContinuousGenerator, Configurable):
     def cond_slots(self, cond: Conditioning) -> tuple[Tensor, Tensor]:
         """The encoder's condition slots (b, buffer_size, c) and the pooled condition (b, c) (no dropout)."""
         if self.text_proj is None:
-            pooled = self.class_vector(cond)
+            pooled = self.condition_vector(cond)
             return pooled[:, None].expand(-1, self.buffer_size, -1), pooled
-        text = self.text_proj(cond.text.to(self.null_embed.dtype))  # b t c
+        text = self.text_states(cond)  # b t c
         keep = cond.text_mask[..., None]
         pooled = (text * keep).sum(1) / keep.sum(1).clamp(min=1)
         pooled = torch.where(keep.any(1), pooled, self.null_embed)  # all-masked text = null condition
@@ -477,14 +397,14 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
                  head_sampler: str = "ddpm", diffusion_batch_mul: int = 4, head_clip_denoised: float | None = None):
         super().__init__()
         self.token_dim, self.seq_len, self.width, self.num_heads = token_dim, seq_len, width, num_heads
-        self.cond_dropout, self.diffusion_batch_mul = cond_dropout, diffusion_batch_mul
-        self.prefix_len = max_text_len if text_dim else 0
-        self._init_conditioning(width, num_classes, text_dim, self.prefix_len)
+        self.diffusion_batch_mul = diffusion_batch_mul
+        self.init_conditioning(width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
+                               cond_dropout=cond_dropout, null="vector")
         self.token_proj = nn.Linear(token_dim, width)
         self.token_norm = nn.LayerNorm(width, eps=1e-6)
         self.pos = nn.Parameter(torch.zeros(seq_len, width))
         self.prefix_pos = nn.Parameter(torch.zeros(self.prefix_len, width))
-        self.blocks = nn.ModuleList(_Block(width, num_heads, mlp_ratio, norm_eps, attn_dropout, proj_dropout)
+        self.blocks = nn.ModuleList(ViTBlock(width, num_heads, mlp_ratio, norm_eps, attn_dropout, proj_dropout)
                                     for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=norm_eps)
         self.head = DiffLossHead(token_dim=token_dim, cond_dim=width, width=head_width, depth=head_depth,
@@ -496,7 +416,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
 
     def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
         for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, cache, i, slots)
+            x = blk(x, mask, None, cache, i, slots)
         return x
 
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
@@ -505,12 +425,9 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
         b, ref = cond.batch_size, self.pos
         cache = KVCache(len(self.blocks), b, self.num_heads, self.width // self.num_heads, self.prefix_len,
                         max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
-        cache.start = self.class_vector(cond)
-        if self.prefix_len:
-            t = cond.text.shape[1]
-            text = F.pad(cond.text.to(ref.dtype), (0, 0, 0, self.prefix_len - t))
-            x = self.token_norm(self.text_proj(text) + self.prefix_pos)  # b p c
-            self._run(x, *cache.prefill_layout(cond.text_mask.to(ref.device)), cache)
+        cache.start = self.condition_vector(cond)
+        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(self.token_norm(x + self.prefix_pos), slots,
+                                                                        mask, cache))
         return cache
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
@@ -520,7 +437,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
         if not inputs.is_floating_point():
             raise TypeError("MARARGenerator.step takes continuous tokens (B, L, D) floats")
         x = self.token_proj(inputs.to(self.pos.dtype))
-        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        x = self.with_start(x, positions, cache)
         x = self.token_norm(x + self.pos[positions])
         x = self._run(x, positions + cache.prefix_len, cache.attention_mask(positions), cache)
         cache.advance(positions)
@@ -575,7 +492,9 @@ _KEY_RULES = [
     (r"encoder_pos_embed_learned", "encoder_pos"), (r"decoder_pos_embed_learned", "decoder_pos"),
     (r"diffusion_pos_embed_learned", "head_pos"), (r"z_proj\.(.*)", r"token_proj.\1"),
     (r"z_proj_ln\.(.*)", r"token_norm.\1"),
-    (r"(encoder|decoder)_blocks\.(\d+)\.((?:norm[12]|attn\.qkv|attn\.proj|mlp\.fc[12])\.(?:weight|bias))", r"\1.\2.\3"),
+    (r"(encoder|decoder)_blocks\.(\d+)\.((?:norm[12]|attn\.qkv|attn\.proj)\.(?:weight|bias))", r"\1.\2.\3"),
+    (r"(encoder|decoder)_blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"\1.\2.mlp.0.\3"),  # timm Mlp -> ViTBlock.mlp
+    (r"(encoder|decoder)_blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"\1.\2.mlp.2.\3"),
     (r"(encoder_norm|decoder_embed|decoder_norm)\.(weight|bias)", r"\1.\2"),
     (r"diffloss\.net\.time_embed\.mlp\.([02])\.(.*)", r"head.time_mlp.\1.\2"),
     (r"diffloss\.net\.cond_embed\.(.*)", r"head.cond_proj.\1"),

@@ -37,9 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_keys, read_state_dict
-from vistok.generators.ar import ARGenerator
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
-from vistok.layers import LlamaBlock, RMSNorm
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_2d
+from vistok.layers.init import normal_linears_and_embeddings
 from vistok.registry import register_generator
 
 
@@ -49,23 +49,16 @@ def _find_multiple(n: int, k: int) -> int:
 
 def rope_2d_table(height: int, width: int, head_dim: int, base: float,
                   device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """LlamaGen 2D RoPE: cos/sin ``(1 + h * w, head_dim // 2)`` indexed by token position.
-
-    The first ``head_dim // 4`` rotation pairs turn with the row index, the rest with the column index.  Row 0
-    (the start slot) is all zero: condition slots have zeroed queries and keys.
-    """
-    if head_dim % 4:
-        raise ValueError(f"2D RoPE needs a head dim divisible by 4, got {head_dim}")
-    half = head_dim // 2
-    freqs = 1.0 / base ** (torch.arange(0, half, 2, device=device)[: half // 2].float() / half)
-    rows = torch.outer(torch.arange(height, device=device), freqs)  # h f
-    cols = torch.outer(torch.arange(width, device=device), freqs)  # w f
-    angles = torch.cat([rows[:, None].expand(-1, width, -1), cols[None].expand(height, -1, -1)], dim=-1)
-    zero = angles.new_zeros(1, half)
-    return torch.cat([zero, angles.cos().flatten(0, 1)]), torch.cat([zero, angles.sin().flatten(0, 1)])
+    """LlamaGen 2D RoPE: cos/sin ``(1 + h * w, head_dim // 2)`` indexed by token position (raster order after the
+    start slot).  Row 0 (the start slot) is all zero, not the identity: condition slots have zeroed queries and
+    keys (the LlamaGen quirk)."""
+    rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
+                                indexing="ij")
+    cos, sin = rope_2d(rows.flatten(), cols.flatten(), head_dim, base)
+    return F.pad(cos, (0, 0, 1, 0)), F.pad(sin, (0, 0, 1, 0))
 
 
-class NARGenerator(nn.Module, Configurable):
+class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
     """Neighbouring-AR transformer over a grid of token ids, with a preallocated KV cache.
 
     Args:
@@ -110,38 +103,28 @@ class NARGenerator(nn.Module, Configurable):
             mlp_hidden = _find_multiple(int(8 * width / 3), 256)
         self.vocab_size, self.seq_len, self.grid = vocab_size, seq_len, (h, w)
         self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
-        self.num_classes, self.text_dim, self.cond_dropout = num_classes, text_dim, cond_dropout
-        self.prefix_len = max_text_len if text_dim else 0
         self.is_causal = h == 1  # one row: the proximity mask is the causal mask
-        # conditioning
-        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
-        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width, bias=False), nn.GELU(approximate="tanh"),
-                                        nn.Linear(width, width, bias=False)) if text_dim else None)
-        self.bos = nn.Parameter(torch.zeros(width)) if not num_classes else None
+        self.init_conditioning(width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
+                               cond_dropout=cond_dropout, text_bias=False)
         # backbone -> right head
         self.tok_embed = nn.Embedding(vocab_size, width)
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout) for _ in range(depth))
-        self.right_norm = RMSNorm(width)
+        self.blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout, norm_eps) for _ in range(depth))
+        self.right_norm = RMSNorm(width, norm_eps)
         self.right_head = nn.Linear(width, vocab_size, bias=False)
         # extra blocks -> down head (absent for a single-row grid: no token has a lower neighbour)
         has_down = h > 1
-        self.down_blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout)
+        self.down_blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout, norm_eps)
                                          for _ in range(down_depth if has_down else 0))
-        self.down_norm = RMSNorm(width) if has_down else None
+        self.down_norm = RMSNorm(width, norm_eps) if has_down else None
         self.down_head = nn.Linear(width, vocab_size, bias=False) if has_down else None
-        for m in self.modules():
-            if isinstance(m, RMSNorm):
-                m.eps = norm_eps
         # diagonal index of each token position (position 0, the start slot, is diagonal -1)
         cells = torch.arange(seq_len + 1) - 1
         self.register_buffer("diag", torch.where(cells < 0, -1, cells // w + cells % w), persistent=False)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(m.weight, std=0.02)
+        normal_linears_and_embeddings(self)
         nn.init.zeros_(self.right_head.weight)  # LlamaGen/NAR zero only the first output head
         if self.bos is not None:
             nn.init.normal_(self.bos, std=0.02)
@@ -149,10 +132,6 @@ class NARGenerator(nn.Module, Configurable):
     def token_embeddings(self) -> Tensor:
         """The ``(V, width)`` input embedding table (token latents for GSD / LANTERN)."""
         return self.tok_embed.weight
-
-    # -- conditioning (same contract as the AR generator) ------------------------------------------------------
-    _check_cond = ARGenerator._check_cond
-    drop_condition = ARGenerator.drop_condition
 
     def _check_tokens(self, tokens: Tensor) -> Tensor:
         """``(b, n)`` or ``(b, h, w)`` token ids -> ``(b, n)``, with actionable errors."""
@@ -179,7 +158,7 @@ class NARGenerator(nn.Module, Configurable):
         ``max_tokens`` token positions (default ``seq_len``; ``seq_len + 1`` also feeds the last grid token).
         The cache additionally tracks ``written`` ``(b, t)``: which token positions hold entries.
         """
-        self._check_cond(cond)
+        self.check_cond(cond)
         max_tokens = max_tokens or self.seq_len
         if not 1 <= max_tokens <= self.seq_len + 1:
             raise ValueError(f"max_tokens must be in [1, {self.seq_len + 1}], got {max_tokens}")
@@ -187,18 +166,9 @@ class NARGenerator(nn.Module, Configurable):
         cache = KVCache(len(self.blocks) + len(self.down_blocks), b, self.num_heads, self.width // self.num_heads,
                         self.prefix_len, max_tokens, dtype=ref.dtype, device=ref.device)
         cache.written = torch.zeros(b, max_tokens, dtype=torch.bool, device=ref.device)
-        if self.class_embed is not None:
-            cache.start = self.class_embed(torch.where(cond.labels < 0, self.num_classes, cond.labels))
-        else:
-            cache.start = self.bos.expand(b, -1)
-        if self.prefix_len:
-            t, p = cond.text.shape[1], self.prefix_len
-            x = self.text_proj(F.pad(cond.text.to(ref.dtype), (0, 0, 0, p - t)))  # b p c
-            cache.prefix_mask = F.pad(cond.text_mask, (0, p - t), value=False)
-            eye = torch.eye(p, dtype=torch.bool, device=ref.device)
-            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, max_tokens))[:, None]  # b 1 p s
-            zero = x.new_zeros(b, p, self.width // self.num_heads // 2).float()
-            self._run(x, torch.arange(p, device=ref.device).expand(b, -1), (zero, zero), mask, cache)
+        cache.start = self.condition_vector(cond)
+        zero = torch.zeros(b, self.prefix_len, self.width // self.num_heads // 2, device=ref.device)
+        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(x, slots, (zero, zero), mask, cache))
         return cache
 
     def _proximity_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
@@ -222,7 +192,7 @@ class NARGenerator(nn.Module, Configurable):
         if int(positions.max()) >= cache.max_tokens or int(positions.min()) < 0:
             raise ValueError(f"positions must be in [0, {cache.max_tokens - 1}]")
         x = self.tok_embed(inputs.clamp(min=0))
-        x = torch.where((positions == 0)[..., None], cache.start[:, None].to(x.dtype), x)
+        x = self.with_start(x, positions, cache)
         cos, sin = rope_2d_table(*self.grid, self.width // self.num_heads, self.rope_base, positions.device)
         mask = self._proximity_mask(positions, cache)
         rope = (cos[positions], sin[positions])  # b l d/2

@@ -38,19 +38,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import get_timestep_embedding
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
-from vistok.interfaces import (
-    Conditioning,
-    Configurable,
-    GeneratorOutput,
-    KVCache,
-    check_conditioning,
-    drop_conditioning,
-)
-from vistok.layers import Attention, RMSNorm
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.layers import Attention, ConditionEmbedder, RMSNorm, rope_2d
 from vistok.layers.init import xavier_linears
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
@@ -68,14 +62,9 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
 # ----------------------------------------------------------------------------------------------------------------
 # Blocks
 # ----------------------------------------------------------------------------------------------------------------
-def _rms(x: Tensor, eps: float = 1e-6) -> Tensor:
-    """Weightless RMSNorm, computed in fp32 (xAR's block norms)."""
-    xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)
-
-
 class TimestepEmbedding(nn.Module):
-    """``t`` in [0, 1] (any shape) -> ``floor(1000 t)`` -> ``[cos, sin]`` sinusoid -> Linear-SiLU-Linear (..., dim)."""
+    """``t`` in [0, 1] (any shape) -> ``floor(1000 t)`` -> ``[cos, sin]`` sinusoid (diffusers'
+    ``get_timestep_embedding``) -> Linear-SiLU-Linear (..., dim)."""
 
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
@@ -83,11 +72,9 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        steps = (t.float() * _TIME_STEPS).long().float()  # fp32 product, truncated, as the official code does
-        half = self.freq_dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = steps[..., None] * freqs
-        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1).to(self.mlp[0].weight.dtype))
+        steps = (t.float() * _TIME_STEPS).long()  # fp32 product, truncated, as the official code does
+        freq = get_timestep_embedding(steps.flatten(), self.freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        return self.mlp(freq.unflatten(0, steps.shape).to(self.mlp[0].weight.dtype))
 
 
 class GatedMLP(nn.Module):
@@ -110,23 +97,24 @@ class XARBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, dropout: float = 0.0):
         super().__init__()
         self.attn = Attention(dim, num_heads)  # qkv and output projections with biases
+        self.norm = RMSNorm(dim, eps=1e-6, elementwise_affine=False)  # one weightless norm serves both branches
         self.mlp = GatedMLP(dim, mlp_hidden, dropout)
         self.ada = nn.Linear(dim, 6 * dim)  # applied to SiLU(condition)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, cond: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache,
-                layer: int, slots: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, layer: int,
+                slots: Tensor, cond: Tensor) -> Tensor:
         """x (b, l, c); cond (b, g, c): one condition per run of ``l // g`` consecutive tokens."""
         mod = repeat(self.ada(F.silu(cond)), "b g (six c) -> six b (g r) c", six=6, r=x.shape[1] // cond.shape[1])
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod
-        x = x + self.drop(self.attn(_rms(x) * (1 + scale1) + shift1, mask, rope, cache, layer, slots)) * gamma1
-        return x + self.mlp(_rms(x) * (1 + scale2) + shift2) * gamma2
+        x = x + self.drop(self.attn(self.norm(x) * (1 + scale1) + shift1, mask, rope, cache, layer, slots)) * gamma1
+        return x + self.mlp(self.norm(x) * (1 + scale2) + shift2) * gamma2
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The generator
 # ----------------------------------------------------------------------------------------------------------------
-class XARGenerator(nn.Module, Configurable):
+class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
     """Cell-autoregressive flow-matching transformer (xAR) over continuous tokens ``(B, N, D)``.
 
     Args:
@@ -167,12 +155,8 @@ class XARGenerator(nn.Module, Configurable):
         self.num_cells, self.cell_tokens = self.cells[0] * self.cells[1], self.cell[0] * self.cell[1]
         self.seq_len = self.grid[0] * self.grid[1]
         self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
-        self.num_classes, self.text_dim, self.cond_dropout = num_classes, text_dim, cond_dropout
-        self.prefix_len = max_text_len if text_dim else 0
-        # conditioning
-        self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes else None
-        self.text_proj = (nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"),
-                                        nn.Linear(width, width)) if text_dim else None)
+        self.init_conditioning(width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
+                               cond_dropout=cond_dropout, bos=False)  # class-free: a zero start vector
         self.time_embed = TimestepEmbedding(width)
         # encoder stack
         hidden = int(width * mlp_ratio * 2 / 3)
@@ -208,14 +192,10 @@ class XARGenerator(nn.Module, Configurable):
 
     def _rope(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos/sin (b, l, head_dim / 2) of the 2-D RoPE at cell-major ``positions`` (b, l)."""
-        half = self.width // self.num_heads // 2
-        freqs = 1.0 / (self.rope_base ** (torch.arange(0, half, 2, device=positions.device).float() / half))
         cell, j = positions // self.cell_tokens, positions % self.cell_tokens
         (_, sw), (kh, kw) = self.cells, self.cell
-        row = (cell // sw) * kh + j // kw
-        col = (cell % sw) * kw + j % kw
-        angles = torch.cat([row.float()[..., None] * freqs, col.float()[..., None] * freqs], dim=-1)
-        return angles.cos(), angles.sin()
+        row, col = (cell // sw) * kh + j // kw, (cell % sw) * kw + j % kw
+        return rope_2d(row, col, self.width // self.num_heads, self.rope_base)
 
     def _attention_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
         """Bool (b, 1, l, s): block-causal over cells, plus the valid text-prefix slots."""
@@ -225,14 +205,7 @@ class XARGenerator(nn.Module, Configurable):
         prefix = F.pad(cache.prefix_mask, (0, cache.max_tokens), value=False)  # b s
         return (seen | prefix[:, None])[:, None]
 
-    # -- conditioning ------------------------------------------------------------------------------------------
-    def _check_cond(self, cond: Conditioning) -> None:
-        check_conditioning(cond, num_classes=self.num_classes, text_dim=self.text_dim, max_text_len=self.prefix_len)
-
-    def drop_condition(self, cond: Conditioning, generator: torch.Generator | None = None) -> Conditioning:
-        """Replace each condition by the null condition with probability ``cond_dropout`` (training only)."""
-        return drop_conditioning(cond, self.cond_dropout, generator)
-
+    # -- checks ------------------------------------------------------------------------------------------------
     def _check_tokens(self, tokens: Tensor, *, full: bool) -> None:
         if not isinstance(tokens, Tensor) or not tokens.is_floating_point():
             got = type(tokens).__name__ if not isinstance(tokens, Tensor) else f"a {tokens.dtype} tensor"
@@ -250,27 +223,19 @@ class XARGenerator(nn.Module, Configurable):
 
         ``cache.start`` holds each sample's condition embedding (class row, or zeros without classes).
         """
-        self._check_cond(cond)
+        self.check_cond(cond)
         if max_tokens not in (None, self.seq_len):
             raise ValueError(f"xAR caches the whole grid: max_tokens must be None or {self.seq_len}")
         b, ref = cond.batch_size, self.token_proj.weight
         cache = KVCache(len(self.encoder_blocks) + len(self.decoder_blocks), b, self.num_heads,
                         self.width // self.num_heads, self.prefix_len, self.seq_len, dtype=ref.dtype,
                         device=ref.device)
-        if self.class_embed is not None:
-            cache.start = self.class_embed(torch.where(cond.labels < 0, self.num_classes, cond.labels).to(ref.device))
-        else:
-            cache.start = ref.new_zeros(b, self.width)
-        if self.prefix_len:
-            p, t = self.prefix_len, cond.text.shape[1]
-            h = self.text_proj(F.pad(cond.text.to(ref), (0, 0, 0, p - t)))  # b p c
-            cache.prefix_mask = F.pad(cond.text_mask.to(ref.device), (0, p - t), value=False)
-            eye = torch.eye(p, dtype=torch.bool, device=ref.device)
-            mask = F.pad(cache.prefix_mask[:, None, :] | eye, (0, cache.max_tokens))[:, None]  # b 1 p s
-            ones = torch.ones(b, p, self.width // self.num_heads // 2, device=ref.device)
-            rope = (ones, torch.zeros_like(ones))  # no rotation on the prefix
+        cache.start = self.condition_vector(cond)
+        if self.prefix_len:  # the prefix is not rotated; its adaLN condition is the clean-time (t = 0) one
+            ones = torch.ones(b, self.prefix_len, self.width // self.num_heads // 2, device=ref.device)
             cond0 = (cache.start + self.time_embed(torch.zeros(b, device=ref.device)))[:, None]  # b 1 c
-            self._backbone(h, cond0, mask, rope, cache, torch.arange(p, device=ref.device).expand(b, -1), None)
+            self.prefill_text(cond, cache, lambda h, slots, mask: self._backbone(
+                h, cond0, mask, (ones, torch.zeros_like(ones)), cache, slots, None))
         return cache
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache, t: Tensor | float | None = None) -> Tensor:
@@ -320,12 +285,12 @@ class XARGenerator(nn.Module, Configurable):
             h = h + self.encoder_pos[0, positions]
         h = self.token_norm(h)
         for i, blk in enumerate(self.encoder_blocks):
-            h = blk(h, cond, mask, rope, cache, i, slots)
+            h = blk(h, mask, rope, cache, i, slots, cond)
         h = self.decoder_in(self.encoder_norm(h))
         if positions is not None:
             h = h + self.decoder_pos[0, positions]
         for i, blk in enumerate(self.decoder_blocks, start=len(self.encoder_blocks)):
-            h = blk(h, cond, mask, rope, cache, i, slots)
+            h = blk(h, mask, rope, cache, i, slots, cond)
         return h
 
     # -- training ----------------------------------------------------------------------------------------------

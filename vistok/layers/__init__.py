@@ -1,11 +1,12 @@
-"""Blocks shared by every family: attention, RoPE, MLPs, transformer blocks, quantizers."""
+"""Blocks shared by every family: attention, RoPE, MLPs, transformer blocks, conditioning, quantizers."""
 
 from vistok.layers.attention import Attention, LlamaBlock, RMSNorm, SwiGLU, ViTBlock
+from vistok.layers.conditioning import ConditionEmbedder, text_projection
 from vistok.layers.quantizers import FSQ, VectorQuantizer
-from vistok.layers.rope import apply_rope, rope_table
+from vistok.layers.rope import apply_rope, rope_2d, rope_frequencies, rope_table
 from vistok.layers.vqgan import VQGANDecoder
 
 __all__ = [
-    "FSQ", "Attention", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder", "VectorQuantizer", "apply_rope",
-    "rope_table",
+    "FSQ", "Attention", "ConditionEmbedder", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder",
+    "VectorQuantizer", "apply_rope", "rope_2d", "rope_frequencies", "rope_table", "text_projection",
 ]

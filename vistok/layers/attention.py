@@ -6,6 +6,8 @@ h heads, d head dim, c channels.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -16,16 +18,23 @@ from vistok.layers.rope import apply_rope
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (Llama), computed in fp32."""
+    """Root-mean-square norm (Llama), computed in fp32.
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    Args:
+        dim: normalised (last) dimension.
+        eps: added to the mean square.
+        elementwise_affine: learn a per-channel gain ``weight`` (False: weightless, as in xAR's blocks).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        out = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+        return out if self.weight is None else out * self.weight
 
 
 class SwiGLU(nn.Module):
@@ -49,16 +58,17 @@ class Attention(nn.Module):
         dim: model width.
         num_heads: heads; ``dim`` must divide evenly.
         bias: biases on the qkv and output projections.
+        attn_dropout: dropout on the attention probabilities in training (timm ``attn_drop``).
         qk_norm: normalise queries and keys per head with a parameter-free LayerNorm (fp32) before RoPE (FlexTok).
         scale: softmax scale (None: ``head_dim ** -0.5``; FlexTok's muP scale is ``8 / head_dim``).
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool = True, qk_norm: bool = False,
+    def __init__(self, dim: int, num_heads: int, bias: bool = True, attn_dropout: float = 0.0, qk_norm: bool = False,
                  scale: float | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.qk_norm, self.scale = num_heads, qk_norm, scale
+        self.num_heads, self.attn_dropout, self.qk_norm, self.scale = num_heads, attn_dropout, qk_norm, scale
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
@@ -66,8 +76,8 @@ class Attention(nn.Module):
                 cache: KVCache | None = None, layer: int = 0, slots: Tensor | None = None) -> Tensor:
         """``x`` (b, l, c) -> (b, l, c).  ``mask``: bool, True = attend, broadcastable to (b, h, l, s).
 
-        With ``cache``, the new keys/values are written at ``slots`` (b, l) and attention runs over the
-        whole cache buffer.
+        ``rope``: cos/sin tables (b, l, d/2) rotating queries and keys.  With ``cache``, the new keys/values are
+        written at ``slots`` (b, l) of cache layer ``layer`` and attention runs over the whole cache buffer.
         """
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         if self.qk_norm:
@@ -76,38 +86,58 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=self.scale)
+        p = self.attn_dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=p,
+                                             scale=self.scale)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
 class ViTBlock(nn.Module):
-    """Pre-LN transformer block with a GELU MLP (ViT / CLIP / TiTok)."""
+    """Pre-LN transformer block with a GELU MLP (ViT / CLIP / TiTok; timm ``Block`` as MAR builds it).
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    Args:
+        dim, num_heads: width and heads.
+        mlp_ratio: MLP hidden width over ``dim``.
+        eps: LayerNorm epsilon.
+        attn_dropout: dropout on attention probabilities.
+        dropout: dropout after the attention output and after each MLP layer (timm ``proj_drop``).
+
+    The MLP is ``mlp.0`` (Linear) - GELU - ``mlp.2`` (Linear), the key names of TiTok's checkpoints.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5,
+                 attn_dropout: float = 0.0, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
+        # registered norm1, norm2, attn, mlp: the order of MAR's former private copy, so code that walks
+        # parameters() in order (seeded random models in tests) builds the same models as before
+        self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, attn_dropout=attn_dropout)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(OrderedDict([("0", nn.Linear(dim, hidden)), ("1", nn.GELU()),
+                                              ("drop1", nn.Dropout(dropout)), ("2", nn.Linear(hidden, dim)),
+                                              ("drop2", nn.Dropout(dropout))]))
+        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), mask=mask)
+    def forward(self, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
+                cache: KVCache | None = None, layer: int = 0, slots: Tensor | None = None) -> Tensor:
+        """``x`` (b, l, c) -> (b, l, c); the other arguments go to :class:`Attention`."""
+        x = x + self.drop(self.attn(self.norm1(x), mask, rope, cache, layer, slots))
         return x + self.mlp(self.norm2(x))
 
 
 class LlamaBlock(nn.Module):
     """Pre-RMSNorm block with RoPE attention (no biases) and a SwiGLU MLP (Llama / LlamaGen)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, dropout: float = 0.0, eps: float = 1e-5):
         super().__init__()
-        self.attention_norm = RMSNorm(dim)
+        self.attention_norm = RMSNorm(dim, eps)
         self.attention = Attention(dim, num_heads, bias=False)
-        self.ffn_norm = RMSNorm(dim)
+        self.ffn_norm = RMSNorm(dim, eps)
         self.feed_forward = SwiGLU(dim, mlp_hidden, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None, rope: tuple[Tensor, Tensor] | None,
+    def forward(self, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
                 cache: KVCache | None = None, layer: int = 0, slots: Tensor | None = None) -> Tensor:
+        """``x`` (b, l, c) -> (b, l, c); the other arguments go to :class:`Attention`."""
         x = x + self.drop(self.attention(self.attention_norm(x), mask, rope, cache, layer, slots))
         return x + self.feed_forward(self.ffn_norm(x))

@@ -1,4 +1,5 @@
-"""Weight-init helpers shared by the families whose official code uses them (MAR's DiffLoss head, xAR)."""
+"""Weight-init helpers shared by the families whose official code uses them (LlamaGen-style AR/NAR, MAR's DiffLoss
+head, xAR)."""
 
 from __future__ import annotations
 
@@ -11,4 +12,14 @@ def xavier_linears(module: nn.Module) -> None:
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def normal_linears_and_embeddings(module: nn.Module, std: float = 0.02) -> None:
+    """N(0, std) weights for every ``nn.Linear`` and ``nn.Embedding`` inside ``module``, zero biases (LlamaGen's
+    ``_init_weights``)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
                 nn.init.zeros_(m.bias)

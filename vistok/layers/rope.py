@@ -1,4 +1,5 @@
-"""Rotary position embeddings (RoFormer, arXiv 2104.09864), interleaved-pair form as in LlamaGen/Llama.
+"""Rotary position embeddings (RoFormer, arXiv 2104.09864), interleaved-pair form as in LlamaGen/Llama, in 1-D
+(:func:`rope_table`) and 2-D (:func:`rope_2d`: LlamaGen's 2-D RoPE as NAR, xAR and vistok's MAR option use it).
 
 Legend: b batch, h heads, l sequence, d head dim.
 """
@@ -9,12 +10,33 @@ import torch
 from torch import Tensor
 
 
+def rope_frequencies(dim: int, base: float = 10000.0, device: torch.device | str | None = None) -> Tensor:
+    """The ``dim // 2`` rotation frequencies ``1 / base ** (2 i / dim)`` (float32), in LlamaGen's form
+    (``1 / base ** x``, not ``base ** -x``: the two differ in the last bit)."""
+    if dim % 2:
+        raise ValueError(f"RoPE needs an even head dim, got {dim}")
+    return 1.0 / base ** (torch.arange(0, dim, 2, device=device).float() / dim)
+
+
 def rope_table(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """cos/sin tables ``(..., head_dim // 2)`` for integer ``positions`` of any shape."""
-    if head_dim % 2:
-        raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
-    freqs = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float()[..., None] * freqs
+    angles = positions.float()[..., None] * rope_frequencies(head_dim, base, positions.device)
+    return angles.cos(), angles.sin()
+
+
+def rope_2d(rows: Tensor, cols: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """2-D RoPE cos/sin tables ``(..., head_dim // 2)`` for integer ``rows``/``cols`` of one shape.
+
+    The first ``head_dim // 4`` rotation pairs turn with the row, the last ``head_dim // 4`` with the column, each
+    axis with the frequencies of a ``head_dim // 2`` 1-D RoPE (LlamaGen ``precompute_freqs_cis_2d``, xAR
+    ``models/rope.py``).  Position (0, 0) is the identity rotation.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
+    if rows.shape != cols.shape:
+        raise ValueError(f"rows {tuple(rows.shape)} and cols {tuple(cols.shape)} must have one shape")
+    freqs = rope_frequencies(head_dim // 2, base, rows.device)
+    angles = torch.cat([rows.float()[..., None] * freqs, cols.float()[..., None] * freqs], dim=-1)
     return angles.cos(), angles.sin()
 
 
