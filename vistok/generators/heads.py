@@ -6,39 +6,13 @@ Reference code (facts only: shapes, key names, hyper-parameters): github.com/LTH
 
 :class:`DiffLossHead` models ``p(x | z)`` for one token ``x`` (``token_dim`` floats) given the generator's
 per-token condition ``z``: a small MLP with adaLN residual blocks predicts the noise ``eps`` and a variance
-interpolation value ``v`` in [-1, 1] (``2 * token_dim`` outputs).
-
-Noise schedule and samplers are diffusers schedulers:
-
-* the 1000-step cosine schedule is ``DDPMScheduler(beta_schedule="squaredcos_cap_v2")`` (the same
-  ``betas_for_alpha_bar`` discretisation as IDDPM's ``"cosine"``, ``max_beta`` 0.999);
-* MAR respaces the 1000 steps to ``num_sampling_steps`` N with ``space_timesteps(1000, "N")``: it adds the
-  stride ``999 / (N - 1)`` N times in floating point and rounds half-to-even.  That is what
-  ``DDPMScheduler.set_timesteps(N)`` with ``timestep_spacing="linspace"`` gives for the usual N (10, 16, 25, 32,
-  50, 64, 100, 128, 250, 256, ...), but not for 278 of the 1000 possible N (the accumulated sum lands on the other
-  side of a .5), so MAR's rule is passed to ``set_timesteps(timesteps=...)``.  A respaced step from ``t`` to the
-  next kept ``t'`` uses ``beta = 1 - abar_t / abar_t'``, as IDDPM's ``SpacedDiffusion`` and diffusers'
-  ``previous_timestep`` both do;
-* ``sampler="ddpm"`` (default, MAR's ancestral ``p_sample``) with MAR's learned variance: the log-variance is
-  ``frac * log(beta) + (1 - frac) * log(posterior variance)``, ``frac = (v + 1) / 2`` -- diffusers'
-  ``variance_type="learned_range"``.  The step is written out here (posterior mean + noise) instead of calling
-  ``DDPMScheduler.step`` because that method draws its own noise and has no temperature; the test suite checks
-  that at temperature 1 and with the same noise the two agree;
-* ``sampler="ddim"``: ``DDIMScheduler.step`` with ``eta`` (default 0, deterministic after the initial noise),
-  ``timestep_spacing="trailing"`` (starts at t = 999); the variance output is not used.
-
-Precision vs MAR's float64 numpy schedule: diffusers returns the betas as float32.  Cumulative products and all
-per-timestep constants are recomputed here in float64 from those betas (diffusers' own float32 ``alphas_cumprod``
-loses ``1 - abar`` at small t: with it the t = 0 VLB term of the parity fixture was 4.7 % off).  What remains is
-the float32 rounding of the capped last beta (0.999): ``abar`` at t = 999 is off by 1.3e-5 relative, which moves
-the t = 999 loss term by the same relative amount and the parity fixture's sampled latents by ~7e-6 of their
-magnitude (float64 betas would give ~1e-6, the float32 arithmetic floor).  The training VLB term uses IDDPM's
-clipped posterior log-variance at t = 0 (``log posterior_variance[1]``), where diffusers would clamp to 1e-20;
-this only matters for the loss, never for sampling (no noise is added at t = 0).
-
-Temperature multiplies the per-step noise only (not the initial Gaussian), as in MAR.  Classifier-free guidance
-is applied inside every denoising step on ``eps`` only: ``eps_u + s * (eps_c - eps_u)`` with the conditional
-half's variance output, and both halves share the noise (MAR's ``forward_with_cfg``).
+interpolation value ``v`` in [-1, 1] (``2 * token_dim`` outputs).  The 1000-step cosine schedule is diffusers'
+``DDPMScheduler(beta_schedule="squaredcos_cap_v2")``, respaced with MAR's rule; the DDPM step maths lives once, in
+float64, in :meth:`DiffLossHead.step_table`, shared by the training loss, :meth:`DiffLossHead.sample` (MAR's ancestral
+sampler with the learned-range variance; ``sampler="ddim"`` uses diffusers' ``DDIMScheduler.step``) and
+:class:`DiffusionPaths` (the same sampler with path densities, for lossless continuous speculative decoding).
+Temperature multiplies the per-step noise only; classifier-free guidance mixes ``eps`` in every step.  Why each
+choice, and the measured precision against the official float64 schedule: ``docs/mar.md``.
 
 Legend: n rows (tokens), d token dim, c condition dim, w head width, s sampling steps.
 """

@@ -77,26 +77,6 @@ def grid_rope(slots: Tensor, grid: tuple[int, int], head_dim: int, offset: int, 
     return rope_2d(j // grid[1], j % grid[1], head_dim, base)
 
 
-class TokenCache(KVCache):
-    """State of a bidirectional generator between ``step`` calls: the tokens written so far, ``(b, n, d)``.
-
-    It holds no keys/values (every step re-encodes the known tokens); ``lengths``/``truncate`` work as for a
-    :class:`KVCache`.  ``buffer`` holds the encoder's condition slots ``(b, buffer_size, c)``, ``pooled`` the
-    pooled condition ``(b, c)`` (read by ``decoder_cond`` models).
-    """
-
-    def __init__(self, batch_size: int, max_tokens: int, token_dim: int, buffer: Tensor, pooled: Tensor):
-        super().__init__(0, batch_size, 1, 1, 0, max_tokens, dtype=buffer.dtype, device=buffer.device)
-        self.tokens = buffer.new_zeros(batch_size, max_tokens, token_dim)
-        self.buffer = buffer
-        self.pooled = pooled
-
-    def clone(self) -> TokenCache:
-        new = super().clone()
-        new.tokens = self.tokens.clone()
-        return new
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Shared by both generators: conditioning (ConditionEmbedder, MAR's null vector), token checks, the diffusion loss
 # --------------------------------------------------------------------------------------------------------------
@@ -347,32 +327,6 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             cond = self.drop_condition(cond)
         z = self.predict(tokens, mask, cond)
         return GeneratorOutput(self.diffusion_loss(z, tokens, mask), extras={"mask": mask, "z": z})
-
-    # -- Generator protocol (raster order, one token per position) --------------------------------------------
-    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> TokenCache:
-        """A :class:`TokenCache` for ``cond``'s batch (MAR has no KV cache: attention is bidirectional)."""
-        self.check_cond(cond)
-        if max_tokens not in (None, self.seq_len):
-            raise ValueError(f"MAR always holds all {self.seq_len} positions; got max_tokens={max_tokens}")
-        buffer, pooled = self.cond_slots(cond)
-        return TokenCache(cond.batch_size, self.seq_len, self.token_dim, buffer, pooled)
-
-    def step(self, inputs: Tensor, positions: Tensor, cache: TokenCache) -> Tensor:
-        """inputs (b, l, d) = tokens at ``positions - 1`` -> z (b, l, c): position p's condition given the
-        tokens at positions < p (all later ones masked).  Costs one batched pass over b * l masks."""
-        if not isinstance(cache, TokenCache):
-            raise TypeError("MARGenerator.step needs the cache from MARGenerator.new_cache")
-        if int(positions.max()) >= self.seq_len or int(positions.min()) < 0:
-            raise ValueError(f"positions must be in [0, {self.seq_len - 1}]")
-        rows, cols = (positions > 0).nonzero(as_tuple=True)
-        cache.tokens[rows, positions[rows, cols] - 1] = inputs[rows, cols].to(cache.tokens.dtype)
-        cache.advance(positions)
-        b, length = positions.shape
-        unknown = torch.arange(self.seq_len, device=positions.device) >= positions[..., None]  # b l n
-        z = self.decode(*self.encode(cache.tokens.repeat_interleave(length, 0), unknown.flatten(0, 1),
-                                     cache.buffer.repeat_interleave(length, 0)),
-                        cache.pooled.repeat_interleave(length, 0))
-        return z[torch.arange(b * length, device=z.device), positions.flatten()].unflatten(0, (b, length))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -363,7 +363,7 @@ _C2I_256 = dict(vocab_size=16384, seq_len=256, num_classes=1000)  # ImageNet 256
 NAR_PRESETS: dict[str, dict] = {
     # tiny class-conditional model on an 8 x 8 grid (tests, CPU experiments)
     "nar_tiny_c2i": dict(vocab_size=1024, seq_len=64, width=256, depth=6, num_heads=4, num_classes=24),
-    # the paper's models (official GPT-* configs plus one down block); parameter counts in notes/nar.md
+    # the paper's models (official GPT-* configs plus one down block); parameter counts in docs/nar.md
     "nar_b": dict(**_C2I_256, width=768, depth=12, num_heads=12),
     "nar_m": dict(**_C2I_256, width=1024, depth=18, num_heads=16),
     "nar_l": dict(**_C2I_256, width=1024, depth=24, num_heads=16),
