@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-import lightning as L
 import torch
 from torch import nn
 
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.training.tokenizer_module import adamw_warmup_cosine, export, load_pretrained_weights
+from vistok.training.base import TrainingModule, adamw_warmup_cosine, load_pretrained_weights
 
 
-class GeneratorModule(L.LightningModule):
+class GeneratorModule(TrainingModule):
     """Next-token (or the generator's own) loss on tokens of a frozen tokenizer.
 
     Args:
@@ -26,8 +25,9 @@ class GeneratorModule(L.LightningModule):
         conditioning: ``"text"`` (captions through the MiniLM text encoder), ``"class"`` (the batch's
             ``label``), or ``"none"``.
         lr, betas, weight_decay: AdamW settings.
-        warmup_steps, total_steps, final_lr_ratio: warm-up + cosine schedule.
-        export_dir: where the generator's hub folder is written when training ends.
+        warmup_steps, final_lr_ratio: warm-up + cosine schedule.
+        total_steps: length of the schedule; None (default) = the trainer's ``max_steps`` (or epochs x batches).
+        export_dir: where the generator's hub folder is written when training ends (rank zero).
         export_fp16: store exported weights in fp16.
         pretrained: a ``save_pretrained`` folder (e.g. a previous export) whose weights replace the injected
             generator's, to continue training it (every key must fit; a mismatch lists the keys).
@@ -38,7 +38,7 @@ class GeneratorModule(L.LightningModule):
     def __init__(self, generator: nn.Module, tokenizer_path: str,
                  conditioning: Literal["text", "class", "none"] = "text", lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05, warmup_steps: int = 200,
-                 total_steps: int = 3000, final_lr_ratio: float = 0.1, export_dir: str | None = None,
+                 total_steps: int | None = None, final_lr_ratio: float = 0.1, export_dir: str | None = None,
                  export_fp16: bool = True, pretrained: str | None = None,
                  tokenizer_kwargs: dict | None = None):
         super().__init__()
@@ -96,7 +96,7 @@ class GeneratorModule(L.LightningModule):
         self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self.generator, self.hparams)
+        return adamw_warmup_cosine(self.generator, self.hparams, self.schedule_steps())
 
-    def on_train_end(self) -> None:
-        export(self.generator, self.hparams, "generator")
+    def exported_model(self) -> nn.Module:
+        return self.generator
