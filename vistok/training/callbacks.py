@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -20,6 +21,25 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from vistok.hub import save_pretrained
 
 __all__ = ["Export", "FiniteLoss", "Resumable"]
+
+
+def rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and python random states, as tensors / plain values (``weights_only`` loads)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
 
 
 class Export(L.Callback):
@@ -87,7 +107,7 @@ class Resumable(L.Callback):
     # -- signals ----------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._rng_to_restore is not None:  # after the sanity check and the loaders' set-up, like a straight run
-            _set_rng_states(self._rng_to_restore)
+            set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
         try:  # SIGINT -> the SIGTERM handler Lightning installed: stop at the end of the batch, not mid-step
             self._old_sigint = signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
@@ -114,15 +134,15 @@ class Resumable(L.Callback):
 
     # -- random state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"rng": _collect_rng_states(include_cuda=torch.cuda.is_available())}
+        return {"rng": rng_state()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._rng_to_restore = state_dict.get("rng")
 
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self._val_rng = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        self._val_rng = rng_state()
 
     def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if self._val_rng is not None:
-            _set_rng_states(self._val_rng)
+            set_rng_state(self._val_rng)
             self._val_rng = None
