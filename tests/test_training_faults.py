@@ -79,26 +79,12 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
 
-
-def test_resume_restarts_mid_epoch_in_the_same_order(tmp_path):
-    """Without the sampler's state the resumed run would see other batches: the weights would differ."""
-    main(["fit", "--config", str(tiny_config(tmp_path, "straight", max_steps=5))])
-    main(["fit", "--config", str(tiny_config(tmp_path, "cut", max_steps=2, callbacks=(
-        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(tmp_path / "cut" / "checkpoints"), "save_last": True,
-                       "every_n_train_steps": 2}},)))])
-    cut = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    state = torch.load(cut, weights_only=False)
-    assert state["ShapesDataModule"] == {"epoch": 0, "batches": 2}
-    main(["fit", "--config", str(tiny_config(tmp_path, "cut", max_steps=5)), "--ckpt_path", str(cut)])
-    straight, resumed = exported(tmp_path, "straight"), exported(tmp_path, "cut")
-    for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
-    # the same resume with a sampler that forgets where it was (the epoch restarts) ends elsewhere
-    state["ShapesDataModule"] = {}
-    torch.save(state, cut)
-    main(["fit", "--config", str(tiny_config(tmp_path, "cut", max_steps=5)), "--ckpt_path", str(cut)])
-    forgot = exported(tmp_path, "cut")
+    # the check can fail: the same resume with a sampler that forgot where it was (epoch 0 restarts) ends elsewhere
+    ckpt["ShapesDataModule"] = {}
+    ckpt["hyper_parameters"]["export_dir"] = str(tmp_path / "forgot" / "export")  # the CLI reads hparams from it
+    torch.save(ckpt, tmp_path / "forgot.ckpt")
+    main(["fit", "--config", str(tiny_config(tmp_path, "forgot")), "--ckpt_path", str(tmp_path / "forgot.ckpt")])
+    forgot = exported(tmp_path, "forgot")
     assert any(not torch.allclose(forgot[k], straight[k], atol=1e-4) for k in straight)
 
 
@@ -121,5 +107,3 @@ def test_nan_loss_stops_naming_the_step(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vistok fit: error: FloatingPointError: the training loss is nan at step 3"), err
     assert "Traceback" not in err and not (tmp_path / "nan" / "checkpoints" / "last.ckpt").exists()
-    with pytest.raises(FloatingPointError, match="at step 3"):  # --debug: the exception itself
-        main(["fit", "--config", str(config), "--debug"])
