@@ -49,6 +49,33 @@ def load_pretrained_weights(model: nn.Module, folder: str, new_ok: str | None = 
         rank_zero_info(f"pretrained: {len(missing)} new tensors keep their init ({fresh})")
 
 
+def checkpoint_activations(model: nn.Module) -> int:
+    """Activation checkpointing: each block of every ``nn.ModuleList`` in ``model`` (the transformer blocks of every
+    vistok generator) recomputes its activations in the backward pass instead of storing them; less memory for about
+    a third more compute.  Outside training (no grad, eval mode: sampling with a KV cache) blocks run as before.
+    State-dict keys are unchanged.  Returns the number of blocks wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    def wrap(block: nn.Module) -> None:
+        forward = block.forward
+
+        def checkpointed(*args, **kwargs):
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+
+        block.forward = checkpointed
+
+    def visit(module: nn.Module) -> int:  # outermost lists only: a wrapped block is not entered
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                wrap(block)
+            return len(module)
+        return sum(visit(child) for child in module.children())
+
+    return visit(model)
+
+
 class TrainingModule(L.LightningModule):
     """Base of :class:`TokenizerModule` and :class:`GeneratorModule`.
 

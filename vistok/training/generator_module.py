@@ -10,7 +10,12 @@ from torch import nn
 
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.training.base import TrainingModule, adamw_warmup_cosine, load_pretrained_weights
+from vistok.training.base import (
+    TrainingModule,
+    adamw_warmup_cosine,
+    checkpoint_activations,
+    load_pretrained_weights,
+)
 
 
 class GeneratorModule(TrainingModule):
@@ -31,6 +36,8 @@ class GeneratorModule(TrainingModule):
         export_fp16: store exported weights in fp16.
         pretrained: a ``save_pretrained`` folder (e.g. a previous export) whose weights replace the injected
             generator's, to continue training it (every key must fit; a mismatch lists the keys).
+        activation_checkpointing: recompute each transformer block's activations in the backward pass (less memory,
+            about 1/3 more compute; for the large presets, with DDP or FSDP; see docs/training.md).
 
     Token ids of each dataset item are computed once and memoised by index (the datasets are deterministic).
     """
@@ -40,12 +47,14 @@ class GeneratorModule(TrainingModule):
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05, warmup_steps: int = 200,
                  total_steps: int | None = None, final_lr_ratio: float = 0.1, export_dir: str | None = None,
                  export_fp16: bool = True, pretrained: str | None = None,
-                 tokenizer_kwargs: dict | None = None):
+                 tokenizer_kwargs: dict | None = None, activation_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["generator"])
         if pretrained:
             load_pretrained_weights(generator, pretrained)
         self.generator = generator
+        if activation_checkpointing:
+            checkpoint_activations(generator)
         # frozen helpers are kept out of the state_dict (not registered as submodules)
         self._frozen: dict[str, nn.Module] = {
             "tokenizer": from_pretrained(tokenizer_path, **(tokenizer_kwargs or {})).requires_grad_(False)}
