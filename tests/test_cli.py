@@ -52,6 +52,10 @@ def test_fit_fast_dev_run(config, tmp_path):
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--data.init_args.train_size=16", "--data.init_args.val_size=8",
             "--data.init_args.batch_size=8", f"--model.init_args.export_dir={tmp_path / 'export'}"]
+    if config.parent.name == "multi_gpu":  # GPU-cluster recipes: the same model, one CPU process, 2 blocks
+        args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1",
+                 "--trainer.strategy=auto", "--trainer.precision=32-true", "--data.init_args.num_workers=0",
+                 "--model.init_args.generator.init_args.depth=2"]
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     for key in ("tokenizer_path", "pretrained"):  # a run's export (a generator's tokenizer, stage 1 of stage 2)
         path = init_args.get(key)

@@ -51,8 +51,8 @@ def load_pretrained_weights(model: nn.Module, folder: str, new_ok: str | None = 
 
 def checkpoint_activations(model: nn.Module) -> int:
     """Activation checkpointing: each block of every ``nn.ModuleList`` in ``model`` (the transformer blocks of every
-    vistok generator) recomputes its activations in the backward pass instead of storing them; less memory for about
-    a third more compute.  Outside training (no grad, eval mode: sampling with a KV cache) blocks run as before.
+    vistok generator) recomputes its activations in the backward pass instead of storing them; less memory, one more
+    forward pass per block.  Outside training (no grad, eval mode: sampling with a KV cache) blocks run as before.
     State-dict keys are unchanged.  Returns the number of blocks wrapped."""
     from torch.utils.checkpoint import checkpoint
 

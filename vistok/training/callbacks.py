@@ -45,7 +45,9 @@ def set_rng_state(state: dict) -> None:
 class Export(L.Callback):
     """When training ends, write ``module.exported_model()`` as a hub folder (config.json + model.safetensors).
 
-    Only rank zero writes (under DDP every rank holds the same weights).
+    Only rank zero writes: under DDP every rank holds the same weights.  Under a sharding strategy (FSDP) every rank
+    first takes part in gathering the full state dict (``trainer.strategy.lightning_module_state_dict()``), then rank
+    zero loads it into a fresh, unsharded copy of the network and writes that.
 
     Args:
         export_dir: target folder (created).
@@ -56,11 +58,18 @@ class Export(L.Callback):
         self.export_dir, self.fp16 = export_dir, fp16
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        sharded = "FSDP" in type(trainer.strategy).__name__
+        state = trainer.strategy.lightning_module_state_dict() if sharded else None  # a collective under FSDP
         if not trainer.is_global_zero:
             return
-        folder = save_pretrained(module.exported_model(), Path(self.export_dir),
-                                 dtype=torch.float16 if self.fp16 else None)
-        print(f"exported {type(module.exported_model()).__name__} to {folder}")
+        model = module.exported_model()
+        if state is not None:
+            prefix = next(f"{name}." for name, child in module.named_children() if child is model)
+            fresh = type(model)(**model.config)
+            fresh.load_state_dict({k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)})
+            model = fresh
+        folder = save_pretrained(model, Path(self.export_dir), dtype=torch.float16 if self.fp16 else None)
+        print(f"exported {type(model).__name__} to {folder}")
 
 
 class FiniteLoss(L.Callback):

@@ -37,7 +37,7 @@ class GeneratorModule(TrainingModule):
         pretrained: a ``save_pretrained`` folder (e.g. a previous export) whose weights replace the injected
             generator's, to continue training it (every key must fit; a mismatch lists the keys).
         activation_checkpointing: recompute each transformer block's activations in the backward pass (less memory,
-            about 1/3 more compute; for the large presets, with DDP or FSDP; see docs/training.md).
+            one more forward pass per block; for the large presets, with DDP or FSDP; see docs/training.md).
 
     Token ids of each dataset item are computed once and memoised by index (the datasets are deterministic).
     """
