@@ -149,10 +149,10 @@ class TokenizerModule(TrainingModule):
         return adamw_warmup_cosine(trained, self.hparams, self.schedule_steps())
 
     def exported_model(self) -> nn.Module:
-        """The tokenizer; a continuous one first gets ``latent_scale`` from 4 validation batches (unit variance)."""
+        """The tokenizer; the VAE variant first gets ``latent_scale`` from 4 validation batches (unit variance)."""
         calibrate = getattr(self.tokenizer, "calibrate_latent_scale", None)
         dm = self.trainer.datamodule if self._trainer is not None else None
-        if getattr(self.tokenizer, "kind", None) == "continuous" and calibrate is not None and dm is not None:
+        if getattr(self.tokenizer, "codebook_size", 0) is None and calibrate is not None and dm is not None:
             pixels = torch.cat([b["pixels"] for _, b in zip(range(4), dm.val_dataloader())]).to(self.device)
             self.tokenizer.eval()
             print(f"latent_scale set to {calibrate(pixels):.4f} (unit-variance tokens for generators)")
