@@ -24,11 +24,38 @@ def untrained_tokenizer_for(export_dir: str):
     raise AssertionError(f"no tokenizer config exports to {export_dir}: add one to configs/tokenizers")
 
 
+def in_tmp(config: Path, tmp_path: Path) -> Path:
+    """A copy of ``config`` whose callbacks write under ``tmp_path`` (configs name runs/<name>/checkpoints)."""
+    cfg = yaml.safe_load(config.read_text())
+    for callback in cfg["trainer"].get("callbacks") or []:
+        if "dirpath" in callback.get("init_args", {}):
+            callback["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    path = tmp_path / config.name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_print_config_parses(config, capsys):
+    """Every shipped config parses (class paths, keys, types) and prints back without total_steps (derived)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["total_steps"] is None
+    assert printed["trainer"]["max_steps"] > 0
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_fit_fast_dev_run(config, tmp_path):
-    args = ["fit", "--config", str(config), "--trainer.fast_dev_run=true", f"--trainer.default_root_dir={tmp_path}",
+    args = ["fit", "--config", str(in_tmp(config, tmp_path)), "--trainer.fast_dev_run=true",
+            f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--data.init_args.train_size=16", "--data.init_args.val_size=8",
             "--data.init_args.batch_size=8", f"--model.init_args.export_dir={tmp_path / 'export'}"]
+    if config.parent.name == "multi_gpu":  # GPU-cluster recipes: the same model, one CPU process, 2 blocks
+        args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1",
+                 "--trainer.strategy=auto", "--trainer.precision=32-true", "--data.init_args.num_workers=0",
+                 "--model.init_args.generator.init_args.depth=2"]
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     for key in ("tokenizer_path", "pretrained"):  # a run's export (a generator's tokenizer, stage 1 of stage 2)
         path = init_args.get(key)
@@ -67,3 +94,42 @@ def test_validate_tokenizer_reports_quality(tmp_path):
     for key in ("val/psnr", "val/ssim", "val/rfid", "val/codebook_usage", "val/codebook_perplexity"):
         assert key in results, f"{key} missing from {sorted(results)}"
     assert 0 < results["val/psnr"] < 60 and -1 <= results["val/ssim"] <= 1 and results["val/rfid"] >= 0
+
+
+# -- errors: one line, exit 1, no traceback (unless --debug) --------------------------------------------------------
+TINY = ROOT / "configs" / "tokenizers" / "titok_tiny.yaml"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "--config", "no/such.yaml"], "File does not exist"),
+    (["fit", "--config", str(TINY), "--model.init_args.no_such_key", "1"], "'no_such_key' is not accepted"),
+    (["validate", "--config", str(TINY), "--model.init_args.pretrained", "no/such/export"], "no such folder"),
+    (["fit", "--config", str(TINY), "--model.init_args.perceptual_weight", "-1"],
+     "perceptual_weight must be >= 0"),
+])
+def test_errors_are_one_readable_line(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vistok ")]
+    assert len(err) == 1 and err[0].startswith(f"vistok {args[0]}: error: ") and message in err[0], err
+    assert "--debug" in err[0]
+
+
+def test_debug_shows_the_exception():
+    with pytest.raises(ValueError, match="perceptual_weight must be >= 0"):
+        main(["fit", "--config", str(TINY), "--model.init_args.perceptual_weight", "-1", "--debug"])
+
+
+def test_eval_dispatches_to_eval_cli(monkeypatch, capsys):
+    import sys
+    import types
+
+    seen = []
+    monkeypatch.setitem(sys.modules, "vistok.eval_cli", types.SimpleNamespace(main=seen.append))
+    main(["eval", "--metric", "fid"])
+    assert seen == [["--metric", "fid"]]
+    monkeypatch.setitem(sys.modules, "vistok.eval_cli", None)  # as if the module were missing
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval"])
+    assert exit_info.value.code == 1 and "no vistok/eval_cli.py" in capsys.readouterr().err

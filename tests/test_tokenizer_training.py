@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from vistok import save_pretrained
-from vistok.training import TokenizerModule
+from vistok.training import GANTokenizerModule, ProxyCodeModule, TokenizerModule
 from vistok.training.losses import GAN_LOSSES, PatchDiscriminator, VGGPerceptual, load_perceptual
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -68,11 +68,24 @@ def test_defaults_keep_automatic_optimization_and_a_tokenizer_only_state():
     module = TokenizerModule(tiny_titok())
     assert module.automatic_optimization and not hasattr(module, "discriminator")
     assert all(k.startswith("tokenizer.") for k in module.state_dict())
-    assert set(module.configure_optimizers()) == {"optimizer", "lr_scheduler"}
-    with pytest.raises(ValueError, match="trainer.gradient_clip_val"):
-        TokenizerModule(tiny_titok(), grad_clip=1.0)
+    module.trainer = _trainer(700)
+    schedule = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert module.schedule_steps() == 700  # total_steps=None: the trainer's max_steps
+    assert schedule.lr_lambdas[0](700) == pytest.approx(module.hparams.final_lr_ratio)
+    with pytest.raises(ValueError, match="gan_weight must be > 0"):
+        GANTokenizerModule(tiny_titok(), gan_weight=0.0)
     with pytest.raises(ValueError, match="gan_loss"):
-        TokenizerModule(tiny_titok(), gan_weight=0.1, gan_loss="wasserstein")
+        GANTokenizerModule(tiny_titok(), gan_loss="wasserstein")
+    with pytest.raises(TypeError):  # the GAN's options belong to GANTokenizerModule
+        TokenizerModule(tiny_titok(), grad_clip=1.0)
+
+
+def test_gan_schedule_counts_generator_steps():
+    module = GANTokenizerModule(tiny_titok(), disc_start=2000)
+    module.trainer = _trainer(14000)  # 2000 generator-only steps + 6000 batches of two optimizer steps
+    assert module.schedule_steps() == 8000 and module.hparams.gan_weight == 0.1
+    module.trainer = _trainer(1500)
+    assert module.schedule_steps() == 1500
 
 
 # -- GAN ---------------------------------------------------------------------------------------------------------
@@ -91,7 +104,7 @@ def test_patch_discriminator_and_gan_losses():
 
 def test_gan_trains_the_discriminator_from_disc_start_only():
     torch.manual_seed(0)
-    module = TokenizerModule(tiny_titok(), warmup_steps=1, total_steps=10, gan_weight=0.5, disc_start=2,
+    module = GANTokenizerModule(tiny_titok(), warmup_steps=1, total_steps=10, gan_weight=0.5, disc_start=2,
                              disc_layers=2, disc_channels=8, grad_clip=1.0)
     assert not module.automatic_optimization
     disc0 = [p.detach().clone() for p in module.discriminator.parameters()]
@@ -111,7 +124,7 @@ def test_gan_trains_the_discriminator_from_disc_start_only():
 
 def test_gan_adaptive_weight_and_non_saturating_loss():
     torch.manual_seed(0)
-    module = TokenizerModule(tiny_titok(), warmup_steps=1, gan_weight=0.5, gan_loss="non_saturating",
+    module = GANTokenizerModule(tiny_titok(), warmup_steps=1, gan_weight=0.5, gan_loss="non_saturating",
                              gan_adaptive=True, disc_layers=2, disc_channels=8, disc_norm="group", disc_lr=1e-3)
     disc0 = [p.detach().clone() for p in module.discriminator.parameters()]
     _, rec = _fit(module, 2, torch.rand(4, 3, 32, 32))
@@ -200,7 +213,7 @@ def _two_stage(**kw):  # 32 px, patch 8: a 4x4 decoder grid with a 16-code pixel
 def test_proxy_codes_from_a_saved_folder_cross_entropy_falls(tmp_path):
     torch.manual_seed(0)
     folder = save_pretrained(tiny_titok(num_latent_tokens=16, codebook_size=16), tmp_path / "proxy")  # 16 ids
-    module = TokenizerModule(_two_stage(), lr=3e-3, warmup_steps=1, total_steps=20, proxy_tokenizer=str(folder),
+    module = ProxyCodeModule(_two_stage(), lr=3e-3, warmup_steps=1, total_steps=20, proxy_tokenizer=str(folder),
                              rfid_in_validate=False)
     assert module.hparams.proxy_tokenizer == str(folder)
     assert all(k.startswith("tokenizer.") for k in module.state_dict())
@@ -214,7 +227,7 @@ def test_proxy_codes_from_a_saved_folder_cross_entropy_falls(tmp_path):
 
 
 def test_proxy_module_with_2d_ids_trains_and_validates():
-    module = TokenizerModule(_two_stage(), warmup_steps=1, proxy_tokenizer=_Tiny2DVQ(), rfid_in_validate=False)
+    module = ProxyCodeModule(_two_stage(), warmup_steps=1, proxy_tokenizer=_Tiny2DVQ(), rfid_in_validate=False)
     assert "proxy_tokenizer" not in module.hparams
     pixels = torch.rand(4, 3, 32, 32)
     _, rec = _fit(module, 2, pixels)
@@ -226,16 +239,16 @@ def test_proxy_module_with_2d_ids_trains_and_validates():
 def test_proxy_mismatches_raise(tmp_path):
     wrong_size = save_pretrained(tiny_titok(num_latent_tokens=16, codebook_size=32), tmp_path / "k32")
     with pytest.raises(ValueError, match="pixel_codebook_size=32"):
-        TokenizerModule(_two_stage(), proxy_tokenizer=str(wrong_size))
+        ProxyCodeModule(_two_stage(), proxy_tokenizer=str(wrong_size))
     wrong_grid = save_pretrained(tiny_titok(num_latent_tokens=8, codebook_size=16), tmp_path / "n8")
     with pytest.raises(ValueError, match=r"\(8,\) codes .* 4x4 patch grid"):
-        TokenizerModule(_two_stage(), proxy_tokenizer=str(wrong_grid))
+        ProxyCodeModule(_two_stage(), proxy_tokenizer=str(wrong_grid))
     with pytest.raises(ValueError, match="pixel_codebook_size"):
-        TokenizerModule(tiny_titok(), proxy_tokenizer=_Tiny2DVQ())
+        ProxyCodeModule(tiny_titok(), proxy_tokenizer=_Tiny2DVQ())
     with pytest.raises(ValueError, match="stage 2"):
-        TokenizerModule(_two_stage(), proxy_tokenizer=_Tiny2DVQ(), gan_weight=0.1)
+        ProxyCodeModule(_two_stage(), proxy_tokenizer=_Tiny2DVQ(), perceptual_weight=0.1)
     with pytest.raises(FileNotFoundError):
-        TokenizerModule(_two_stage(), proxy_tokenizer=str(tmp_path / "nowhere"))
+        ProxyCodeModule(_two_stage(), proxy_tokenizer=str(tmp_path / "nowhere"))
 
 
 # -- stage 2: decoder-only fine-tuning with a pixel refiner ---------------------------------------------------------
@@ -282,8 +295,8 @@ def test_pretrained_that_does_not_fit_lists_the_keys(tmp_path):
     with pytest.raises(ValueError, match="unexpected .*decoder.conv_out"):
         TokenizerModule(tiny_titok(pixel_conv_out=False), pretrained=str(tmp_path / "with_conv"),
                         train_decoder_only=True)
-    with pytest.raises(ValueError, match="proxy_tokenizer"):
-        TokenizerModule(tiny_titok(), train_decoder_only=True, proxy_tokenizer=tiny_titok())
+    with pytest.raises(ValueError, match="stage 1"):
+        ProxyCodeModule(tiny_titok(), train_decoder_only=True, proxy_tokenizer=tiny_titok())
 
 
 def test_generator_module_pretrained_continues_from_a_folder(tmp_path):
@@ -325,3 +338,31 @@ def test_generator_module_trains_a_continuous_generator_on_vq_code_vectors(tmp_p
     assert torch.isfinite(loss)
     loss.backward()
     assert gen.out.weight.grad.abs().sum() > 0
+
+
+def test_generator_activation_checkpointing_gives_the_same_gradients(tmp_path):
+    from conftest import tiny_ar
+
+    from vistok.training import GeneratorModule
+    from vistok.training.base import checkpoint_activations
+
+    save_pretrained(tiny_titok(), tmp_path / "tok")
+    torch.manual_seed(0)
+    plain, ckpt = tiny_ar(num_classes=4), tiny_ar(num_classes=4)
+    ckpt.load_state_dict(plain.state_dict())
+    module = GeneratorModule(ckpt, str(tmp_path / "tok"), conditioning="class", activation_checkpointing=True)
+    assert checkpoint_activations(tiny_ar()) == 2  # the two transformer blocks
+    assert module.state_dict().keys() == {f"generator.{k}" for k in plain.state_dict()}
+    batch = {"index": torch.arange(3), "pixels": torch.rand(3, 3, 32, 32), "label": torch.tensor([0, 1, 2])}
+    tokens, cond = module.tokens_of(batch, "train"), module.condition_of(batch)
+    plain.train(), ckpt.train()  # dropout 0 and the same seed for the label drop: the two passes must agree
+    torch.manual_seed(1)
+    plain(tokens, cond).loss.backward()
+    calls = []
+    next(ckpt.blocks[0].children()).register_forward_hook(lambda *_: calls.append(1))
+    torch.manual_seed(1)
+    ckpt(tokens, cond).loss.backward()
+    assert len(calls) == 2  # the block ran again in the backward pass
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)

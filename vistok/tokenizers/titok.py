@@ -349,9 +349,7 @@ class TiTok(nn.Module, Configurable):
             zq, tokens, parts = self.quantizer(z)
             loss = parts["codebook"] + self.quantizer.commitment * parts["commitment"]
             extras = {k: v.detach() for k, v in parts.items()}  # logged copies; the loss keeps the gradient
-        if self.tail_drop and self.training:
-            k = int(torch.randint(1, self.num_tokens + 1, ()))
-            zq = zq[:, :k]
+        zq = self._random_prefix(zq)
         recon = self.decoder(zq)
         return TokenizerOutput(recon, tokens, loss, {**extras, "prefix_len": torch.tensor(zq.shape[1])})
 
@@ -378,7 +376,50 @@ class TiTok(nn.Module, Configurable):
         tokens = self.encode(pixels)
         return self.decode(tokens if prefix_len is None else tokens[:, :prefix_len])
 
+    # -- training stages (the LightningModules in vistok.training only add losses and optimizers) ---------------
+    def proxy_logits(self, pixels: Tensor) -> tuple[Tensor, Tensor]:
+        """TiTok stage 1 (proxy codes): pixels (B, 3, H, W) -> (logits over the pixel codebook (B, K_pix, h, w), VQ
+        loss ()).  ``forward`` without the VQGAN pixel decoder: the logits are trained with cross-entropy against a
+        frozen 2D VQ tokenizer's codes (``h = w`` = the patch grid)."""
+        if self.quantizer is None or not self.decoder.vqgan_head:
+            raise ValueError("proxy_logits (TiTok stage 1) needs a VQ TiTok with the VQGAN pixel head: build it with "
+                             "codebook_size and pixel_codebook_size=<the proxy tokenizer's codebook size>")
+        check_pixels(pixels, video=False, size=self.image_size)
+        zq, _, parts = self.quantizer(self.encoder(pixels, self.latent_tokens))
+        vq = parts["codebook"] + self.quantizer.commitment * parts["commitment"]
+        return self.decoder.pixel_logits(self._random_prefix(zq)), vq
+
+    @torch.no_grad()
+    def predict_pixel_codes(self, ids: Tensor) -> Tensor:
+        """Stage 1 validation: token ids (B, N) -> the decoder's most likely pixel codes (B, h, w) long."""
+        return self.decoder.pixel_logits(self.quantizer.lookup(ids)).argmax(1)
+
+    def decoder_only_forward(self, pixels: Tensor) -> TokenizerOutput:
+        """TiTok stage 2 (decoder fine-tuning): frozen tokens, trainable decoder.
+
+        pixels (B, 3, H, W) -> TokenizerOutput(reconstruction (B, 3, H, W) unclamped with gradient through the
+        decoder only, ids (B, N) as ``encode`` gives them (VAE: the scaled means), zero loss).  The encoder and
+        quantizer run without gradient and without dead-code re-seeding, so every id stays what it was.
+        """
+        check_pixels(pixels, video=False, size=self.image_size)
+        with torch.no_grad():
+            z = self.encoder(pixels, self.latent_tokens)
+            if self.quantizer is None:
+                codes = z.chunk(2, dim=-1)[0]
+                tokens = codes * self.latent_scale
+            else:
+                tokens = self.quantizer.indices(z)
+                codes = self.quantizer.lookup(tokens)
+        recon = self.decoder(self._random_prefix(codes))
+        return TokenizerOutput(recon, tokens, pixels.new_zeros(()), {})
+
     # -- helpers -----------------------------------------------------------------------------------------------
+    def _random_prefix(self, codes: Tensor) -> Tensor:
+        """One-D-Piece tail drop: in training, the first k of the N codes (b, n, d), k uniform in [1, N] per batch."""
+        if not (self.tail_drop and self.training):
+            return codes
+        return codes[:, : int(torch.randint(1, self.num_tokens + 1, ()))]
+
     def _sample_gaussian(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """Encoder output (b, n, 2d) -> (latents (b, n, d): a sample in training, the mean in eval; mean KL)."""
         mean, logvar = z.float().chunk(2, dim=-1)

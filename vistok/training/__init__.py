@@ -1,7 +1,9 @@
-"""LightningModules and DataModules (the only part of vistok that imports Lightning)."""
+"""LightningModules, DataModules and callbacks (the only part of vistok that imports Lightning)."""
 
-from vistok.training.data import ShapesDataModule
+from vistok.training.callbacks import Export, FiniteLoss, Resumable
+from vistok.training.data import ResumableSampler, ShapesDataModule
 from vistok.training.generator_module import GeneratorModule
-from vistok.training.tokenizer_module import TokenizerModule
+from vistok.training.tokenizer_module import GANTokenizerModule, ProxyCodeModule, TokenizerModule
 
-__all__ = ["GeneratorModule", "ShapesDataModule", "TokenizerModule"]
+__all__ = ["Export", "FiniteLoss", "GANTokenizerModule", "GeneratorModule", "ProxyCodeModule", "Resumable",
+           "ResumableSampler", "ShapesDataModule", "TokenizerModule"]

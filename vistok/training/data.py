@@ -1,15 +1,53 @@
-"""LightningDataModules over the datasets in :mod:`vistok.data`."""
+"""LightningDataModules over the datasets in :mod:`vistok.data`, with a training order that survives a restart."""
 
 from __future__ import annotations
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vistok.data.shapes import SIZES, ShapesDataset
 
 
+class ResumableSampler(DistributedSampler):
+    """The shuffled order of :class:`DistributedSampler` (a permutation seeded by ``seed + epoch``, this rank's share
+    of it) that can start mid-epoch: :meth:`resume` skips the batches an interrupted run already trained on.
+
+    Being a ``DistributedSampler``, Lightning uses it as is under DDP (rank and world size are read from
+    ``torch.distributed`` when it is initialised, else 1 process).
+
+    Args:
+        dataset: the map-style dataset.
+        batch_size: items per batch (to turn batches into items).
+        shuffle, seed: as ``DistributedSampler``.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0):
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
+                         rank=dist.get_rank() if distributed else 0, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """The next pass over epoch ``epoch`` starts after its first ``batches`` batches (once)."""
+        self._resume = (epoch, batches)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        if self._resume is not None and self._resume[0] == self.epoch:
+            indices = indices[self._resume[1] * self.batch_size:]
+        self._resume = None
+        return iter(indices)
+
+
 class ShapesDataModule(L.LightningDataModule):
     """Shapes scenes with exact captions; train and val use different seeds.
+
+    The training order is a :class:`ResumableSampler`: a checkpoint records the epoch and the batches trained in it,
+    and ``vistok fit ... --ckpt_path last`` carries on with the next batch of the same permutation (the data order of
+    an uninterrupted run).  The loaders draw worker seeds from their own generator, not torch's global one.
 
     Args:
         image_size: side in pixels.
@@ -17,8 +55,8 @@ class ShapesDataModule(L.LightningDataModule):
         min_objects, max_objects: objects per scene (``max_objects=1`` gives the class-conditional variant:
             ``label`` = colour x shape).
         sizes: named sizes that may appear.
-        batch_size, num_workers: loader settings.
-        seed: base seed (val uses ``seed + 1``).
+        batch_size, num_workers: loader settings (``batch_size`` per process under DDP).
+        seed: base seed (val uses ``seed + 1``; the shuffle uses ``seed + epoch``).
     """
 
     def __init__(self, image_size: int = 64, train_size: int = 20000, val_size: int = 256, min_objects: int = 1,
@@ -29,14 +67,31 @@ class ShapesDataModule(L.LightningDataModule):
         kw = dict(image_size=image_size, min_objects=min_objects, max_objects=max_objects, sizes=tuple(sizes))
         self.train_set = ShapesDataset(train_size, seed=seed, **kw)
         self.val_set = ShapesDataset(val_size, seed=seed + 1, **kw)
+        self._resume: tuple[int, int] | None = None
 
     def _loader(self, ds: ShapesDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
-        return DataLoader(ds, batch_size=h.batch_size, shuffle=shuffle, num_workers=h.num_workers,
-                          drop_last=shuffle, persistent_workers=h.num_workers > 0)
+        sampler = ResumableSampler(ds, h.batch_size, shuffle=shuffle, seed=h.seed)
+        if shuffle and self._resume is not None:
+            sampler.resume(*self._resume)
+            self._resume = None
+        return DataLoader(ds, batch_size=h.batch_size, sampler=sampler, num_workers=h.num_workers,
+                          drop_last=shuffle, persistent_workers=h.num_workers > 0,
+                          generator=torch.Generator().manual_seed(h.seed))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, False)
+
+    def state_dict(self) -> dict:
+        """Where training stands in the data: the epoch and the batches of it trained so far."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))

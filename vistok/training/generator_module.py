@@ -5,16 +5,20 @@ from __future__ import annotations
 import time
 from typing import Literal
 
-import lightning as L
 import torch
 from torch import nn
 
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.training.tokenizer_module import adamw_warmup_cosine, export, load_pretrained_weights
+from vistok.training.base import (
+    TrainingModule,
+    adamw_warmup_cosine,
+    checkpoint_activations,
+    load_pretrained_weights,
+)
 
 
-class GeneratorModule(L.LightningModule):
+class GeneratorModule(TrainingModule):
     """Next-token (or the generator's own) loss on tokens of a frozen tokenizer.
 
     Args:
@@ -26,11 +30,14 @@ class GeneratorModule(L.LightningModule):
         conditioning: ``"text"`` (captions through the MiniLM text encoder), ``"class"`` (the batch's
             ``label``), or ``"none"``.
         lr, betas, weight_decay: AdamW settings.
-        warmup_steps, total_steps, final_lr_ratio: warm-up + cosine schedule.
-        export_dir: where the generator's hub folder is written when training ends.
+        warmup_steps, final_lr_ratio: warm-up + cosine schedule.
+        total_steps: length of the schedule; None (default) = the trainer's ``max_steps`` (or epochs x batches).
+        export_dir: where the generator's hub folder is written when training ends (rank zero).
         export_fp16: store exported weights in fp16.
         pretrained: a ``save_pretrained`` folder (e.g. a previous export) whose weights replace the injected
             generator's, to continue training it (every key must fit; a mismatch lists the keys).
+        activation_checkpointing: recompute each transformer block's activations in the backward pass (less memory,
+            one more forward pass per block; for the large presets, with DDP or FSDP; see docs/training.md).
 
     Token ids of each dataset item are computed once and memoised by index (the datasets are deterministic).
     """
@@ -38,14 +45,16 @@ class GeneratorModule(L.LightningModule):
     def __init__(self, generator: nn.Module, tokenizer_path: str,
                  conditioning: Literal["text", "class", "none"] = "text", lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05, warmup_steps: int = 200,
-                 total_steps: int = 3000, final_lr_ratio: float = 0.1, export_dir: str | None = None,
+                 total_steps: int | None = None, final_lr_ratio: float = 0.1, export_dir: str | None = None,
                  export_fp16: bool = True, pretrained: str | None = None,
-                 tokenizer_kwargs: dict | None = None):
+                 tokenizer_kwargs: dict | None = None, activation_checkpointing: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["generator"])
         if pretrained:
             load_pretrained_weights(generator, pretrained)
         self.generator = generator
+        if activation_checkpointing:
+            checkpoint_activations(generator)
         # frozen helpers are kept out of the state_dict (not registered as submodules)
         self._frozen: dict[str, nn.Module] = {
             "tokenizer": from_pretrained(tokenizer_path, **(tokenizer_kwargs or {})).requires_grad_(False)}
@@ -96,7 +105,7 @@ class GeneratorModule(L.LightningModule):
         self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self.generator, self.hparams)
+        return adamw_warmup_cosine(self.generator, self.hparams, self.schedule_steps())
 
-    def on_train_end(self) -> None:
-        export(self.generator, self.hparams, "generator")
+    def exported_model(self) -> nn.Module:
+        return self.generator

@@ -1,0 +1,105 @@
+"""What every vistok LightningModule shares: AdamW with a warm-up + cosine schedule whose length comes from the
+trainer, loading a ``save_pretrained`` folder to continue from, and the export of the trained network as a hub folder
+(a rank-zero callback, see :class:`vistok.training.callbacks.Export`)."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from vistok.hub import from_pretrained
+
+
+def warmup_cosine(step: int, warmup: int, total: int, final_ratio: float) -> float:
+    """LR multiplier: linear warm-up, then cosine from 1 to ``final_ratio`` at ``total`` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def adamw_warmup_cosine(model: nn.Module, h, total_steps: int) -> dict:
+    """AdamW (no weight decay on biases, norms and embeddings) + per-step warm-up/cosine over ``total_steps``, from
+    hparams ``lr, betas, weight_decay, warmup_steps, final_lr_ratio``."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=h.lr, betas=h.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, h.warmup_steps, total_steps, h.final_lr_ratio))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def load_pretrained_weights(model: nn.Module, folder: str, new_ok: str | None = None) -> None:
+    """Copy a ``save_pretrained`` folder's weights into ``model``.  Keys the folder lacks are an error, unless they
+    start with ``new_ok`` (modules added for fine-tuning, which keep their init); extra keys are always an error."""
+    state = from_pretrained(folder).state_dict()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    bad = [k for k in missing if not (new_ok and k.startswith(new_ok))]
+    if bad or unexpected:
+        raise ValueError(f"pretrained={folder!r} does not fit the configured model: missing {bad}, unexpected "
+                         f"{list(unexpected)}; configure the model as the folder's config.json says")
+    if missing:
+        fresh = sorted({k.rsplit(".", 1)[0] for k in missing})
+        rank_zero_info(f"pretrained: {len(missing)} new tensors keep their init ({fresh})")
+
+
+def checkpoint_activations(model: nn.Module) -> int:
+    """Activation checkpointing: each block of every ``nn.ModuleList`` in ``model`` (the transformer blocks of every
+    vistok generator) recomputes its activations in the backward pass instead of storing them; less memory, one more
+    forward pass per block.  Outside training (no grad, eval mode: sampling with a KV cache) blocks run as before.
+    State-dict keys are unchanged.  Returns the number of blocks wrapped."""
+    from torch.utils.checkpoint import checkpoint
+
+    def wrap(block: nn.Module) -> None:
+        forward = block.forward
+
+        def checkpointed(*args, **kwargs):
+            if block.training and torch.is_grad_enabled():
+                return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+            return forward(*args, **kwargs)
+
+        block.forward = checkpointed
+
+    def visit(module: nn.Module) -> int:  # outermost lists only: a wrapped block is not entered
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                wrap(block)
+            return len(module)
+        return sum(visit(child) for child in module.children())
+
+    return visit(model)
+
+
+class TrainingModule(L.LightningModule):
+    """Base of :class:`TokenizerModule` and :class:`GeneratorModule`.
+
+    Subclasses save hparams ``lr, betas, weight_decay, warmup_steps, total_steps, final_lr_ratio, export_dir,
+    export_fp16`` and implement :meth:`exported_model`.  ``total_steps=None`` (the default) takes the schedule's
+    length from the trainer (``max_steps``, or epochs x batches), so configs state it once.
+    """
+
+    def exported_model(self) -> nn.Module:
+        """The network written to ``export_dir`` when training ends (runs on rank zero only)."""
+        raise NotImplementedError
+
+    def schedule_steps(self) -> int:
+        """Optimizer steps of the LR schedule: ``total_steps`` if given, else the trainer's estimate."""
+        if self.hparams.get("total_steps"):
+            return int(self.hparams.total_steps)
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError("cannot size the LR schedule: set trainer.max_steps (or max_epochs), or the model's "
+                             "total_steps")
+        return int(steps)
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        from vistok.training.callbacks import Export
+
+        h = self.hparams
+        return [Export(h.export_dir, h.export_fp16)] if h.get("export_dir") else []
