@@ -14,13 +14,12 @@ import math
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vistok.evaluation import psnr
-from vistok.training.tokenizer_module import adamw_warmup_cosine, export
+from vistok.training.base import TrainingModule, adamw_warmup_cosine
 
 
 def load_repa_encoder(path: str | Path) -> nn.Module:
@@ -51,13 +50,14 @@ def features_on_grid(feats: torch.Tensor, grid: int) -> torch.Tensor:
     return feats.flatten(2).transpose(1, 2)
 
 
-class FlexTokModule(L.LightningModule):
+class FlexTokModule(TrainingModule):
     """Flow-matching training of :class:`~vistok.tokenizers.flextok.FlexTok` (loss ``flow + repa_weight * repa``).
 
     Args:
         tokenizer: the FlexTok network (injected); its VAE stays frozen.
         lr, betas, weight_decay: AdamW settings.
-        warmup_steps, total_steps, final_lr_ratio: warm-up + cosine schedule (per optimizer step).
+        warmup_steps, total_steps, final_lr_ratio: warm-up + cosine schedule (per optimizer step; ``total_steps``
+            None = the trainer's length).
         repa_encoder: local TorchScript feature encoder for REPA (None = REPA off).
         repa_weight: weight of the REPA term.
         repa_layer: decoder block whose patch features are aligned (None = ``decoder_depth // 3``).
@@ -72,7 +72,7 @@ class FlexTokModule(L.LightningModule):
     """
 
     def __init__(self, tokenizer: nn.Module, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 1e-4, warmup_steps: int = 200, total_steps: int = 4000,
+                 weight_decay: float = 1e-4, warmup_steps: int = 200, total_steps: int | None = None,
                  final_lr_ratio: float = 0.1, repa_encoder: str | None = None, repa_weight: float = 0.5,
                  repa_layer: int | None = None, repa_hidden: int = 512, val_steps: int | None = None,
                  val_prefixes: tuple[int, ...] = (1, 4), export_dir: str | None = None, export_fp16: bool = False):
@@ -116,7 +116,7 @@ class FlexTokModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.hparams)
+        return adamw_warmup_cosine(self, self.hparams, self.schedule_steps())
 
     # -- validation ------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -145,5 +145,5 @@ class FlexTokModule(L.LightningModule):
             used = torch.bincount(codes, minlength=self.tokenizer.codebook_size) > 0
             self.log("val/codebook_usage", used.float().mean())
 
-    def on_train_end(self) -> None:
-        export(self.tokenizer, self.hparams, "tokenizer")
+    def exported_model(self) -> nn.Module:
+        return self.tokenizer
