@@ -175,6 +175,18 @@ def check_token_ids(tokens: Tensor, codebook_size: int, num_tokens: int, *, allo
         )
 
 
+def validating() -> bool:
+    """Whether value checks that read tensors on the host (``.item()``, ``bool(tensor)``) should run: always in eager
+    mode, never inside ``torch.compile`` (they would break the graph).  Shape checks need no such guard."""
+    return not torch.compiler.is_compiling()
+
+
+def check_positions(positions: Tensor, high: int) -> None:
+    """Raise ``ValueError`` unless every entry of ``positions`` lies in ``[0, high)`` (skipped under compile)."""
+    if validating() and positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= high):
+        raise ValueError(f"positions must be in [0, {high - 1}], got [{int(positions.min())}, {int(positions.max())}]")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Tokenizers
 # --------------------------------------------------------------------------------------------------------------

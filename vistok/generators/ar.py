@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_positions
 from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_table
 from vistok.layers.init import normal_linears_and_embeddings
 
@@ -96,8 +96,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
         """inputs (b, l) = tokens at ``positions - 1`` -> logits (b, l, v) for the tokens at ``positions``."""
-        if int(positions.max()) >= cache.max_tokens or int(positions.min()) < 0:
-            raise ValueError(f"positions must be in [0, {cache.max_tokens - 1}]")
+        check_positions(positions, cache.max_tokens)
         x = self.tok_embed(inputs.clamp(min=0))
         x = self.with_start(x, positions, cache)
         mask = cache.attention_mask(positions)

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.generators.heads import DiffLossHead
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_positions
 from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d
 from vistok.registry import register_generator
 
@@ -386,8 +386,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
         """inputs (b, l, d) = tokens at ``positions - 1`` -> head conditions z (b, l, c) for ``positions``."""
-        if int(positions.max()) >= min(cache.max_tokens, self.seq_len) or int(positions.min()) < 0:
-            raise ValueError(f"positions must be in [0, {min(cache.max_tokens, self.seq_len) - 1}]")
+        check_positions(positions, min(cache.max_tokens, self.seq_len))
         if not inputs.is_floating_point():
             raise TypeError("MARARGenerator.step takes continuous tokens (B, L, D) floats")
         x = self.token_proj(inputs.to(self.pos.dtype))
