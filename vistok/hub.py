@@ -113,6 +113,7 @@ def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "c
 # list it here (import is lazy, so hub does not pull every family in).
 OFFICIAL_FAMILIES: list[str] = ["vistok.tokenizers.titok", "vistok.generators.nar", "vistok.generators.xar"]
 OFFICIAL_FAMILIES.append("vistok.generators.mar")  # MAR (LTH14/mar fixture format)
+OFFICIAL_FAMILIES.append("vistok.tokenizers.larp")  # LARP (hywang66/LARP tokenizer + AR prior)
 
 
 def load_official(folder: str | Path) -> nn.Module:

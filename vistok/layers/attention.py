@@ -49,14 +49,15 @@ class Attention(nn.Module):
         dim: model width.
         num_heads: heads; ``dim`` must divide evenly.
         bias: biases on the qkv and output projections.
+        qkv_bias: bias on the qkv projection alone (None: as ``bias``; timm's ViT default and LARP use False).
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, bias: bool = True, qkv_bias: bool | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias if qkv_bias is None else qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
@@ -76,13 +77,15 @@ class Attention(nn.Module):
 
 
 class ViTBlock(nn.Module):
-    """Pre-LN transformer block with a GELU MLP (ViT / CLIP / TiTok)."""
+    """Pre-LN transformer block with a GELU MLP (ViT / CLIP / TiTok; ``qkv_bias=False, norm_eps=1e-6``: timm's
+    ``Block``)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 norm_eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
