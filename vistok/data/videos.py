@@ -1,6 +1,6 @@
 """Synthetic *moving shapes* clips with exact captions, structured labels and class ids, plus mp4 / gif I/O.
 
-Each clip holds 1..``max_objects`` objects from :data:`~vistok.data.shapes.COLORS` x
+Each clip holds 1..``max_objects`` (at most 2) objects from :data:`~vistok.data.shapes.COLORS` x
 :data:`~vistok.data.shapes.SHAPES`; each starts at a named cell of the 3x3 grid of :mod:`vistok.data.shapes` and
 moves in a straight line (:data:`MOTIONS`) by one grid cell over the clip, so it ends on the neighbouring cell and
 never leaves the frame.  Objects never overlap in any frame.  Captions spell every attribute ("a red circle moving
@@ -166,7 +166,7 @@ class MovingShapesDataset(Dataset):
         image_size: frame side in pixels (16..256).
         num_frames: frames per clip (>= 2).
         seed: clips are a pure function of ``(seed, index)``; use different seeds for train/val.
-        min_objects, max_objects: objects per clip (1..3).
+        min_objects, max_objects: objects per clip (1..2).
         sizes: which named sizes may appear.
 
     Items are dicts: ``pixels`` (3, T, H, W) float in [0, 1], ``caption`` str, ``label`` int (colour x shape x motion
@@ -179,8 +179,9 @@ class MovingShapesDataset(Dataset):
             raise ValueError(f"image_size must be in [16, 256], got {image_size}")
         if num_frames < 2:
             raise ValueError(f"num_frames must be >= 2 (the objects move), got {num_frames}")
-        if not 1 <= min_objects <= max_objects <= 3:
-            raise ValueError(f"need 1 <= min_objects <= max_objects <= 3, got {min_objects}, {max_objects}")
+        if not 1 <= min_objects <= max_objects <= 2:
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= 2 (a third moving object cannot stay clear of "
+                             f"the others on the 3x3 grid), got {min_objects}, {max_objects}")
         unknown = set(sizes) - set(SIZES)
         if unknown:
             raise ValueError(f"unknown sizes {sorted(unknown)}; choose from {list(SIZES)}")
