@@ -92,7 +92,7 @@ def test_dataset_arguments_are_checked():
     with pytest.raises(ValueError, match="num_frames"):
         MovingShapesDataset(num_frames=1)
     with pytest.raises(ValueError, match="image_size"):
-        MovingShapesDataset(image_size=8)
+        MovingShapesDataset(image_size=16)
     with pytest.raises(ValueError, match="max_objects"):
         MovingShapesDataset(max_objects=3)
     with pytest.raises(ValueError, match="could not place"):
@@ -104,10 +104,10 @@ def test_dataset_arguments_are_checked():
 def test_datamodule_batches():
     from vistok.training import MovingShapesDataModule
 
-    dm = MovingShapesDataModule(image_size=16, num_frames=4, train_size=8, val_size=4, batch_size=4)
+    dm = MovingShapesDataModule(image_size=32, num_frames=4, train_size=8, val_size=4, batch_size=4)
     batch = next(iter(dm.train_dataloader()))
-    assert batch["pixels"].shape == (4, 3, 4, 16, 16) and len(batch["caption"]) == 4
-    assert next(iter(dm.val_dataloader()))["pixels"].shape == (4, 3, 4, 16, 16)
+    assert batch["pixels"].shape == (4, 3, 4, 32, 32) and len(batch["caption"]) == 4
+    assert next(iter(dm.val_dataloader()))["pixels"].shape == (4, 3, 4, 32, 32)
 
 
 @pytest.mark.parametrize("suffix, tol", [(".mp4", 0.03), (".gif", 0.05)])

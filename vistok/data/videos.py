@@ -22,9 +22,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
-from torch.utils.data import Dataset
 
-from vistok.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, class_id, draw_shape, to_tensor
+from vistok.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset, class_id, draw_shape, to_tensor
 
 __all__ = ["MOTIONS", "NUM_VIDEO_CLASSES", "Clip", "MovingObject", "MovingShapesDataset", "parse_video_caption",
            "random_clip", "read_video", "render_clip", "video_class_id", "video_class_name", "write_video"]
@@ -158,12 +157,12 @@ def render_clip(clip: Clip, num_frames: int = 16, size: int = 32, rng: random.Ra
     return torch.stack(frames, dim=1)
 
 
-class MovingShapesDataset(Dataset):
-    """Deterministic moving-shapes clips.
+class MovingShapesDataset(ShapesDataset):
+    """Deterministic moving-shapes clips (a :class:`~vistok.data.shapes.ShapesDataset` of clips instead of images).
 
     Args:
         length: number of clips.
-        image_size: frame side in pixels (16..256).
+        image_size: frame side in pixels (32..256).
         num_frames: frames per clip (>= 2).
         seed: clips are a pure function of ``(seed, index)``; use different seeds for train/val.
         min_objects, max_objects: objects per clip (1..2).
@@ -175,27 +174,18 @@ class MovingShapesDataset(Dataset):
 
     def __init__(self, length: int = 10000, image_size: int = 32, num_frames: int = 16, seed: int = 0,
                  min_objects: int = 1, max_objects: int = 2, sizes: tuple[str, ...] = tuple(SIZES)):
-        if not 16 <= image_size <= 256:
-            raise ValueError(f"image_size must be in [16, 256], got {image_size}")
         if num_frames < 2:
             raise ValueError(f"num_frames must be >= 2 (the objects move), got {num_frames}")
-        if not 1 <= min_objects <= max_objects <= 2:
-            raise ValueError(f"need 1 <= min_objects <= max_objects <= 2 (a third moving object cannot stay clear of "
-                             f"the others on the 3x3 grid), got {min_objects}, {max_objects}")
-        unknown = set(sizes) - set(SIZES)
-        if unknown:
-            raise ValueError(f"unknown sizes {sorted(unknown)}; choose from {list(SIZES)}")
-        self.length, self.image_size, self.num_frames, self.seed = length, image_size, num_frames, seed
-        self.min_objects, self.max_objects, self.sizes = min_objects, max_objects, tuple(sizes)
-
-    def __len__(self) -> int:
-        return self.length
-
-    def _rng(self, index: int) -> random.Random:
-        return random.Random(self.seed * 1_000_003 + index)
+        if max_objects > 2:
+            raise ValueError(f"max_objects must be <= 2 (a third moving object cannot stay clear of the others on "
+                             f"the 3x3 grid), got {max_objects}")
+        super().__init__(length, image_size, seed, min_objects, max_objects, sizes)
+        self.num_frames = num_frames
 
     def clip(self, index: int) -> Clip:
         return random_clip(self._rng(index), self.min_objects, self.max_objects, self.sizes)
+
+    scene = clip  # the structured labels, under the image dataset's name too
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
