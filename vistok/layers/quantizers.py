@@ -92,13 +92,15 @@ class StochasticVectorQuantizer(VectorQuantizer):
         temperature: softmax temperature of the sampling (official 0.03); None = plain argmax, never sampled.
         deterministic_eval: argmax in eval mode (True) or keep sampling (False, the official default).
         codebook_weight: weight of the codebook term in :meth:`loss` (official 1.0).
+        reseed_every: dead-code re-seeding period (vistok option as in :class:`VectorQuantizer`; official 0 = off).
 
     Codes start Kaiming-uniform, as the official code.
     """
 
     def __init__(self, codebook_size: int = 8192, code_dim: int = 16, commitment: float = 0.25,
-                 temperature: float | None = 0.03, deterministic_eval: bool = True, codebook_weight: float = 1.0):
-        super().__init__(codebook_size, code_dim, commitment, l2_norm=True, reseed_every=0)
+                 temperature: float | None = 0.03, deterministic_eval: bool = True, codebook_weight: float = 1.0,
+                 reseed_every: int = 0):
+        super().__init__(codebook_size, code_dim, commitment, l2_norm=True, reseed_every=reseed_every)
         if temperature is not None and not temperature > 0:
             raise ValueError(f"temperature must be > 0 (or None for argmax), got {temperature}")
         self.temperature, self.deterministic_eval = temperature, deterministic_eval

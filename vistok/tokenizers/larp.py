@@ -116,6 +116,8 @@ class LARP(nn.Module, Configurable):
         num_latent_tokens: ``N`` holistic queries = tokens per clip.
         codebook_size, token_size: VQ codes ``K`` and their dimension ``d``.
         commitment, codebook_weight: VQ loss weights (official 0.25, 1.0).
+        reseed_every: re-seed codes unused for this many training steps with recent encoder outputs (vistok option
+            against early codebook collapse in short runs; 0 = off, as the official model).
         vq_temperature: softmax temperature of the stochastic VQ (official 0.03); None = plain argmax VQ.
         deterministic_eval: argmax ids in eval mode (default True).  False keeps sampling in eval, which is the
             official default behaviour; training always samples.
@@ -140,7 +142,8 @@ class LARP(nn.Module, Configurable):
                  width: int = 768, depth: int = 12, num_heads: int = 12, decoder_width: int | None = None,
                  decoder_depth: int | None = None, decoder_num_heads: int | None = None,
                  num_latent_tokens: int = 1024, codebook_size: int = 8192, token_size: int = 16,
-                 commitment: float = 0.25, codebook_weight: float = 1.0, vq_temperature: float | None = 0.03,
+                 commitment: float = 0.25, codebook_weight: float = 1.0, reseed_every: int = 0,
+                 vq_temperature: float | None = 0.03,
                  deterministic_eval: bool = True, query_init_std: float = 0.02, latent_pe_base: float = 10000.0,
                  prior_width: int = 384, prior_depth: int = 12, prior_num_heads: int = 6, prior_max_len: int = 1024,
                  prior_rounds: int = 2, ss_max_ratio: float = 0.5, ss_peak: float = 0.3,
@@ -177,7 +180,7 @@ class LARP(nn.Module, Configurable):
         # bottleneck: linear down, stochastic VQ, linear up
         self.code_in = nn.Linear(width, token_size)
         self.quantizer = StochasticVectorQuantizer(codebook_size, token_size, commitment, vq_temperature,
-                                                   deterministic_eval, codebook_weight)
+                                                   deterministic_eval, codebook_weight, reseed_every)
         self.code_out = nn.Linear(token_size, dwidth)
         # decoder: latents + fixed 1-D table, patch queries = fixed 3-D table + one learned type vector
         latent_pos = sincos_1d(torch.arange(num_latent_tokens), dwidth, latent_pe_base).float()
