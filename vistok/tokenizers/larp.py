@@ -169,7 +169,6 @@ class LARP(nn.Module, Configurable):
         self.num_tokens, self.codebook_size, self.token_dim = num_latent_tokens, codebook_size, token_size
         self.prior_rounds, self.ss_max_ratio, self.ss_peak = prior_rounds, ss_max_ratio, ss_peak
         self.prior_temperature, self.prior_avg_rounds = prior_temperature, prior_avg_rounds
-        num_patches = self.grid[0] * self.grid[1] * self.grid[2]
 
         # encoder: Conv3d patches + fixed 3-D table, learned queries appended after them
         pt, p = temporal_patch_size, patch_size
@@ -193,8 +192,6 @@ class LARP(nn.Module, Configurable):
         self.prior = (LARPPrior(token_size, prior_width, prior_depth, prior_num_heads, prior_max_len)
                       if prior_depth else None)
         self._init_weights()
-        if num_patches != self.patch_pos.shape[1]:  # pragma: no cover - guards the grid arithmetic above
-            raise AssertionError("patch table does not match the grid")
 
     @torch.no_grad()
     def _init_weights(self) -> None:
