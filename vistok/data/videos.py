@@ -23,7 +23,17 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from vistok.data.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset, class_id, draw_shape, to_tensor
+from vistok.data.shapes import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    ShapesDataset,
+    class_id,
+    draw_shape,
+    to_tensor,
+)
 
 __all__ = ["MOTIONS", "NUM_VIDEO_CLASSES", "Clip", "MovingObject", "MovingShapesDataset", "parse_video_caption",
            "random_clip", "read_video", "render_clip", "video_class_id", "video_class_name", "write_video"]
@@ -54,12 +64,10 @@ class MovingObject:
 
 
 @dataclass(frozen=True)
-class Clip:
-    objects: tuple[MovingObject, ...]
+class Clip(Scene):
+    """A scene of moving objects; ``caption`` joins their phrases as :class:`~vistok.data.shapes.Scene` does."""
 
-    @property
-    def caption(self) -> str:
-        return " and ".join(o.phrase() for o in self.objects)
+    objects: tuple[MovingObject, ...]
 
     @property
     def class_label(self) -> int:
