@@ -6,13 +6,16 @@ import torch
 import vistok
 from vistok.generators import ARGenerator, MARARGenerator, MARGenerator, NARGenerator, XARGenerator
 from vistok.interfaces import Conditioning, Generator, Tokenizer
-from vistok.tokenizers import FlexTok, TiTok
+from vistok.tokenizers import LARP, FlexTok, TiTok
 
 TINY = {
     TiTok: dict(image_size=32, patch_size=8, width=32, depth=1, num_heads=2, num_latent_tokens=8,
                 codebook_size=64, token_size=8),
     FlexTok: dict(image_size=16, patch_size=4, width=32, depth=1, head_dim=16, decoder_width=32, decoder_depth=1,
                   num_registers=8, num_steps=2),
+    LARP: dict(image_size=16, num_frames=4, patch_size=8, temporal_patch_size=2, width=32, depth=1, num_heads=2,
+               num_latent_tokens=8, codebook_size=64, token_size=8, prior_width=32, prior_depth=1, prior_num_heads=2,
+               prior_max_len=8),
     ARGenerator: dict(vocab_size=64, seq_len=8, width=32, depth=1, num_heads=2, max_text_len=6),
     NARGenerator: dict(vocab_size=64, seq_len=16, grid=(4, 4), width=32, depth=1, num_heads=2, max_text_len=6),
     XARGenerator: dict(grid_size=4, cell_size=2, token_dim=4, width=32, depth=1, decoder_depth=1, num_heads=2,
@@ -50,7 +53,8 @@ def _tiny(kind, name):
 def test_tokenizer_contract(name):
     tok = _tiny("tok", name).eval()
     assert isinstance(tok, Tokenizer)
-    x = torch.rand(2, 3, tok.image_size, tok.image_size)
+    frames = (tok.num_frames,) if hasattr(tok, "num_frames") else ()  # video tokenizers: (B, 3, T, H, W)
+    x = torch.rand(2, 3, *frames, tok.image_size, tok.image_size)
     ids = tok.encode(x)
     if tok.codebook_size is None:  # continuous tokenizer: (B, N, D) floats
         assert ids.shape == (2, tok.num_tokens, tok.token_dim) and ids.is_floating_point()

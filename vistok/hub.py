@@ -222,7 +222,8 @@ def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "c
 # bool`` and ``load_official(folder: Path) -> nn.Module``; list it here (imported lazily, by name, so hub pulls no
 # family in and families never import hub).
 OFFICIAL_FAMILIES: list[str] = ["vistok.tokenizers.titok", "vistok.generators.nar", "vistok.generators.xar",
-                                "vistok.generators.mar", "vistok.tokenizers.flextok"]
+                                "vistok.generators.mar", "vistok.tokenizers.flextok",
+                                "vistok.tokenizers.larp"]
 _OFFICIAL_FILES = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.pth"]
 
 

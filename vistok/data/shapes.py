@@ -148,13 +148,17 @@ def render(scene: Scene, size: int = 64, rng: random.Random | None = None) -> Im
         side = SIZES[o.size] * size * rng.uniform(0.93, 1.07)
         cx = (fx + rng.uniform(-0.02, 0.02)) * size
         cy = (fy + rng.uniform(-0.02, 0.02)) * size
-        r = side / 2
-        fill = COLORS[o.color]
-        if o.shape == "circle":
-            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        else:
-            draw.polygon(_polygon(o.shape, cx, cy, r), fill=fill)
+        draw_shape(draw, o.shape, o.color, cx, cy, side / 2)
     return img
+
+
+def draw_shape(draw: ImageDraw.ImageDraw, shape: str, color: str, cx: float, cy: float, r: float) -> None:
+    """Draw one filled ``shape`` of a named ``color`` centred at pixel ``(cx, cy)`` with half-side ``r``."""
+    fill = COLORS[color]
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

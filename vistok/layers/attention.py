@@ -61,15 +61,16 @@ class Attention(nn.Module):
         attn_dropout: dropout on the attention probabilities in training (timm ``attn_drop``).
         qk_norm: normalise queries and keys per head with a parameter-free LayerNorm (fp32) before RoPE (FlexTok).
         scale: softmax scale (None: ``head_dim ** -0.5``; FlexTok's muP scale is ``8 / head_dim``).
+        qkv_bias: bias on the qkv projection alone (None: as ``bias``; timm's ViT default and LARP use False).
     """
 
     def __init__(self, dim: int, num_heads: int, bias: bool = True, attn_dropout: float = 0.0, qk_norm: bool = False,
-                 scale: float | None = None):
+                 scale: float | None = None, qkv_bias: bool | None = None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.attn_dropout, self.qk_norm, self.scale = num_heads, attn_dropout, qk_norm, scale
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias if qkv_bias is None else qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
@@ -101,17 +102,18 @@ class ViTBlock(nn.Module):
         eps: LayerNorm epsilon.
         attn_dropout: dropout on attention probabilities.
         dropout: dropout after the attention output and after each MLP layer (timm ``proj_drop``).
+        qkv_bias: bias on the qkv projection (timm's ``Block`` and LARP: False).
 
     The MLP is ``mlp.0`` (Linear) - GELU - ``mlp.2`` (Linear), the key names of TiTok's checkpoints.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, eps: float = 1e-5,
-                 attn_dropout: float = 0.0, dropout: float = 0.0):
+                 attn_dropout: float = 0.0, dropout: float = 0.0, qkv_bias: bool = True):
         super().__init__()
         # registered norm1, norm2, attn, mlp: the order of MAR's former private copy, so code that walks
         # parameters() in order (seeded random models in tests) builds the same models as before
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=eps), nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, attn_dropout=attn_dropout)
+        self.attn = Attention(dim, num_heads, attn_dropout=attn_dropout, qkv_bias=qkv_bias)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(OrderedDict([("0", nn.Linear(dim, hidden)), ("1", nn.GELU()),
                                               ("drop1", nn.Dropout(dropout)), ("2", nn.Linear(hidden, dim)),

@@ -142,3 +142,42 @@ class FSQ(nn.Module):
         half = self._levels // 2
         steps = (ids[..., None] // self._basis) % self._levels
         return ((steps - half) / half).float()
+
+
+class StochasticVectorQuantizer(VectorQuantizer):
+    """LARP's stochastic VQ on the unit sphere (arXiv 2410.21264): in training the code id is *sampled* from
+    ``softmax(cos(z, codes) / temperature)``; outside training it is the argmax when ``deterministic_eval`` (vistok's
+    default; the official code samples in eval too unless ``set_vq_eval_deterministic(True)`` is called).
+
+    Args:
+        codebook_size, code_dim, commitment: as :class:`VectorQuantizer` (always l2-normalised, no re-seeding).
+        temperature: softmax temperature of the sampling (official 0.03); None = plain argmax, never sampled.
+        deterministic_eval: argmax in eval mode (True) or keep sampling (False, the official default).
+        codebook_weight: weight of the codebook term in :meth:`loss` (official 1.0).
+        reseed_every: dead-code re-seeding period (vistok option as in :class:`VectorQuantizer`; official 0 = off).
+
+    Codes start Kaiming-uniform, as the official code.
+    """
+
+    def __init__(self, codebook_size: int = 8192, code_dim: int = 16, commitment: float = 0.25,
+                 temperature: float | None = 0.03, deterministic_eval: bool = True, codebook_weight: float = 1.0,
+                 reseed_every: int = 0):
+        super().__init__(codebook_size, code_dim, commitment, l2_norm=True, reseed_every=reseed_every)
+        if temperature is not None and not temperature > 0:
+            raise ValueError(f"temperature must be > 0 (or None for argmax), got {temperature}")
+        self.temperature, self.deterministic_eval = temperature, deterministic_eval
+        self.codebook_weight = codebook_weight
+        nn.init.kaiming_uniform_(self.embedding.weight)
+
+    def indices(self, z: Tensor) -> Tensor:
+        """``z`` (..., d) -> code ids (...): sampled in training (and in eval unless ``deterministic_eval``)."""
+        if self.temperature is None or (self.deterministic_eval and not self.training):
+            return super().indices(z)
+        with torch.autocast(z.device.type, enabled=False):
+            cos = F.normalize(z.float(), dim=-1) @ self.codebook().float().t()
+            probs = (cos / self.temperature).softmax(-1)
+            return torch.multinomial(probs.reshape(-1, self.codebook_size), 1).reshape(cos.shape[:-1])
+
+    def loss(self, parts: dict[str, Tensor]) -> Tensor:
+        """The official VQ loss from :meth:`forward`'s parts: ``commitment * commit + codebook_weight * codebook``."""
+        return self.commitment * parts["commitment"] + self.codebook_weight * parts["codebook"]

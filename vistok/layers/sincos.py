@@ -1,0 +1,36 @@
+"""Fixed sine-cosine position tables (Transformer / MAE style), built in float64 and returned as float32.
+
+``sincos_1d`` is the building block: ``[sin(p * w_i), cos(p * w_i)]`` with ``w_i = base ** (-i / (dim / 2))``.
+``sincos_3d`` is the video table of LARP (and MAE-style ViTs per frame): a 2-D table over the patch grid (the first
+half of the channels encodes the column, the second half the row, as MAE's ``get_2d_sincos_pos_embed``) plus a 1-D
+table over time on all channels.
+
+Legend: t/h/w grid sides, d channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sincos_1d(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
+    """Positions (M,) (any numeric dtype) -> float64 table (M, dim): sines in the first half, cosines in the second."""
+    if dim % 2:
+        raise ValueError(f"a sin-cos table needs an even width, got {dim}")
+    omega = 1.0 / base ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.reshape(-1).to(torch.float64)[:, None] * omega  # M, dim/2
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def sincos_3d(frames: int, height: int, width: int, dim: int) -> Tensor:
+    """Video patch table (frames * height * width, dim) float32, raster order (t, h, w).
+
+    Each entry is ``[table(col), table(row)]`` (``dim / 2`` channels each) plus ``table(t)`` (all ``dim``).
+    """
+    if dim % 4:
+        raise ValueError(f"a 3-D sin-cos table needs a width divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    spatial = torch.cat([sincos_1d(cols, dim // 2), sincos_1d(rows, dim // 2)], dim=1)  # (h w), d
+    temporal = sincos_1d(torch.arange(frames), dim)  # t, d
+    return (temporal[:, None, :] + spatial[None]).reshape(-1, dim).float()
