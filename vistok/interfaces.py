@@ -175,6 +175,32 @@ def check_token_ids(tokens: Tensor, codebook_size: int, num_tokens: int, *, allo
         )
 
 
+def check_generator_tokens(tokens: Tensor, *, seq_len: int | None, vocab_size: int | None = None,
+                           token_dim: int | None = None, layout: str | None = None) -> None:
+    """Validate a generator's tokens: ``(B, seq_len)`` ids in ``[0, vocab_size)`` when ``vocab_size`` is given, else
+    ``(B, seq_len, token_dim)`` floats (``seq_len`` None: any length).  ``layout`` describes the expected shape in
+    the error message (default ``(B, N)`` / ``(B, N, D)``)."""
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
+    n = "L" if seq_len is None else seq_len
+    if vocab_size:
+        if tokens.is_floating_point():
+            raise TypeError(f"this generator models discrete token ids; got a {tokens.dtype} tensor (continuous "
+                            "tokens need a continuous generator such as MAR)")
+        if tokens.ndim != 2 or tokens.shape[1] != (seq_len or tokens.shape[1]):
+            raise ValueError(f"tokens must have shape {layout or f'(B, {n})'}, got {tuple(tokens.shape)}: was the "
+                             "generator built for this tokenizer's token count?")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
+            raise ValueError(f"token ids must be in [0, {vocab_size - 1}], got [{int(tokens.min())}, "
+                             f"{int(tokens.max())}]: was the generator built for this tokenizer's codebook?")
+        return
+    if not tokens.is_floating_point():
+        raise TypeError(f"this generator models continuous tokens (B, {n}, {token_dim}) floats, got a {tokens.dtype} "
+                        "tensor; discrete token ids need a discrete generator such as ARGenerator")
+    if tokens.ndim != 3 or tokens.shape[1] != (seq_len or tokens.shape[1]) or tokens.shape[2] != token_dim:
+        raise ValueError(f"tokens must have shape {layout or f'(B, {n}, {token_dim})'}, got {tuple(tokens.shape)}")
+
+
 def validating() -> bool:
     """Whether value checks that read tensors on the host (``.item()``, ``bool(tensor)``) should run: always in eager
     mode, never inside ``torch.compile`` (they would break the graph).  Shape checks need no such guard."""

@@ -19,20 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_positions
+from vistok.interfaces import (
+    Conditioning,
+    Configurable,
+    GeneratorOutput,
+    KVCache,
+    check_generator_tokens,
+    check_positions,
+)
 from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_table
 from vistok.layers.init import normal_linears_and_embeddings
-
-
-def _check_tokens(tokens: Tensor, vocab_size: int, seq_len: int) -> None:
-    if tokens.is_floating_point():
-        raise TypeError(f"this generator models discrete token ids; got a {tokens.dtype} tensor "
-                        "(continuous tokens need a continuous generator such as MAR)")
-    if tokens.ndim != 2 or tokens.shape[1] != seq_len:
-        raise ValueError(f"tokens must have shape (B, {seq_len}), got {tuple(tokens.shape)}")
-    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size:
-        raise ValueError(f"token ids must be in [0, {vocab_size - 1}], got [{int(tokens.min())}, "
-                         f"{int(tokens.max())}]: was the generator built for this tokenizer's codebook?")
 
 
 class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
@@ -113,7 +109,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
         """Teacher-forced next-token loss. tokens (b, n) ids -> GeneratorOutput(loss, logits (b, n, v))."""
-        _check_tokens(tokens, self.vocab_size, self.seq_len)
+        check_generator_tokens(tokens, seq_len=self.seq_len, vocab_size=self.vocab_size)
         if self.training and self.cond_dropout > 0:
             cond = self.drop_condition(cond)
         cache = self.new_cache(cond)

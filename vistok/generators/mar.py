@@ -34,7 +34,14 @@ from torch import Tensor, nn
 
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.generators.heads import DiffLossHead
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_positions
+from vistok.interfaces import (
+    Conditioning,
+    Configurable,
+    GeneratorOutput,
+    KVCache,
+    check_generator_tokens,
+    check_positions,
+)
 from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d
 from vistok.registry import register_generator
 
@@ -88,12 +95,7 @@ class _ContinuousGenerator(nn.Module, ConditionEmbedder):
     head: DiffLossHead
 
     def check_tokens(self, tokens: Tensor) -> None:
-        if not isinstance(tokens, Tensor) or not tokens.is_floating_point():
-            got = type(tokens).__name__ if not isinstance(tokens, Tensor) else f"a {tokens.dtype} tensor"
-            raise TypeError(f"{type(self).__name__} models continuous tokens (B, N, D) floats, got {got}; "
-                            "discrete token ids need a discrete generator such as ARGenerator")
-        if tokens.ndim != 3 or tokens.shape[1:] != (self.seq_len, self.token_dim):
-            raise ValueError(f"tokens must have shape (B, {self.seq_len}, {self.token_dim}), got {tuple(tokens.shape)}")
+        check_generator_tokens(tokens, seq_len=self.seq_len, token_dim=self.token_dim)
 
     def diffusion_loss(self, z: Tensor, tokens: Tensor, weight: Tensor | None = None, *, t: Tensor | None = None,
                        noise: Tensor | None = None) -> Tensor:

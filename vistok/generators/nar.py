@@ -37,7 +37,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_keys, read_state_dict
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_positions, validating
+from vistok.interfaces import (
+    Conditioning,
+    Configurable,
+    GeneratorOutput,
+    KVCache,
+    check_generator_tokens,
+    check_positions,
+    validating,
+)
 from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_2d
 from vistok.layers.init import normal_linears_and_embeddings
 from vistok.registry import register_generator
@@ -136,19 +144,10 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
     def _check_tokens(self, tokens: Tensor) -> Tensor:
         """``(b, n)`` or ``(b, h, w)`` token ids -> ``(b, n)``, with actionable errors."""
         h, w = self.grid
-        if not isinstance(tokens, Tensor):
-            raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
-        if tokens.is_floating_point():
-            raise TypeError(f"NAR models discrete token ids; got a {tokens.dtype} tensor (continuous tokens need "
-                            "a continuous generator such as MAR)")
-        if tokens.ndim == 3 and tuple(tokens.shape[1:]) == (h, w):
+        if isinstance(tokens, Tensor) and tokens.ndim == 3 and tuple(tokens.shape[1:]) == (h, w):
             tokens = tokens.flatten(1)
-        if tokens.ndim != 2 or tokens.shape[1] != self.seq_len:
-            raise ValueError(f"tokens must be (B, {self.seq_len}) or (B, {h}, {w}) for this {h}x{w} grid, got "
-                             f"{tuple(tokens.shape)}: was the generator built for this tokenizer's token count?")
-        if int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.vocab_size - 1}], got [{int(tokens.min())}, "
-                             f"{int(tokens.max())}]: was the generator built for this tokenizer's codebook?")
+        check_generator_tokens(tokens, seq_len=self.seq_len, vocab_size=self.vocab_size,
+                               layout=f"(B, {self.seq_len}) or (B, {h}, {w}) for this {h}x{w} grid")
         return tokens
 
     # -- decoding interface ------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
-from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, validating
+from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_generator_tokens, validating
 from vistok.layers import Attention, ConditionEmbedder, RMSNorm, rope_2d
 from vistok.layers.init import xavier_linears
 
@@ -207,15 +207,11 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     # -- checks ------------------------------------------------------------------------------------------------
     def _check_tokens(self, tokens: Tensor, *, full: bool) -> None:
-        if not isinstance(tokens, Tensor) or not tokens.is_floating_point():
-            got = type(tokens).__name__ if not isinstance(tokens, Tensor) else f"a {tokens.dtype} tensor"
-            raise TypeError(f"xAR models continuous tokens (B, N, {self.token_dim}) floats; got {got} (discrete "
-                            "token ids need a discrete generator such as ARGenerator)")
-        n = self.seq_len if full else tokens.shape[1] if tokens.ndim == 3 else -1
-        if tokens.ndim != 3 or tokens.shape[1] != n or tokens.shape[2] != self.token_dim:
-            raise ValueError(f"tokens must have shape (B, {self.seq_len if full else 'l'}, {self.token_dim}): a "
-                             f"{self.grid[0]}x{self.grid[1]} grid of {self.token_dim}-d tokens in raster order; "
-                             f"got {tuple(tokens.shape)} (was the generator built for this tokenizer's grid?)")
+        n = self.seq_len if full else "l"
+        check_generator_tokens(tokens, seq_len=self.seq_len if full else None, token_dim=self.token_dim,
+                               layout=f"(B, {n}, {self.token_dim}): a {self.grid[0]}x{self.grid[1]} grid of "
+                                      f"{self.token_dim}-d tokens in raster order (was the generator built for this "
+                                      "tokenizer's grid?)")
 
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
