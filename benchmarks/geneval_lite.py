@@ -1,4 +1,4 @@
-"""GenEval-lite table: a text-to-image pipeline vs the same pipeline with an untrained generator.
+"""GenEval-lite table: a text-to-image pipeline vs the disc baseline and the same pipeline with an untrained generator.
 
     python benchmarks/geneval_lite.py --num-prompts 200 [--model vistok/assets/default --model runs/pipelines/mar]
         [--decoder ar] [--fid-reference 1000]
@@ -6,6 +6,8 @@
 Prompts are single-object shapes captions from a held-out seed (the generators were trained on single-object
 scenes); each prompt gets one sample, from each generator's own decoder unless ``--decoder`` says otherwise.
 Prints per-attribute scores, FID against real renders of another held-out seed, seconds per image and passes.
+The *disc baseline* row (one medium disc of the prompted colour at the prompted position,
+:func:`vistok.data.geneval.disc_baseline`) is the floor: a generator that knows only colour and position.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 import torch
 
 from vistok.data import ShapesDataset
-from vistok.data.geneval import ATTRIBUTES, score_batch
+from vistok.data.geneval import ATTRIBUTES, disc_baseline, score_batch
 from vistok.sample import DEFAULT_MODEL, Pipeline
 
 
@@ -88,19 +90,23 @@ def main() -> None:
         feats = InceptionFeatures().eval()
         ref = ShapesDataset(args.fid_reference, seed=args.prompt_seed + 1, max_objects=args.max_objects)
         with torch.no_grad():
-            ref_feats = torch.cat([feats(b) for b in torch.stack([ref[i]["pixels"] for i in range(len(ref))]).split(32)])
+            ref_pixels = torch.stack([ref[i]["pixels"] for i in range(len(ref))])
+            ref_feats = torch.cat([feats(b) for b in ref_pixels.split(32)])
 
         def fid(images: torch.Tensor) -> float:
             with torch.no_grad():
                 return fid_from_features(ref_feats, torch.cat([feats(b) for b in images.split(32)]))
 
-    rows = [("real renders of the prompts", score_batch(real, captions), fid(real) if fid else None, 0.0, 0.0)]
+    discs = disc_baseline(captions, image_size=real.shape[-1], seed=args.seed)
+    rows = [("real renders of the prompts", score_batch(real, captions), fid(real) if fid else None, 0.0, 0.0),
+            ("disc baseline (floor: prompted colour + position only)", score_batch(discs, captions),
+             fid(discs) if fid else None, 0.0, 0.0)]
     seen_tokenizers: set[str] = set()
     for folder in args.model or [str(DEFAULT_MODEL)]:
         name = Path(folder).name
         pipe = Pipeline.from_folder(folder)
-        tok_key = json.dumps(pipe.tokenizer.config, sort_keys=True) + str(sum(float(v.float().sum())
-                                                                             for v in pipe.tokenizer.state_dict().values()))
+        weights_sum = sum(float(v.float().sum()) for v in pipe.tokenizer.state_dict().values())
+        tok_key = json.dumps(pipe.tokenizer.config, sort_keys=True) + str(weights_sum)
         if not args.skip_reconstructions and tok_key not in seen_tokenizers:  # the tokenizer's ceiling
             seen_tokenizers.add(tok_key)
             t0 = time.time()
@@ -120,7 +126,8 @@ def main() -> None:
     print("| model | " + " | ".join(ATTRIBUTES) + " | FID | s/image | NFE per batch |")
     print("|---" * (len(ATTRIBUTES) + 4) + "|")
     for name, s, f, secs, nfe in rows:
-        print(f"| {name} | " + " | ".join(f"{s[k]:.3f}" for k in ATTRIBUTES) + (f" | {f:.1f}" if f is not None else " | -")
+        scores = " | ".join(f"{s[k]:.3f}" for k in ATTRIBUTES)
+        print(f"| {name} | {scores} | " + (f"{f:.1f}" if f is not None else "-")
               + f" | {secs / len(captions):.3f} | {nfe:.1f} |")
 
 
