@@ -126,9 +126,10 @@ def frechet_distance(real: torch.Tensor | list[torch.Tensor], fake: torch.Tensor
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``(n, F)``, in float64.
 
-    ``|mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2))``, with the trace of the matrix square root taken as the
-    sum of the square roots of the eigenvalues of ``S_r S_f`` (the maths of torchmetrics'
-    ``FrechetInceptionDistance``; no scipy ``sqrtm``).
+    ``|mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2))``.  The trace of the matrix square root is the sum of
+    the square roots of the eigenvalues of ``S_r S_f`` (torchmetrics' maths; no scipy ``sqrtm``).  With fewer
+    images than feature dimensions those are, exactly, the singular values of ``X_r X_f^T / sqrt((n_r - 1)
+    (n_f - 1))`` (``X`` the centred features), an ``n_r x n_f`` problem instead of ``F x F``.
     """
     for name, f in (("real", real), ("fake", fake)):
         if f.ndim != 2 or len(f) < 2:
@@ -136,6 +137,12 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature widths differ: {real.shape[1]} vs {fake.shape[1]}")
     a, b = real.double().cpu(), fake.double().cpu()
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
-    sqrt_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
-    return float((a.mean(0) - b.mean(0)).square().sum() + cov_a.trace() + cov_b.trace() - 2 * sqrt_trace)
+    xa, xb = a - a.mean(0), b - b.mean(0)
+    (na, dim), nb = a.shape, len(b)
+    trace_a, trace_b = xa.square().sum() / (na - 1), xb.square().sum() / (nb - 1)
+    if na * nb < dim * dim:  # same non-zero spectrum, smaller matrix
+        sqrt_trace = torch.linalg.svdvals(xa @ xb.T).sum() / ((na - 1) * (nb - 1)) ** 0.5
+    else:
+        cov_a, cov_b = xa.T @ xa / (na - 1), xb.T @ xb / (nb - 1)
+        sqrt_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
+    return float((a.mean(0) - b.mean(0)).square().sum() + trace_a + trace_b - 2 * sqrt_trace)

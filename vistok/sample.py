@@ -25,6 +25,8 @@ from vistok.interfaces import Conditioning
 from vistok.text import check_prompts, load_text_encoder
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
+#: pipelines that ship inside the package (``Pipeline.from_folder(name)``)
+SHIPPED = ("default", "xar")
 
 
 @dataclass
@@ -44,6 +46,11 @@ class Pipeline:
         by_name = len(folder.parts) == 1 and not (folder / "pipeline.json").is_file()
         if by_name and (shipped / "pipeline.json").is_file():
             folder = shipped
+        elif by_name and folder.name in SHIPPED and not folder.exists():
+            raise FileNotFoundError(f"the shipped pipeline {folder.name!r} is missing: {shipped} has no pipeline.json. "
+                                    "Install vistok with its assets (`pip install -e .` from a full git checkout, "
+                                    "or the wheel), or pass the folder of a pipeline you trained (see the README's "
+                                    "'Train the default')")
         if not (folder / "pipeline.json").is_file():
             raise FileNotFoundError(f"{folder} is not a vistok pipeline folder (no pipeline.json); it needs "
                                     "tokenizer/, generator/ and pipeline.json — see the README's 'Train the default'")
