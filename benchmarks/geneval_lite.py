@@ -22,21 +22,14 @@ import torch
 
 from vistok.data import ShapesDataset
 from vistok.data.geneval import ATTRIBUTES, disc_baseline, score_batch
+from vistok.eval_cli import parse_set_options, sample_prompts
 from vistok.sample import DEFAULT_MODEL, Pipeline
 
 
 def evaluate(pipe: Pipeline, captions: list[str], batch: int, seed: int, **opts):
     """Mean scores, seconds, mean generator passes per batched call, and the images (one sample per caption)."""
-    scores, t0, nfe, imgs = [], time.time(), [], []
-    for i in range(0, len(captions), batch):
-        chunk = captions[i : i + batch]
-        images, out = pipe(chunk, num_samples=1, seed=seed + i, **opts)
-        nfe.append(out.nfe)
-        imgs.append(images)
-        scores.append((len(chunk), score_batch(images, chunk)))
-    total = sum(n for n, _ in scores)
-    mean = {k: sum(n * s[k] for n, s in scores) / total for k in ATTRIBUTES}
-    return mean, time.time() - t0, sum(nfe) / len(nfe), torch.cat(imgs)
+    images, secs, nfe = sample_prompts(pipe, captions, batch=batch, seed=seed, progress=False, **opts)
+    return score_batch(images, captions), secs, sum(nfe) / len(nfe), images
 
 
 def untrained_copy(pipe: Pipeline) -> Pipeline:
@@ -75,14 +68,10 @@ def main() -> None:
     captions = [ds.scene(i).caption for i in range(len(ds))]
     real = torch.stack([ds[i]["pixels"] for i in range(len(ds))])
     opts = dict(decoder=args.decoder, cfg_scale=args.cfg_scale, top_k=args.top_k, temperature=args.temperature)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
+    try:
+        opts.update(parse_set_options(args.set))
+    except ValueError as e:
+        p.error(str(e))
     fid = None
     if args.fid_reference:
         from vistok.evaluation import InceptionFeatures, fid_from_features

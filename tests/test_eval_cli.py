@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vistok.eval_cli import main, prefix_lengths
+from vistok.eval_cli import main, parse_set_options, prefix_lengths
 
 ONEDPIECE = Path(__file__).parent / "assets" / "onedpiece_tiny"
 
@@ -18,8 +18,12 @@ def onedpiece(tmp_path):
     return Path(shutil.copytree(ONEDPIECE, tmp_path / "onedpiece"))
 
 
-def test_prefix_lengths():
+def test_prefix_lengths_and_set_options():
     assert prefix_lengths(32) == [1, 2, 4, 8, 16, 32] and prefix_lengths(12) == [1, 2, 4, 8, 12]
+    assert parse_set_options(["num_steps=20", "decoder=sjd", "x=[1, 2]"]) == {"num_steps": 20, "decoder": "sjd",
+                                                                               "x": [1, 2]}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_set_options(["num_steps"])
 
 
 def test_tokenizer_eval_with_prefix_curve_json_and_plot(onedpiece, capsys):

@@ -36,7 +36,8 @@ from vistok.evaluation import (
     ssim,
 )
 
-__all__ = ["evaluate_generator", "evaluate_tokenizer", "load_images", "main", "prefix_lengths"]
+__all__ = ["evaluate_generator", "evaluate_tokenizer", "load_images", "main", "parse_set_options", "prefix_lengths",
+           "sample_prompts"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -80,6 +81,21 @@ def prefix_lengths(num_tokens: int) -> list[int]:
     """1, 2, 4, ... up to and including ``num_tokens``."""
     ks = [2**i for i in range(num_tokens.bit_length()) if 2**i < num_tokens]
     return ks + [num_tokens]
+
+
+def parse_set_options(items: list[str]) -> dict:
+    """``["num_steps=20", "decoder=sjd"]`` -> ``{"num_steps": 20, "decoder": "sjd"}`` (values read as JSON when they
+    parse, else kept as strings); ``ValueError`` for an item without ``=``."""
+    opts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    return opts
 
 
 def _check_fid_inputs(n_real: int, n_fake: int) -> None:
@@ -348,14 +364,10 @@ def _run_generator(args, p: argparse.ArgumentParser) -> dict:
     from vistok.sample import Pipeline
 
     opts = dict(decoder=args.decoder, cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
+    try:
+        opts.update(parse_set_options(args.set))
+    except ValueError as e:
+        p.error(str(e))
     if args.prompts_file:
         path = Path(args.prompts_file)
         if not path.is_file():
