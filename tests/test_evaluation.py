@@ -118,8 +118,9 @@ class _Recording(torch.nn.Module):
         return self.seen[-1]
 
 
-def test_frechet_distance_on_inception_features():
-    """Real vs another real split small, real vs noise large, and equal to scipy sqrtm on the same features."""
+@pytest.fixture(scope="module")
+def inception_run():
+    """FID of 8 renders vs 8 other renders and vs 8 noise images, with the Inception features it used."""
     from vistok.evaluation import InceptionFeatures
 
     ds = ShapesDataset(16, seed=3, max_objects=1)
@@ -128,12 +129,25 @@ def test_frechet_distance_on_inception_features():
     noise = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     feats = _Recording(InceptionFeatures())
     same = frechet_distance(a, b, features=feats)
-    fa, fb = (f.double().numpy() for f in feats.seen)
     far = frechet_distance([a[:5], a[5:]], noise, features=feats)  # a list of batches is one set
-    fn = feats.seen[-1].double().numpy()
+    fa, fb, fa1, fa2, fn = (f.double() for f in feats.seen)
+    assert torch.allclose(torch.cat([fa1, fa2]), fa, atol=1e-4)
+    return same, far, fa, fb, fn
+
+
+def test_frechet_distance_on_inception_features(inception_run):
+    """Real vs another real split small, real vs noise large, and the value is the Frechet maths of those features."""
+    same, far, fa, fb, fn = inception_run
+    assert fa.shape == (8, 2048)
     assert 0 <= same < far / 2, (same, far)
-    assert same == pytest.approx(_scipy_fid(fa, fb), rel=1e-4)
-    assert far == pytest.approx(_scipy_fid(fa, fn), rel=1e-4)
+    assert same == pytest.approx(fid_from_features(fa, fb), rel=1e-6)
+
+
+@pytest.mark.slow  # two scipy sqrtm of 2048 x 2048 matrices: about a minute on a loaded 2-core CPU
+def test_frechet_distance_equals_scipy_sqrtm_on_inception_features(inception_run):
+    same, far, fa, fb, fn = inception_run
+    assert same == pytest.approx(_scipy_fid(fa.numpy(), fb.numpy()), rel=1e-4)
+    assert far == pytest.approx(_scipy_fid(fa.numpy(), fn.numpy()), rel=1e-4)
 
 
 def test_frechet_distance_errors(monkeypatch):
