@@ -60,6 +60,7 @@ class TextEncoder(nn.Module):
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.max_length, self.cache_size = max_length, cache_size
+        self.training = False  # frozen: always in eval mode
         self._memo: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     def train(self, mode: bool = True) -> TextEncoder:
