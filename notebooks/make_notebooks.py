@@ -90,14 +90,14 @@ prompts = ["a red circle on the left", "a large blue square at the top right", "
            "a purple star in the center"]
 ar = Pipeline.from_folder("default")
 t0 = time.time()
-images, out = ar(prompts, num_samples=4, seed=0)
+images, out = ar(prompts, num_samples=3, seed=0)
 print(f"AR: {len(images)} images, {out.nfe} generator passes, {time.time() - t0:.1f} s; defaults {ar.defaults}")
-show(images, nrow=4, title="AR (one row per prompt)")""",
+show(images, nrow=3, title="AR (one row per prompt)")""",
         """xar = Pipeline.from_folder("xar")
 t0 = time.time()
-images, out = xar(prompts, num_samples=4, seed=0)
+images, out = xar(prompts, num_samples=2, seed=0)
 print(f"xAR: {len(images)} images, {out.nfe} generator passes, {time.time() - t0:.1f} s; defaults {xar.defaults}")
-show(images, nrow=4, title="xAR (one row per prompt)")""",
+show(images, nrow=2, title="xAR (one row per prompt)")""",
         MD("## Classifier-free guidance and temperature (AR)\n\nEach row is one setting, same prompts, same seed."),
         """rows, labels = [], []
 for cfg in (1.0, 2.0, 4.0):
@@ -200,7 +200,7 @@ plt.show()""",
     "05_train_your_own": [
         MD("# Train your own\n\nA very short `vistok fit` from Python: a small AR text-to-image generator on the "
         "shipped tokenizer's ids, through the same LightningCLI as the command line (`vistok.cli.main(args=[...])`"
-        ").  40 steps only, so expect blobs of roughly the right colour, not shapes; the shipped default trained "
+        ").  30 steps only, so expect blobs of roughly the right colour, not shapes; the shipped default trained "
         "for 72 minutes (`configs/generators/ar_tiny_t2i.yaml`)."),
         SETUP,
         """import tempfile
@@ -211,14 +211,14 @@ from vistok.cli import main as vistok_cli
 
 root = Path(vistok.__file__).parents[1]
 run = Path(tempfile.mkdtemp(prefix="vistok_nb_"))
-steps = 40
+steps = 30
 vistok_cli(args=[
     "fit", "--config", str(root / "configs/generators/ar_tiny_t2i.yaml"),
     "--model.init_args.tokenizer_path", str(root / "vistok/assets/default/tokenizer"),
     "--model.init_args.generator.init_args.width", "128", "--model.init_args.generator.init_args.depth", "2",
     "--model.init_args.warmup_steps", "5", "--model.init_args.total_steps", str(steps),
     "--model.init_args.export_dir", str(run / "export"),
-    "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "2", "--trainer.val_check_interval", "20",
+    "--trainer.max_steps", str(steps), "--trainer.log_every_n_steps", "2", "--trainer.val_check_interval", "30",
     "--trainer.logger.init_args.save_dir", str(run), "--trainer.default_root_dir", str(run),
     "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
     "--data.init_args.train_size", "2048", "--data.init_args.val_size", "32", "--data.init_args.batch_size", "32",
