@@ -1,4 +1,4 @@
-"""GenEval-lite table: a text-to-image pipeline vs the same pipeline with an untrained generator.
+"""GenEval-lite table: a text-to-image pipeline vs the disc baseline and the same pipeline with an untrained generator.
 
     python benchmarks/geneval_lite.py --num-prompts 200 [--model vistok/assets/default --model runs/pipelines/mar]
         [--decoder ar] [--fid-reference 1000]
@@ -6,6 +6,8 @@
 Prompts are single-object shapes captions from a held-out seed (the generators were trained on single-object
 scenes); each prompt gets one sample, from each generator's own decoder unless ``--decoder`` says otherwise.
 Prints per-attribute scores, FID against real renders of another held-out seed, seconds per image and passes.
+The *disc baseline* row (one medium disc of the prompted colour at the prompted position,
+:func:`vistok.data.geneval.disc_baseline`) is the floor: a generator that knows only colour and position.
 """
 
 from __future__ import annotations
@@ -19,22 +21,15 @@ from pathlib import Path
 import torch
 
 from vistok.data import ShapesDataset
-from vistok.data.geneval import ATTRIBUTES, score_batch
+from vistok.data.geneval import ATTRIBUTES, disc_baseline, score_batch
+from vistok.eval_cli import parse_set_options, sample_prompts
 from vistok.sample import DEFAULT_MODEL, Pipeline
 
 
 def evaluate(pipe: Pipeline, captions: list[str], batch: int, seed: int, **opts):
     """Mean scores, seconds, mean generator passes per batched call, and the images (one sample per caption)."""
-    scores, t0, nfe, imgs = [], time.time(), [], []
-    for i in range(0, len(captions), batch):
-        chunk = captions[i : i + batch]
-        images, out = pipe(chunk, num_samples=1, seed=seed + i, **opts)
-        nfe.append(out.nfe)
-        imgs.append(images)
-        scores.append((len(chunk), score_batch(images, chunk)))
-    total = sum(n for n, _ in scores)
-    mean = {k: sum(n * s[k] for n, s in scores) / total for k in ATTRIBUTES}
-    return mean, time.time() - t0, sum(nfe) / len(nfe), torch.cat(imgs)
+    images, secs, nfe = sample_prompts(pipe, captions, batch=batch, seed=seed, progress=False, **opts)
+    return score_batch(images, captions), secs, sum(nfe) / len(nfe), images
 
 
 def untrained_copy(pipe: Pipeline) -> Pipeline:
@@ -73,14 +68,10 @@ def main() -> None:
     captions = [ds.scene(i).caption for i in range(len(ds))]
     real = torch.stack([ds[i]["pixels"] for i in range(len(ds))])
     opts = dict(decoder=args.decoder, cfg_scale=args.cfg_scale, top_k=args.top_k, temperature=args.temperature)
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set takes KEY=VALUE, got {item!r}")
-        try:
-            opts[key] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key] = value
+    try:
+        opts.update(parse_set_options(args.set))
+    except ValueError as e:
+        p.error(str(e))
     fid = None
     if args.fid_reference:
         from vistok.evaluation import InceptionFeatures, fid_from_features
@@ -88,19 +79,23 @@ def main() -> None:
         feats = InceptionFeatures().eval()
         ref = ShapesDataset(args.fid_reference, seed=args.prompt_seed + 1, max_objects=args.max_objects)
         with torch.no_grad():
-            ref_feats = torch.cat([feats(b) for b in torch.stack([ref[i]["pixels"] for i in range(len(ref))]).split(32)])
+            ref_pixels = torch.stack([ref[i]["pixels"] for i in range(len(ref))])
+            ref_feats = torch.cat([feats(b) for b in ref_pixels.split(32)])
 
         def fid(images: torch.Tensor) -> float:
             with torch.no_grad():
                 return fid_from_features(ref_feats, torch.cat([feats(b) for b in images.split(32)]))
 
-    rows = [("real renders of the prompts", score_batch(real, captions), fid(real) if fid else None, 0.0, 0.0)]
+    discs = disc_baseline(captions, image_size=real.shape[-1], seed=args.seed)
+    rows = [("real renders of the prompts", score_batch(real, captions), fid(real) if fid else None, 0.0, 0.0),
+            ("disc baseline (floor: prompted colour + position only)", score_batch(discs, captions),
+             fid(discs) if fid else None, 0.0, 0.0)]
     seen_tokenizers: set[str] = set()
     for folder in args.model or [str(DEFAULT_MODEL)]:
         name = Path(folder).name
         pipe = Pipeline.from_folder(folder)
-        tok_key = json.dumps(pipe.tokenizer.config, sort_keys=True) + str(sum(float(v.float().sum())
-                                                                             for v in pipe.tokenizer.state_dict().values()))
+        weights_sum = sum(float(v.float().sum()) for v in pipe.tokenizer.state_dict().values())
+        tok_key = json.dumps(pipe.tokenizer.config, sort_keys=True) + str(weights_sum)
         if not args.skip_reconstructions and tok_key not in seen_tokenizers:  # the tokenizer's ceiling
             seen_tokenizers.add(tok_key)
             t0 = time.time()
@@ -120,7 +115,8 @@ def main() -> None:
     print("| model | " + " | ".join(ATTRIBUTES) + " | FID | s/image | NFE per batch |")
     print("|---" * (len(ATTRIBUTES) + 4) + "|")
     for name, s, f, secs, nfe in rows:
-        print(f"| {name} | " + " | ".join(f"{s[k]:.3f}" for k in ATTRIBUTES) + (f" | {f:.1f}" if f is not None else " | -")
+        scores = " | ".join(f"{s[k]:.3f}" for k in ATTRIBUTES)
+        print(f"| {name} | {scores} | " + (f"{f:.1f}" if f is not None else "-")
               + f" | {secs / len(captions):.3f} | {nfe:.1f} |")
 
 

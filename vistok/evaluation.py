@@ -3,9 +3,11 @@
 
 All functions take pixels in vistok's convention: float ``(B, 3, H, W)`` in ``[0, 1]``.
 
-FID goes through torchmetrics' ``FrechetInceptionDistance(feature=module)`` hook with :class:`InceptionFeatures`,
-which resizes to 299x299 (bilinear), maps ``[0, 1]`` to the range the TF-ported Inception expects
-(``[-1, 0.9921875]``) and returns the 2048-d pool features.  FID on a few hundred 64x64 images is a relative
+FID has one path: :func:`inception_features` with :class:`InceptionFeatures` (the same module plugs into
+torchmetrics' ``FrechetInceptionDistance(feature=...)`` during training), then :func:`fid_from_features`, the
+Fréchet maths of torchmetrics in float64.  :class:`InceptionFeatures` resizes to 299x299 (bilinear), maps
+``[0, 1]`` to the range the TF-ported Inception expects (``[-1, 0.9921875]``) and returns the 2048-d pool
+features.  FID on a few hundred 64x64 images is a relative
 number (compare runs on the same set); it is not comparable with published ImageNet-50k figures.
 """
 
@@ -17,24 +19,46 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from vistok.interfaces import check_pixels
 
-__all__ = ["InceptionFeatures", "fid_from_features", "frechet_distance", "inception_weights_path", "psnr", "ssim"]
+__all__ = ["InceptionFeatures", "check_image_pair", "fid_from_features", "frechet_distance", "inception_features",
+           "inception_weights_path", "psnr", "ssim"]
 
 _TF_RANGE = (-1.0, 0.9921875)
 
 
+def check_image_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    """Both float ``(B, 3, H, W)`` with the same shape; ``target`` in [0, 1] (``pred`` is clamped by the metrics).
+
+    Raises:
+        TypeError: not float tensors.
+        ValueError: other ranks, channel counts, batch sizes or resolutions.
+    """
+    for name, t in (("pred", pred), ("target", target)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+            raise TypeError(f"{name} must be a float tensor (B, 3, H, W) in [0, 1], got {got}; "
+                            "uint8 images need `.float() / 255`")
+    check_pixels(target, video=False)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape; "
+                         "resize one with torch.nn.functional.interpolate(..., size=target.shape[-2:]) first")
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB, shape ``(B,)``, for pixels in ``[0, 1]``."""
+    """Per-image PSNR in dB, shape ``(B,)``, for ``(B, 3, H, W)`` pixels in ``[0, 1]`` (``pred`` is clamped)."""
+    check_image_pair(pred, target)
     mse = F.mse_loss(pred.clamp(0, 1), target, reduction="none").flatten(1).mean(1)
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM (Gaussian window 11, sigma 1.5) over the batch, a scalar tensor."""
+    """Mean SSIM (Gaussian window 11, sigma 1.5) over a ``(B, 3, H, W)`` batch in ``[0, 1]``, a scalar tensor."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
+    check_image_pair(pred, target)
     return structural_similarity_index_measure(pred.clamp(0, 1).float(), target.float(), data_range=1.0)
 
 
@@ -70,33 +94,55 @@ class InceptionFeatures(nn.Module):
         return feats.flatten(2).mean(-1) if feats.ndim > 2 else feats
 
 
-def frechet_distance(real: torch.Tensor | list[torch.Tensor], fake: torch.Tensor | list[torch.Tensor], *,
-                     features: nn.Module | None = None, batch_size: int = 64) -> float:
-    """FID between two image sets (tensors ``(B, 3, H, W)`` in ``[0, 1]``, or lists of such batches)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
+def inception_features(images: torch.Tensor | list[torch.Tensor], *, features: nn.Module | None = None,
+                       batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """``(N, 3, H, W)`` pixels in ``[0, 1]`` (or a list of such batches) -> ``(N, 2048)`` float64 features."""
     features = features if features is not None else InceptionFeatures()
-    metric = FrechetInceptionDistance(feature=features, normalize=True)
-    for images, real_flag in ((real, True), (fake, False)):
-        batches = images if isinstance(images, (list, tuple)) else list(torch.split(images, batch_size))
-        if sum(len(b) for b in batches) < 2:
-            raise ValueError("FID needs at least 2 images per set (use a few hundred for a stable number)")
-        for b in batches:
-            check_pixels(b, "FID images")
-            metric.update(b.float(), real=real_flag)
-    return float(metric.compute())
+    batches = list(images) if isinstance(images, (list, tuple)) else list(torch.split(images, batch_size))
+    out = []
+    for b in tqdm(batches, desc="Inception features", unit="batch", disable=not progress):
+        check_pixels(b, video=False)
+        with torch.no_grad():
+            out.append(features(b.float()).double().cpu())
+    return torch.cat(out) if out else torch.zeros(0, getattr(features, "num_features", 2048), dtype=torch.float64)
+
+
+def frechet_distance(real: torch.Tensor | list[torch.Tensor], fake: torch.Tensor | list[torch.Tensor], *,
+                     features: nn.Module | None = None, batch_size: int = 64, progress: bool = False) -> float:
+    """FID between two image sets: tensors ``(N, 3, H, W)`` in ``[0, 1]``, or lists of such batches.
+
+    Features come from :class:`InceptionFeatures` (or ``features``, any module mapping pixels to ``(B, F)``); the
+    distance is :func:`fid_from_features`.  Needs at least 2 images per set; use a few hundred for a stable number.
+    """
+    for name, images in (("real", real), ("fake", fake)):
+        n = sum(len(b) for b in images) if isinstance(images, (list, tuple)) else len(images)
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 {name} images, got {n} (use a few hundred for a stable number)")
+    features = features if features is not None else InceptionFeatures()
+    return fid_from_features(inception_features(real, features=features, batch_size=batch_size, progress=progress),
+                             inception_features(fake, features=features, batch_size=batch_size, progress=progress))
 
 
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID from two feature sets ``(n, F)`` (e.g. :class:`InceptionFeatures` outputs); float64 throughout."""
-    import numpy as np
-    import scipy.linalg
+    """Fréchet distance between Gaussians fitted to two feature sets ``(n, F)``, in float64.
 
-    if len(real) < 2 or len(fake) < 2:
-        raise ValueError("FID needs at least 2 feature rows per set")
-    a, b = real.double().cpu().numpy(), fake.double().cpu().numpy()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = scipy.linalg.sqrtm(cov_a @ cov_b)
-    covmean = covmean.real if np.iscomplexobj(covmean) else covmean
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+    ``|mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^(1/2))``.  The trace of the matrix square root is the sum of
+    the square roots of the eigenvalues of ``S_r S_f`` (torchmetrics' maths; no scipy ``sqrtm``).  With fewer
+    images than feature dimensions those are, exactly, the singular values of ``X_r X_f^T / sqrt((n_r - 1)
+    (n_f - 1))`` (``X`` the centred features), an ``n_r x n_f`` problem instead of ``F x F``.
+    """
+    for name, f in (("real", real), ("fake", fake)):
+        if f.ndim != 2 or len(f) < 2:
+            raise ValueError(f"FID needs (n >= 2, F) {name} features, got shape {tuple(f.shape)}")
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"feature widths differ: {real.shape[1]} vs {fake.shape[1]}")
+    a, b = real.double().cpu(), fake.double().cpu()
+    xa, xb = a - a.mean(0), b - b.mean(0)
+    (na, dim), nb = a.shape, len(b)
+    trace_a, trace_b = xa.square().sum() / (na - 1), xb.square().sum() / (nb - 1)
+    if na * nb < dim * dim:  # same non-zero spectrum, smaller matrix
+        sqrt_trace = torch.linalg.svdvals(xa @ xb.T).sum() / ((na - 1) * (nb - 1)) ** 0.5
+    else:
+        cov_a, cov_b = xa.T @ xa / (na - 1), xb.T @ xb / (nb - 1)
+        sqrt_trace = torch.linalg.eigvals(cov_a @ cov_b).sqrt().real.sum()
+    return float((a.mean(0) - b.mean(0)).square().sum() + trace_a + trace_b - 2 * sqrt_trace)

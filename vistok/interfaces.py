@@ -311,7 +311,7 @@ def check_conditioning(cond: Conditioning, *, num_classes: int, text_dim: int, m
     """Validate ``cond`` for a generator built with these sizes (shared by every generator family).
 
     Raises:
-        TypeError: not a Conditioning.
+        TypeError: not a Conditioning, or labels that are not integer ids.
         ValueError: the condition the generator needs is missing, or labels / text states do not fit it.
     """
     if not isinstance(cond, Conditioning):
@@ -325,6 +325,13 @@ def check_conditioning(cond: Conditioning, *, num_classes: int, text_dim: int, m
     if cond.labels is not None:
         if not num_classes:
             raise ValueError("labels given to a generator built with num_classes=0")
+        if not isinstance(cond.labels, Tensor) or cond.labels.is_floating_point() or cond.labels.dtype == torch.bool:
+            got = cond.labels.dtype if isinstance(cond.labels, Tensor) else type(cond.labels).__name__
+            raise TypeError(f"labels must be an integer tensor of class ids, got {got}; use `labels.long()` "
+                            "(or torch.tensor([3, 7]))")
+        if cond.labels.ndim != 1:
+            raise ValueError(f"labels must have shape (B,), one class id per sample, got {tuple(cond.labels.shape)}"
+                             "; flatten with `labels.view(-1)` or pick one id per sample (not one-hot)")
         if int(cond.labels.max()) >= num_classes or int(cond.labels.min()) < -1:
             raise ValueError(f"class labels must be in [-1, {num_classes - 1}] (-1 = null)")
     if cond.text is not None:

@@ -22,9 +22,11 @@ from torch import Tensor, nn
 from vistok.decoding import DECODERS, generate
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.text import check_prompts
+from vistok.text import check_prompts, load_text_encoder
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
+#: pipelines that ship inside the package (``Pipeline.from_folder(name)``)
+SHIPPED = ("default", "xar")
 
 
 @dataclass
@@ -44,15 +46,19 @@ class Pipeline:
         by_name = len(folder.parts) == 1 and not (folder / "pipeline.json").is_file()
         if by_name and (shipped / "pipeline.json").is_file():
             folder = shipped
+        elif by_name and folder.name in SHIPPED and not folder.exists():
+            raise FileNotFoundError(f"the shipped pipeline {folder.name!r} is missing: {shipped} has no pipeline.json. "
+                                    "Install vistok with its assets (`pip install -e .` from a full git checkout, "
+                                    "or the wheel), or pass the folder of a pipeline you trained (see the README's "
+                                    "'Train the default')")
         if not (folder / "pipeline.json").is_file():
             raise FileNotFoundError(f"{folder} is not a vistok pipeline folder (no pipeline.json); it needs "
                                     "tokenizer/, generator/ and pipeline.json — see the README's 'Train the default'")
         spec = json.loads((folder / "pipeline.json").read_text())
-        text_encoder = None
-        if spec.get("text_encoder") == "minilm":
-            from vistok.text import MiniLMTextEncoder
-
-            text_encoder = MiniLMTextEncoder(max_length=spec.get("text_max_length", 32))
+        enc_spec = spec.get("text_encoder")
+        if isinstance(enc_spec, dict) and "path" in enc_spec:  # clip / t5 folders may be given relative to here
+            enc_spec = {**enc_spec, "path": str(folder / enc_spec["path"])}
+        text_encoder = load_text_encoder(enc_spec, spec.get("text_max_length", 32 if enc_spec == "minilm" else None))
         return cls(from_pretrained(folder / "tokenizer"), from_pretrained(folder / "generator"), text_encoder,
                    spec.get("sampling", {}))
 
@@ -63,7 +69,8 @@ class Pipeline:
         folder = Path(folder)
         save_pretrained(self.tokenizer, folder / "tokenizer", dtype=dtype)
         save_pretrained(self.generator, folder / "generator", dtype=dtype)
-        spec = {"text_encoder": "minilm" if self.text_encoder is not None else None,
+        enc = self.text_encoder
+        spec = {"text_encoder": None if enc is None else enc.spec() if hasattr(enc, "spec") else "minilm",
                 "text_max_length": getattr(self.text_encoder, "max_length", None), "sampling": self.defaults}
         (folder / "pipeline.json").write_text(json.dumps(spec, indent=2))
         return folder
