@@ -5,7 +5,7 @@ import torch
 
 import vistok
 from vistok.generators import ARGenerator, MARARGenerator, MARGenerator, NARGenerator, XARGenerator
-from vistok.interfaces import Conditioning, Generator, Tokenizer
+from vistok.interfaces import Conditioning, Generator, MaskedGenerator, Tokenizer
 from vistok.tokenizers import LARP, FlexTok, TiTok
 
 TINY = {
@@ -88,8 +88,10 @@ def test_generator_contract(name):
     out.loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.parameters())
     gen.eval()
-    cache = gen.new_cache(cond)
-    logits = gen.step(tokens[:, :4], torch.arange(4).expand(b, -1), cache)
+    if isinstance(gen, MaskedGenerator):  # bidirectional: head conditions of every position from the known tokens
+        logits = gen.predict(tokens, torch.rand(b, gen.seq_len) > 0.5, cond)[:, :4]
+    else:
+        logits = gen.step(tokens[:, :4], torch.arange(4).expand(b, -1), gen.new_cache(cond))
     if gen.kind == "discrete":
         width = gen.vocab_size
     else:  # diffusion-head models return the head's conditions, flow models the velocity itself
