@@ -7,6 +7,7 @@ needs the ``text`` extra: ``pip install "vistok[text]"``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -61,15 +62,21 @@ class MiniLMTextEncoder(nn.Module):
         return super().train(False)  # always frozen, always eval
 
     @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """prompts -> (states (max_length, 384), mask (max_length,), untruncated token count) per prompt."""
         batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                                return_tensors="pt")
+        full = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
         states = self.model(**batch).last_hidden_state
-        return list(zip(states, batch["attention_mask"].bool(), strict=True))
+        return list(zip(states, batch["attention_mask"].bool(), full, strict=True))
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str] | str) -> Conditioning:
-        """prompts (B strings) -> Conditioning(text=(B, max_length, 384), text_mask=(B, max_length))."""
+        """prompts (B strings) -> Conditioning(text=(B, max_length, 384), text_mask=(B, max_length)).
+
+        Prompts longer than ``max_length`` tokens (CLS/SEP included) are cut; one ``UserWarning`` per call says
+        how many were and how long the longest was.
+        """
         prompts = check_prompts(prompts)
         todo = sorted({p for p in prompts if p not in self._memo})
         fresh = dict(zip(todo, self._encode(todo), strict=True)) if todo else {}
@@ -77,4 +84,11 @@ class MiniLMTextEncoder(nn.Module):
             if len(self._memo) < self.cache_size:
                 self._memo[p] = item
         items = [fresh[p] if p in fresh else self._memo[p] for p in prompts]
-        return Conditioning(text=torch.stack([s for s, _ in items]), text_mask=torch.stack([m for _, m in items]))
+        cut = [(n, p) for p, (_, _, n) in zip(prompts, items, strict=True) if n > self.max_length]
+        if cut:
+            n, p = max(cut)
+            warnings.warn(f"{len(cut)} of {len(prompts)} prompt(s) exceed the text encoder's {self.max_length} tokens "
+                          f"and were truncated (longest: {n} tokens, {p[:60]!r}...); shorten them, or use a model "
+                          "whose pipeline.json has a larger text_max_length", UserWarning, stacklevel=2)
+        return Conditioning(text=torch.stack([s for s, _, _ in items]),
+                            text_mask=torch.stack([m for _, m, _ in items]))
