@@ -56,13 +56,13 @@ class Pipeline:
         if not isinstance(spec, dict):
             raise ValueError(f"{folder / 'pipeline.json'} must hold a JSON object, got {type(spec).__name__}; "
                              "rewrite it with Pipeline.save or vistok.sample.pack")
+        tokenizer, generator = _load_part(folder / "tokenizer"), _load_part(folder / "generator")
         text_encoder = None
         if spec.get("text_encoder") == "minilm":
             from vistok.text import MiniLMTextEncoder
 
             text_encoder = MiniLMTextEncoder(max_length=spec.get("text_max_length", 32))
-        return cls(_load_part(folder / "tokenizer"), _load_part(folder / "generator"), text_encoder,
-                   spec.get("sampling", {}))
+        return cls(tokenizer, generator, text_encoder, spec.get("sampling", {}))
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = torch.float16) -> Path:
         """Write ``tokenizer/``, ``generator/`` and ``pipeline.json`` (what :meth:`from_folder` reads)."""
