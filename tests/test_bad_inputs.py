@@ -265,3 +265,30 @@ def test_bad_input(ctx, request, call, err, fragment):
     with pytest.raises(err) as info:
         call(ctx)
     assert fragment in str(info.value), str(info.value)
+
+
+def test_accepted_dtypes(ctx):
+    """The choice documented in check_pixels: any float pixel dtype is cast to the model's; any integer id dtype
+    works (bool and float ids are refused by the table above)."""
+    x = torch.rand(2, 3, 32, 32)
+    ref = ctx.tok.encode(x)
+    assert torch.equal(ctx.tok.encode(x.double()), ref)
+    for dtype in (torch.float16, torch.bfloat16):
+        out = ctx.tok.encode(x.to(dtype))
+        assert out.dtype == torch.long and out.shape == ref.shape
+    img = ctx.tok.decode(ref)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        assert torch.equal(ctx.tok.decode(ref.to(dtype)), img)
+    assert ctx.vae.decode(torch.randn(2, 8, 4, dtype=torch.float64)).dtype == torch.float32
+
+
+def test_cli_bad_input_is_one_line_without_traceback(ctx, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli(["a red circle", "--temperature", "nan", "--model", str(ctx.root / "ok")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith("vistok-sample: error: temperature must be a finite number")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as info:  # a multi-line message (hub's key listing) is folded into one line
+        cli(["a red circle", "--model", str(ctx.root / "bad_generator_model.safetensors")])
+    assert info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
