@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.decoding import DECODERS, GenerationOutput, SamplingArgs, generate, guided
+from vistok.decoding import DECODERS, GenerationOutput, SamplingArgs, generate
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
 from vistok.text import check_prompts
@@ -175,7 +175,7 @@ class Pipeline:
         sampling = SamplingArgs(temperature, opts.pop("top_k", None), opts.pop("top_p", None))
         cfg_scale = opts.pop("cfg_scale", 1.0)
         if decoder == "ar" and getattr(gen, "kind", "discrete") == "discrete" and not sampling.greedy:
-            noisy = PerImageNoise(guided(gen, cfg_scale), sampling, seeds)
+            noisy = PerImageNoise(gen, sampling, seeds, cfg_scale)
             return generate(noisy, cond, decoder="ar", temperature=0.0, **opts)
         return generate(gen, cond, decoder=decoder, temperature=temperature, top_k=sampling.top_k,
                         top_p=sampling.top_p, cfg_scale=cfg_scale, seed=None if seeds is None else seeds[0], **opts)
@@ -241,18 +241,23 @@ def image_seed(seed: int, prompt_index: int, sample_index: int) -> int:
 
 
 class PerImageNoise:
-    """Generator wrapper that turns sampling into greedy decoding of noisy logits, one noise stream per image.
+    """Causal discrete generator wrapper that turns sampling into greedy decoding, one noise stream per image.
 
-    ``step`` returns ``sampling.process(logits) + g`` with ``g`` standard Gumbel noise drawn from a generator
+    ``step`` returns ``sampling.process(guided logits) + g`` with ``g`` standard Gumbel noise drawn from a generator
     seeded by (the image's seed, token position).  The argmax of that is an exact sample of the processed
     distribution (the Gumbel-max trick), so decoding the wrapper greedily (``temperature=0``) samples tokens
     that depend only on each image's own seed, not on the batch it rides in.  Noise is drawn on the CPU
     (identical on every device), ``(b, l, v)`` per step.
+
+    Classifier-free guidance (``cfg_scale != 1``) is applied here, before the filters and the noise: the
+    conditional and null batches are stacked in one pass and mixed as ``u + cfg_scale * (c - u)``, as every
+    vistok decoder does; the decoder running the wrapper is then called with guidance off.
     """
 
-    def __init__(self, generator, sampling: SamplingArgs, seeds: list[int] | None):
-        self.inner, self.sampling, self.seeds = generator, sampling, seeds
-        self.model = getattr(generator, "inner", generator)  # the nn.Module under a CFG wrapper
+    def __init__(self, generator, sampling: SamplingArgs, seeds: list[int] | None, cfg_scale: float = 1.0):
+        if cfg_scale != 1.0 and not (getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)):
+            raise ValueError("cfg_scale != 1 needs a conditional generator with a null condition; use cfg_scale=1.0")
+        self.model, self.sampling, self.seeds, self.cfg_scale = generator, sampling, seeds, cfg_scale
         self.kind, self.seq_len, self.is_causal = generator.kind, generator.seq_len, generator.is_causal
         self.vocab_size = generator.vocab_size
 
@@ -262,10 +267,15 @@ class PerImageNoise:
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None):
         if self.seeds is not None and len(self.seeds) != cond.batch_size:
             raise ValueError(f"{len(self.seeds)} seeds for a batch of {cond.batch_size}")
-        return self.inner.new_cache(cond, max_tokens)
+        return self.model.new_cache(cond if self.cfg_scale == 1.0 else cond.cat(cond.null()), max_tokens)
 
     def step(self, inputs: Tensor, positions: Tensor, cache) -> Tensor:
-        logits = self.sampling.process(self.inner.step(inputs, positions, cache))  # b l v
+        if self.cfg_scale == 1.0:
+            logits = self.model.step(inputs, positions, cache)
+        else:
+            c, u = self.model.step(torch.cat([inputs, inputs]), torch.cat([positions, positions]), cache).chunk(2)
+            logits = u + self.cfg_scale * (c - u)
+        logits = self.sampling.process(logits)  # b l v
         if self.seeds is None:
             u = torch.rand(logits.shape)
         else:  # one generator per (image, position), so the noise does not depend on the batch or the call order
