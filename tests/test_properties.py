@@ -16,7 +16,7 @@ from vistok.decoding.sampling import top_k_filter, top_p_filter
 from vistok.interfaces import Conditioning
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FAST = settings(max_examples=40, deadline=None)
+FAST = settings(max_examples=100, deadline=None)
 MODEL = settings(max_examples=12, deadline=None)
 
 
