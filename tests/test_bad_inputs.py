@@ -154,6 +154,7 @@ ROWS = [
     ("temperature-nan", lambda c: generate(c.gen_c, labels(0), temperature=math.nan), ValueError, "finite"),
     ("temperature-inf", lambda c: generate(c.gen_c, labels(0), temperature=math.inf), ValueError, "finite"),
     ("temperature-negative", lambda c: SamplingArgs(temperature=-1.0), ValueError, "0 = greedy"),
+    ("temperature-tiny", lambda c: SamplingArgs(temperature=1e-30), ValueError, "temperature=0"),
     ("temperature-str", lambda c: SamplingArgs(temperature="1"), TypeError, "must be a number"),
     ("top-p-nan", lambda c: generate(c.gen_c, labels(0), top_p=math.nan), ValueError, "finite"),
     ("top-p-zero", lambda c: SamplingArgs(top_p=0.0), ValueError, "(0, 1]"),

@@ -67,6 +67,9 @@ class SamplingArgs:
 
         if real("temperature", self.temperature) < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if 0 < self.temperature < 1e-6:  # logits / temperature would overflow float32 to inf (NaN probabilities)
+            raise ValueError(f"temperature {self.temperature} is too small to divide logits by; use temperature=0 "
+                             "for greedy decoding, or a value >= 1e-6")
         if self.top_k is not None:
             if isinstance(self.top_k, bool) or not isinstance(self.top_k, Integral):
                 raise TypeError(f"top_k must be an int (0 or None = off), got {type(self.top_k).__name__} "
