@@ -184,13 +184,15 @@ def test_pipeline_batches_bound_memory(tiny_pipeline):
 
 
 def test_shipped_default_is_batch_invariant():
-    """Same prompt, same seed -> same tokens whether an image is sampled alone or in a batch of 8 (and whatever
-    other prompts share the call): each image (i, j) draws from its own seed."""
+    """Same prompt, same seed -> same tokens whether an image is sampled alone or in a batch of 8, in any order and
+    with any neighbours: each image (i, j) draws from its own seed."""
     pipe = Pipeline.from_folder(DEFAULT_MODEL)
     prompts = ["a red circle on the left", "a small green triangle at the bottom"]
-    _, batched = pipe(prompts, num_samples=4, seed=7, batch_size=8)
-    _, alone = pipe(prompts, num_samples=4, seed=7, batch_size=1)
-    assert torch.equal(batched.tokens, alone.tokens)
-    _, second = pipe(prompts[1:], num_samples=4, seed=7)  # prompt index 0 now: other seeds, other images
-    assert not torch.equal(second.tokens, batched.tokens[4:])
-    assert len({tuple(t) for t in batched.tokens.tolist()}) == 8
+    jobs = [(i, j) for i in range(2) for j in range(4)]
+    ((_, _, batched),) = pipe.batches(prompts, jobs, seed=7, batch_size=8)
+    for k in (0, 6):
+        ((_, _, alone),) = pipe.batches(prompts, [jobs[k]], seed=7, batch_size=1)
+        assert torch.equal(alone.tokens[0], batched.tokens[k])
+    ((_, _, shuffled),) = pipe.batches(prompts, [jobs[7], jobs[0], jobs[3]], seed=7)
+    assert torch.equal(shuffled.tokens, batched.tokens[[7, 0, 3]])
+    assert len({tuple(t) for t in batched.tokens.tolist()}) == 8  # every image has its own stream
