@@ -89,7 +89,7 @@ class _Counting(TextEncoder):
 
     def _encode(self, prompts):
         self.calls.append(prompts)
-        return [(torch.full((3, 2), float(len(p))), torch.ones(3, dtype=torch.bool)) for p in prompts]
+        return [(torch.full((3, 2), float(len(p))), torch.ones(3, dtype=torch.bool), 3) for p in prompts]
 
 
 def test_one_lru_cache_for_every_encoder():

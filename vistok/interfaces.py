@@ -113,19 +113,20 @@ def _json_ready(value):
 # Input validation shared by every public entry point
 # --------------------------------------------------------------------------------------------------------------
 def check_pixels(pixels: Tensor, *, video: bool | None = None, size: int | tuple[int, int] | None = None) -> None:
-    """Validate the public pixel convention: float in [0, 1], ``(B, 3, H, W)`` or ``(B, 3, T, H, W)``.
+    """Validate the public pixel convention: float in [0, 1], ``(B, 3, H, W)`` or ``(B, 3, T, H, W)``, ``B >= 1``.
+
+    Any floating dtype passes (float16 / bfloat16 / float32 / float64): models cast pixels to their own dtype
+    in ``encode``.  Empty batches (``B == 0``) are refused rather than returning an empty result.
 
     Raises:
         TypeError: not a floating-point tensor.
-        ValueError: wrong rank / channel count / resolution, or values outside [0, 1].
+        ValueError: wrong rank / channel count / resolution, empty batch, NaN or inf, or values outside [0, 1].
     """
     if not isinstance(pixels, Tensor):
         raise TypeError(f"pixels must be a torch.Tensor, got {type(pixels).__name__}")
     if not pixels.is_floating_point():
-        raise TypeError(
-            f"pixels must be a float tensor in [0, 1], got dtype {pixels.dtype}; "
-            "for uint8 images use `pixels.float() / 255`"
-        )
+        hint = "for uint8 images use `pixels.float() / 255`" if pixels.dtype == torch.uint8 else "use `pixels.float()`"
+        raise TypeError(f"pixels must be a float tensor in [0, 1], got dtype {pixels.dtype}; {hint}")
     ranks = {None: (4, 5), True: (5,), False: (4,)}[video]
     if pixels.ndim not in ranks:
         layout = {4: "(B, 3, H, W)", 5: "(B, 3, T, H, W)"}
@@ -144,6 +145,8 @@ def check_pixels(pixels: Tensor, *, video: bool | None = None, size: int | tuple
                 f"this model takes {hw[0]}x{hw[1]} images, got {pixels.shape[-2]}x{pixels.shape[-1]}; "
                 f"resize with `torch.nn.functional.interpolate(pixels, size={hw}, mode='bilinear', antialias=True)`"
             )
+    check_nonempty(pixels.shape[0], "pixels", "images")
+    check_finite(pixels, "pixels", "torch.nan_to_num(pixels, nan=0.0, posinf=1.0, neginf=0.0)")
     lo, hi = float(pixels.min()), float(pixels.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise ValueError(
@@ -152,14 +155,40 @@ def check_pixels(pixels: Tensor, *, video: bool | None = None, size: int | tuple
         )
 
 
+def check_nonempty(batch: int, name: str, what: str) -> None:
+    """ValueError for an empty batch (``batch == 0``): vistok refuses empty batches everywhere."""
+    if batch == 0:
+        raise ValueError(f"empty batch: {name} holds 0 {what}; pass at least one (batch axis B >= 1)")
+
+
+def check_finite(x: Tensor, name: str, fix: str) -> None:
+    """ValueError unless every value of the float tensor ``x`` is finite (one device sync)."""
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name} contain {bad} NaN/inf value(s); fix the source or clean them with `{fix}`")
+
+
+def check_integer(ids: Tensor, name: str) -> None:
+    """TypeError unless ``ids`` is an integer (not bool, float or complex) tensor."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer ids, got {type(ids).__name__}")
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (torch.long), got dtype {ids.dtype}; "
+                        "convert whole-number ids with `.long()`")
+
+
 def check_token_ids(tokens: Tensor, codebook_size: int, num_tokens: int, *, allow_prefix: bool) -> None:
-    """Validate discrete token ids ``(B, K)`` against a codebook and a token count."""
-    if not isinstance(tokens, Tensor):
-        raise TypeError(f"tokens must be a torch.Tensor, got {type(tokens).__name__}")
-    if tokens.is_floating_point():
-        raise TypeError(f"token ids must be an integer tensor, got dtype {tokens.dtype}")
+    """Validate discrete token ids ``(B, K)``, ``B >= 1``, against a codebook and a token count.
+
+    Raises:
+        TypeError: not an integer tensor (float, bool and complex ids are refused).
+        ValueError: wrong rank or length, empty batch, or ids outside ``[0, codebook_size)``.
+    """
+    check_integer(tokens, "token ids")
     if tokens.ndim != 2:
-        raise ValueError(f"token ids must have shape (B, N), got {tuple(tokens.shape)}")
+        hint = " (add a batch axis with `tokens[None]`)" if tokens.ndim == 1 else ""
+        raise ValueError(f"token ids must have shape (B, N), got {tuple(tokens.shape)}{hint}")
+    check_nonempty(tokens.shape[0], "token ids", "sequences")
     k = tokens.shape[1]
     if allow_prefix:
         if not 1 <= k <= num_tokens:
@@ -169,9 +198,11 @@ def check_token_ids(tokens: Tensor, codebook_size: int, num_tokens: int, *, allo
             f"this tokenizer decodes exactly {num_tokens} tokens, got {k} "
             "(it was not trained with tail-token drop, so prefixes are not supported)"
         )
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= codebook_size):
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= codebook_size:
         raise ValueError(
-            f"token ids must be in [0, {codebook_size - 1}], got range [{int(tokens.min())}, {int(tokens.max())}]"
+            f"token ids must be in [0, {codebook_size - 1}], got range [{lo}, {hi}]: "
+            "were they made by a model with this codebook?"
         )
 
 
@@ -268,8 +299,45 @@ class Conditioning:
     batch: int | None = None
 
     def __post_init__(self) -> None:
-        if self.text is not None and self.text_mask is None:
-            self.text_mask = torch.ones(self.text.shape[:2], dtype=torch.bool, device=self.text.device)
+        """Types and shapes only (no device sync); value ranges are checked by :func:`check_conditioning`."""
+        sizes = []
+        if self.labels is not None:
+            check_integer(self.labels, "labels")
+            if self.labels.ndim != 1:
+                raise ValueError(f"labels must have shape (B,), got {tuple(self.labels.shape)}")
+            sizes.append(("labels", self.labels.shape[0]))
+        if self.text is not None:
+            if not isinstance(self.text, Tensor) or not self.text.is_floating_point():
+                raise TypeError("text must be a float tensor (B, T, D) of text-encoder states, got "
+                                f"{getattr(self.text, 'dtype', type(self.text).__name__)}; "
+                                "encode prompts with vistok.text.MiniLMTextEncoder")
+            if self.text.ndim != 3:
+                raise ValueError(f"text must have shape (B, T, D), got {tuple(self.text.shape)}")
+            if self.text_mask is None:
+                self.text_mask = torch.ones(self.text.shape[:2], dtype=torch.bool, device=self.text.device)
+            sizes.append(("text", self.text.shape[0]))
+        if self.text_mask is not None:
+            if self.text is None:
+                raise ValueError("text_mask given without text: pass Conditioning(text=..., text_mask=...)")
+            if not isinstance(self.text_mask, Tensor) or self.text_mask.dtype != torch.bool:
+                raise TypeError("text_mask must be a bool tensor (B, T), got "
+                                f"{getattr(self.text_mask, 'dtype', type(self.text_mask).__name__)}; "
+                                "convert a 0/1 attention mask with `.bool()`")
+            if tuple(self.text_mask.shape) != tuple(self.text.shape[:2]):
+                raise ValueError(f"text_mask must have shape (B, T) = {tuple(self.text.shape[:2])} like text, got "
+                                 f"{tuple(self.text_mask.shape)}")
+        if self.batch is not None:
+            if isinstance(self.batch, bool) or not isinstance(self.batch, int):
+                raise TypeError(f"batch must be an int (the number of unconditional samples), got {self.batch!r}")
+            if self.batch < 0:
+                raise ValueError(f"batch must be >= 1, got {self.batch}")
+            if not sizes:
+                sizes.append(("batch", self.batch))
+        if len({b for _, b in sizes}) > 1:
+            raise ValueError("labels and text disagree on the batch size: "
+                             + ", ".join(f"{n} has {b}" for n, b in sizes))
+        if sizes:
+            check_nonempty(sizes[0][1], sizes[0][0], "conditions")
 
     @property
     def batch_size(self) -> int:
@@ -324,7 +392,8 @@ def check_conditioning(cond: Conditioning, *, num_classes: int, text_dim: int, m
                          "from vistok.text.MiniLMTextEncoder")
     if cond.labels is not None:
         if not num_classes:
-            raise ValueError("labels given to a generator built with num_classes=0")
+            raise ValueError("labels given to a generator built with num_classes=0; pass Conditioning(batch=B) "
+                             "(unconditional) or text=, whichever the generator was trained with")
         if not isinstance(cond.labels, Tensor) or cond.labels.is_floating_point() or cond.labels.dtype == torch.bool:
             got = cond.labels.dtype if isinstance(cond.labels, Tensor) else type(cond.labels).__name__
             raise TypeError(f"labels must be an integer tensor of class ids, got {got}; use `labels.long()` "
@@ -332,14 +401,17 @@ def check_conditioning(cond: Conditioning, *, num_classes: int, text_dim: int, m
         if cond.labels.ndim != 1:
             raise ValueError(f"labels must have shape (B,), one class id per sample, got {tuple(cond.labels.shape)}"
                              "; flatten with `labels.view(-1)` or pick one id per sample (not one-hot)")
-        if int(cond.labels.max()) >= num_classes or int(cond.labels.min()) < -1:
-            raise ValueError(f"class labels must be in [-1, {num_classes - 1}] (-1 = null)")
+        lo, hi = int(cond.labels.min()), int(cond.labels.max())
+        if hi >= num_classes or lo < -1:
+            raise ValueError(f"class labels must be in [-1, {num_classes - 1}] (-1 = null), got [{lo}, {hi}]")
     if cond.text is not None:
         if not text_dim:
-            raise ValueError("text given to a generator built with text_dim=0")
+            raise ValueError("text given to a generator built with text_dim=0; pass Conditioning(batch=B) "
+                             "(unconditional) or labels=, whichever the generator was trained with")
         if cond.text.shape[-1] != text_dim or cond.text.shape[1] > max_text_len:
             raise ValueError(f"text states must be (B, T <= {max_text_len}, {text_dim}), got "
                              f"{tuple(cond.text.shape)}")
+        check_finite(cond.text, "text states", "torch.nan_to_num(text)")
 
 
 def drop_conditioning(cond: Conditioning, p: float, generator: torch.Generator | None = None) -> Conditioning:

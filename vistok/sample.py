@@ -10,16 +10,21 @@ written by :func:`vistok.hub.save_pretrained`) and ``pipeline.json`` (text encod
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.decoding import DECODERS, generate
+from vistok.decoding import DECODERS, GenerationOutput, Guidance, SamplingArgs, generate
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
 from vistok.text import check_prompts, load_text_encoder
@@ -27,6 +32,9 @@ from vistok.text import check_prompts, load_text_encoder
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
 #: pipelines that ship inside the package (``Pipeline.from_folder(name)``)
 SHIPPED = ("default", "xar")
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "cfg_scale")
+GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant spreading (seed, position) pairs over the seed space
+MAX_GRID = 1024  # images in one --out grid; more need --out-dir (one file per image)
 
 
 @dataclass
@@ -41,26 +49,22 @@ class Pipeline:
     @classmethod
     def from_folder(cls, folder: str | Path = DEFAULT_MODEL) -> Pipeline:
         """Load a pipeline folder, or a shipped one by name (``"default"``, ``"xar"``) when no such folder exists."""
-        folder = Path(folder)
-        shipped = DEFAULT_MODEL.parent / folder
-        by_name = len(folder.parts) == 1 and not (folder / "pipeline.json").is_file()
-        if by_name and (shipped / "pipeline.json").is_file():
-            folder = shipped
-        elif by_name and folder.name in SHIPPED and not folder.exists():
-            raise FileNotFoundError(f"the shipped pipeline {folder.name!r} is missing: {shipped} has no pipeline.json. "
-                                    "Install vistok with its assets (`pip install -e .` from a full git checkout, "
-                                    "or the wheel), or pass the folder of a pipeline you trained (see the README's "
-                                    "'Train the default')")
-        if not (folder / "pipeline.json").is_file():
-            raise FileNotFoundError(f"{folder} is not a vistok pipeline folder (no pipeline.json); it needs "
-                                    "tokenizer/, generator/ and pipeline.json — see the README's 'Train the default'")
-        spec = json.loads((folder / "pipeline.json").read_text())
+        folder = resolve_pipeline_folder(folder)
+        try:
+            spec = json.loads((folder / "pipeline.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{folder / 'pipeline.json'} is not valid JSON ({e}); rewrite it with "
+                             "Pipeline.save or vistok.sample.pack") from e
+        if not isinstance(spec, dict):
+            raise ValueError(f"{folder / 'pipeline.json'} must hold a JSON object, got {type(spec).__name__}; "
+                             "rewrite it with Pipeline.save or vistok.sample.pack")
+        tokenizer = _load_part(folder / "tokenizer", "tokenizer")
+        generator = _load_part(folder / "generator", "generator")
         enc_spec = spec.get("text_encoder")
         if isinstance(enc_spec, dict) and "path" in enc_spec:  # clip / t5 folders may be given relative to here
             enc_spec = {**enc_spec, "path": str(folder / enc_spec["path"])}
         text_encoder = load_text_encoder(enc_spec, spec.get("text_max_length", 32 if enc_spec == "minilm" else None))
-        return cls(from_pretrained(folder / "tokenizer"), from_pretrained(folder / "generator"), text_encoder,
-                   spec.get("sampling", {}))
+        return cls(tokenizer, generator, text_encoder, spec.get("sampling", {}))
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = torch.float16) -> Path:
         """Write ``tokenizer/``, ``generator/`` and ``pipeline.json`` (what :meth:`from_folder` reads)."""
@@ -100,7 +104,7 @@ class Pipeline:
         """
         folder = Path(folder)
         old = getattr(self.generator, "default_decoder", "ar")
-        self.generator = from_pretrained(folder)
+        self.generator = _load_part(folder, "generator")
         self.check_compatible()
         if (folder / "sampling.json").is_file():
             self.defaults = json.loads((folder / "sampling.json").read_text())
@@ -114,12 +118,176 @@ class Pipeline:
         return self.text_encoder(check_prompts(prompts))
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str] | str, num_samples: int = 4, seed: int | None = 0, **overrides):
-        """prompts (P) -> images (P * num_samples, 3, H, W) in [0, 1] and the GenerationOutput."""
+    def __call__(self, prompts: list[str] | str, num_samples: int = 4, seed: int | None = 0, *,
+                 batch_size: int | None = None, progress: bool = False, **overrides) -> tuple[Tensor, GenerationOutput]:
+        """prompts (P) -> images (P * num_samples, 3, H, W) in [0, 1] (each prompt's samples in a row) and the
+        GenerationOutput (tokens of every image; ``nfe`` summed over batches; ``extras`` of the last batch).
+
+        Image ``(i, j)`` (prompt ``i``, sample ``j``) is drawn with its own seed :func:`image_seed` ``(seed, i, j)``;
+        with the default AR decoder it does not depend on ``batch_size`` or on the other prompts.
+        ``batch_size`` (None = all at once) bounds memory.  ``overrides``: decoder, temperature, top_k, top_p,
+        cfg_scale and decoder options, on top of the pipeline's defaults.
+        """
+        prompts = check_prompts(prompts)
+        check_options(num_samples=num_samples, batch_size=batch_size, seed=seed)
+        jobs = [(i, j) for i in range(len(prompts)) for j in range(num_samples)]
+        images, tokens, nfe, out = [], [], 0, None
+        for _, imgs, out in self.batches(prompts, jobs, seed=seed, batch_size=batch_size, progress=progress,
+                                         **overrides):
+            images.append(imgs)
+            tokens.append(out.tokens)
+            nfe += out.nfe
+        return torch.cat(images), GenerationOutput(torch.cat(tokens), nfe, out.extras)
+
+    @torch.no_grad()
+    def batches(self, prompts: list[str], jobs: list[tuple[int, int]], *, seed: int | None = 0,
+                batch_size: int | None = None, progress: bool = False,
+                **overrides) -> Iterator[tuple[list[tuple[int, int]], Tensor, GenerationOutput]]:
+        """Sample the images ``jobs`` (``(prompt index, sample index)`` pairs) ``batch_size`` at a time.
+
+        Yields ``(jobs of the batch, images (b, 3, H, W) in [0, 1], GenerationOutput)``; memory is bounded by
+        ``batch_size`` whatever the number of jobs.  A progress bar counts images when ``progress``.
+        """
         opts = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
-        out = generate(self.generator, self.condition(check_prompts(prompts)), num_samples=num_samples,
-                       seed=seed, **opts)
-        return self.tokenizer.decode(out.tokens), out
+        check_options(batch_size=batch_size, seed=seed, **{k: opts.get(k) for k in SAMPLING_OPTIONS})
+        step = batch_size or max(1, len(jobs))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(jobs), unit="img", desc="vistok-sample")
+        try:
+            for k in range(0, len(jobs), step):
+                chunk = jobs[k : k + step]
+                cond = self.condition([prompts[i] for i, _ in chunk])
+                seeds = None if seed is None else [image_seed(seed, i, j) for i, j in chunk]
+                out = self._generate(cond, seeds, dict(opts))
+                yield chunk, self.tokenizer.decode(out.tokens), out
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _generate(self, cond: Conditioning, seeds: list[int] | None, opts: dict) -> GenerationOutput:
+        """One batch.  Discrete generators under the AR decoder draw each image from its own seed (Gumbel-max
+        on the processed distribution, see :class:`PerImageNoise`); other decoders get one stream per batch."""
+        gen = self.generator
+        decoder = opts.pop("decoder", None) or getattr(gen, "default_decoder", "ar")
+        temperature = opts.pop("temperature", 1.0)
+        sampling = SamplingArgs(temperature, opts.pop("top_k", None), opts.pop("top_p", None))
+        cfg_scale = opts.pop("cfg_scale", 1.0)
+        if decoder == "ar" and getattr(gen, "kind", "discrete") == "discrete" and not sampling.greedy:
+            noisy = PerImageNoise(gen, sampling, seeds, cfg_scale)
+            return generate(noisy, cond, decoder="ar", temperature=0.0, **opts)
+        return generate(gen, cond, decoder=decoder, temperature=temperature, top_k=sampling.top_k,
+                        top_p=sampling.top_p, cfg_scale=cfg_scale, seed=None if seeds is None else seeds[0], **opts)
+
+
+def resolve_pipeline_folder(folder: str | Path) -> Path:
+    """``folder`` itself, or the shipped pipeline of that name (``"default"``, ``"xar"``); ``FileNotFoundError``
+    unless it holds a ``pipeline.json``.  Nothing is loaded."""
+    folder = Path(folder)
+    shipped = DEFAULT_MODEL.parent / folder
+    by_name = len(folder.parts) == 1 and not (folder / "pipeline.json").is_file()
+    if by_name and (shipped / "pipeline.json").is_file():
+        folder = shipped
+    elif by_name and folder.name in SHIPPED and not folder.exists():
+        raise FileNotFoundError(f"the shipped pipeline {folder.name!r} is missing: {shipped} has no pipeline.json. "
+                                "Install vistok with its assets (`pip install -e .` from a full git checkout, "
+                                "or the wheel), or pass the folder of a pipeline you trained (see the README's "
+                                "'Train the default')")
+    if not (folder / "pipeline.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a vistok pipeline folder (no pipeline.json); it needs "
+                                "tokenizer/, generator/ and pipeline.json — see the README's 'Train the default'")
+    return folder
+
+
+def _load_part(folder: Path, expect: str) -> nn.Module:
+    """``from_pretrained(folder, expect=...)``; an unreadable config.json / model.safetensors raises ``ValueError``
+    naming it."""
+    from safetensors import SafetensorError
+
+    try:
+        return from_pretrained(folder, expect=expect)
+    except (FileNotFoundError, TypeError):
+        raise
+    except (ValueError, OSError, SafetensorError) as e:
+        raise ValueError(f"cannot load {folder} (config.json + model.safetensors, written by "
+                         f"vistok.hub.save_pretrained): {e}") from e
+
+
+def check_options(*, num_samples: int | None = None, batch_size: int | None = None, seed: int | None = None,
+                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                  cfg_scale: float | None = None) -> None:
+    """Validate sampling options (None = not given) before any model is loaded.
+
+    Raises:
+        TypeError: an option of the wrong type (e.g. a float ``num_samples``, a bool ``seed``).
+        ValueError: an option out of range, NaN or infinite.
+    """
+    for name, value, low in (("num_samples", num_samples, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if temperature is not None or top_k is not None or top_p is not None:
+        SamplingArgs(1.0 if temperature is None else temperature, top_k, top_p)  # raises on bad values
+    if cfg_scale is not None:
+        if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, (int, float)):
+            raise TypeError(f"cfg_scale must be a number, got {type(cfg_scale).__name__} {cfg_scale!r}")
+        if not math.isfinite(cfg_scale) or cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be a finite number >= 0 (1 = no guidance), got {cfg_scale}")
+
+
+def image_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of image ``(prompt_index, sample_index)`` of a run seeded ``seed``: a 63-bit hash of the triple
+    (numpy ``SeedSequence``), so neighbouring seeds and indices give unrelated streams."""
+    state = np.random.SeedSequence([seed, prompt_index, sample_index]).generate_state(2, np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+class PerImageNoise:
+    """Causal discrete generator wrapper that turns sampling into greedy decoding, one noise stream per image.
+
+    ``step`` returns ``sampling.process(guided logits) + g`` with ``g`` standard Gumbel noise drawn from a generator
+    seeded by (the image's seed, token position).  The argmax of that is an exact sample of the processed
+    distribution (the Gumbel-max trick), so decoding the wrapper greedily (``temperature=0``) samples tokens
+    that depend only on each image's own seed, not on the batch it rides in.  Noise is drawn on the CPU
+    (identical on every device), ``(b, l, v)`` per step.
+
+    Classifier-free guidance (``cfg_scale != 1``) is applied here, before the filters and the noise, with the
+    decoders' own :class:`~vistok.decoding.Guidance`; the decoder running the wrapper is then called with guidance
+    off.
+    """
+
+    def __init__(self, generator, sampling: SamplingArgs, seeds: list[int] | None, cfg_scale: float = 1.0):
+        self.model, self.sampling, self.seeds = generator, sampling, seeds
+        self.guidance = Guidance(cfg_scale, generator)
+        self.kind, self.seq_len, self.is_causal = generator.kind, generator.seq_len, generator.is_causal
+        self.vocab_size = generator.vocab_size
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None):
+        if self.seeds is not None and len(self.seeds) != cond.batch_size:
+            raise ValueError(f"{len(self.seeds)} seeds for a batch of {cond.batch_size}")
+        return self.guidance.new_cache(self.model, cond, max_tokens)
+
+    def step(self, inputs: Tensor, positions: Tensor, cache) -> Tensor:
+        g = self.guidance
+        logits = self.sampling.process(g.mix(self.model.step(g.double(inputs), g.double(positions), cache)))
+        if self.seeds is None:
+            u = torch.rand(logits.shape)
+        else:  # one generator per (image, position), so the noise does not depend on the batch or the call order
+            rng, v = torch.Generator(), logits.shape[-1]
+            u = torch.stack([torch.rand(v, generator=rng.manual_seed((seed + GOLDEN * (p + 1)) % 2**63))
+                             for seed, row in zip(self.seeds, positions.tolist(), strict=True) for p in row])
+        gumbel = -(-u.view(logits.shape).log()).log()  # u = 0 gives -inf: never chosen
+        return logits + gumbel.to(logits.device)
 
 
 def pack(tokenizer_dir: str | Path, generator_dir: str | Path, out: str | Path = DEFAULT_MODEL,
@@ -128,13 +296,13 @@ def pack(tokenizer_dir: str | Path, generator_dir: str | Path, out: str | Path =
 
     Example: ``pack("runs/titok_tiny/export", "runs/ar_tiny_t2i/export", cfg_scale=3.0, top_k=100)``.
     """
-    gen = from_pretrained(generator_dir)
+    gen = from_pretrained(generator_dir, expect="generator")
     enc = None
     if text_encoder == "minilm":
         from vistok.text import MiniLMTextEncoder
 
         enc = MiniLMTextEncoder(max_length=getattr(gen, "prefix_len", None) or getattr(gen, "max_text_len", None) or 32)
-    return Pipeline(from_pretrained(tokenizer_dir), gen, enc, sampling).save(out)
+    return Pipeline(from_pretrained(tokenizer_dir, expect="tokenizer"), gen, enc, sampling).save(out)
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 4) -> Path:
@@ -149,12 +317,97 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 4) -> Pa
     return path
 
 
-def cli(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="vistok-sample", description="Sample images for text prompts.")
-    p.add_argument("prompts", nargs="+", help="one or more prompts, e.g. 'a red circle on the left'")
+def read_prompts_file(path: str | Path) -> list[str]:
+    """The prompts of a UTF-8 text file, one per line; blank lines are skipped (they get no index)."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"prompts file {path} {what}; give a UTF-8 text file with one prompt per line")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompts file {path} is not UTF-8 text ({e}); save it as UTF-8, one prompt per line") from e
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} holds no prompts; write one prompt per line")
+    return prompts
+
+
+def image_name(prompt_index: int, sample_index: int) -> str:
+    """File name of image ``(prompt, sample)`` in an ``--out-dir``: ``000042_003.png``."""
+    return f"{prompt_index:06d}_{sample_index:03d}.png"
+
+
+def _check_grid_path(path: Path, num_images: int) -> None:
+    from PIL import Image
+
+    if num_images > MAX_GRID:
+        raise ValueError(f"a grid of {num_images} images is too large to hold and view (at most {MAX_GRID}); "
+                         "write one PNG per image with --out-dir DIR instead of --out")
+    formats = Image.registered_extensions()
+    if path.suffix.lower() not in formats:
+        raise ValueError(f"--out {path} has no image extension PIL can write; end it with .png (or .jpg)")
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a directory; give a file name such as {path / 'grid.png'}, "
+                         "or use --out-dir for one PNG per image")
+    _check_writable_dir(path.parent, "--out")
+
+
+def _check_writable_dir(folder: Path, flag: str) -> None:
+    """Create ``folder`` if needed and prove it writable with a probe file (ValueError otherwise)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".vistok-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write to {folder} ({e.strerror or e}); choose a writable folder") from e
+
+
+def _check_run_record(out_dir: Path, record: dict) -> None:
+    """Write ``run.json`` in ``out_dir``, or check that the one already there describes the same run."""
+    path = out_dir / "run.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); delete it to resume in this --out-dir") from e
+        diff = sorted(k for k in record.keys() | old.keys() if old.get(k) != record.get(k))
+        if diff:
+            changes = ", ".join(f"{k}: {old.get(k)!r} -> {record.get(k)!r}" for k in diff)
+            raise ValueError(f"--out-dir {out_dir} holds images of a different run ({changes}); rerun with the same "
+                             "options to resume, or use a new --out-dir")
+    else:
+        path.write_text(json.dumps(record, indent=2))
+
+
+def _save_image(image: Tensor, path: Path, scale: int) -> None:
+    """Write one image atomically (temporary file, then rename): an interrupted run never leaves a partial PNG."""
+    from torchvision.utils import save_image
+
+    if scale > 1:
+        image = F.interpolate(image[None], scale_factor=scale, mode="nearest")[0]
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    save_image(image, str(tmp))
+    os.replace(tmp, path)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vistok-sample", description="Sample images for text prompts: one grid (--out), or one PNG per image "
+        "(--out-dir; rerunning the same command resumes, skipping images already written).")
+    p.add_argument("prompts", nargs="*", help="one or more prompts, e.g. 'a red circle on the left'")
+    p.add_argument("--prompts-file", default=None, help="UTF-8 text file, one prompt per line (blank lines skipped)")
     p.add_argument("--num-samples", type=int, default=4, help="images per prompt (one grid row per prompt)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, same images")
-    p.add_argument("--out", default="grid.png", help="output PNG path")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images sampled at once; bounds memory whatever --num-samples (default 16)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="same seed, same images: image j of prompt i is seeded by (seed, i, j)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--out", default=None, help=f"output grid image (default grid.png; at most {MAX_GRID} images)")
+    out.add_argument("--out-dir", default=None,
+                     help="write one PNG per image, PROMPT_SAMPLE.png (000042_003.png); images already there are "
+                          "skipped, so an interrupted run resumes")
     p.add_argument("--model", default=str(DEFAULT_MODEL),
                    help="pipeline folder, or the name of a shipped one: 'default' (AR, the default) or 'xar' (xAR on "
                         "the same tokenizer's code vectors: better images, ~9x slower)")
@@ -167,24 +420,87 @@ def cli(argv: list[str] | None = None) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
-    p.add_argument("--scale", type=int, default=4, help="nearest-neighbour upscaling of the saved grid")
-    args = p.parse_args(argv)
-    if args.num_samples < 1:
-        p.error("--num-samples must be >= 1")
+    p.add_argument("--scale", type=int, default=None,
+                   help="nearest-neighbour upscaling of saved images (default 4 for a grid, 1 for --out-dir)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def _run(args: argparse.Namespace) -> str:
+    """Validate everything, then load and sample; returns the summary line."""
+    # -- inputs and options: all checked before anything is loaded
+    if args.prompts and args.prompts_file:
+        raise ValueError("give prompts on the command line or --prompts-file, not both")
+    if not args.prompts and not args.prompts_file:
+        raise ValueError("no prompts: give one or more prompts, e.g. vistok-sample 'a red circle', or --prompts-file")
+    prompts = read_prompts_file(args.prompts_file) if args.prompts_file else check_prompts(args.prompts)
+    check_options(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
+                  temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
+    scale = args.scale if args.scale is not None else (1 if args.out_dir else 4)
+    if scale < 1:
+        raise ValueError(f"--scale must be >= 1, got {scale}")
+    model = resolve_pipeline_folder(args.model)
+    if args.generator and not (Path(args.generator) / "config.json").is_file():
+        raise FileNotFoundError(f"--generator {args.generator} is not a model folder (no config.json); give a folder "
+                                "written by vistok.hub.save_pretrained (a vistok fit export)")
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(args.num_samples)]
+    done = 0
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ValueError(f"--out-dir {out_dir} is a file; give a folder (created if missing)")
+        _check_writable_dir(out_dir, "--out-dir")
+        opts = {k: getattr(args, k) for k in ("decoder", *SAMPLING_OPTIONS)}
+        _check_run_record(out_dir, {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+                                    "num_prompts": len(prompts), "seed": args.seed, "model": str(model),
+                                    "generator": args.generator, **opts})
+        todo = [(i, j) for i, j in jobs if not (out_dir / image_name(i, j)).is_file()]
+        done, jobs = len(jobs) - len(todo), todo
+        if not jobs:
+            return f"nothing to do: all {done} images are already in {out_dir.resolve()}"
+    else:
+        grid = Path(args.out or "grid.png")
+        _check_grid_path(grid, len(jobs))
+    # -- load and sample
     torch.manual_seed(args.seed)
     t0 = time.time()
-    pipe = Pipeline.from_folder(args.model)
+    pipe = Pipeline.from_folder(model)
     if args.generator:
-        try:
-            pipe.swap_generator(args.generator)
-        except ValueError as e:
-            p.error(str(e))
+        pipe.swap_generator(args.generator)
     t1 = time.time()
-    images, out = pipe(args.prompts, num_samples=args.num_samples, seed=args.seed, decoder=args.decoder,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
-    path = save_grid(images, args.out, nrow=args.num_samples, scale=args.scale)
-    print(f"wrote {path.resolve()} ({len(images)} images, {out.nfe} generator passes; "
-          f"load {t1 - t0:.1f}s, sample {time.time() - t1:.1f}s)")
+    images, nfe = [], 0
+    for chunk, imgs, out in pipe.batches(prompts, jobs, seed=args.seed, batch_size=args.batch_size, progress=True,
+                                         decoder=args.decoder, temperature=args.temperature, top_k=args.top_k,
+                                         top_p=args.top_p, cfg_scale=args.cfg_scale):
+        nfe += out.nfe
+        if args.out_dir:
+            for (i, j), img in zip(chunk, imgs, strict=True):
+                _save_image(img, out_dir / image_name(i, j), scale)
+        else:
+            images.append(imgs)
+    timing = f"{nfe} generator passes; load {t1 - t0:.1f}s, sample {time.time() - t1:.1f}s"
+    if args.out_dir:
+        skipped = f", {done} already there" if done else ""
+        return f"wrote {len(jobs)} images to {out_dir.resolve()} ({timing}{skipped})"
+    path = save_grid(torch.cat(images), grid, nrow=args.num_samples, scale=scale)
+    return f"wrote {path.resolve()} ({len(jobs)} images, {timing})"
+
+
+def cli(argv: list[str] | None = None) -> None:
+    """``vistok-sample``: bad input prints one line (``vistok-sample: error: ...``) and exits 2; ``--debug`` raises."""
+    p = _parser()
+    args = p.parse_args(argv)
+    try:
+        print(_run(args))
+    except (ValueError, TypeError, OSError, ImportError) as e:
+        if args.debug:
+            raise
+        p.exit(2, f"{p.prog}: error: {' '.join(str(e).split())}\n")
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        hint = "; rerun the same command to resume" if args.out_dir else ""
+        p.exit(130, f"{p.prog}: interrupted{hint}\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ LRU cache of per-prompt states for every encoder), with three implementations:
 from __future__ import annotations
 
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,8 @@ class TextEncoder(nn.Module):
     max_length))``.
 
     Subclasses set ``dim`` and implement :meth:`_encode` (a batch of distinct prompts -> one ``(states (T, D),
-    mask (T,))`` pair each, padded to ``max_length``).  States are memoised per prompt in one LRU cache of
+    mask (T,), untruncated token count)`` each, padded to ``max_length``).  Prompts longer than ``max_length``
+    tokens are cut, with one ``UserWarning`` per call.  States are memoised per prompt in one LRU cache of
     ``cache_size`` entries (training re-encodes the same captions); ``cache_size=0`` turns it off.
     """
 
@@ -61,13 +63,19 @@ class TextEncoder(nn.Module):
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.max_length, self.cache_size = max_length, cache_size
         self.training = False  # frozen: always in eval mode
-        self._memo: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._memo: OrderedDict[str, tuple[torch.Tensor, torch.Tensor, int]] = OrderedDict()
 
     def train(self, mode: bool = True) -> TextEncoder:
         return super().train(False)  # always frozen, always eval
 
-    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         raise NotImplementedError
+
+    def _tokenize(self, prompts: list[str]) -> tuple[dict, list[int]]:
+        """The padded, truncated batch for the model and each prompt's untruncated token count."""
+        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        return batch, [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str] | str) -> Conditioning:
@@ -85,7 +93,14 @@ class TextEncoder(nn.Module):
                     self._memo.popitem(last=False)
         found.update(fresh)
         items = [found[p] for p in prompts]
-        return Conditioning(text=torch.stack([s for s, _ in items]), text_mask=torch.stack([m for _, m in items]))
+        cut = [(n, p) for p, (_, _, n) in zip(prompts, items, strict=True) if n > self.max_length]
+        if cut:
+            n, p = max(cut)
+            warnings.warn(f"{len(cut)} of {len(prompts)} prompt(s) exceed the text encoder's {self.max_length} tokens "
+                          f"and were truncated (longest: {n} tokens, {p[:60]!r}...); shorten them, or use a model "
+                          "whose pipeline.json has a larger text_max_length", UserWarning, stacklevel=2)
+        return Conditioning(text=torch.stack([s for s, _, _ in items]),
+                            text_mask=torch.stack([m for _, m, _ in items]))
 
 
 class MiniLMTextEncoder(TextEncoder):
@@ -111,11 +126,13 @@ class MiniLMTextEncoder(TextEncoder):
         self.model = AutoModel.from_pretrained(path).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """prompts -> (states (max_length, 384), mask (max_length,), untruncated token count) per prompt."""
         batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                                return_tensors="pt")
+        full = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
         states = self.model(**batch).last_hidden_state
-        return list(zip(states, batch["attention_mask"].bool(), strict=True))
+        return list(zip(states, batch["attention_mask"].bool(), full, strict=True))
 
 
 class _TransformersTextEncoder(TextEncoder):
@@ -145,11 +162,10 @@ class _TransformersTextEncoder(TextEncoder):
             raise ValueError(f"max_length {max_length} exceeds the {self.kind} model's {limit} positions")
 
     @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
+    def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        batch, full = self._tokenize(prompts)
         states = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return list(zip(states, batch["attention_mask"].bool(), strict=True))
+        return list(zip(states, batch["attention_mask"].bool(), full, strict=True))
 
     def spec(self) -> dict:
         """What :func:`load_text_encoder` reads back (``pipeline.json``'s ``text_encoder``)."""

@@ -66,7 +66,8 @@ class Guidance:
     def new_cache(self, generator, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
         """``generator.new_cache`` over :meth:`condition` (the cache's ``group`` records the stacking)."""
         cache = generator.new_cache(self.condition(cond), max_tokens)
-        cache.group = self.copies
+        if self.active:  # (a wrapper that guides inside may already have stacked its batch)
+            cache.group = 2
         return cache
 
     def double(self, x: Tensor) -> Tensor:

@@ -49,12 +49,29 @@ class SamplingArgs:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
+        import math
+        from numbers import Integral, Real
+
+        def real(name: str, value) -> float:
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
+            return float(value)
+
+        if real("temperature", self.temperature) < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 or None = off), got {self.top_k}")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if 0 < self.temperature < 1e-6:  # logits / temperature would overflow float32 to inf (NaN probabilities)
+            raise ValueError(f"temperature {self.temperature} is too small to divide logits by; use temperature=0 "
+                             "for greedy decoding, or a value >= 1e-6")
+        if self.top_k is not None:
+            if isinstance(self.top_k, bool) or not isinstance(self.top_k, Integral):
+                raise TypeError(f"top_k must be an int (0 or None = off), got {type(self.top_k).__name__} "
+                                f"{self.top_k!r}")
+            if self.top_k < 0:
+                raise ValueError(f"top_k must be >= 0 (0 or None = off), got {self.top_k}")
+        if self.top_p is not None and not 0 < real("top_p", self.top_p) <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (None or 1.0 = off), got {self.top_p}")
 
     @property
     def greedy(self) -> bool:

@@ -45,7 +45,14 @@ from vistok.checkpoint import (
     read_state_dict,
     rename_state_dict,
 )
-from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
+from vistok.interfaces import (
+    Configurable,
+    TokenizerOutput,
+    check_finite,
+    check_nonempty,
+    check_pixels,
+    check_token_ids,
+)
 from vistok.layers import VectorQuantizer, ViTBlock
 from vistok.layers.refine import PixelRefiner
 from vistok.layers.vqgan import VQGANDecoder
@@ -313,8 +320,12 @@ class TiTok(nn.Module, Configurable):
     @torch.no_grad()
     def encode(self, pixels: Tensor) -> Tensor:
         """pixels (B, 3, H, W) in [0, 1] -> token ids (B, N) long; VAE variant: posterior means (B, N, D) float;
-        ``code_tokens``: the ids' code vectors (B, N, D) float (times ``latent_scale`` in both continuous cases)."""
+        ``code_tokens``: the ids' code vectors (B, N, D) float (times ``latent_scale`` in both continuous cases).
+
+        Any float dtype is accepted and cast to the model's dtype (float64 / float16 / bfloat16 pixels work on a
+        float32 model); NaN/inf, values outside [0, 1], wrong shapes and empty batches raise ``ValueError``."""
         check_pixels(pixels, video=False, size=self.image_size)
+        pixels = pixels.to(self.latent_tokens.dtype)
         z = self.encoder(pixels, self.latent_tokens)  # b n d (VAE: b n 2d)
         if self.quantizer is None:
             return z.chunk(2, dim=-1)[0] * self.latent_scale
@@ -329,12 +340,12 @@ class TiTok(nn.Module, Configurable):
         """
         if self.kind == "continuous":
             self._check_latents(tokens)
-            codes = tokens / self.latent_scale
+            codes = tokens.to(self.latent_tokens.dtype) / self.latent_scale
             if self.code_tokens and self.quantizer.l2_norm:
                 codes = F.normalize(codes, dim=-1)
         else:
             check_token_ids(tokens, self.codebook_size, self.num_tokens, allow_prefix=self.tail_drop)
-            codes = self.quantizer.lookup(tokens)
+            codes = self.quantizer.lookup(tokens.long())
         out = self.decoder(codes)
         return out.clamp(0, 1) if clamp else out
 
@@ -434,6 +445,8 @@ class TiTok(nn.Module, Configurable):
                             f"{getattr(latents, 'dtype', type(latents).__name__)}")
         if latents.ndim != 3 or latents.shape[-1] != self.token_dim:
             raise ValueError(f"latents must have shape (B, N, {self.token_dim}), got {tuple(latents.shape)}")
+        check_nonempty(latents.shape[0], "latents", "sequences")
+        check_finite(latents, "latents", "torch.nan_to_num(latents)")
         k = latents.shape[1]
         if self.tail_drop and not 1 <= k <= self.num_tokens:
             raise ValueError(f"prefix length must be in [1, {self.num_tokens}], got {k}")
