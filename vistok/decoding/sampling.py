@@ -27,7 +27,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     """Nucleus filter: keep the smallest set of tokens whose probability reaches ``p`` (the top one always)."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    sorted_logits, order = logits.sort(dim=-1, descending=True, stable=True)  # ties: lowest id first, as argmax
     cum = sorted_logits.softmax(-1).cumsum(-1)
     drop_sorted = (cum - sorted_logits.softmax(-1)) >= p  # mass before this token already reaches p
     drop = drop_sorted.scatter(-1, order, drop_sorted)
