@@ -37,6 +37,7 @@ them).  Legend: b batch, k tokens per cell, d token channels, g cells fed in one
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -99,8 +100,9 @@ def _ode_cell(velocity: Callable, x0: Tensor, num_steps: int, scale: float, guid
 @torch.no_grad()
 def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: SamplingArgs | None = None,
                  rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-                 num_steps: int = 40, cfg_scale: float | None = None, cfg_schedule: str = "linear",
-                 method: str = "sde", t_min: float = 0.04) -> tuple[Tensor, int, dict]:
+                 num_steps: int = 40, cfg_scale: float | None = None,
+                 cfg_schedule: Literal["linear", "constant"] = "linear", method: Literal["sde", "ode"] = "sde",
+                 t_min: float = 0.04) -> tuple[Tensor, int, dict]:
     """Sample ``(B, N, D)`` continuous tokens cell by cell (see the module docstring).
 
     Args:

@@ -36,6 +36,8 @@ d token dim, c condition width, s sampling steps, L = s + 1 path length, r rows.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torch.distributions import Normal
@@ -243,7 +245,8 @@ def _check_options(window, verify: str, init: str, max_resample, inner_temperatu
 @torch.no_grad()
 def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-               window: int = 16, verify: str = "path", init: str = "repeat",
+               window: int = 16, verify: Literal["path", "last_step"] = "path",
+               init: Literal["repeat", "zeros"] = "repeat",
                align: bool = True, max_resample: int = 100, inner_temperature: float = 1.0,
                **unknown) -> tuple[Tensor, int, dict]:
     """Continuous speculative decoding (see the module docstring for the algorithm and what is exact).

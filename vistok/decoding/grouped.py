@@ -13,6 +13,8 @@ Legend: b batch, w window, v vocab, g group candidates, k neighbours, d embeddin
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -65,7 +67,7 @@ def gsd_ratio(p: Tensor, q: Tensor, x: Tensor, *, group_rank: int, p_thr: float,
 
 def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-               window: int = 16, init: str = "random", group_rank: int = 7,
+               window: int = 16, init: Literal["random", "repeat"] = "random", group_rank: int = 7,
                p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None,
                **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
@@ -139,7 +141,7 @@ def lantern_ratio(p: Tensor, q: Tensor, x: Tensor, *, neighbours: Tensor, delta:
 
 def decode_lantern(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                    rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-                   window: int = 16, init: str = "random", latents: Tensor | None = None,
+                   window: int = 16, init: Literal["random", "repeat"] = "random", latents: Tensor | None = None,
                    k: int = 1000, delta: float = 0.1, **unknown) -> tuple[Tensor, int, dict]:
     """LANTERN-style relaxed acceptance on SJD drafts (arXiv 2410.03355).  **NOT lossless** (each accepted
     token's distribution is within total variation ``delta`` of the target's, per position).

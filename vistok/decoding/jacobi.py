@@ -45,6 +45,7 @@ Legend: b batch, w window, v vocab, n tokens.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -195,7 +196,7 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
 
 def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-               window: int = 16, init: str = "random", **unknown) -> tuple[Tensor, int, dict]:
+               window: int = 16, init: Literal["random", "repeat"] = "random", **unknown) -> tuple[Tensor, int, dict]:
     """Speculative Jacobi decoding (arXiv 2410.01699).  Lossless w.r.t. the processed AR sampler.
 
     Args:
@@ -212,7 +213,7 @@ def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
 
 def decode_mcsjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                  rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-                 window: int = 16, init: str = "random", **unknown) -> tuple[Tensor, int, dict]:
+                 window: int = 16, init: Literal["random", "repeat"] = "random", **unknown) -> tuple[Tensor, int, dict]:
     """SJD with maximally coupled drafts (MC-SJD / speculative coupled decoding, arXiv 2510.24211).  Lossless.
 
     Identical to :func:`decode_sjd` except after the first rejection: there each old draft is kept if it passes

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -47,7 +48,8 @@ def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
 
 @torch.no_grad()
 def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: int = 64, cfg_scale: float = 1.0,
-                  cfg_schedule: str = "linear", temperature: float = 1.0, rng: torch.Generator | None = None,
+                  cfg_schedule: Literal["linear", "constant"] = "linear", temperature: float = 1.0,
+                  rng: torch.Generator | None = None,
                   orders: Tensor | None = None, head_noise: Callable[[int, int], Tensor] | None = None,
                   progress: bool = False) -> tuple[Tensor, dict]:
     """Sample continuous tokens (b, n, d) from a :class:`~vistok.interfaces.MaskedGenerator` (e.g. MAR).
@@ -106,7 +108,8 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
 
 def decode_masked(generator: MaskedGenerator, cond: Conditioning, sampling: SamplingArgs,
                   rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-                  num_iter: int = 64, cfg_schedule: str = "linear", **unknown) -> tuple[Tensor, int, dict]:
+                  num_iter: int = 64, cfg_schedule: Literal["linear", "constant"] = "linear",
+                  **unknown) -> tuple[Tensor, int, dict]:
     """:data:`vistok.decoding.DECODERS` entry ``"masked"``: ``(tokens (b, n, d), nfe = num_iter, extras)``.
 
     The guidance scale is applied inside the diffusion head (MAR guides eps, not the generator output), ramped by
