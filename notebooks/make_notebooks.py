@@ -78,6 +78,16 @@ plt.show()
 ids = onedpiece.encode(x[:4])
 show(torch.cat([onedpiece.decode(ids[:, :k]) for k in ks]), nrow=4,
      title="rows: k = " + ", ".join(map(str, ks)))""",
+        MD("## FlexTok: coarse to fine with a flow decoder\n\nFlexTok encodes an image into up to N ordered register "
+        "tokens (FSQ ids) and decodes any prefix with a rectified-flow decoder.  No FlexTok has been trained on the "
+        "shapes data yet, so this cell shows the call on a random tiny model (`flextok_tiny`): the API and shapes, "
+        "not quality.  `benchmarks/flextok_prefix.py` plots quality vs k for a trained checkpoint."),
+        """flex = vistok.create_tokenizer("flextok_tiny").eval()  # 64x64 pixels -> 32 FSQ ids (random weights)
+ids = flex.encode(x[:2])
+rng = torch.Generator().manual_seed(0)
+for k in (1, 4, 32):
+    out = flex.decode(ids[:, :k], num_steps=4, generator=rng)
+    print(f"k = {k:2d}: ids {tuple(ids[:, :k].shape)} -> pixels {tuple(out.shape)}")""",
     ],
     "02_text_to_image": [
         MD("# Text to image\n\nPrompts in, images out, with the two shipped pipelines: the default (tiny TiTok + "
@@ -238,6 +248,36 @@ pipe = Pipeline.from_folder("default").swap_generator(run / "export")  # same to
 prompts = ["a red circle on the left", "a blue square at the top right"]
 images, out = pipe(prompts, num_samples=4, seed=0)
 show(images, nrow=4, title=f"after {steps} steps ({out.nfe} passes per image)")""",
+    ],
+    "06_video": [
+        MD("# Video: moving shapes and the LARP tokenizer\n\nvistok renders its own captioned video data (objects "
+        "with a colour, shape, size and motion) and tokenizes clips `(B, 3, T, H, W)` with LARP (holistic queries, "
+        "stochastic VQ, co-trained AR prior).  No LARP has been trained here yet, so the round trip below uses a "
+        "random tiny model: it shows the data, the calls and the shapes, not quality.  Generated clips arrive with "
+        "the video generator (docs/larp.md)."),
+        SETUP,
+        """from vistok.data import MovingShapesDataset
+
+ds = MovingShapesDataset(4, seed=0)  # 16 frames of 32x32, deterministic from the seed
+clips = torch.stack([ds[i]["pixels"] for i in range(4)])
+for i in range(4):
+    print(ds[i]["caption"])
+show(clips[0].permute(1, 0, 2, 3), nrow=8, title=ds[0]["caption"])  # the 16 frames of clip 0""",
+        """import vistok
+
+larp = vistok.create_tokenizer("larp_tiny").eval()  # random weights
+ids = larp.encode(clips)  # (4, 64) ids (argmax in eval)
+recon = larp.decode(ids)
+print("tokens", tuple(ids.shape), "-> clips", tuple(recon.shape))""",
+        """import tempfile
+from pathlib import Path
+
+from vistok.data import read_video, write_video
+
+path = write_video(clips[0], Path(tempfile.mkdtemp()) / "clip.gif")  # mp4 works the same way (PyAV)
+back = read_video(path)
+error = float((back - clips[0]).abs().max())
+print(path.name, tuple(back.shape), f"max abs error after the gif round trip {error:.3f}")""",
     ],
 }
 

@@ -20,7 +20,7 @@ def _maker():
 def test_notebooks_are_stripped_and_in_sync(tmp_path):
     fresh = {p.name: p for p in _maker().build(tmp_path)}
     stored = sorted(NOTEBOOKS.glob("*.ipynb"))
-    assert [p.name for p in stored] == sorted(fresh) and len(stored) == 5
+    assert [p.name for p in stored] == sorted(fresh) and len(stored) == 6
     for path in stored:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
