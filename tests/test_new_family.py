@@ -8,18 +8,18 @@ from toy_randar import RandomOrderAR
 import vistok
 from vistok.decoding import generate
 from vistok.interfaces import CausalGenerator, Conditioning, Generator
-from vistok.registry import register_generator
-
-register_generator("randar_toy", RandomOrderAR, vocab_size=16, seq_len=8)  # the registry line
+from vistok.registry import _GENERATORS, register_generator
 
 
 @pytest.fixture(scope="module")
 def model():
+    register_generator("randar_toy", RandomOrderAR, vocab_size=16, seq_len=8)  # the registry line
     torch.manual_seed(0)
     gen = vistok.create_generator("randar_toy")
     with torch.no_grad():
         gen.output.weight.normal_(0, 0.5)
-    return gen.eval()
+    yield gen.eval()
+    _GENERATORS.pop("randar_toy")  # keep the preset list of the other test modules to vistok's own
 
 
 def test_protocols_registry_and_training_step(model):

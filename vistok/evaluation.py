@@ -30,7 +30,8 @@ _TF_RANGE = (-1.0, 0.9921875)
 
 
 def check_image_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
-    """Both float ``(B, 3, H, W)`` with the same shape; ``target`` in [0, 1] (``pred`` is clamped by the metrics).
+    """Both float ``(B, 3, H, W)`` images or ``(B, 3, T, H, W)`` videos with the same shape; ``target`` in [0, 1]
+    (``pred`` is clamped by the metrics).
 
     Raises:
         TypeError: not float tensors.
@@ -41,24 +42,28 @@ def check_image_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
             got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
             raise TypeError(f"{name} must be a float tensor (B, 3, H, W) in [0, 1], got {got}; "
                             "uint8 images need `.float() / 255`")
-    check_pixels(target, video=False)
+    check_pixels(target)
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape; "
                          "resize one with torch.nn.functional.interpolate(..., size=target.shape[-2:]) first")
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB, shape ``(B,)``, for ``(B, 3, H, W)`` pixels in ``[0, 1]`` (``pred`` is clamped)."""
+    """Per-image (per-clip for video) PSNR in dB, shape ``(B,)``, for ``(B, 3, H, W)`` / ``(B, 3, T, H, W)`` pixels in
+    ``[0, 1]`` (``pred`` is clamped)."""
     check_image_pair(pred, target)
     mse = F.mse_loss(pred.clamp(0, 1), target, reduction="none").flatten(1).mean(1)
     return -10 * torch.log10(mse.clamp_min(1e-10))
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean SSIM (Gaussian window 11, sigma 1.5) over a ``(B, 3, H, W)`` batch in ``[0, 1]``, a scalar tensor."""
+    """Mean SSIM (Gaussian window 11, sigma 1.5) over a ``(B, 3, H, W)`` batch in ``[0, 1]``, a scalar tensor; videos
+    ``(B, 3, T, H, W)`` are scored frame by frame."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     check_image_pair(pred, target)
+    if pred.ndim == 5:  # frames as images
+        pred, target = (v.transpose(1, 2).flatten(0, 1) for v in (pred, target))
     return structural_similarity_index_measure(pred.clamp(0, 1).float(), target.float(), data_range=1.0)
 
 
