@@ -277,7 +277,7 @@ class DiffLossHead(nn.Module, Configurable):
         z_null = z_null if guided else None
         if self.sampler == "ddpm":
             paths = DiffusionPaths(self, final_noise=False, num_steps=s)
-            return paths.path_sample(z, z_null, cfg_scale, temperature, noise)[0][-1].to(z.dtype)
+            return paths.path_sample(z, z_null, cfg_scale, temperature, noise, density=False)[0][-1].to(z.dtype)
         scheduler = self._ddim_scheduler(s)
         x = noise[0]
         for k, t in enumerate(scheduler.timesteps.tolist()):
@@ -337,6 +337,13 @@ class DiffusionPaths:
         self.path_len, self.token_dim = s + 1, head.token_dim
         self.timesteps = head.respaced_timesteps(s)
         self._table = head.step_table(self.timesteps)
+        self._t = torch.tensor(self.timesteps)
+
+    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """The step table and the timesteps on ``device`` (moved once)."""
+        if self._table.device != device:
+            self._table, self._t = self._table.to(device), self._t.to(device)
+        return self._table, self._t
 
     def path_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Every Gaussian draw of ``n`` paths: ``(L, n, d)``."""
@@ -346,7 +353,7 @@ class DiffusionPaths:
     def moments(self, out: Tensor, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Float64 mean and log-variance (r, d) of step indices ``k`` (r,) from the network output ``out`` (r, 2d)
         ``[eps | v]`` at float64 states ``x`` (r, d)."""
-        tab = self._table.to(x.device)[k]  # r 6
+        tab = self._on(x.device)[0][k]  # r 6
         out, d = out.double(), self.token_dim
         eps, frac = out[:, :d], (out[:, d:] + 1) / 2
         x0 = (x - tab[:, 0:1] * eps) / tab[:, 1:2]
@@ -356,19 +363,20 @@ class DiffusionPaths:
 
     def _step(self, x: Tensor, k: Tensor, z: Tensor, z_null: Tensor | None,
               cfg_scale: float | Tensor) -> tuple[Tensor, Tensor]:
-        t = torch.tensor(self.timesteps, device=x.device)[k]
+        t = self._on(x.device)[1][k]
         out = self.head.guided_net(x.to(self.head.input_proj.weight.dtype), t, z, z_null, cfg_scale)
         guided = z_null is not None and (torch.is_tensor(cfg_scale) or cfg_scale != 1.0)
         self.evals += x.shape[0] * (2 if guided else 1)
         return self.moments(out, x, k)
 
     def path_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float | Tensor, temperature: float,
-                    noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                    noise: Tensor, *, density: bool = True) -> tuple[Tensor, Tensor, Tensor]:
         """Sample paths ``(L, r, d)`` (float64) from conditions ``z`` (r, c) with ``noise`` (L or L - 1, r, d).
 
         Returns ``(path, log_density (r,), last_std (r, d))``: the log-density of the stochastic steps (the initial
         N(0, I) term left out), evaluated on the stored path exactly as :meth:`path_log_prob` does, and the std of the
-        last step (``T exp(logvar / 2)``, also when it adds no noise).
+        last step (``T exp(logvar / 2)``, also when it adds no noise).  ``density=False`` (plain sampling) skips the
+        log-density (returned as zeros).
         """
         r = z.shape[0]
         noise = noise.double()
@@ -381,7 +389,8 @@ class DiffusionPaths:
                 x = mean
             else:
                 x = mean + std * noise[k + 1]
-                logp = logp + _gauss_logpdf(x, mean, std)
+                if density:
+                    logp = logp + _gauss_logpdf(x, mean, std)
             path.append(x)
         return torch.stack(path), logp, std
 
