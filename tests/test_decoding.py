@@ -75,3 +75,15 @@ def test_bad_arguments():
         generate(gen, cond, num_samples=0)
     with pytest.raises(ValueError, match="null condition"):
         generate(tiny_ar(), Conditioning(batch=1), cfg_scale=2.0)
+
+
+def test_generate_takes_a_torch_generator_by_keyword():
+    gen = tiny_ar(num_classes=2).eval()
+    cond = Conditioning(labels=torch.tensor([0, 1]))
+    a = generate(gen, cond, generator=torch.Generator().manual_seed(3))
+    b = generate(gen, cond, seed=torch.Generator().manual_seed(3))
+    assert torch.equal(a.tokens, b.tokens)
+    with pytest.raises(ValueError, match="not both"):
+        generate(gen, cond, seed=1, generator=torch.Generator())
+    with pytest.raises(TypeError, match="positional"):
+        generate(gen, cond, generator=gen)

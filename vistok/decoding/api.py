@@ -60,8 +60,8 @@ def _rng(seed: int | torch.Generator | None, device: torch.device) -> torch.Gene
 
 def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = None, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-             cfg_scale: float = 1.0, seed: int | torch.Generator | None = None, progress: bool = False,
-             **decoder_kwargs) -> GenerationOutput:
+             cfg_scale: float = 1.0, seed: int | torch.Generator | None = None,
+             generator: torch.Generator | None = None, progress: bool = False, **decoder_kwargs) -> GenerationOutput:
     """Sample tokens from ``model`` for each condition in ``cond`` (``num_samples`` each, in a row).
 
     Args:
@@ -73,9 +73,17 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         temperature, top_k, top_p: the sampling filters (temperature 0 = greedy).
         cfg_scale: classifier-free guidance scale (1 = off).
         seed: an int or a ``torch.Generator`` for reproducible sampling.
+        generator: a ``torch.Generator`` (the same as passing it as ``seed``; the model itself is positional).
         progress: show a progress bar.
         decoder_kwargs: decoder-specific options (e.g. ``window`` for Jacobi decoders).
     """
+    if generator is not None:
+        if seed is not None:
+            raise ValueError("give seed= or generator=, not both")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (the model is the first positional argument), got "
+                            f"{type(generator).__name__}")
+        seed = generator
     if decoder is None:
         decoder = getattr(model, "default_decoder", "ar")
     if isinstance(decoder, str):
