@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from vistok.data import ShapesDataset
 from vistok.data.geneval import ATTRIBUTES, disc_baseline, score_batch
@@ -35,6 +34,7 @@ from vistok.evaluation import (
     psnr,
     ssim,
 )
+from vistok.progress import track
 
 __all__ = ["evaluate_generator", "evaluate_tokenizer", "load_images", "main", "parse_set_options", "prefix_lengths",
            "sample_prompts"]
@@ -129,7 +129,7 @@ def evaluate_tokenizer(tokenizer: nn.Module, images: Tensor, *, batch: int = 32,
     psnrs: dict[int | None, list[Tensor]] = {k: [] for k in [None, *ks]}
     ssims: dict[int | None, list[tuple[int, float]]] = {k: [] for k in [None, *ks]}
     recons, used = [], set()
-    for x in tqdm(images.split(batch), desc="tokenizer eval", unit="batch", disable=not progress):
+    for x in track(images.split(batch), progress, desc="tokenizer eval", unit="batch"):
         tokens = tokenizer.encode(x)
         if getattr(tokenizer, "kind", "discrete") == "discrete":
             used.update(tokens.unique().tolist())
@@ -165,7 +165,7 @@ def sample_prompts(pipe, captions: list[str], *, batch: int = 50, seed: int = 0,
                    **opts) -> tuple[Tensor, float, list[int]]:
     """One sample per caption: images ``(P, 3, S, S)``, seconds taken and the NFE of each batched call."""
     images, nfe, t0 = [], [], time.perf_counter()
-    for i in tqdm(range(0, len(captions), batch), desc="sampling", unit="batch", disable=not progress):
+    for i in track(range(0, len(captions), batch), progress, desc="sampling", unit="batch"):
         imgs, out = pipe(captions[i : i + batch], num_samples=1, seed=seed + i, **opts)
         images.append(imgs.float())
         nfe.append(int(out.nfe))

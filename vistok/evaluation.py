@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from vistok.interfaces import check_pixels
+from vistok.progress import track
 
 __all__ = ["InceptionFeatures", "check_image_pair", "fid_from_features", "frechet_distance", "inception_features",
            "inception_weights_path", "psnr", "ssim"]
@@ -105,7 +105,7 @@ def inception_features(images: torch.Tensor | list[torch.Tensor], *, features: n
     features = features if features is not None else InceptionFeatures()
     batches = list(images) if isinstance(images, (list, tuple)) else list(torch.split(images, batch_size))
     out = []
-    for b in tqdm(batches, desc="Inception features", unit="batch", disable=not progress):
+    for b in track(batches, progress, desc="Inception features", unit="batch"):
         check_pixels(b, video=False)
         with torch.no_grad():
             out.append(features(b.float()).double().cpu())

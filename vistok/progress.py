@@ -20,19 +20,21 @@ class _Silent:
     def __exit__(self, *exc) -> None: ...
 
 
-def progress_bar(enabled: bool, *, total: int | None = None, desc: str = "", leave: bool = False):
+def progress_bar(enabled: bool, *, total: int | None = None, desc: str = "", leave: bool = False,
+                 unit: str = "it"):
     """A ``tqdm.auto`` bar of ``total`` steps when ``enabled``, else a silent stand-in with the same methods."""
     if not enabled:
         return _Silent()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=leave)
+    return tqdm(total=total, desc=desc, leave=leave, unit=unit)
 
 
-def track(items: Iterable, enabled: bool, *, total: int | None = None, desc: str = "", leave: bool = False):
+def track(items: Iterable, enabled: bool, *, total: int | None = None, desc: str = "", leave: bool = False,
+          unit: str = "it"):
     """``items`` wrapped in a progress bar when ``enabled`` (``items`` itself otherwise)."""
     if not enabled:
         return items
     from tqdm.auto import tqdm
 
-    return tqdm(items, total=total, desc=desc, leave=leave)
+    return tqdm(items, total=total, desc=desc, leave=leave, unit=unit)

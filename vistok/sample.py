@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from vistok.decoding import DECODERS, GenerationOutput, Guidance, SamplingArgs, generate
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
+from vistok.progress import progress_bar
 from vistok.text import check_prompts, load_text_encoder
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
@@ -151,11 +152,7 @@ class Pipeline:
         opts = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
         check_options(batch_size=batch_size, seed=seed, **{k: opts.get(k) for k in SAMPLING_OPTIONS})
         step = batch_size or max(1, len(jobs))
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(jobs), unit="img", desc="vistok-sample")
+        bar = progress_bar(progress, total=len(jobs), desc="vistok-sample", leave=True, unit="img")
         try:
             for k in range(0, len(jobs), step):
                 chunk = jobs[k : k + step]
@@ -163,11 +160,9 @@ class Pipeline:
                 seeds = None if seed is None else [image_seed(seed, i, j) for i, j in chunk]
                 out = self._generate(cond, seeds, dict(opts))
                 yield chunk, self.tokenizer.decode(out.tokens), out
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
 
     def _generate(self, cond: Conditioning, seeds: list[int] | None, opts: dict) -> GenerationOutput:
         """One batch.  Discrete generators under the AR decoder draw each image from its own seed (Gumbel-max

@@ -55,10 +55,6 @@ class Guidance:
         """Whether the batch is doubled (scale != 1)."""
         return self.scale != 1.0
 
-    @property
-    def copies(self) -> int:
-        return 2 if self.active else 1
-
     def condition(self, cond: Conditioning) -> Conditioning:
         """``cond`` followed by its null counterpart when active, else ``cond``."""
         return cond.cat(cond.null()) if self.active else cond

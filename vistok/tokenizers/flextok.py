@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers import FSQ, Attention, SwiGLU
+from vistok.progress import track
 
 __all__ = ["FLEXTOK_PRESETS", "SD_VAE_CONFIG", "FlexTok", "convert_flextok_state_dict", "load_official",
            "official_matches"]
@@ -383,7 +384,7 @@ class FlexTok(nn.Module, Configurable):
         sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
         sched.set_timesteps(sigmas=[1.0 - i / steps for i in range(steps)], device=tokens.device)
         momentum = None
-        for i, t in enumerate(_progress(sched.timesteps, progress)):
+        for i, t in enumerate(track(sched.timesteps, progress, desc="flow steps")):
             sigma = sched.sigmas[i].expand(b)
             v = self.decoder(x, sigma, cond)[0]
             if guided:
@@ -450,14 +451,6 @@ class FlexTok(nn.Module, Configurable):
         # one draw per image, in batch order (as the official pipeline)
         return torch.cat([torch.randn((1, *shape), generator=generator, device=gen_device) for _ in range(b)]).to(
             device)
-
-
-def _progress(steps: Tensor, show: bool):
-    if not show:
-        return steps
-    from tqdm.auto import tqdm
-
-    return tqdm(steps, desc="flow steps")
 
 
 def _build_vae(vae: dict | str | None) -> tuple[nn.Module | None, int, int, float]:
