@@ -9,7 +9,7 @@ import torch
 from vistok.data import ShapesDataset
 from vistok.hub import from_pretrained
 
-WEIGHTS = Path(__file__).parent / "assets" / "onedpiece_tiny"
+WEIGHTS = Path(__file__).parents[1] / "assets" / "onedpiece_tiny"
 PREFIXES = (1, 2, 4, 8, 16, 32)
 
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from vistok.cli import main
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def tiny_config(tmp: Path, name: str, max_steps: int = 8, callbacks: tuple = (), **data) -> Path:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from vistok.cli import main
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 STEPS = 3
 
 
