@@ -6,7 +6,7 @@ import torch
 import vistok
 from vistok.generators import ARGenerator, MARARGenerator, MARGenerator, NARGenerator, XARGenerator
 from vistok.interfaces import Conditioning, Generator, MaskedGenerator, Tokenizer
-from vistok.tokenizers import LARP, FlexTok, TiTok
+from vistok.tokenizers import LARP, FlexTok, TiTok, VQTokenizer
 
 TINY = {
     TiTok: dict(image_size=32, patch_size=8, width=32, depth=1, num_heads=2, num_latent_tokens=8,
@@ -16,6 +16,7 @@ TINY = {
     LARP: dict(image_size=16, num_frames=4, patch_size=8, temporal_patch_size=2, width=32, depth=1, num_heads=2,
                num_latent_tokens=8, codebook_size=64, token_size=8, prior_width=32, prior_depth=1, prior_num_heads=2,
                prior_max_len=8),
+    VQTokenizer: dict(image_size=16, patch_size=2, channels=(32, 32), codebook_size=64, code_dim=4),
     ARGenerator: dict(vocab_size=64, seq_len=8, width=32, depth=1, num_heads=2, max_text_len=6),
     NARGenerator: dict(vocab_size=64, seq_len=16, grid=(4, 4), width=32, depth=1, num_heads=2, max_text_len=6),
     XARGenerator: dict(grid_size=4, cell_size=2, token_dim=4, width=32, depth=1, decoder_depth=1, num_heads=2,
