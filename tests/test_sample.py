@@ -196,3 +196,19 @@ def test_shipped_default_is_batch_invariant():
     ((_, _, shuffled),) = pipe.batches(prompts, [jobs[7], jobs[0], jobs[3]], seed=7)
     assert torch.equal(shuffled.tokens, batched.tokens[[7, 0, 3]])
     assert len({tuple(t) for t in batched.tokens.tolist()}) == 8  # every image has its own stream
+
+
+def test_bf16_precision_samples_valid_images_and_mostly_the_same_tokens(tiny_pipeline, tmp_path, capsys):
+    """bf16 autocast changes logits slightly (so some draws differ), never the output contract."""
+    pipe = Pipeline.from_folder(tiny_pipeline)
+    imgs32, out32 = pipe(["a red circle"], num_samples=4, seed=0)
+    imgs16, out16 = pipe(["a red circle"], num_samples=4, seed=0, precision="bf16")
+    assert imgs16.dtype == torch.float32 and imgs16.shape == imgs32.shape
+    assert 0 <= float(imgs16.min()) and float(imgs16.max()) <= 1
+    assert out16.tokens.shape == out32.tokens.shape
+    assert (out16.tokens[:, 0] == out32.tokens[:, 0]).float().mean() >= 0.5  # same noise, near-same first logits
+    with pytest.raises(ValueError, match="precision"):
+        pipe(["a red circle"], num_samples=1, precision="fp8")
+    cli(["a red circle", "--model", str(tiny_pipeline), "--num-samples", "2", "--out", str(tmp_path / "g.png"),
+         "--precision", "bf16"])
+    assert (tmp_path / "g.png").is_file()

@@ -10,14 +10,16 @@ written by :func:`vistok.hub.save_pretrained`) and ``pipeline.json`` (text encod
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ DEFAULT_MODEL = Path(__file__).parent / "assets" / "default"
 #: pipelines that ship inside the package (``Pipeline.from_folder(name)``)
 SHIPPED = ("default", "xar")
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "cfg_scale")
+Precision = Literal["fp32", "bf16"]
 GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant spreading (seed, position) pairs over the seed space
 MAX_GRID = 1024  # images in one --out grid; more need --out-dir (one file per image)
 
@@ -142,13 +145,16 @@ class Pipeline:
 
     @torch.no_grad()
     def batches(self, prompts: list[str], jobs: list[tuple[int, int]], *, seed: int | None = 0,
-                batch_size: int | None = None, progress: bool = False,
+                batch_size: int | None = None, progress: bool = False, precision: Precision = "fp32",
                 **overrides) -> Iterator[tuple[list[tuple[int, int]], Tensor, GenerationOutput]]:
         """Sample the images ``jobs`` (``(prompt index, sample index)`` pairs) ``batch_size`` at a time.
 
         Yields ``(jobs of the batch, images (b, 3, H, W) in [0, 1], GenerationOutput)``; memory is bounded by
         ``batch_size`` whatever the number of jobs.  A progress bar counts images when ``progress``.
+        ``precision="bf16"`` runs the generator and the tokenizer's decoder under bfloat16 autocast (CPUs with
+        AVX512-BF16/AMX, and GPUs); sampling probabilities and acceptance tests stay float32.
         """
+        autocast = precision_context(precision, self.tokenizer)
         opts = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
         check_options(batch_size=batch_size, seed=seed, **{k: opts.get(k) for k in SAMPLING_OPTIONS})
         step = batch_size or max(1, len(jobs))
@@ -158,8 +164,10 @@ class Pipeline:
                 chunk = jobs[k : k + step]
                 cond = self.condition([prompts[i] for i, _ in chunk])
                 seeds = None if seed is None else [image_seed(seed, i, j) for i, j in chunk]
-                out = self._generate(cond, seeds, dict(opts))
-                yield chunk, self.tokenizer.decode(out.tokens), out
+                with autocast():
+                    out = self._generate(cond, seeds, dict(opts))
+                    images = self.tokenizer.decode(out.tokens).float()
+                yield chunk, images, out
                 bar.update(len(chunk))
         finally:
             bar.close()
@@ -177,6 +185,17 @@ class Pipeline:
             return generate(noisy, cond, decoder="ar", temperature=0.0, **opts)
         return generate(gen, cond, decoder=decoder, temperature=temperature, top_k=sampling.top_k,
                         top_p=sampling.top_p, cfg_scale=cfg_scale, seed=None if seeds is None else seeds[0], **opts)
+
+
+def precision_context(precision: Precision, model: nn.Module) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the autocast context for ``precision`` ("fp32": none; "bf16": bfloat16 autocast on the
+    device of ``model``'s parameters)."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext
+    device = next(model.parameters()).device.type
+    return lambda: torch.autocast(device, dtype=torch.bfloat16)
 
 
 def resolve_pipeline_folder(folder: str | Path) -> Path:
@@ -415,6 +434,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: bfloat16 autocast for the networks (faster on CPUs with AVX512-BF16/AMX and on GPUs; "
+                        "sampling maths stays float32); the speed and quality cost are measured in docs/speed.md")
     p.add_argument("--scale", type=int, default=None,
                    help="nearest-neighbour upscaling of saved images (default 4 for a grid, 1 for --out-dir)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
@@ -466,7 +488,7 @@ def _run(args: argparse.Namespace) -> str:
     images, nfe = [], 0
     for chunk, imgs, out in pipe.batches(prompts, jobs, seed=args.seed, batch_size=args.batch_size, progress=True,
                                          decoder=args.decoder, temperature=args.temperature, top_k=args.top_k,
-                                         top_p=args.top_p, cfg_scale=args.cfg_scale):
+                                         top_p=args.top_p, cfg_scale=args.cfg_scale, precision=args.precision):
         nfe += out.nfe
         if args.out_dir:
             for (i, j), img in zip(chunk, imgs, strict=True):
