@@ -46,13 +46,9 @@ from vistok.interfaces import (
     check_positions,
     validating,
 )
-from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_2d
-from vistok.layers.init import normal_linears_and_embeddings
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_2d
+from vistok.layers.init import llamagen_init
 from vistok.registry import register_generator
-
-
-def _find_multiple(n: int, k: int) -> int:
-    return n if n % k == 0 else n + k - n % k
 
 
 def rope_2d_table(height: int, width: int, head_dim: int, base: float,
@@ -107,8 +103,7 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
             raise ValueError(f"width {width} / num_heads {num_heads} must give a head dim divisible by 4 (2D RoPE)")
         if down_depth < 0:
             raise ValueError(f"down_depth must be >= 0, got {down_depth}")
-        if mlp_hidden is None:
-            mlp_hidden = _find_multiple(int(8 * width / 3), 256)
+        mlp_hidden = mlp_hidden or find_multiple(int(8 * width / 3), 256)
         self.vocab_size, self.seq_len, self.grid = vocab_size, seq_len, (h, w)
         self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
         self.is_causal = h == 1  # one row: the proximity mask is the causal mask
@@ -129,26 +124,11 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         # diagonal index of each token position (position 0, the start slot, is diagonal -1)
         cells = torch.arange(seq_len + 1) - 1
         self.register_buffer("diag", torch.where(cells < 0, -1, cells // w + cells % w), persistent=False)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        normal_linears_and_embeddings(self)
-        nn.init.zeros_(self.right_head.weight)  # LlamaGen/NAR zero only the first output head
-        if self.bos is not None:
-            nn.init.normal_(self.bos, std=0.02)
+        llamagen_init(self, self.right_head)  # LlamaGen/NAR zero only the first output head
 
     def token_embeddings(self) -> Tensor:
         """The ``(V, width)`` input embedding table (token latents for GSD / LANTERN)."""
         return self.tok_embed.weight
-
-    def _check_tokens(self, tokens: Tensor) -> Tensor:
-        """``(b, n)`` or ``(b, h, w)`` token ids -> ``(b, n)``, with actionable errors."""
-        h, w = self.grid
-        if isinstance(tokens, Tensor) and tokens.ndim == 3 and tuple(tokens.shape[1:]) == (h, w):
-            tokens = tokens.flatten(1)
-        check_generator_tokens(tokens, seq_len=self.seq_len, vocab_size=self.vocab_size,
-                               layout=f"(B, {self.seq_len}) or (B, {h}, {w}) for this {h}x{w} grid")
-        return tokens
 
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
@@ -157,17 +137,13 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         ``max_tokens`` token positions (default ``seq_len``; ``seq_len + 1`` also feeds the last grid token).
         The cache additionally tracks ``written`` ``(b, t)``: which token positions hold entries.
         """
-        self.check_cond(cond)
         max_tokens = max_tokens or self.seq_len
         if not 1 <= max_tokens <= self.seq_len + 1:
             raise ValueError(f"max_tokens must be in [1, {self.seq_len + 1}], got {max_tokens}")
-        b, ref = cond.batch_size, self.tok_embed.weight
-        cache = KVCache(len(self.blocks) + len(self.down_blocks), b, self.num_heads, self.width // self.num_heads,
-                        self.prefix_len, max_tokens, dtype=ref.dtype, device=ref.device)
-        cache.written = torch.zeros(b, max_tokens, dtype=torch.bool, device=ref.device)
-        cache.start = self.condition_vector(cond)
-        zero = torch.zeros(b, self.prefix_len, self.width // self.num_heads // 2, device=ref.device)
-        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(x, slots, (zero, zero), mask, cache))
+        zero = lambda x: x.new_zeros(*x.shape[:2], self.width // self.num_heads // 2)  # LlamaGen's prefix rotation
+        cache = self.new_kv_cache(cond, len(self.blocks) + len(self.down_blocks), max_tokens,
+                                  lambda x, slots, mask, cache: self._run(x, slots, (zero(x),) * 2, mask, cache))
+        cache.written = torch.zeros(cond.batch_size, max_tokens, dtype=torch.bool, device=cache.lengths.device)
         return cache
 
     def _proximity_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
@@ -189,8 +165,7 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         ``down`` (b, l, v) its lower neighbour (None for a single-row grid).
         """
         check_positions(positions, cache.max_tokens)
-        x = self.tok_embed(inputs.clamp(min=0))
-        x = self.with_start(x, positions, cache)
+        x = self.with_start(self.tok_embed(inputs.clamp(min=0)), positions, cache)
         cos, sin = rope_2d_table(*self.grid, self.width // self.num_heads, self.rope_base, positions.device)
         mask = self._proximity_mask(positions, cache)
         rope = (cos[positions], sin[positions])  # b l d/2
@@ -242,13 +217,12 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
         ``logits[:, p]`` is the mixed right/down prediction of grid token ``p``; the loss is its cross-entropy.
         """
-        tokens = self._check_tokens(tokens)
-        if self.training and self.cond_dropout > 0:
-            cond = self.drop_condition(cond)
-        cache = self.new_cache(cond)
-        b, n = tokens.shape
-        inputs = F.pad(tokens[:, :-1], (1, 0))  # position 0's input is the start embedding
-        logits = self.step(inputs, torch.arange(n, device=tokens.device).expand(b, -1), cache)
+        h, w = self.grid
+        if isinstance(tokens, Tensor) and tokens.ndim == 3 and tuple(tokens.shape[1:]) == (h, w):
+            tokens = tokens.flatten(1)
+        check_generator_tokens(tokens, seq_len=self.seq_len, vocab_size=self.vocab_size,
+                               layout=f"(B, {self.seq_len}) or (B, {h}, {w}) for this {h}x{w} grid")
+        logits = self.teacher_forced(tokens, cond)
         return GeneratorOutput(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()), logits)
 
 
@@ -296,11 +270,6 @@ def convert_nar_state_dict(state: dict[str, Tensor], *, depth: int,
 _WEIGHT_NAMES, _WEIGHT_PATTERNS = ("weights.safetensors", "model.safetensors"), ("*.pt", "*.pth", "*.bin")
 
 
-def _model_args(folder: Path) -> dict | None:
-    args = read_json(folder / "config.json", missing_ok=True).get("model_args")
-    return args if isinstance(args, dict) and "medusa_attention_num" in args else None
-
-
 def official_matches(config: dict, folder: Path) -> bool:
     """An official NAR folder: ``config.json`` with NAR ``model_args``, or bare weights holding the down head."""
     args = config.get("model_args")
@@ -325,8 +294,8 @@ def load_official(folder: str | Path) -> NARGenerator:
     if path is None:
         raise FileNotFoundError(f"{folder} holds no NAR weights (weights.safetensors, model.safetensors or *.pt)")
     state = read_state_dict(path)
-    args = _model_args(folder)
-    if args is None:  # bare checkpoint: infer what the weights show
+    args = read_json(folder / "config.json", missing_ok=True).get("model_args")
+    if not (isinstance(args, dict) and "medusa_attention_num" in args):  # bare checkpoint: infer what the weights show
         width = state["tok_embeddings.weight"].shape[1]
         if width not in _HEADS_BY_WIDTH:
             raise ValueError(f"cannot infer the head count of width {width}: add a config.json with model_args")
@@ -343,7 +312,7 @@ def load_official(folder: str | Path) -> NARGenerator:
         hidden = int(args["ffn_dim_multiplier"] * hidden)
     kwargs = dict(vocab_size=args["vocab_size"], seq_len=args["block_size"], width=args["dim"],
                   depth=args["n_layer"], down_depth=args.get("medusa_attention_num", 1), num_heads=args["n_head"],
-                  mlp_hidden=_find_multiple(hidden, args.get("multiple_of", 256)),
+                  mlp_hidden=find_multiple(hidden, args.get("multiple_of", 256)),
                   dropout=args.get("resid_dropout_p", 0.1), num_classes=args["num_classes"],
                   cond_dropout=args.get("class_dropout_prob", 0.1), rope_base=float(args.get("rope_base", 10000)),
                   norm_eps=args.get("norm_eps", 1e-5))

@@ -1,6 +1,6 @@
 """Blocks shared by every family: attention, RoPE, MLPs, transformer blocks, conditioning, quantizers."""
 
-from vistok.layers.attention import Attention, LlamaBlock, RMSNorm, SwiGLU, ViTBlock
+from vistok.layers.attention import Attention, LlamaBlock, RMSNorm, SwiGLU, ViTBlock, find_multiple
 from vistok.layers.conditioning import ConditionEmbedder, text_projection
 from vistok.layers.quantizers import FSQ, VectorQuantizer
 from vistok.layers.rope import apply_rope, rope_2d, rope_frequencies, rope_table
@@ -8,5 +8,5 @@ from vistok.layers.vqgan import VQGANDecoder
 
 __all__ = [
     "FSQ", "Attention", "ConditionEmbedder", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder",
-    "VectorQuantizer", "apply_rope", "rope_2d", "rope_frequencies", "rope_table", "text_projection",
+    "VectorQuantizer", "apply_rope", "find_multiple", "rope_2d", "rope_frequencies", "rope_table", "text_projection",
 ]

@@ -17,6 +17,11 @@ from vistok.interfaces import KVCache
 from vistok.layers.rope import apply_rope
 
 
+def find_multiple(n: int, k: int) -> int:
+    """``n`` rounded up to a multiple of ``k`` (LlamaGen's SwiGLU widths)."""
+    return -(-n // k) * k
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Llama), computed in fp32.
 
