@@ -173,7 +173,7 @@ def test_xar_time_embedding_from_diffusers_matches_the_official_sinusoid():
     steps = (t.float() * 1000).long().float()  # the formula xAR had inline: floor(1000 t), [cos, sin]
     freqs = torch.exp(-math.log(10000.0) * torch.arange(8, dtype=torch.float32) / 8)
     args = steps[..., None] * freqs
-    assert torch.equal(emb(t), emb.mlp(torch.cat([args.cos(), args.sin()], dim=-1)))
+    assert torch.equal(emb(t), nn.Sequential.forward(emb.mlp, torch.cat([args.cos(), args.sin()], dim=-1)))
 
 
 # --------------------------------------------------------------------------------------------------------------

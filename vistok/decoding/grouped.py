@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
-from vistok.decoding.jacobi import _check_common, check_generator, jacobi_decode
+from vistok.decoding.jacobi import INITS, check_generator, check_options, jacobi_decode
 from vistok.decoding.sampling import SamplingArgs
 from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings
 
@@ -87,7 +87,7 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         embeddings: ``(V, D)`` token embeddings for the distance filter; default the generator's
             ``token_embeddings()`` if it has one, else no distance filter.
     """
-    _check_common("gsd", window, init, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
+    check_options("gsd", window, init, INITS, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
     vocab = check_generator(generator, "gsd")
     if isinstance(group_rank, bool) or not isinstance(group_rank, int) or group_rank < 0:
         raise ValueError(f"group_rank must be an int >= 0 (0 = plain SJD), got {group_rank!r}")
@@ -157,7 +157,7 @@ def decode_lantern(generator: CausalGenerator, cond: Conditioning, sampling: Sam
         k: neighbours considered (capped at ``V - 1``).
         delta: neighbour-mass (TV) budget, ``>= 0`` (0 = plain SJD).
     """
-    _check_common("lantern", window, init, unknown, "window=, init=, latents=, k=, delta=")
+    check_options("lantern", window, init, INITS, unknown, "window=, init=, latents=, k=, delta=")
     vocab = check_generator(generator, "lantern")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")

@@ -44,7 +44,7 @@ Legend: b batch, w window, v vocab, n tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -52,13 +52,12 @@ from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.sampling import SamplingArgs, draw
-from vistok.interfaces import CausalGenerator, Conditioning
+from vistok.interfaces import CausalGenerator, Conditioning, KVCache
 from vistok.progress import progress_bar
 
-__all__ = ["accept_ratio", "decode_mcsjd", "decode_sjd", "jacobi_decode"]
+__all__ = ["DraftWindow", "accept_ratio", "decode_mcsjd", "decode_sjd", "jacobi_decode"]
 
 INITS = ("random", "repeat")
-JACOBI_DECODERS = ("sjd", "mcsjd", "gsd", "lantern")
 
 
 def accept_ratio(p_x: Tensor, q_x: Tensor) -> Tensor:
@@ -91,14 +90,60 @@ def check_generator(generator, name: str) -> int:
     return int(v)
 
 
-def _check_common(name: str, window, init: str, unknown: dict, known: str) -> None:
+def check_options(name: str, window, init: str, inits: tuple[str, ...], unknown: dict, known: str) -> None:
+    """Raise a ValueError for unknown options, a ``window`` that is not an int >= 1 or an ``init`` not in ``inits``."""
     if unknown:
         raise ValueError(f"decoder {name!r} got unknown option(s) {sorted(unknown)}; it takes {known}")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1 (tokens drafted per forward pass), got {window!r}; "
                          "window=1 is plain AR, use decoder='ar' for that")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init not in inits:
+        raise ValueError(f"init must be one of {inits}, got {init!r}")
+
+
+class DraftWindow:
+    """The per-sample window bookkeeping of the speculative loops (SJD and the relaxed rules here, CSD in
+    :mod:`vistok.decoding.continuous`).  Sample ``b`` has ``acc[b]`` tokens accepted and model drafts in
+    ``[acc[b], front[b])``; a pass covers positions ``start + 0 .. w - 1``, ``start = min(acc, n - w)``."""
+
+    def __init__(self, b: int, n: int, window: int, device: torch.device, name: str, progress: bool):
+        self.n, self.w, self.name, self.progress = n, min(window, n), name, progress
+        self.cols = torch.arange(self.w, device=device)[None]  # 1 w
+        self.acc = torch.zeros(b, dtype=torch.long, device=device)
+        self.front = torch.zeros_like(self.acc)
+        self.hist = torch.zeros(self.w + 1, dtype=torch.long, device=device)
+        self.nfe_per_sample, self.nfe = torch.zeros_like(self.acc), 0
+        self.bar = progress_bar(progress, total=n, desc=name)
+
+    def passes(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """One ``(start (b,), pos (b, w), fresh (b, w), drafted (b, w))`` per forward pass until every sample is
+        complete: ``fresh`` marks the inputs without a draft yet (``[front, start + w - 1)``), ``drafted`` the
+        positions holding a model draft."""
+        while bool((active := self.acc < self.n).any()):
+            self.active = active
+            start = self.acc.clamp(max=self.n - self.w)
+            pos = start[:, None] + self.cols
+            fresh = (pos >= self.front[:, None]) & (pos < (start + self.w - 1)[:, None])
+            self.nfe += 1
+            self.nfe_per_sample += active.long()
+            yield start, pos, fresh, (pos >= self.acc[:, None]) & (pos < self.front[:, None])
+        self.bar.close()
+
+    def accept(self, start: Tensor, first: Tensor, cache: KVCache) -> None:
+        """Accept the columns before ``first`` (b,) (the first failing column, ``w`` if none) and the token drawn
+        at it; the model's outputs after it are the next drafts.  Rolls ``cache`` back to the accepted lengths."""
+        new_acc = torch.where(first < self.w, start + first + 1, start + self.w)
+        self.hist += torch.bincount((new_acc - self.acc)[self.active], minlength=self.w + 1)
+        if self.progress:
+            self.bar.update(int(new_acc.min()) - int(self.acc.min()))
+        self.acc, self.front = new_acc, start + self.w
+        cache.truncate(new_acc)
+
+    def extras(self, **more) -> dict:
+        counts = self.hist.tolist()
+        return {"decoder": self.name, "window": self.w, **more, "accepted_hist": counts,
+                "nfe_per_sample": self.nfe_per_sample.tolist(),
+                "mean_accepted": sum(k * c for k, c in enumerate(counts)) / max(1, sum(counts))}
 
 
 @torch.no_grad()
@@ -118,43 +163,25 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
     ratio = ratio or _standard_ratio
     guidance = guidance or Guidance()
     cache = guidance.new_cache(generator, cond)
-    b, n = cond.batch_size, generator.seq_len
-    device = cache.lengths.device
-    w = min(window, n)
-    cols = torch.arange(w, device=device)[None]  # 1 w
+    b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
+    win = DraftWindow(b, n, window, device, name, progress)
+    w, cols = win.w, win.cols
     seq = torch.zeros(b, n, dtype=torch.long, device=device)  # accepted tokens below `acc`, drafts above
-    acc = torch.zeros(b, dtype=torch.long, device=device)  # accepted length per sample
-    front = torch.zeros(b, dtype=torch.long, device=device)  # drafts sampled by the model lie in [acc, front)
     s_prev = torch.zeros(b, dtype=torch.long, device=device)  # window start of the previous step
     p_prev: Tensor | None = None  # b w v: the distributions those drafts were drawn from
-    hist = torch.zeros(w + 1, dtype=torch.long, device=device)
-    nfe_per_sample = torch.zeros(b, dtype=torch.long, device=device)
-    nfe = 0
-    bar = progress_bar(progress, total=n, desc=name)
-    while True:
-        active = acc < n
-        if not bool(active.any()):
-            break
-        start = acc.clamp(max=n - w)
-        pos = start[:, None] + cols  # b w, token positions predicted by this step
-        # -- initial drafts for the input positions the model has not drafted yet: [front, start + w - 1)
-        fresh = (pos >= front[:, None]) & (pos < (start + w - 1)[:, None])
-        if bool(fresh.any()):
+    for start, pos, fresh, drafted in win.passes():
+        if bool(fresh.any()):  # initial drafts
             if init == "random":
                 fill = torch.randint(v, (b, w), generator=rng, device=device)
             else:  # repeat the token before them (token 0 before position 0)
-                before = seq.gather(1, (front - 1).clamp(min=0)[:, None]) * (front > 0)[:, None]
+                before = seq.gather(1, (win.front - 1).clamp(min=0)[:, None]) * (win.front > 0)[:, None]
                 fill = before.expand(b, w)
             seq.scatter_(1, pos, torch.where(fresh, fill, seq.gather(1, pos)))
         # -- one forward pass over [token at pos - 1] for the whole window
         inputs = seq.gather(1, (pos - 1).clamp(min=0))
-        logits = guidance.mix(generator.step(guidance.double(inputs), guidance.double(pos), cache))
-        nfe += 1
-        nfe_per_sample += active.long()
-        p = sampling.probs(logits)  # b w v
+        p = sampling.probs(guidance.mix(generator.step(guidance.double(inputs), guidance.double(pos), cache)))
         # -- the distribution q each draft was drawn from: model outputs of the previous step, one-hot for inits
         x = seq.gather(1, pos)
-        drafted = (pos >= acc[:, None]) & (pos < front[:, None])
         if p_prev is None:
             q = torch.zeros_like(p)
         else:
@@ -166,32 +193,20 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         r = (torch.full((b, w), 0.5, device=device) if sampling.greedy
              else torch.rand(b, w, generator=rng, device=device))
         passed = has & (r < ratio(p, q, x))
-        ok = (pos < acc[:, None]) | passed
-        first = ok.long().cumprod(1).sum(1)  # first failing column, w if none
+        first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)  # first failing column, w if none
         resid = (p - q).clamp(min=0)
         mass = resid.sum(-1, keepdim=True)
         resid = torch.where(mass > 1e-12, resid / mass.clamp_min(1e-30), p)
         after = cols > first[:, None]
         use_resid = (cols == first[:, None]) | (after if coupled else torch.zeros_like(after))
-        dist = torch.where(use_resid[..., None], resid, p)
-        new = draw(dist, sampling, rng)
+        new = draw(torch.where(use_resid[..., None], resid, p), sampling, rng)
         if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
             new = torch.where(after & passed if ratio is _standard_ratio
                               else after & has & (r < _standard_ratio(p, q, x)), x, new)
         seq.scatter_(1, pos, torch.where(cols >= first[:, None], new, x))
-        new_acc = torch.where(first < w, start + first + 1, start + w)
-        hist += torch.bincount((new_acc - acc)[active], minlength=w + 1)
-        if progress:
-            bar.update(int(new_acc.min()) - int(acc.min()))
-        acc, front, s_prev, p_prev = new_acc, start + w, start, p
-        cache.truncate(acc)
-    bar.close()
-    counts = hist.tolist()
-    forwards = max(1, sum(counts))
-    extras = {"decoder": name, "window": w, "lossless": lossless, "accepted_hist": counts,
-              "nfe_per_sample": nfe_per_sample.tolist(),
-              "mean_accepted": sum(k * c for k, c in enumerate(counts)) / forwards}
-    return seq, nfe, extras
+        win.accept(start, first, cache)
+        s_prev, p_prev = start, p
+    return seq, win.nfe, win.extras(lossless=lossless)
 
 
 def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
@@ -206,7 +221,7 @@ def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
 
     Returns ``(tokens (B, N), nfe, extras)``; see the module docstring for what NFE counts and the extras.
     """
-    _check_common("sjd", window, init, unknown, "window=, init=")
+    check_options("sjd", window, init, INITS, unknown, "window=, init=")
     return jacobi_decode(generator, cond, sampling, rng, name="sjd", window=window, init=init, coupled=False,
                          progress=progress, guidance=guidance)
 
@@ -221,6 +236,6 @@ def decode_mcsjd(generator: CausalGenerator, cond: Conditioning, sampling: Sampl
     is still distributed as ``p`` but changes only with probability ``TV(q, p)``.  The accepted output is still
     only the verified prefix plus one token.  Same options and returns as :func:`decode_sjd`.
     """
-    _check_common("mcsjd", window, init, unknown, "window=, init=")
+    check_options("mcsjd", window, init, INITS, unknown, "window=, init=")
     return jacobi_decode(generator, cond, sampling, rng, name="mcsjd", window=window, init=init, coupled=True,
                          progress=progress, guidance=guidance)

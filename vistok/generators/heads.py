@@ -25,11 +25,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
-from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 from torch.distributions import Normal
 
 from vistok.interfaces import Configurable
+from vistok.layers import TimestepMLP
 from vistok.layers.init import xavier_linears
 
 __all__ = ["DiffLossHead", "DiffusionPaths"]
@@ -115,7 +115,7 @@ class DiffLossHead(nn.Module, Configurable):
         self._schedulers: dict[int, DDIMScheduler] = {}
         self.set_sampling_steps(num_sampling_steps)
         # the network (key names: see vistok.generators.mar.convert_mar_state_dict)
-        self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
+        self.time_mlp = TimestepMLP(width)
         self.cond_proj = nn.Linear(cond_dim, width)
         self.input_proj = nn.Linear(token_dim, width)
         self.blocks = nn.ModuleList(_ResBlock(width) for _ in range(depth))
@@ -176,8 +176,7 @@ class DiffLossHead(nn.Module, Configurable):
     # -- network -----------------------------------------------------------------------------------------------
     def net(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
         """Noisy tokens x (n, d), integer timesteps t (n,), conditions z (n, c) -> (n, 2d): [eps | v]."""
-        t_freq = get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0).to(x.dtype)
-        y = self.time_mlp(t_freq) + self.cond_proj(z)  # n w
+        y = self.time_mlp(t) + self.cond_proj(z)  # n w
         h = self.input_proj(x)
         for block in self.blocks:
             h = block(h, y)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
+from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_release, rename_state_dict
 from vistok.generators.heads import DiffLossHead
 from vistok.interfaces import (
     Conditioning,
@@ -44,6 +44,8 @@ from vistok.interfaces import (
     check_positions,
 )
 from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d
+from vistok.layers.init import xavier_linears
+from vistok.layers.sincos import sincos_1d
 from vistok.registry import register_generator
 
 __all__ = ["MARARGenerator", "MARGenerator", "MAR_AR_PRESETS", "MAR_PRESETS", "convert_mar_state_dict",
@@ -69,11 +71,8 @@ def grid_sincos(grid: tuple[int, int], dim: int) -> Tensor:
     the channels encode the row, the second half the column, each as [sin, cos] over ``dim / 4`` frequencies."""
     if dim % 4:
         raise ValueError(f"a 2-D sincos table needs a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    parts = [torch.cat([(a.flatten()[:, None] * omega).sin(), (a.flatten()[:, None] * omega).cos()], 1)
-             for a in (rows, cols)]
-    return torch.cat(parts, 1).float()
+    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim // 2)], 1).float()
 
 
 def grid_rope(slots: Tensor, grid: tuple[int, int], head_dim: int, offset: int, base: float = 10000.0
@@ -108,20 +107,6 @@ class _ContinuousGenerator(nn.Module, ConditionEmbedder):
         w = None if weight is None else weight.flatten().to(tokens.dtype).repeat(mul)
         return self.head.loss(tokens.flatten(0, 1).repeat(mul, 1), z.flatten(0, 1).repeat(mul, 1), w, t=t,
                               noise=noise)
-
-    def _init_linear_and_norms(self) -> None:
-        """MAR init outside the head: xavier-uniform Linears with zero bias, unit LayerNorms, N(0, .02) tables."""
-        for name, m in self.named_modules():
-            if name.startswith("head"):
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -227,7 +212,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                 for p in (self.encoder_pos, self.decoder_pos):
                     p[self.buffer_size :] = grid_sincos(self.pos_grid, p.shape[1])
                 self.head_pos.copy_(grid_sincos(self.pos_grid, self.head_pos.shape[1]))
-        self._init_linear_and_norms()
+        xavier_linears(self, skip="head", embedding_std=0.02)  # MAR's init outside the head
 
     def _rope(self, slots: Tensor, width: int, heads: int) -> tuple[Tensor, Tensor] | None:
         return grid_rope(slots, self.pos_grid, width // heads, self.buffer_size) if self.rope else None
@@ -371,7 +356,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
                                  clip_denoised=head_clip_denoised)
         for p in (self.null_embed, self.pos, self.prefix_pos):
             nn.init.normal_(p, std=0.02)
-        self._init_linear_and_norms()
+        xavier_linears(self, skip="head", embedding_std=0.02)  # MAR's init outside the head
 
     def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
         for i, blk in enumerate(self.blocks):
@@ -380,14 +365,8 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
 
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
         """Allocate a KV cache for ``cond``'s batch and prefill the text prefix (if any)."""
-        self.check_cond(cond)
-        b, ref = cond.batch_size, self.pos
-        cache = KVCache(len(self.blocks), b, self.num_heads, self.width // self.num_heads, self.prefix_len,
-                        max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
-        cache.start = self.condition_vector(cond)
-        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(self.token_norm(x + self.prefix_pos), slots,
-                                                                        mask, cache))
-        return cache
+        prefill = lambda x, slots, mask, cache: self._run(self.token_norm(x + self.prefix_pos), slots, mask, cache)
+        return self.new_kv_cache(cond, len(self.blocks), max_tokens or self.seq_len, prefill)
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
         """inputs (b, l, d) = tokens at ``positions - 1`` -> head conditions z (b, l, c) for ``positions``."""
@@ -404,12 +383,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
         """Teacher-forced diffusion loss on every token.  tokens (b, n, d) -> GeneratorOutput(loss, extras z)."""
         self.check_tokens(tokens)
-        self.check_cond(cond)
-        if self.training and self.cond_dropout > 0:
-            cond = self.drop_condition(cond)
-        b, n, _ = tokens.shape
-        inputs = F.pad(tokens[:, :-1], (0, 0, 1, 0))  # position 0 reads the start embedding
-        z = self.step(inputs, torch.arange(n, device=tokens.device).expand(b, -1), self.new_cache(cond))
+        z = self.teacher_forced(tokens, cond)
         return GeneratorOutput(self.diffusion_loss(z, tokens), extras={"z": z})
 
 
@@ -518,11 +492,8 @@ def load_official(folder: str | Path) -> MARGenerator:
     demo samples with), and load ``convert_mar_state_dict(...)`` into ``create_generator("mar_b" | "mar_l" |
     "mar_h")``.
     """
-    folder = Path(folder)
-    config = read_json(folder / "config.json")
-    path = find_weight_file(folder, _WEIGHT_FILES)
-    if path is None:
-        raise FileNotFoundError(f"{folder} holds none of {_WEIGHT_FILES}")
+    config = read_json(Path(folder) / "config.json")  # required: it holds the constructor arguments
+    _, state, path = read_release(folder, _WEIGHT_FILES)
     model = MARGenerator(**mar_kwargs_from_official(config.get("constructor_args", {})))
-    load_state_dict_strict(model, convert_mar_state_dict(read_state_dict(path)), str(path))
+    load_state_dict_strict(model, convert_mar_state_dict(state), str(path))
     return model.eval()

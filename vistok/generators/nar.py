@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_keys, read_state_dict
+from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_keys, read_release
 from vistok.interfaces import (
     Conditioning,
     Configurable,
@@ -289,12 +289,8 @@ def load_official(folder: str | Path) -> NARGenerator:
 
     Without a config, sizes are read from the weights (head count from the GPT-* table, 16 x 16 grid).
     """
-    folder = Path(folder)
-    path = find_weight_file(folder, _WEIGHT_NAMES, _WEIGHT_PATTERNS)
-    if path is None:
-        raise FileNotFoundError(f"{folder} holds no NAR weights (weights.safetensors, model.safetensors or *.pt)")
-    state = read_state_dict(path)
-    args = read_json(folder / "config.json", missing_ok=True).get("model_args")
+    config, state, path = read_release(folder, _WEIGHT_NAMES, _WEIGHT_PATTERNS)
+    args = config.get("model_args")
     if not (isinstance(args, dict) and "medusa_attention_num" in args):  # bare checkpoint: infer what the weights show
         width = state["tok_embeddings.weight"].shape[1]
         if width not in _HEADS_BY_WIDTH:

@@ -38,13 +38,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import get_timestep_embedding
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
+from vistok.checkpoint import load_state_dict_strict, read_release, rename_state_dict
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_generator_tokens, validating
-from vistok.layers import Attention, ConditionEmbedder, RMSNorm, rope_2d
+from vistok.layers import Attention, ConditionEmbedder, RMSNorm, TimestepMLP, rope_2d
 from vistok.layers.init import xavier_linears
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
@@ -63,18 +62,14 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
 # Blocks
 # ----------------------------------------------------------------------------------------------------------------
 class TimestepEmbedding(nn.Module):
-    """``t`` in [0, 1] (any shape) -> ``floor(1000 t)`` -> ``[cos, sin]`` sinusoid (diffusers'
-    ``get_timestep_embedding``) -> Linear-SiLU-Linear (..., dim)."""
+    """``t`` in [0, 1] (any shape) -> :class:`~vistok.layers.TimestepMLP` ``mlp`` of ``floor(1000 t)`` (..., dim)."""
 
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = TimestepMLP(dim, freq_dim)
 
     def forward(self, t: Tensor) -> Tensor:
-        steps = (t.float() * _TIME_STEPS).long()  # fp32 product, truncated, as the official code does
-        freq = get_timestep_embedding(steps.flatten(), self.freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        return self.mlp(freq.unflatten(0, steps.shape).to(self.mlp[0].weight.dtype))
+        return self.mlp((t.float() * _TIME_STEPS).long())  # fp32 product, truncated, as the official code does
 
 
 class GatedMLP(nn.Module):
@@ -219,20 +214,16 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
         ``cache.start`` holds each sample's condition embedding (class row, or zeros without classes).
         """
-        self.check_cond(cond)
         if max_tokens not in (None, self.seq_len):
             raise ValueError(f"xAR caches the whole grid: max_tokens must be None or {self.seq_len}")
-        b, ref = cond.batch_size, self.token_proj.weight
-        cache = KVCache(len(self.encoder_blocks) + len(self.decoder_blocks), b, self.num_heads,
-                        self.width // self.num_heads, self.prefix_len, self.seq_len, dtype=ref.dtype,
-                        device=ref.device)
-        cache.start = self.condition_vector(cond)
-        if self.prefix_len:  # the prefix is not rotated; its adaLN condition is the clean-time (t = 0) one
-            ones = torch.ones(b, self.prefix_len, self.width // self.num_heads // 2, device=ref.device)
-            cond0 = (cache.start + self.time_embed(torch.zeros(b, device=ref.device)))[:, None]  # b 1 c
-            self.prefill_text(cond, cache, lambda h, slots, mask: self._backbone(
-                h, cond0, mask, (ones, torch.zeros_like(ones)), cache, slots, None))
-        return cache
+
+        def prefill(h: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> None:
+            """The prefix is not rotated; its adaLN condition is the clean-time (t = 0) one."""
+            ones = h.new_ones(*h.shape[:2], self.width // self.num_heads // 2)
+            cond0 = (cache.start + self.time_embed(torch.zeros(len(h), device=h.device)))[:, None]  # b 1 c
+            self._backbone(h, cond0, mask, (ones, torch.zeros_like(ones)), cache, slots, None)
+
+        return self.new_kv_cache(cond, len(self.encoder_blocks) + len(self.decoder_blocks), self.seq_len, prefill)
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache, t: Tensor | float | None = None) -> Tensor:
         """Velocity of whole cells.  inputs (b, l, d) are x_t of the tokens at cell-major ``positions`` (l,) or (b, l)
@@ -406,12 +397,7 @@ def load_official(folder: str | Path) -> XARGenerator:
     from the weight shapes; the class count and token channels always come from the weights (the official class
     hard-codes 1001 class rows and 16 output channels).
     """
-    folder = Path(folder)
-    path = find_weight_file(folder, OFFICIAL_WEIGHT_FILES, ("xAR-*.pth",), unique=True)
-    if path is None:
-        raise FileNotFoundError(f"{folder} holds none of {OFFICIAL_WEIGHT_FILES} or xAR-*.pth")
-    config = read_json(folder / "config.json", missing_ok=True)
-    state = read_state_dict(path)
+    config, state, path = read_release(folder, OFFICIAL_WEIGHT_FILES, ("xAR-*.pth",), unique=True)
     kwargs = (xar_kwargs_from_official_config(config["constructor_args"]) if "constructor_args" in config
               else xar_kwargs_from_official_weights(state))
     kwargs.update(num_classes=state["class_emb.weight"].shape[0] - 1, token_dim=state["pred.weight"].shape[0])

@@ -4,9 +4,11 @@ from vistok.layers.attention import Attention, LlamaBlock, RMSNorm, SwiGLU, ViTB
 from vistok.layers.conditioning import ConditionEmbedder, text_projection
 from vistok.layers.quantizers import FSQ, VectorQuantizer
 from vistok.layers.rope import apply_rope, rope_2d, rope_frequencies, rope_table
+from vistok.layers.sincos import TimestepMLP
 from vistok.layers.vqgan import VQGANDecoder
 
 __all__ = [
-    "FSQ", "Attention", "ConditionEmbedder", "LlamaBlock", "RMSNorm", "SwiGLU", "ViTBlock", "VQGANDecoder",
-    "VectorQuantizer", "apply_rope", "find_multiple", "rope_2d", "rope_frequencies", "rope_table", "text_projection",
+    "FSQ", "Attention", "ConditionEmbedder", "LlamaBlock", "RMSNorm", "SwiGLU", "TimestepMLP", "ViTBlock",
+    "VQGANDecoder", "VectorQuantizer", "apply_rope", "find_multiple", "rope_2d", "rope_frequencies", "rope_table",
+    "text_projection",
 ]
