@@ -232,6 +232,18 @@ def check_generator_tokens(tokens: Tensor, *, seq_len: int | None, vocab_size: i
         raise ValueError(f"tokens must have shape {layout or f'(B, {n}, {token_dim})'}, got {tuple(tokens.shape)}")
 
 
+def check_choice(name: str, value, choices: tuple, hint: str = "") -> None:
+    """ValueError unless ``value`` is one of ``choices`` (an option of a constructor or a decoder)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}{hint}, got {value!r}")
+
+
+def check_count(name: str, value, low: int = 1, hint: str = "") -> None:
+    """ValueError unless ``value`` is an int (not a bool) ``>= low`` (window sizes, step and sample counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
+
+
 def validating() -> bool:
     """Whether value checks that read tensors on the host (``.item()``, ``bool(tensor)``) should run: always in eager
     mode, never inside ``torch.compile`` (they would break the graph).  Shape checks need no such guard."""

@@ -11,7 +11,6 @@ Every decoder is a free function ``decoder(generator, cond, sampling, rng, progr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +26,7 @@ from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
 from vistok.decoding.neighboring import decode_nar
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import Conditioning
+from vistok.interfaces import Conditioning, check_count
 
 #: name -> decoder function
 DECODERS: dict[str, Callable] = {
@@ -90,13 +89,9 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")
         decoder = DECODERS[decoder]
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    check_count("num_samples", num_samples)
     if not isinstance(cond, Conditioning):
         raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
     sampling = SamplingArgs(temperature, top_k, top_p)
     guidance = Guidance(cfg_scale, model)
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")

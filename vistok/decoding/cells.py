@@ -44,7 +44,7 @@ from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import CellGenerator, Conditioning
+from vistok.interfaces import CellGenerator, Conditioning, check_choice, check_count
 from vistok.progress import track
 
 __all__ = ["cell_cfg_scales", "decode_cells"]
@@ -52,12 +52,9 @@ __all__ = ["cell_cfg_scales", "decode_cells"]
 
 def cell_cfg_scales(cfg_scale: float, num_cells: int, schedule: str = "linear") -> list[float]:
     """Per-cell guidance scales: the official linear ramp from 1 (first cell) to ``cfg_scale`` (last), or constant."""
-    if schedule == "constant":
+    check_choice("cfg_schedule", schedule, ("linear", "constant"))
+    if schedule == "constant" or num_cells == 1:
         return [float(cfg_scale)] * num_cells
-    if schedule != "linear":
-        raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {schedule!r}")
-    if num_cells == 1:
-        return [float(cfg_scale)]
     return [(cfg_scale - 1) * c / (num_cells - 1.0) + 1 for c in range(num_cells)]
 
 
@@ -126,10 +123,8 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
     if not isinstance(generator, CellGenerator):
         raise ValueError("decoder 'cells' needs a cell-autoregressive generator (e.g. XARGenerator); use 'ar' or a "
                          "speculative decoder for token-by-token generators")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1 (velocity evaluations per cell), got {num_steps!r}")
-    if method not in ("sde", "ode"):
-        raise ValueError(f"method must be 'sde' or 'ode', got {method!r}")
+    check_count("num_steps", num_steps, hint=" (velocity evaluations per cell)")
+    check_choice("method", method, ("sde", "ode"))
     if method == "sde" and not 0 < t_min < 1:
         raise ValueError(f"t_min must be in (0, 1), got {t_min}")
     if sampling is not None and (sampling.temperature != 1 or sampling.top_k or sampling.top_p not in (None, 1.0)):

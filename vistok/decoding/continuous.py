@@ -46,7 +46,7 @@ from torch.distributions import Normal
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.jacobi import DraftWindow, check_options
 from vistok.decoding.sampling import SamplingArgs, no_logit_filters
-from vistok.interfaces import CausalGenerator, Conditioning, HasPaths, PathDensity
+from vistok.interfaces import CausalGenerator, Conditioning, HasPaths, PathDensity, check_choice, check_count
 from vistok.progress import track
 
 __all__ = ["accept_log_ratio", "decode_car", "decode_csd", "path_sampler"]
@@ -226,12 +226,8 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     """
     check_options("csd", window, init, INITS, unknown, "window=, verify=, init=, align=, max_resample=, "
                   "inner_temperature=")
-    if verify not in VERIFY:
-        raise ValueError(f"verify must be one of {VERIFY} ('path' is exact, 'last_step' is the paper's "
-                         f"approximation), got {verify!r}")
-    if isinstance(max_resample, bool) or not isinstance(max_resample, int) or max_resample < 1:
-        raise ValueError(f"max_resample must be an int >= 1 (residual proposals per rejected token), "
-                         f"got {max_resample!r}")
+    check_choice("verify", verify, VERIFY, " ('path' is exact, 'last_step' is the paper's approximation)")
+    check_count("max_resample", max_resample, hint=" (residual proposals per rejected token)")
     if not inner_temperature > 0:
         raise ValueError(f"inner_temperature must be > 0, got {inner_temperature}")
     _check_generator(generator, "csd")

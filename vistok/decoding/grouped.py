@@ -13,6 +13,7 @@ Legend: b batch, w window, v vocab, g group candidates, k neighbours, d embeddin
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.jacobi import INITS, check_generator, check_options, jacobi_decode
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings
+from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings, check_count
 
 __all__ = ["decode_gsd", "decode_lantern", "gsd_ratio", "lantern_neighbours", "lantern_ratio"]
 
@@ -89,15 +90,11 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     """
     check_options("gsd", window, init, INITS, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
     vocab = check_generator(generator, "gsd")
-    if isinstance(group_rank, bool) or not isinstance(group_rank, int) or group_rank < 0:
-        raise ValueError(f"group_rank must be an int >= 0 (0 = plain SJD), got {group_rank!r}")
+    check_count("group_rank", group_rank, 0, " (0 = plain SJD)")
     if not p_thr > 0 or not d_thr > 0:
         raise ValueError(f"p_thr and d_thr must be > 0, got p_thr={p_thr}, d_thr={d_thr}")
     emb = _token_table(generator, embeddings, "embeddings", vocab, "gsd")
-
-    def ratio(p, q, x):
-        return gsd_ratio(p, q, x, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
-
+    ratio = partial(gsd_ratio, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
     return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=False,
                          ratio=ratio, lossless=group_rank == 0, progress=progress, guidance=guidance)
 
@@ -159,18 +156,13 @@ def decode_lantern(generator: CausalGenerator, cond: Conditioning, sampling: Sam
     """
     check_options("lantern", window, init, INITS, unknown, "window=, init=, latents=, k=, delta=")
     vocab = check_generator(generator, "lantern")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    check_count("k", k)
     if not delta >= 0:
         raise ValueError(f"delta must be >= 0 (0 = plain SJD), got {delta}")
     table = _token_table(generator, latents, "latents", vocab, "lantern")
     if table is None:
         raise ValueError("lantern needs latents=(V, D) token latents (e.g. tokenizer.quantizer.codebook()); "
                          "this generator has no token_embeddings() to fall back on")
-    nb = lantern_neighbours(table, k)
-
-    def ratio(p, q, x):
-        return lantern_ratio(p, q, x, neighbours=nb, delta=delta)
-
+    ratio = partial(lantern_ratio, neighbours=lantern_neighbours(table, k), delta=delta)
     return jacobi_decode(generator, cond, sampling, rng, name="lantern", window=window, init=init, coupled=False,
                          ratio=ratio, lossless=delta == 0, progress=progress, guidance=guidance)

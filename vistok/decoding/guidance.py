@@ -38,17 +38,11 @@ class Guidance:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
             raise ValueError(f"cfg_scale must be a finite number >= 0 (1 = no guidance), got {scale!r}")
         self.scale = float(scale)
-        if self.active and generator is not None and not self.has_null(generator):
+        conditional = getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)
+        if self.active and generator is not None and not (conditional and getattr(generator, "cond_dropout", 1) > 0):
             raise ValueError("cfg_scale != 1 needs a conditional generator with a null condition (num_classes or "
                              "text_dim > 0, trained with cond_dropout > 0); use cfg_scale=1.0 for unconditional "
                              "models")
-
-    @staticmethod
-    def has_null(generator) -> bool:
-        """Whether ``generator`` has a null condition to guide against."""
-        if not (getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)):
-            return False
-        return getattr(generator, "cond_dropout", 1.0) > 0
 
     @property
     def active(self) -> bool:

@@ -52,7 +52,7 @@ from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.sampling import SamplingArgs, draw
-from vistok.interfaces import CausalGenerator, Conditioning, KVCache
+from vistok.interfaces import CausalGenerator, Conditioning, KVCache, check_choice, check_count
 from vistok.progress import progress_bar
 
 __all__ = ["DraftWindow", "accept_ratio", "decode_mcsjd", "decode_sjd", "jacobi_decode"]
@@ -94,11 +94,8 @@ def check_options(name: str, window, init: str, inits: tuple[str, ...], unknown:
     """Raise a ValueError for unknown options, a ``window`` that is not an int >= 1 or an ``init`` not in ``inits``."""
     if unknown:
         raise ValueError(f"decoder {name!r} got unknown option(s) {sorted(unknown)}; it takes {known}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1 (tokens drafted per forward pass), got {window!r}; "
-                         "window=1 is plain AR, use decoder='ar' for that")
-    if init not in inits:
-        raise ValueError(f"init must be one of {inits}, got {init!r}")
+    check_count("window", window, hint=" (tokens drafted per forward pass; window=1 is plain AR: decoder='ar')")
+    check_choice("init", init, inits)
 
 
 class DraftWindow:

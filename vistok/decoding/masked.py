@@ -28,7 +28,7 @@ from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.sampling import SamplingArgs, no_logit_filters
-from vistok.interfaces import Conditioning, MaskedGenerator
+from vistok.interfaces import Conditioning, MaskedGenerator, check_choice, check_count
 from vistok.progress import track
 
 __all__ = ["decode_masked", "mask_schedule", "sample_masked"]
@@ -36,8 +36,7 @@ __all__ = ["decode_masked", "mask_schedule", "sample_masked"]
 
 def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
     """Unknown positions left after each step, ``num_iter`` entries (MAR's cosine schedule; the last is 0)."""
-    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
-        raise ValueError(f"num_iter must be an int >= 1 (MAR: 64; 256 for its reported FIDs), got {num_iter!r}")
+    check_count("num_iter", num_iter, hint=" (MAR: 64; 256 for its reported FIDs)")
     left, out = seq_len, []
     for k in range(num_iter):
         keep = max(1, min(left - 1, math.floor(seq_len * math.cos(math.pi / 2 * (k + 1) / num_iter))))
@@ -72,8 +71,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
         raise ValueError(f"masked decoding needs a masked continuous generator (predict, head, seq_len, token_dim; "
                          f"e.g. MARGenerator); {type(generator).__name__} is not one")
     schedule = mask_schedule(generator.seq_len, num_iter)
-    if cfg_schedule not in ("linear", "constant"):
-        raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+    check_choice("cfg_schedule", cfg_schedule, ("linear", "constant"))
     guidance = Guidance(cfg_scale, generator)
     b, n, d = cond.batch_size, generator.seq_len, generator.token_dim
     full = guidance.condition(cond)

@@ -28,7 +28,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from vistok.interfaces import Configurable
+from vistok.interfaces import Configurable, check_choice
 from vistok.layers import TimestepMLP
 from vistok.layers.init import xavier_linears
 
@@ -101,8 +101,7 @@ class DiffLossHead(nn.Module, Configurable):
                  sampler: Literal["ddpm", "ddim"] = "ddpm", ddim_eta: float = 0.0,
                  clip_denoised: float | None = None):
         super().__init__()
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        check_choice("sampler", sampler, ("ddpm", "ddim"))
         self.token_dim, self.num_sampling_steps, self.sampler, self.ddim_eta = token_dim, 0, sampler, ddim_eta
         self.cond_dim = cond_dim
         if clip_denoised is not None and not clip_denoised > 0:
@@ -122,27 +121,20 @@ class DiffLossHead(nn.Module, Configurable):
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(width, 2 * width)
         self.out_proj = nn.Linear(width, 2 * token_dim)
-        self._register_tables()
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        """MAR's init: xavier-uniform Linears, N(0, 0.02) time MLP, zero adaLN and output layers."""
+        # per-timestep constants of the training schedule, from step_table, stored fp32 (not saved)
+        tab = self.step_table(list(range(num_train_timesteps - 1, -1, -1))).flip(0)  # row t = timestep t
+        tables = {"sqrt_abar": tab[:, 1], "sqrt_1m_abar": tab[:, 0], "sqrt_recip_abar": 1 / tab[:, 1],
+                  "sqrt_recipm1_abar": tab[:, 0] / tab[:, 1], "post_coef_x0": tab[:, 2], "post_coef_xt": tab[:, 3],
+                  "log_betas": tab[:, 4], "post_logvar": tab[:, 5]}
+        for name, value in tables.items():
+            self.register_buffer(name, value.float(), persistent=False)
+        # MAR's init: xavier-uniform Linears, N(0, 0.02) time MLP, zero adaLN and output layers
         xavier_linears(self)
         nn.init.normal_(self.time_mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_mlp[2].weight, std=0.02)
         for layer in [*(b.modulation for b in self.blocks), self.out_modulation, self.out_proj]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-
-    def _register_tables(self) -> None:
-        """Per-timestep constants of the full (training) schedule, from :meth:`step_table`, stored fp32 (not saved)."""
-        total = self.scheduler.config.num_train_timesteps
-        tab = self.step_table(list(range(total - 1, -1, -1))).flip(0)  # row t = timestep t
-        tables = {"sqrt_abar": tab[:, 1], "sqrt_1m_abar": tab[:, 0], "sqrt_recip_abar": 1 / tab[:, 1],
-                  "sqrt_recipm1_abar": tab[:, 0] / tab[:, 1], "post_coef_x0": tab[:, 2], "post_coef_xt": tab[:, 3],
-                  "log_betas": tab[:, 4], "post_logvar": tab[:, 5]}
-        for name, value in tables.items():
-            self.register_buffer(name, value.float(), persistent=False)
 
     def step_table(self, timesteps: list[int]) -> Tensor:
         """The DDPM step maths, once, in float64: one row per kept timestep ``t`` (descending) stepping to the next
@@ -294,10 +286,6 @@ class DiffLossHead(nn.Module, Configurable):
                              "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
         return DiffusionPaths(self, final_noise=final_noise, num_steps=num_steps)
 
-    def respaced_timesteps(self, num_steps: int) -> list[int]:
-        """MAR's kept timesteps for ``num_steps`` sampling steps, descending."""
-        return _mar_respacing(self.scheduler.config.num_train_timesteps, num_steps)
-
     def _ddim_scheduler(self, num_steps: int) -> DDIMScheduler:
         """diffusers' DDIM scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""
         if num_steps not in self._schedulers:
@@ -334,15 +322,9 @@ class DiffusionPaths:
         self.head, self.final_noise, self.evals = head, final_noise, 0
         s = self.steps = num_steps or head.num_sampling_steps
         self.path_len, self.token_dim = s + 1, head.token_dim
-        self.timesteps = head.respaced_timesteps(s)
-        self._table = head.step_table(self.timesteps)
-        self._t = torch.tensor(self.timesteps)
-
-    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The step table and the timesteps on ``device`` (moved once)."""
-        if self._table.device != device:
-            self._table, self._t = self._table.to(device), self._t.to(device)
-        return self._table, self._t
+        self.timesteps = _mar_respacing(head.scheduler.config.num_train_timesteps, s)
+        device = head.input_proj.weight.device
+        self._table, self._t = head.step_table(self.timesteps).to(device), torch.tensor(self.timesteps, device=device)
 
     def path_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Every Gaussian draw of ``n`` paths: ``(L, n, d)``."""
@@ -352,7 +334,7 @@ class DiffusionPaths:
     def moments(self, out: Tensor, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Float64 mean and log-variance (r, d) of step indices ``k`` (r,) from the network output ``out`` (r, 2d)
         ``[eps | v]`` at float64 states ``x`` (r, d)."""
-        tab = self._on(x.device)[0][k]  # r 6
+        tab = self._table[k]  # r 6
         out, d = out.double(), self.token_dim
         eps, frac = out[:, :d], (out[:, d:] + 1) / 2
         x0 = (x - tab[:, 0:1] * eps) / tab[:, 1:2]
@@ -362,7 +344,7 @@ class DiffusionPaths:
 
     def _step(self, x: Tensor, k: Tensor, z: Tensor, z_null: Tensor | None,
               cfg_scale: float | Tensor) -> tuple[Tensor, Tensor]:
-        t = self._on(x.device)[1][k]
+        t = self._t[k]
         out = self.head.guided_net(x.to(self.head.input_proj.weight.dtype), t, z, z_null, cfg_scale)
         guided = z_null is not None and (torch.is_tensor(cfg_scale) or cfg_scale != 1.0)
         self.evals += x.shape[0] * (2 if guided else 1)

@@ -40,6 +40,7 @@ from vistok.interfaces import (
     Configurable,
     GeneratorOutput,
     KVCache,
+    check_choice,
     check_generator_tokens,
     check_positions,
 )
@@ -168,13 +169,11 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         pos_grid = (int(pos_grid[0]), int(pos_grid[1]))
         if pos_grid[0] * pos_grid[1] != seq_len:
             raise ValueError(f"pos_grid {pos_grid} must hold seq_len={seq_len} tokens (rows * columns)")
-        if pos_init not in ("normal", "sincos"):
-            raise ValueError(f"pos_init must be 'normal' (MAR) or 'sincos', got {pos_init!r}")
+        check_choice("pos_init", pos_init, ("normal", "sincos"), " ('normal' = MAR)")
         self.pos_grid, self.pos_init, self.rope = pos_grid, pos_init, rope
         if not 0 < mask_ratio_min <= 1:
             raise ValueError(f"mask_ratio_min must be in (0, 1] (MAR: 0.7), got {mask_ratio_min}")
-        if mask_ratio_dist not in ("truncnorm", "cosine"):
-            raise ValueError(f"mask_ratio_dist must be 'truncnorm' (MAR) or 'cosine', got {mask_ratio_dist!r}")
+        check_choice("mask_ratio_dist", mask_ratio_dist, ("truncnorm", "cosine"), " ('truncnorm' = MAR)")
         self.mask_ratio_dist = mask_ratio_dist
         if text_dim and max_text_len > buffer_size:
             raise ValueError(f"max_text_len ({max_text_len}) must be <= buffer_size ({buffer_size}): text tokens "
@@ -202,9 +201,6 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         self.head = DiffLossHead(token_dim=token_dim, cond_dim=decoder_width, width=head_width, depth=head_depth,
                                  num_sampling_steps=num_sampling_steps, sampler=head_sampler,
                                  clip_denoised=head_clip_denoised)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
         for p in (self.null_embed, self.mask_token, self.encoder_pos, self.decoder_pos, self.head_pos):
             nn.init.normal_(p, std=0.02)
         if self.pos_init == "sincos":

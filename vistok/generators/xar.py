@@ -166,10 +166,7 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
         self.decoder_blocks = nn.ModuleList(XARBlock(width, num_heads, hidden, dropout) for _ in range(decoder_depth))
         self.decoder_norm = RMSNorm(width, eps=1e-6)
         self.out = nn.Linear(width, token_dim)  # velocity per token
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        """Official init: xavier-uniform linears with zero biases; N(0, 0.02) class and position embeddings."""
+        # official init: xavier-uniform linears with zero biases; N(0, 0.02) class and position embeddings
         xavier_linears(self)
         for p in (self.encoder_pos, self.decoder_pos, *([self.class_embed.weight] if self.class_embed else [])):
             nn.init.normal_(p, std=0.02)

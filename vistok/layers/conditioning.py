@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.interfaces import Conditioning, KVCache, check_conditioning, drop_conditioning
+from vistok.interfaces import Conditioning, KVCache, check_choice, check_conditioning, drop_conditioning
 
 __all__ = ["ConditionEmbedder", "text_projection"]
 
@@ -67,8 +67,7 @@ class ConditionEmbedder:
                 a fixed zero buffer (xAR).
             text_bias: biases in the text projection (NAR's ``cap_proj`` has none).
         """
-        if null not in ("row", "vector"):
-            raise ValueError(f"null must be 'row' (LlamaGen) or 'vector' (MAR), got {null!r}")
+        check_choice("null", null, ("row", "vector"), " ('row' = LlamaGen, 'vector' = MAR)")
         if null == "vector" and num_classes and text_dim:
             raise ValueError("give num_classes or text_dim, not both (MAR conditions on one of them)")
         self.num_classes, self.text_dim, self.cond_dropout = num_classes, text_dim, cond_dropout
