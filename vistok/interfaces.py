@@ -503,15 +503,14 @@ class KVCache:
     def attention_mask(self, positions: Tensor) -> Tensor:
         """Boolean mask ``(B, 1, L, S)``: token queries at ``positions`` see valid prefix slots and
         token slots ``<= position`` below the cache length (after this step's writes)."""
-        b, s = positions.shape[0], self.k[0].shape[2]
-        slot = torch.arange(s, device=positions.device)
-        tok = slot - self.prefix_len  # token position of each slot (negative for prefix)
+        tok = torch.arange(self.max_tokens, device=positions.device)  # token position of each token slot
         valid_len = torch.maximum(self.lengths, positions.max(dim=1).values + 1)  # (B,)
-        seen = (tok[None, None, :] <= positions[:, :, None]) & (tok[None, None, :] < valid_len[:, None, None])
-        seen &= tok[None, None, :] >= 0
-        prefix = torch.zeros(b, s, dtype=torch.bool, device=positions.device)
-        prefix[:, : self.prefix_len] = self.prefix_mask
-        return (seen | prefix[:, None, :])[:, None]
+        return self.with_prefix((tok <= positions[:, :, None]) & (tok < valid_len[:, None, None]))
+
+    def with_prefix(self, seen: Tensor) -> Tensor:
+        """The attention mask ``(B, 1, L, S)`` of queries that see the real prefix slots and the token slots where
+        ``seen`` ``(B, L, max_tokens)`` is True."""
+        return torch.cat([self.prefix_mask[:, None].expand(-1, seen.shape[1], -1), seen], dim=-1)[:, None]
 
     def advance(self, positions: Tensor) -> None:
         """Record that token positions up to ``positions.max(1)`` now hold entries."""

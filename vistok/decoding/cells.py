@@ -5,30 +5,19 @@ clean cell, then feed that cell back as clean context.
     out.tokens  # (B, N, D) continuous tokens, raster order of the grid;  out.nfe == num_cells * num_steps
 
 Algorithm (xAR, arXiv 2502.20388; facts from OliverRensu/xAR ``models/xar.py::sample_tokens`` and
-``models/sampler.py``), for each cell c = 0 .. K-1 in raster order:
+``models/sampler.py``; details and measurements in ``docs/xar.md``), for each cell c = 0 .. K-1 in raster order:
+draw the cell's noise ``(B, k, D)``; integrate from t = 1 to 0 with ``num_steps`` velocity evaluations, the first of
+which (c > 0) also feeds cell c-1 clean at t = 0 to (re)write its keys/values; guide with the cell's scale
+``1 + (cfg - 1) c / (K - 1)`` (``cfg_schedule="linear"``, official) or ``cfg`` (``"constant"``).  Whenever
+``cfg != 1`` the conditional and null batches are stacked in every pass, so the null cache is complete.
 
-1. draw the cell's initial noise ``(B, k, D)`` (float32 normal);
-2. integrate from t = 1 to t = 0 with ``num_steps`` velocity evaluations.  The first evaluation of a cell c > 0
-   also feeds cell c-1, clean and at t = 0, which (re)writes its keys/values into the KV cache; later evaluations
-   feed only the noisy cell (the context comes from the cache);
-3. guidance: the scale of cell c is ``1 + (cfg - 1) * c / (K - 1)`` (``cfg_schedule="linear"``, the official ramp:
-   cell 0 unguided, the last cell at ``cfg``) or ``cfg`` (``"constant"``).  Whenever ``cfg != 1`` the conditional and
-   null batches are stacked (conditional first) in one forward pass for every cell, so the null cache is complete.
-
-Integrators (``method``):
-
-* ``"sde"`` (default, the official sampler): Euler–Maruyama on the reverse SDE of the linear path with diffusion
-  ``g^2(t) = 2t``, over ``t_i = linspace(1, t_min, num_steps)``, then one deterministic (mean) step from ``t_min`` to
-  0.  Drift ``f = v - t * score`` with the score read off the velocity, ``score = -((1 - t) v + x_t) / t``; guidance
-  mixes the drift, ``f_u + s (f_c - f_u)``.  Runs in float64 like the official code.  Random draws, in order (what
-  parity with the official sampler needs): per cell one float32 normal for the initial noise, then ``num_steps - 1``
-  float64 normals for the Euler–Maruyama increments.  This integrator is written out here because diffusers'
-  ``FlowMatchEulerDiscreteScheduler`` has no such step: its ``stochastic_sampling`` mode re-noises the predicted
-  clean sample to the next noise level (``(1 - s') x0 + s' eps``), a different sampler with no score correction
-  and no final mean step, so it cannot reproduce xAR's samples.
-* ``"ode"``: the probability-flow ODE with Euler steps over ``t = linspace(1, 0, num_steps + 1)`` (the official
-  ``euler_sampler``), run through diffusers' ``FlowMatchEulerDiscreteScheduler`` with those custom sigmas (shift 1);
-  guidance mixes the velocity.  No randomness beyond the initial noise.
+* ``method="sde"`` (default, the official sampler): Euler–Maruyama on the reverse SDE of the linear path (``g^2 = 2t``,
+  score read off the velocity) over ``linspace(1, t_min, num_steps)``, then a mean step to 0; guidance mixes the
+  drift; float64.  Random draws, in order (what parity with the official sampler needs): per cell one float32 normal
+  for the noise, then ``num_steps - 1`` float64 normals.  Written out here: diffusers'
+  ``FlowMatchEulerDiscreteScheduler`` has no such step (its ``stochastic_sampling`` is a different sampler).
+* ``method="ode"``: Euler over ``linspace(1, 0, num_steps + 1)`` through diffusers' ``FlowMatchEulerDiscreteScheduler``
+  (the official ``euler_sampler``); guidance mixes the velocity.
 
 xAR has no temperature or top-k/top-p.  Guidance scales below 1 are applied as given (the official sampler ignores
 them).  Legend: b batch, k tokens per cell, d token channels, g cells fed in one call.

@@ -7,31 +7,15 @@
   facts only), run *self-speculatively* on a window of drafts like SJD (:mod:`vistok.decoding.jacobi`).
 
 A diffusion head's marginal density is intractable, but the density of its sampling *path* is a product of
-Gaussians (:class:`~vistok.interfaces.PathDensity`).  Each iteration (one ``generator.step``, one NFE) predicts the
-head conditions ``z_p`` of a window of positions from the accepted prefix and the drafts; every draft, drawn with
-the previous iteration's ``z_q`` and stored with its path and ``log q``, is verified left to right:
-
-* ``verify="path"`` (default, **exact**): accept when ``u < p(tau) / q(tau)`` over the full path; at the first
-  rejection the token comes from the residual ``norm(max(0, p - q))`` by acceptance-rejection with proposal ``p``
-  (at most ``max_resample`` proposals; a capped row keeps its last proposal, at most ``1 / (e (K + 1))`` TV).
-  The law is exactly :func:`decode_car` with ``final_noise=True`` (MAR's sampler with noise at the last step);
-* ``verify="last_step"`` (the paper's approximation, ``lossless=False``): the target redraws the position with the
-  draft's noise (trajectory alignment) and compares only the two last-step Gaussians widened by
-  ``inner_temperature`` (official: 42).
-
-Outputs after the first rejection become the next drafts; the KV cache is rolled back per sample with
-``cache.truncate``.  With ``align=True`` every Gaussian draw of a position is drawn once, in position order, and
-reused by all its drafts (exactness is kept: that noise is independent of everything its test conditions on).
-Paths, step moments and log-densities are float64.  NFE counts ``generator.step`` calls (CFG's doubled batch once);
-``extras["head_evals"]`` counts head-network rows.  The algorithm, what is exact and the measurements:
-``docs/csd.md``.
-
-Extras: ``accepted_hist``, ``nfe_per_sample``, ``mean_accepted``, ``window``, ``verify``, ``lossless``,
-``head_evals``, ``residual_draws``, ``residual_tries``, ``residual_capped``.
+Gaussians (:class:`~vistok.interfaces.PathDensity`), so drafts are verified on paths: ``verify="path"`` is exact
+(the law of :func:`decode_car` with ``final_noise=True``), ``verify="last_step"`` is the paper's approximation.
+The algorithm, what is exact and the measurements: ``docs/csd.md``.  NFE counts ``generator.step`` calls (CFG's
+doubled batch once).  Extras: ``accepted_hist``, ``nfe_per_sample``, ``mean_accepted``, ``window``, ``verify``,
+``lossless``, ``head_evals`` (head-network rows), ``residual_draws``, ``residual_tries``, ``residual_capped``.
 
 Heads: any :class:`~vistok.interfaces.HasPaths` head (the DiffLoss head with ``sampler="ddpm"``), or any
 :class:`~vistok.interfaces.PathDensity` object (e.g. a Gaussian toy head).  Legend: b batch, w window, n tokens,
-d token dim, c condition width, s sampling steps, L = s + 1 path length, r rows.
+d token dim, c condition width, L path length, r rows.
 """
 
 from __future__ import annotations

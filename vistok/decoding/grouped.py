@@ -73,11 +73,8 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
                **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
 
-    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` where ``G`` is a
-    dynamic group of "visually interchangeable" tokens around ``x`` (see :func:`gsd_ratio`: ``±group_rank``
-    logit-rank neighbours of ``x`` in ``p``, filtered by ``|p(y) - p(x)| < p_thr`` and squared-L2 embedding
-    distance ``< d_thr``).  On rejection the token is drawn from the ordinary residual ``norm(max(p - q, 0))``
-    and verification stops, as in SJD.  With singleton groups (``group_rank=0``) it is exactly SJD.
+    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` for the group ``G`` of
+    "visually interchangeable" tokens of :func:`gsd_ratio`; on rejection, SJD's residual.  ``group_rank=0`` is SJD.
     Defaults follow the public GSD code (±7 rank neighbours, p_thr 0.15, d_thr 0.5).
 
     Args:
@@ -143,9 +140,8 @@ def decode_lantern(generator: CausalGenerator, cond: Conditioning, sampling: Sam
     """LANTERN-style relaxed acceptance on SJD drafts (arXiv 2410.03355).  **NOT lossless** (each accepted
     token's distribution is within total variation ``delta`` of the target's, per position).
 
-    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p'(x) / q(x))`` with
-    ``p'(x) = p(x) + sum of p over x's nearest latent neighbours`` (the ``k`` nearest, cumulated in distance
-    order while the added mass is ``<= delta``).  On rejection: ``norm(max(p - q, 0))``, as in SJD.
+    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p'(x) / q(x))`` (:func:`lantern_ratio`: ``p``
+    plus the mass of ``x``'s nearest latent neighbours, up to ``delta``); on rejection, SJD's residual.
 
     Args:
         window, init: as for :func:`~vistok.decoding.jacobi.decode_sjd`.

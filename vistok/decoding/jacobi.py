@@ -4,40 +4,29 @@
   Training-free Speculative Jacobi Decoding", arXiv 2410.01699.  **Lossless.**
 * :func:`decode_mcsjd` -- MC-SJD / speculative coupled decoding, So et al., arXiv 2510.24211: SJD whose
   drafts are redrawn by a *maximal coupling* at every window position.  **Lossless.**
-* The relaxed (lossy) acceptance rules GSD and LANTERN live in :mod:`vistok.decoding.grouped` and share the
-  loop below.
+* The relaxed (lossy) acceptance rules GSD and LANTERN live in :mod:`vistok.decoding.grouped` and share the loop.
 
-One iteration (one ``generator.step``, one NFE) per sample ``b`` with ``a`` accepted tokens:
+One iteration (one ``generator.step``, one NFE) per sample with ``a`` accepted tokens:
 
-1. the window covers token positions ``a .. a + W - 1`` (shifted left to end at ``N - 1`` near the end of
-   the sequence; already-accepted positions in it are simply re-fed and ignored).  Its inputs are
-   ``[last accepted token, d_a, .., d_{a+W-2}]``: the drafts are fed as if they were right;
-2. output ``j`` is the processed distribution ``p`` (``sampling.probs``: CFG, temperature, top-k, top-p) of
-   the token at position ``a + j`` given the prefix and the drafts before it;
-3. the drafts are verified left to right: draft ``x`` drawn from ``q`` is accepted with probability
-   ``min(1, p(x) / q(x))``; at the first rejection the token is drawn from ``norm(max(p - q, 0))`` and
-   verification stops.  A position without a draft (normally the last one: the *bonus* token) counts as a
-   rejection with ``q = 0``, i.e. it is sampled from ``p``.  So 1..W tokens are accepted per forward pass;
-4. the outputs after the rejection become the next drafts, each remembered with the full ``q`` it was drawn
-   from (SJD).  MC-SJD instead keeps the old draft there when it passes the same accept test against the new
-   ``p`` and otherwise draws from the residual: the new draft still has marginal ``p`` but equals the old one
-   with probability ``1 - TV(q, p)``, so drafts whose distribution barely moved stop changing;
-5. the window is refilled with initial drafts: ``init="random"`` (uniform ids, ``q`` one-hot on the draft,
-   so acceptance is ``p(x)``) or ``init="repeat"`` (a copy of the token before them; token 0 at the very
-   start).
+1. the window covers token positions ``a .. a + W - 1`` (shifted left to end at ``N - 1``; accepted positions in it
+   are re-fed and ignored); its inputs are ``[last accepted token, d_a, .., d_{a+W-2}]``;
+2. output ``j`` is the processed distribution ``p`` (``sampling.probs``: CFG, temperature, top-k, top-p) of the token
+   at ``a + j`` given the prefix and the drafts before it;
+3. drafts are verified left to right: draft ``x`` drawn from ``q`` is accepted with probability
+   ``min(1, p(x) / q(x))``; at the first rejection the token is drawn from ``norm(max(p - q, 0))`` and verification
+   stops.  A position without a draft (the *bonus* token) counts as a rejection with ``q = 0``, so 1..W tokens are
+   accepted per pass;
+4. the outputs after the rejection become the next drafts, each kept with the full ``q`` it was drawn from (SJD).
+   MC-SJD keeps the old draft there when it passes the accept test against the new ``p`` and otherwise draws from
+   the residual: the draft is still distributed as ``p`` but changes only with probability ``TV(q, p)``;
+5. the window is refilled with initial drafts: ``init="random"`` (uniform ids, ``q`` one-hot on the draft) or
+   ``init="repeat"`` (a copy of the token before them; token 0 at the very start).
 
-Each sample accepts its own number of tokens (ragged per-sample positions; the cache is rolled back with
-``cache.truncate`` per sample), so a batch decodes exactly as its samples would one by one.  Verification is
-vectorised over batch and window.  At temperature 0 the result equals greedy AR token for token (the Jacobi
-fixed point).
-
-NFE: the number of ``generator.step`` calls (one batched forward over the window; classifier-free guidance's
-doubled batch counts once, as in AR).  The first step is counted; a text prefix prefilled inside
-``new_cache`` is not (as in :func:`~vistok.decoding.autoregressive.decode_ar`, whose NFE is ``N``).
-
-Extras returned with the tokens: ``accepted_hist`` (list, index ``k`` = number of (sample, forward) pairs
-that accepted ``k`` tokens), ``nfe_per_sample`` (forward passes each sample needed before it was complete),
-``mean_accepted`` (tokens per forward, over samples), ``window`` and ``lossless``.
+Samples accept ragged numbers of tokens (the cache is rolled back per sample with ``cache.truncate``), so a batch
+decodes exactly as its samples would one by one; at temperature 0 the result equals greedy AR (the Jacobi fixed
+point).  NFE counts ``generator.step`` calls (CFG's doubled batch once; a text prefix prefilled in ``new_cache`` is
+not counted, as in :func:`~vistok.decoding.autoregressive.decode_ar`).  Extras: ``accepted_hist`` (index ``k``:
+(sample, pass) pairs that accepted ``k`` tokens), ``nfe_per_sample``, ``mean_accepted``, ``window``, ``lossless``.
 
 Legend: b batch, w window, v vocab, n tokens.
 """

@@ -26,7 +26,7 @@ from vistok.interfaces import (
     check_generator_tokens,
     check_positions,
 )
-from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_table
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_table, run_blocks
 from vistok.layers.init import llamagen_init
 
 
@@ -86,9 +86,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
         rope = rope_table(slots, self.width // self.num_heads, self.rope_base)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, rope, cache, i, slots)
-        return x
+        return run_blocks(self.blocks, x, mask, rope, cache, slots)
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:

@@ -5,14 +5,11 @@ Reference code (facts only: shapes, key names, hyper-parameters): github.com/LTH
 (``models/diffloss.py``; its ``diffusion/`` package is the IDDPM/DiT Gaussian diffusion).
 
 :class:`DiffLossHead` models ``p(x | z)`` for one token ``x`` (``token_dim`` floats) given the generator's
-per-token condition ``z``: a small MLP with adaLN residual blocks predicts the noise ``eps`` and a variance
-interpolation value ``v`` in [-1, 1] (``2 * token_dim`` outputs).  The 1000-step cosine schedule is diffusers'
-``DDPMScheduler(beta_schedule="squaredcos_cap_v2")``, respaced with MAR's rule; the DDPM step maths lives once, in
-float64, in :meth:`DiffLossHead.step_table`, shared by the training loss, :meth:`DiffLossHead.sample` (MAR's ancestral
-sampler with the learned-range variance; ``sampler="ddim"`` uses diffusers' ``DDIMScheduler.step``) and
-:class:`DiffusionPaths` (the same sampler with path densities, for lossless continuous speculative decoding).
-Temperature multiplies the per-step noise only; classifier-free guidance mixes ``eps`` in every step.  Why each
-choice, and the measured precision against the official float64 schedule: ``docs/mar.md``.
+per-token condition ``z``: an adaLN residual MLP predicts the noise ``eps`` and a variance interpolation value ``v``.
+The cosine schedule is diffusers' ``DDPMScheduler(beta_schedule="squaredcos_cap_v2")`` respaced with MAR's rule; the
+DDPM step maths lives once, in float64, in :meth:`DiffLossHead.step_table`, shared by the training loss,
+:meth:`DiffLossHead.sample` and :class:`DiffusionPaths` (the sampler with path densities, for lossless continuous
+speculative decoding).  Schedule, samplers, temperature, guidance and the measured precision: ``docs/mar.md``.
 
 Legend: n rows (tokens), d token dim, c condition dim, w head width, s sampling steps.
 """
@@ -91,9 +88,8 @@ class DiffLossHead(nn.Module, Configurable):
         sampler: ``"ddpm"`` (MAR's ancestral sampler with the learned variance) or ``"ddim"``.
         ddim_eta: DDIM's eta (0 = deterministic); only for ``sampler="ddim"``.
         clip_denoised: clamp the predicted x0 to ``[-c, c]`` at every sampling step (diffusers'
-            ``clip_sample_range``); None = MAR's unclipped sampler.  At t = T the cosine schedule divides the eps
-            error by sqrt(abar_T) (about 1e-4 of its square), so a briefly trained head's first step can throw x
-            hundreds of stds away; with unit-variance tokens (a calibrated ``latent_scale``) c = 4 is safe.
+            ``clip_sample_range``); None = MAR's unclipped sampler.  A briefly trained head's first step (t = T)
+            can throw x hundreds of stds away; with unit-variance tokens c = 4 is safe.
     """
 
     def __init__(self, *, token_dim: int = 16, cond_dim: int = 1024, width: int = 1024, depth: int = 3,

@@ -2,21 +2,15 @@
 
 Paper: Li et al., "Autoregressive Image Generation without Vector Quantization", NeurIPS 2024, arXiv 2406.11838.
 Reference code (facts only: shapes, key names, hyper-parameters): github.com/LTH14/mar at fe470ac
-(``models/mar.py``, ``models/diffloss.py``).
+(``models/mar.py``, ``models/diffloss.py``).  What is there, the vistok options and the runs: ``docs/mar.md``.
 
-:class:`MARGenerator` is MAR's MAE-style encoder/decoder.  The encoder reads ``buffer_size`` condition slots
-(class embedding, pooled/projected text, or the learned null embedding) plus the *known* tokens only (masked
-tokens are dropped); the decoder puts a mask token back at every unknown position, runs bidirectional blocks and
-emits one condition vector ``z`` per token for the :class:`~vistok.generators.heads.DiffLossHead`.  Training masks
-a random subset (one ratio per batch from a normal centred at 1, std 0.25, truncated to ``[mask_ratio_min, 1]``;
-a random order per sample) and applies the diffusion loss to the masked tokens, each repeated
-``diffusion_batch_mul`` times with independent timesteps and noise.  Decoding (random order, cosine schedule,
-CFG ramp) is :func:`vistok.decoding.masked.sample_masked`; ``step`` gives the raster-order, one-token-at-a-time
-view of the same network that the :class:`~vistok.interfaces.Generator` protocol asks for.
-
-:class:`MARARGenerator` is the paper's "AR + DiffLoss" baseline (Table 1): a causal transformer in raster order
-with the same head, driven through ``new_cache``/``step`` with a :class:`~vistok.interfaces.KVCache` exactly like
-:class:`~vistok.generators.ar.ARGenerator` (for CFG, run ``cond.cat(cond.null())`` and give the head both halves).
+:class:`MARGenerator` is MAR's MAE-style encoder/decoder: the encoder reads ``buffer_size`` condition slots plus the
+*known* tokens only; the decoder puts a mask token back at every unknown position and emits one condition ``z`` per
+token for the :class:`~vistok.generators.heads.DiffLossHead`.  Training masks a random subset (one ratio per batch)
+and applies the diffusion loss to the masked tokens, each repeated ``diffusion_batch_mul`` times with independent
+timesteps and noise.  Decoding is :func:`vistok.decoding.masked.sample_masked`.  :class:`MARARGenerator` is the
+paper's "AR + DiffLoss" baseline (Table 1): a causal transformer in raster order with the same head, driven through
+``new_cache``/``step`` like :class:`~vistok.generators.ar.ARGenerator`.
 
 Official checkpoints: :func:`convert_mar_state_dict`, :func:`load_official`.  Legend: b batch, n tokens,
 d token dim, k kept (visible) slots, s buffer + tokens, l step length, c width.
@@ -44,10 +38,9 @@ from vistok.interfaces import (
     check_generator_tokens,
     check_positions,
 )
-from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d
+from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d, run_blocks
 from vistok.layers.init import xavier_linears
 from vistok.layers.sincos import sincos_1d
-from vistok.registry import register_generator
 
 __all__ = ["MARARGenerator", "MARGenerator", "MAR_AR_PRESETS", "MAR_PRESETS", "convert_mar_state_dict",
            "load_official", "official_matches", "patchify", "unpatchify"]
@@ -126,23 +119,16 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         max_text_len: longest text (must fit the buffer).
         cond_dropout: probability of the null condition in training (MAR's ``label_drop_prob``).
         mask_ratio_min: lower end of the training mask ratio, in (0, 1].
-        mask_ratio_dist: how the training mask ratio is drawn.  ``"truncnorm"`` (MAR): N(1, 0.25) truncated to
-            ``[mask_ratio_min, 1]``, which keeps at most 30 % of the tokens visible and mostly under 15 %.
-            ``"cosine"`` (vistok option, MaskGIT's training rule): ``cos(pi/2 u)`` with u uniform, restricted to
-            ``[mask_ratio_min, 1]``; with ``mask_ratio_min`` near 0 every context size the cosine *sampling* schedule
-            visits is trained about equally often, which short runs on short sequences need.
+        mask_ratio_dist: the training mask ratio: ``"truncnorm"`` (MAR: N(1, 0.25) truncated to
+            ``[mask_ratio_min, 1]``) or ``"cosine"`` (vistok option, MaskGIT's ``cos(pi/2 u)`` on the same range).
         decoder_cond: vistok option (off = official): add a projection of the pooled condition (class embedding,
-            mean text state or the null embedding) to every decoder slot, so masked positions read the condition
-            directly instead of only through the encoder's buffer slots.
+            mean text state or the null embedding) to every decoder slot.
         pos_grid: (rows, columns) of the token layout, read by ``pos_init="sincos"`` and ``rope`` (default: a square
-            grid when ``seq_len`` is a square, else one row).  For a 1D tokenizer whose latents are spatial (the
-            shipped tiny TiTok: 8 x 4), give that layout.
+            grid when ``seq_len`` is a square, else one row).
         pos_init: ``"normal"`` (MAR: N(0, 0.02) learned tables) or ``"sincos"`` (vistok option: the token part of
-            the encoder/decoder position tables and the head's position table start as a unit-scale 2-D sine-cosine
-            table, still learned).  MAR's 0.02 tables are drowned by the token and condition vectors until
-            training grows them.
+            the position tables starts as a unit-scale 2-D sine-cosine table, still learned).
         rope: vistok option: 2-D rotary embeddings over ``pos_grid`` in every encoder/decoder attention (buffer
-            slots unrotated), so relative position is readable from the first step.
+            slots unrotated).
         attn_dropout, proj_dropout: dropout in attention probabilities / after projections and MLPs.
         head_width, head_depth, num_sampling_steps, head_sampler, head_clip_denoised: the :class:`DiffLossHead`
             (``head_clip_denoised`` = its ``clip_denoised``, a sampling-time x0 clamp; None = official).
@@ -247,9 +233,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
         attn_mask = None if bool(valid.all()) else valid[:, None, None, :]
         rope = self._rope(idx, x.shape[-1], self.encoder[0].attn.num_heads) if self.encoder else None
-        for blk in self.encoder:
-            x = blk(x, attn_mask, rope=rope)
-        return self.encoder_norm(x), idx, valid
+        return self.encoder_norm(run_blocks(self.encoder, x, attn_mask, rope)), idx, valid
 
     def decode(self, x: Tensor, idx: Tensor, valid: Tensor, pooled: Tensor | None = None) -> Tensor:
         """MAE decoder: mask tokens back in, bidirectional blocks -> per-token head conditions z (b, n, c).
@@ -265,9 +249,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             y = y + self.decoder_cond(pooled.to(y.dtype))[:, None]
         slots = torch.arange(y.shape[1], device=y.device).expand(y.shape[0], -1)
         rope = self._rope(slots, y.shape[-1], self.decoder[0].attn.num_heads) if self.decoder else None
-        for blk in self.decoder:
-            y = blk(y, rope=rope)
-        return self.decoder_norm(y)[:, self.buffer_size :] + self.head_pos
+        return self.decoder_norm(run_blocks(self.decoder, y, rope=rope))[:, self.buffer_size :] + self.head_pos
 
     def predict(self, tokens: Tensor, mask: Tensor, cond: Conditioning) -> Tensor:
         """Head conditions for every position given the tokens where ``mask`` is False.
@@ -355,9 +337,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
         xavier_linears(self, skip="head", embedding_std=0.02)  # MAR's init outside the head
 
     def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, None, cache, i, slots)
-        return x
+        return run_blocks(self.blocks, x, mask, None, cache, slots)
 
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
         """Allocate a KV cache for ``cond``'s batch and prefill the text prefix (if any)."""
@@ -405,11 +385,6 @@ MAR_AR_PRESETS: dict[str, dict] = {
     "mar_ar_tiny": dict(token_dim=16, seq_len=32, width=128, depth=4, num_heads=4, num_classes=24, head_width=128,
                         head_depth=2, num_sampling_steps=50),
 }
-for _name, _kwargs in MAR_PRESETS.items():
-    register_generator(_name, MARGenerator, **_kwargs)
-for _name, _kwargs in MAR_AR_PRESETS.items():
-    register_generator(_name, MARARGenerator, **_kwargs)
-
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -2,27 +2,19 @@
 
 Paper: He et al., "Neighboring Autoregressive Modeling for Efficient Visual Generation", arXiv 2503.10696.
 Reference code (facts only: shapes, key names, the mask and the logit mixing):
-github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/gpt.py`` at 225c1fb, a LlamaGen fork.
+github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/gpt.py`` at 225c1fb, a LlamaGen fork.  What is
+there and measured: ``docs/nar.md``.
 
-The network is a LlamaGen decoder (pre-RMSNorm Llama blocks, 2D RoPE, SwiGLU) with two heads:
+A LlamaGen decoder (Llama blocks, 2D RoPE) with two heads: the **right** head (``right_norm``/``right_head``) reads
+the hidden state after ``depth`` blocks and predicts the right neighbour of the token fed at that slot; the **down**
+head reads it after ``down_depth`` further blocks and predicts the token below.  A token with both neighbours decoded
+takes the mean of the two heads' logits (first row: right head only, first column: down head only, top-left: both
+heads at the start slot).  The *proximity mask* lets a token on anti-diagonal ``row + col = d`` attend to every
+token on diagonals ``<= d``, so a whole diagonal is predicted per pass (:func:`vistok.decoding.neighboring.decode_nar`).
 
-* the **right** head (``right_norm``/``right_head``) reads the hidden state after the ``depth`` blocks and predicts
-  the token to the right of the token fed at that slot;
-* the **down** head (``down_norm``/``down_head``) reads it after ``down_depth`` further blocks and predicts the
-  token below.
-
-A token with both neighbours decoded is predicted by the mean of the two heads' logits; first-row tokens use the
-right head only, first-column tokens the down head only, and the top-left token the mean of both heads at the
-start slot.  The *proximity mask* lets a token on anti-diagonal ``d = row + col`` attend to every token on
-diagonals ``<= d`` (causal across diagonals, bidirectional within one), so a whole diagonal is predicted in one
-pass: ``H + W - 1`` passes for an ``H x W`` grid (:func:`vistok.decoding.neighboring.decode_nar`).
-
-Sequence layout (cache slots ``P + T``): ``[P text-prefix slots | start slot | grid tokens in raster order]``;
-token position ``p >= 1`` holds grid token ``p - 1``.  LlamaGen quirk kept for checkpoint parity: condition slots
-(the start slot and the text prefix) get an all-zero rotary table, so their queries and keys are zero in every
-layer.  The grid side comes from ``seq_len`` (square grids) or ``grid``.  A 1D tokenizer (TiTok, FlexTok) has no
-vertical neighbour: build it with ``grid=(1, N)``; then the only neighbour of a token is the next one, the down
-branch is not built, the mask is causal, and decoding takes ``N`` passes (plain next-token AR).
+Slots: ``[P text-prefix slots | start slot | grid tokens in raster order]``; token position ``p >= 1`` holds grid
+token ``p - 1``.  LlamaGen's quirk is kept for checkpoint parity: condition slots get an all-zero rotary table (zero
+queries and keys).  ``grid=(1, N)`` (1D tokenizers) has no down branch: the mask is causal, plain next-token AR.
 
 Legend: b batch, l step length, t token positions, s cache slots, p prefix slots, c width, v vocab, d head dim.
 """
@@ -46,9 +38,8 @@ from vistok.interfaces import (
     check_positions,
     validating,
 )
-from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_2d
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_2d, run_blocks
 from vistok.layers.init import llamagen_init
-from vistok.registry import register_generator
 
 
 def rope_2d_table(height: int, width: int, head_dim: int, base: float,
@@ -154,9 +145,7 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         fed = torch.zeros(b, t, dtype=torch.bool, device=positions.device).scatter(1, positions, True)
         valid = (cache.written & (slot < cache.lengths[:, None])) | fed  # b t
         near = self.diag[:t][None, None, :] <= self.diag[positions][:, :, None]  # b l t
-        tokens = near & valid[:, None, :]
-        prefix = cache.prefix_mask[:, None, :].expand(-1, positions.shape[1], -1)  # b l p
-        return torch.cat([prefix, tokens], dim=-1)[:, None]
+        return cache.with_prefix(near & valid[:, None, :])
 
     def step_heads(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> tuple[Tensor, Tensor | None]:
         """Feed ``inputs`` (b, l) = grid tokens ``positions - 1`` (the start embedding at position 0).
@@ -204,12 +193,8 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
     def _run(self, x: Tensor, slots: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor,
              cache: KVCache) -> tuple[Tensor, Tensor]:
         """Blocks -> hidden state for the right head; extra blocks -> hidden state for the down head."""
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, rope, cache, i, slots)
-        right = x
-        for i, blk in enumerate(self.down_blocks, start=len(self.blocks)):
-            x = blk(x, mask, rope, cache, i, slots)
-        return right, x
+        right = run_blocks(self.blocks, x, mask, rope, cache, slots)
+        return right, run_blocks(self.down_blocks, right, mask, rope, cache, slots, len(self.blocks))
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
@@ -332,6 +317,3 @@ NAR_PRESETS: dict[str, dict] = {
     "nar_xl": dict(**_C2I_256, width=1280, depth=36, num_heads=20),
     "nar_xxl": dict(**_C2I_256, width=1536, depth=48, num_heads=24),
 }
-
-for _name, _kwargs in NAR_PRESETS.items():
-    register_generator(_name, NARGenerator, **_kwargs)

@@ -2,32 +2,20 @@
 
 Paper: Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation", arXiv 2502.20388.
 Reference code (facts only: shapes, key names, conventions): github.com/OliverRensu/xAR at 121e9c9
-(``models/xar.py``, ``models/sampler.py``, ``models/rope.py``).
+(``models/xar.py``, ``models/sampler.py``, ``models/rope.py``).  Supported options, measurements: ``docs/xar.md``.
 
-Entity X is a *cell* of ``cell_size x cell_size`` tokens: the ``grid_size x grid_size`` token grid is cut into
-cells taken in raster order (the official setting: 16x16 tokens, 4 cells of 8x8).  Grids and cells may also be
-rectangular (``grid_size=(8, 4)``, ``cell_size=(4, 2)``: a vistok addition for 1D tokenizers read as a grid, such as
-the tiny TiTok's 32 tokens).  One transformer with
-**block-causal** attention (a token sees its own cell and every earlier cell) predicts the flow-matching velocity
-of every token; there is no separate head.  Decoding is :func:`vistok.decoding.cells.decode_cells`.
+A *cell* is a block of ``cell_size`` tokens of the grid (official: 16x16 tokens, 4 cells of 8x8; rectangles are a
+vistok addition).  One transformer with **block-causal** attention (a token sees its own and every earlier cell)
+predicts the flow-matching velocity of every token; decoding is :func:`vistok.decoding.cells.decode_cells`.
+Official conventions (so its checkpoints load unchanged): the internal sequence, position embeddings and ``step``
+positions are **cell-major** (public tokens are raster order); ``x_t = (1 - t) x + t eps`` with ``v = eps - x``;
+``time_embed(floor(1000 t))`` plus the class embedding is one adaLN condition per (sample, cell); training gives each
+cell its own ``t ~ sigmoid(N(0, 1))`` (noisy context), sampling feeds the context clean (``t = 0``); blocks have a
+weightless RMSNorm, qkv biases, 2-D RoPE and a GELU-gated MLP of width ``int(width * mlp_ratio * 2 / 3)``.  Text
+(a vistok addition) is a projected prefix as in :mod:`vistok.generators.ar`, the adaLN condition then the time alone.
 
-Conventions (those of the official code, so its checkpoints load unchanged):
-    * The internal sequence is **cell-major**: cells in raster order, tokens in raster order inside a cell.  The
-      learned position embeddings and the ``positions`` of :meth:`XARGenerator.step` are cell-major; public token
-      tensors (``forward`` inputs, decoder outputs) are ``(B, N, D)`` in raster order of the grid.
-    * Linear path ``x_t = (1 - t) x + t eps``, ``t = 1`` is pure noise; the network predicts ``v = eps - x``.
-    * Time enters as ``time_embed(floor(1000 t))`` (sinusoid, then an MLP), added to the class embedding: one
-      condition per (sample, cell) drives every block's adaLN (gamma1, gamma2, scale1, scale2, shift1, shift2).
-    * Noisy-context learning: in training each cell gets its own ``t ~ sigmoid(N(0, 1))`` and the loss covers every
-      cell, so the context is always noisy; at sampling time the context is fed clean (``t = 0``).
-    * Blocks: weightless RMSNorm, qkv with bias, 2-D RoPE (first half of each head rotates with the grid row,
-      second half with the column; interleaved pairs), GELU-gated MLP of width ``int(width * mlp_ratio * 2 / 3)``.
-
-Text conditioning (a vistok addition): text states are projected into ``max_text_len`` prefix slots that every
-token attends to (as in :mod:`vistok.generators.ar`); the adaLN condition is then the time embedding alone.
-
-Legend: b batch, n tokens (grid rows x columns), l tokens in a call, g cells in a call, k tokens per cell, c width,
-d token channels, p prefix slots, s cache slots.
+Legend: b batch, n tokens, l tokens in a call, g cells in a call, k tokens per cell, c width, d token channels,
+p prefix slots, s cache slots.
 """
 
 from __future__ import annotations
@@ -43,7 +31,7 @@ from torch import Tensor, nn
 
 from vistok.checkpoint import load_state_dict_strict, read_release, rename_state_dict
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_generator_tokens, validating
-from vistok.layers import Attention, ConditionEmbedder, RMSNorm, TimestepMLP, rope_2d
+from vistok.layers import Attention, ConditionEmbedder, RMSNorm, TimestepMLP, rope_2d, run_blocks
 from vistok.layers.init import xavier_linears
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
@@ -191,11 +179,8 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     def _attention_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
         """Bool (b, 1, l, s): block-causal over cells, plus the valid text-prefix slots."""
-        slot = torch.arange(cache.prefix_len + cache.max_tokens, device=positions.device) - cache.prefix_len
-        key_cell = torch.div(slot, self.cell_tokens, rounding_mode="floor")
-        seen = (slot >= 0) & (key_cell <= (positions // self.cell_tokens)[..., None])  # b l s
-        prefix = F.pad(cache.prefix_mask, (0, cache.max_tokens), value=False)  # b s
-        return (seen | prefix[:, None])[:, None]
+        key_cell = torch.arange(cache.max_tokens, device=positions.device) // self.cell_tokens
+        return cache.with_prefix(key_cell <= (positions // self.cell_tokens)[..., None])
 
     # -- checks ------------------------------------------------------------------------------------------------
     def _check_tokens(self, tokens: Tensor, *, full: bool) -> None:
@@ -268,14 +253,11 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
         if positions is not None:
             h = h + self.encoder_pos[0, positions]
         h = self.token_norm(h)
-        for i, blk in enumerate(self.encoder_blocks):
-            h = blk(h, mask, rope, cache, i, slots, cond)
+        h = run_blocks(self.encoder_blocks, h, mask, rope, cache, slots, cond=cond)
         h = self.decoder_in(self.encoder_norm(h))
         if positions is not None:
             h = h + self.decoder_pos[0, positions]
-        for i, blk in enumerate(self.decoder_blocks, start=len(self.encoder_blocks)):
-            h = blk(h, mask, rope, cache, i, slots, cond)
-        return h
+        return run_blocks(self.decoder_blocks, h, mask, rope, cache, slots, len(self.encoder_blocks), cond=cond)
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, cond: Conditioning, *, t: Tensor | None = None, noise: Tensor | None = None,

@@ -22,6 +22,15 @@ def find_multiple(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
+def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
+               cache: KVCache | None = None, slots: Tensor | None = None, first_layer: int = 0, **extra) -> Tensor:
+    """``x`` (b, l, c) through ``blocks`` in order; block ``i`` writes cache layer ``first_layer + i`` at ``slots``.
+    ``extra`` keyword arguments go to every block (xAR's adaLN condition)."""
+    for i, blk in enumerate(blocks, start=first_layer):
+        x = blk(x, mask, rope, cache, i, slots, **extra)
+    return x
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Llama), computed in fp32.
 
