@@ -429,6 +429,8 @@ def check_conditioning(cond: Conditioning, *, num_classes: int, text_dim: int, m
 def drop_conditioning(cond: Conditioning, p: float, generator: torch.Generator | None = None) -> Conditioning:
     """Replace each sample's condition by the null condition with probability ``p`` (training, for CFG):
     labels become -1, text masks become all-False."""
+    if not isinstance(cond, Conditioning):
+        raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
     device = generator.device if generator is not None else "cpu"
     drop = torch.rand(cond.batch_size, generator=generator, device=device) < p
     labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)

@@ -105,7 +105,7 @@ def decode_car(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
     tokens = None
     for p in track(range(n), progress, desc="ar"):
-        prev = tokens[:, p - 1 : p] if p else torch.zeros(b, 1, generator.token_dim, device=device)
+        prev = tokens[:, p - 1 : p] if p else torch.zeros(b, 1, generator.token_dim, device=device)  # p = 0: start
         z, z_null = step(prev, torch.full((b, 1), p, device=device))
         path = paths.path_sample(z[:, 0], None if z_null is None else z_null[:, 0], guidance.scale,
                                  sampling.temperature, paths.path_noise(b, rng))[0]

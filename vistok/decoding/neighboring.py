@@ -3,12 +3,10 @@
 Paper: He et al., "Neighboring Autoregressive Modeling for Efficient Visual Generation", arXiv 2503.10696
 (reference: github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/generate.py``).
 
-Works over any :class:`vistok.interfaces.NeighbourGenerator` (``grid``, ``new_cache``, ``step_heads``).
-
-Pass ``d`` feeds the tokens of anti-diagonal ``d - 1`` (the start slot for ``d = 0``) in increasing row order and
-samples all of diagonal ``d`` at once.  A token with both neighbours decoded takes the mean of the two heads'
-logits, first-row tokens the right head, first-column tokens the down head, the top-left token the mean of both
-heads at the start slot.  Guidance mixes the *combined* logits, then temperature / top-k / top-p apply per token.
+Works over any :class:`vistok.interfaces.NeighbourGenerator`.  Pass ``d`` feeds the tokens of anti-diagonal
+``d - 1`` (the start slot for ``d = 0``) in increasing row order and samples all of diagonal ``d`` at once from the
+heads' logits, combined as :mod:`vistok.generators.nar` describes.  Guidance mixes the *combined* logits, then
+temperature / top-k / top-p apply per token.
 
 Legend: b batch, k tokens of one diagonal, l fed tokens, v vocab.
 """

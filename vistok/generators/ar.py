@@ -39,10 +39,8 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
         width, depth, num_heads: transformer size.
         mlp_hidden: SwiGLU hidden size (None: LlamaGen's ``find_multiple(8 * width / 3, 64)``).
         dropout: token/residual/MLP dropout.
-        num_classes: class-conditional when > 0 (an extra null row is added for CFG).
-        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
-        max_text_len: text prefix slots P.
-        cond_dropout: probability of replacing the condition by the null condition in training.
+        num_classes, text_dim, max_text_len, cond_dropout: the conditioning (classes with a null row for CFG, text
+            states projected into ``max_text_len`` prefix slots): :meth:`ConditionEmbedder.init_conditioning`.
         rope_base: RoPE base.
     """
 

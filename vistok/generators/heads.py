@@ -26,14 +26,10 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from vistok.interfaces import Configurable, check_choice
-from vistok.layers import TimestepMLP
+from vistok.layers import TimestepMLP, modulate
 from vistok.layers.init import xavier_linears
 
 __all__ = ["DiffLossHead", "DiffusionPaths"]
-
-
-def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
 
 
 def _mar_respacing(num_train_timesteps: int, num_steps: int) -> list[int]:
@@ -57,7 +53,7 @@ class _ResBlock(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         shift, scale, gate = self.modulation(F.silu(y)).chunk(3, dim=-1)
-        return x + gate * self.mlp(_modulate(self.norm(x), shift, scale))
+        return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
 
 
 def _normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -169,7 +165,7 @@ class DiffLossHead(nn.Module, Configurable):
         for block in self.blocks:
             h = block(h, y)
         shift, scale = self.out_modulation(F.silu(y)).chunk(2, dim=-1)
-        return self.out_proj(_modulate(self.out_norm(h), shift, scale))
+        return self.out_proj(modulate(self.out_norm(h), shift, scale))
 
     def guided_net(self, x: Tensor, t: Tensor, z: Tensor, z_null: Tensor | None = None,
                    cfg_scale: float | Tensor = 1.0) -> Tensor:

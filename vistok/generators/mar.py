@@ -38,7 +38,7 @@ from vistok.interfaces import (
     check_generator_tokens,
     check_positions,
 )
-from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d, run_blocks
+from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d, run_blocks, token_grid
 from vistok.layers.init import xavier_linears
 from vistok.layers.sincos import sincos_1d
 
@@ -149,12 +149,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                  pos_grid: tuple[int, int] | None = None, pos_init: Literal["normal", "sincos"] = "normal",
                  rope: bool = False):
         super().__init__()
-        if pos_grid is None:
-            side = math.isqrt(seq_len)
-            pos_grid = (side, side) if side * side == seq_len else (1, seq_len)
-        pos_grid = (int(pos_grid[0]), int(pos_grid[1]))
-        if pos_grid[0] * pos_grid[1] != seq_len:
-            raise ValueError(f"pos_grid {pos_grid} must hold seq_len={seq_len} tokens (rows * columns)")
+        pos_grid = token_grid(seq_len, pos_grid, "pos_grid", row_fallback=True)
         check_choice("pos_init", pos_init, ("normal", "sincos"), " ('normal' = MAR)")
         self.pos_grid, self.pos_init, self.rope = pos_grid, pos_init, rope
         if not 0 < mask_ratio_min <= 1:

@@ -34,11 +34,12 @@ from vistok.interfaces import (
     Configurable,
     GeneratorOutput,
     KVCache,
+    check_count,
     check_generator_tokens,
     check_positions,
     validating,
 )
-from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_2d, run_blocks
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_2d, run_blocks, token_grid
 from vistok.layers.init import llamagen_init
 
 
@@ -64,10 +65,8 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         down_depth: extra blocks between the right head and the down head (NAR: 1).
         mlp_hidden: SwiGLU hidden size (None: LlamaGen's ``find_multiple(int(8 * width / 3), 256)``).
         dropout: token/residual/MLP dropout.
-        num_classes: class-conditional when > 0 (an extra null row is added for CFG).
-        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
-        max_text_len: text prefix slots P.
-        cond_dropout: probability of replacing the condition by the null condition in training.
+        num_classes, text_dim, max_text_len, cond_dropout: the conditioning (classes with a null row for CFG, text
+            states projected into ``max_text_len`` prefix slots): :meth:`ConditionEmbedder.init_conditioning`.
         rope_base: RoPE base.
         norm_eps: RMSNorm epsilon.
     """
@@ -81,19 +80,10 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
                  max_text_len: int = 32, cond_dropout: float = 0.1, rope_base: float = 10000.0,
                  norm_eps: float = 1e-5):
         super().__init__()
-        if grid is None:
-            side = int(round(seq_len ** 0.5))
-            if side * side != seq_len:
-                raise ValueError(f"seq_len={seq_len} is not a square grid: pass grid=(H, W) with H * W = {seq_len}, "
-                                 f"or grid=(1, {seq_len}) for a 1D tokenizer (next-token neighbours)")
-            grid = (side, side)
-        h, w = (int(g) for g in grid)
-        if h * w != seq_len or h < 1 or w < 1:
-            raise ValueError(f"grid {tuple(grid)} does not hold seq_len={seq_len} tokens")
+        h, w = token_grid(seq_len, grid)
         if width % num_heads or (width // num_heads) % 4:
             raise ValueError(f"width {width} / num_heads {num_heads} must give a head dim divisible by 4 (2D RoPE)")
-        if down_depth < 0:
-            raise ValueError(f"down_depth must be >= 0, got {down_depth}")
+        check_count("down_depth", down_depth, 0)
         mlp_hidden = mlp_hidden or find_multiple(int(8 * width / 3), 256)
         self.vocab_size, self.seq_len, self.grid = vocab_size, seq_len, (h, w)
         self.width, self.num_heads, self.rope_base = width, num_heads, rope_base

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from vistok.checkpoint import load_state_dict_strict, read_release, rename_state_dict
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_generator_tokens, validating
-from vistok.layers import Attention, ConditionEmbedder, RMSNorm, TimestepMLP, rope_2d, run_blocks
+from vistok.layers import Attention, ConditionEmbedder, RMSNorm, TimestepMLP, modulate, rope_2d, run_blocks
 from vistok.layers.init import xavier_linears
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
@@ -90,8 +90,8 @@ class XARBlock(nn.Module):
         """x (b, l, c); cond (b, g, c): one condition per run of ``l // g`` consecutive tokens."""
         mod = repeat(self.ada(F.silu(cond)), "b g (six c) -> six b (g r) c", six=6, r=x.shape[1] // cond.shape[1])
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod
-        x = x + self.drop(self.attn(self.norm(x) * (1 + scale1) + shift1, mask, rope, cache, layer, slots)) * gamma1
-        return x + self.mlp(self.norm(x) * (1 + scale2) + shift2) * gamma2
+        x = x + self.drop(self.attn(modulate(self.norm(x), shift1, scale1), mask, rope, cache, layer, slots)) * gamma1
+        return x + self.mlp(modulate(self.norm(x), shift2, scale2)) * gamma2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,10 +109,8 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
             blocks; official naming, both stacks see the same block-causal mask).
         mlp_ratio: the gated MLP is ``int(width * mlp_ratio * 2 / 3)`` wide.
         dropout: dropout on attention outputs and in the MLP (official ``proj_dropout``).
-        num_classes: class-conditional when > 0 (row ``num_classes`` of the embedding is the null class).
-        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
-        max_text_len: text prefix slots P.
-        cond_dropout: probability of the null condition in training (classifier-free guidance).
+        num_classes, text_dim, max_text_len, cond_dropout: the conditioning (classes with a null row for CFG, text
+            states projected into ``max_text_len`` prefix slots): :meth:`ConditionEmbedder.init_conditioning`.
         rope_base: RoPE base of the 2-D rotary embedding.
     """
 

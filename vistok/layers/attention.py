@@ -22,6 +22,11 @@ def find_multiple(n: int, k: int) -> int:
     return -(-n // k) * k
 
 
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN (DiT): ``x * (1 + scale) + shift``, as MAR's DiffLoss head and xAR's blocks apply it."""
+    return x * (1 + scale) + shift
+
+
 def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
                cache: KVCache | None = None, slots: Tensor | None = None, first_layer: int = 0, **extra) -> Tensor:
     """``x`` (b, l, c) through ``blocks`` in order; block ``i`` writes cache layer ``first_layer + i`` at ``slots``.

@@ -156,7 +156,6 @@ class ConditionEmbedder:
         """``self.step`` over every position of ``tokens`` (b, n) ids or (b, n, d) vectors on a new cache, each input
         the token before it (position 0 reads the start vector); in training the condition is first dropped with
         probability ``cond_dropout``.  Returns what ``step`` returns for positions ``0 .. n - 1``."""
-        self.check_cond(cond)
         if self.training and self.cond_dropout > 0:
             cond = self.drop_condition(cond)
         inputs = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
