@@ -1,9 +1,7 @@
 """``generate``: the one entry point that picks a decoder by name, sets up guidance and seeding, and runs it.
 
-    out = vistok.decoding.generate(generator, cond, decoder="sjd", num_samples=4, temperature=1.0, top_k=100,
-                                   cfg_scale=3.0, seed=0, window=16)
-    out.tokens  # (B * num_samples, N) ids or (B * num_samples, N, D) vectors
-    out.nfe     # generator forward passes used
+    out = vistok.decoding.generate(generator, cond, decoder="sjd", num_samples=4, cfg_scale=3.0, seed=0, window=16)
+    out.tokens, out.nfe  # (B * num_samples, N) ids or (B * num_samples, N, D) vectors; generator forward passes
 
 Every decoder is a free function ``decoder(generator, cond, sampling, rng, progress, *, guidance, **options) ->
 (tokens, nfe, extras)`` over the protocols of :mod:`vistok.interfaces`; :data:`DECODERS` maps names to them.

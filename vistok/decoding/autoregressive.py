@@ -31,6 +31,6 @@ def decode_ar(generator: CausalGenerator, cond: Conditioning, sampling: Sampling
     for p in track(range(n), progress, desc="ar"):
         prev = tokens[:, max(p - 1, 0) : max(p, 1)]  # token p - 1 (ignored at p = 0: the start embedding)
         pos = torch.full((b, 1), p, device=device)
-        logits = guidance.mix(generator.step(guidance.double(prev), guidance.double(pos), cache))[:, 0]
+        logits = guidance.mix(guidance.step(generator, prev, pos, cache))[:, 0]
         tokens[:, p] = draw(sampling.probs(logits), sampling, rng)
     return tokens, n, {"decoder": "ar"}

@@ -92,8 +92,7 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
     """Sample ``(B, N, D)`` continuous tokens cell by cell (see the module docstring).
 
     Args:
-        generator: a :class:`~vistok.interfaces.CellGenerator` (e.g. XARGenerator).
-        cond: the conditions, batch B.
+        generator, cond: a :class:`~vistok.interfaces.CellGenerator` (e.g. XARGenerator) and the conditions (batch B).
         sampling: only the defaults are accepted (xAR has no temperature or top-k/top-p).
         rng: random generator for the initial noise and the SDE increments (None: torch's global RNG).
         guidance: classifier-free guidance (its scale is the ``cfg_scale`` of the last cell); or give

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from vistok.decoding.guidance import Guidance
-from vistok.decoding.jacobi import DraftWindow, check_options
+from vistok.decoding.jacobi import DraftWindow, check_generator, check_options
 from vistok.decoding.sampling import SamplingArgs, no_logit_filters
 from vistok.interfaces import CausalGenerator, Conditioning, HasPaths, PathDensity, check_choice, check_count
 from vistok.progress import track
@@ -64,22 +64,10 @@ def path_sampler(head, *, final_noise: bool) -> PathDensity:
 
 
 def _check_generator(generator, name: str) -> None:
-    if getattr(generator, "kind", None) != "continuous":
-        raise ValueError(f"decoder {name!r} samples continuous tokens from a diffusion head, but this generator is "
-                         f"{getattr(generator, 'kind', 'not a vistok generator')!r}; for discrete token ids use "
-                         "decoder='sjd' or 'mcsjd' (speculative, lossless) or 'ar'")
-    if not (isinstance(generator, CausalGenerator) and generator.is_causal):
-        raise ValueError(f"decoder {name!r} needs a causal continuous generator (e.g. MARARGenerator, preset "
-                         f"'mar_ar_tiny'); {type(generator).__name__} is not causal: use decoder='masked' for MAR")
+    check_generator(generator, name, continuous=True)
     if not hasattr(generator, "head"):
         raise ValueError(f"decoder {name!r} needs a generator with a per-token diffusion head (`head`); "
                          f"{type(generator).__name__} has none (xAR: use decoder='cells')")
-
-
-def _guided_step(generator, cond: Conditioning, guidance: Guidance):
-    """A cache over the (stacked) conditions and ``step(inputs, positions) -> (z, z_null | None)``."""
-    cache = guidance.new_cache(generator, cond)
-    return cache, lambda x, pos: guidance.split(generator.step(guidance.double(x), guidance.double(pos), cache))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,12 +89,12 @@ def decode_car(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     no_logit_filters(sampling, "ar")
     guidance = guidance or Guidance()
     paths = path_sampler(generator.head, final_noise=final_noise)
-    cache, step = _guided_step(generator, cond, guidance)
+    cache = guidance.new_cache(generator, cond)
     b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
     tokens = None
     for p in track(range(n), progress, desc="ar"):
         prev = tokens[:, p - 1 : p] if p else torch.zeros(b, 1, generator.token_dim, device=device)  # p = 0: start
-        z, z_null = step(prev, torch.full((b, 1), p, device=device))
+        z, z_null = guidance.split(guidance.step(generator, prev, torch.full((b, 1), p, device=device), cache))
         path = paths.path_sample(z[:, 0], None if z_null is None else z_null[:, 0], guidance.scale,
                                  sampling.temperature, paths.path_noise(b, rng))[0]
         tokens = z.new_zeros(b, n, path.shape[-1]) if tokens is None else tokens
@@ -227,7 +215,7 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         raise ValueError("verify='last_step' needs a DiffLossHead (MAR's deterministic last step); use verify='path'")
     paths = path_sampler(generator.head, final_noise=exact)
     cfg_t = (guidance.scale, sampling.temperature)  # the path sampler's cfg_scale and temperature
-    cache, step = _guided_step(generator, cond, guidance)
+    cache = guidance.new_cache(generator, cond)
     b, n, d, device, f64 = cond.batch_size, generator.seq_len, generator.token_dim, cache.lengths.device, torch.float64
     win = DraftWindow(b, n, window, device, "csd", progress)
     w, cols = win.w, win.cols
@@ -245,7 +233,8 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
             fb = fresh.nonzero(as_tuple=True)[0]
             before = seq[torch.arange(b, device=device), (win.front - 1).clamp(min=0)] * (win.front > 0)[:, None]
             seq[fb, pos[fresh]] = before[fb] if init == "repeat" else 0.0
-        z, z_null = step(seq.gather(1, (pos - 1).clamp(min=0)[..., None].expand(-1, -1, d)), pos)  # b w c
+        inputs = seq.gather(1, (pos - 1).clamp(min=0)[..., None].expand(-1, -1, d))
+        z, z_null = guidance.split(guidance.step(generator, inputs, pos, cache))  # b w c
         if zq is None:
             zq = z.new_zeros(b, n, z.shape[-1])
             zq_null = None if z_null is None else z.new_zeros(b, n, z.shape[-1])

@@ -1,15 +1,10 @@
 """Classifier-free guidance, in one place, used the same way by every decoder.
 
-A decoder never sees guidance inside the generator.  It runs the conditional and the null batch stacked in one
-forward pass (one NFE), conditional rows first, and mixes the two halves of whatever the model returns:
-
-    cache = guidance.new_cache(generator, cond)                     # cache over cond.cat(cond.null())
-    out = generator.step(guidance.double(x), guidance.double(pos), cache)
-    logits = guidance.mix(out)                                      # u + s (c - u), or out itself when off
-
-Decoders that guide inside a head (MAR's DiffLoss guides eps) take the halves with :meth:`Guidance.split` and give the
-scale to the head; decoders with a per-step schedule (MAR's and xAR's ramps, NAR's ``cfg_interval``) pass the step's
-scale to :meth:`Guidance.mix`.
+A decoder runs the conditional and the null batch stacked in one forward pass (one NFE), conditional rows first,
+and mixes the two halves of whatever the model returns (``guidance.mix(guidance.step(generator, x, pos, cache))`` on
+a ``guidance.new_cache``).  Decoders that guide inside a head (MAR's DiffLoss guides eps) take the halves with
+:meth:`Guidance.split`; decoders with a per-step schedule (MAR's and xAR's ramps, NAR's ``cfg_interval``) pass the
+step's scale to :meth:`Guidance.mix`.
 
 Legend: b batch (before doubling).
 """
@@ -63,6 +58,10 @@ class Guidance:
     def double(self, x: Tensor) -> Tensor:
         """``(b, ...) -> (2b, ...)`` (the same rows twice) when active, else ``x``."""
         return torch.cat([x, x]) if self.active else x
+
+    def step(self, generator, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
+        """``generator.step`` over the stacked batch: ``inputs`` and ``positions`` (b, ...) doubled when active."""
+        return generator.step(self.double(inputs), self.double(positions), cache)
 
     def split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
         """Stacked outputs ``(2b, ...)`` -> ``(conditional, null)``; ``(out, None)`` when not active."""

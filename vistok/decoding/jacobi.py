@@ -61,22 +61,25 @@ def _standard_ratio(p: Tensor, q: Tensor, x: Tensor) -> Tensor:
     return accept_ratio(p.gather(-1, x[..., None])[..., 0], q.gather(-1, x[..., None])[..., 0])
 
 
-def check_generator(generator, name: str) -> int:
-    """Raise a ValueError unless ``generator`` is a causal discrete-token generator; return its vocab size."""
-    if getattr(generator, "kind", None) == "continuous":
-        raise ValueError(
-            f"decoder {name!r} verifies discrete token ids, but this generator is continuous (kind='continuous'); "
-            "use decoder='csd' (continuous speculative decoding) or decoder='ar' for causal continuous generators "
-            "such as mar_ar_tiny, or the generator's own default decoder")
+def check_generator(generator, name: str, *, continuous: bool = False) -> int | None:
+    """Raise a ValueError naming the decoder to use unless ``generator`` is causal and makes discrete token ids
+    (return the vocab size) or, with ``continuous``, continuous tokens."""
+    kind = getattr(generator, "kind", None)
+    if continuous and kind != "continuous":
+        raise ValueError(f"decoder {name!r} samples continuous tokens from a diffusion head, but this generator is "
+                         f"{kind or 'not a vistok generator'!r}; for discrete token ids use decoder='sjd' or 'mcsjd' "
+                         "(speculative, lossless) or 'ar'")
+    if not continuous and kind == "continuous":
+        raise ValueError(f"decoder {name!r} verifies discrete token ids, but this generator is continuous; use "
+                         "decoder='csd' (continuous speculative decoding) or decoder='ar' for causal continuous "
+                         "generators such as mar_ar_tiny, or the generator's own default decoder")
     if not (isinstance(generator, CausalGenerator) and generator.is_causal):
-        raise ValueError(
-            f"decoder {name!r} verifies a window of drafts in one causal forward pass and needs a causal generator "
-            f"(new_cache + step, is_causal=True); {type(generator).__name__} is not: use its own decoder "
-            f"(decoder={getattr(generator, 'default_decoder', 'ar')!r})")
-    v = getattr(generator, "vocab_size", None)
-    if not v:
+        raise ValueError(f"decoder {name!r} needs a causal generator (new_cache + step, is_causal=True), or use its "
+                         f"own decoder; {type(generator).__name__} is not causal: use decoder="
+                         f"{getattr(generator, 'default_decoder', 'ar')!r}")
+    if not (continuous or getattr(generator, "vocab_size", None)):
         raise ValueError(f"decoder {name!r} needs generator.vocab_size (the number of token ids)")
-    return int(v)
+    return None if continuous else int(generator.vocab_size)
 
 
 def check_options(name: str, window, init: str, inits: tuple[str, ...], unknown: dict, known: str) -> None:
@@ -102,9 +105,8 @@ class DraftWindow:
         self.bar = progress_bar(progress, total=n, desc=name)
 
     def passes(self) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-        """One ``(start (b,), pos (b, w), fresh (b, w), drafted (b, w))`` per forward pass until every sample is
-        complete: ``fresh`` marks the inputs without a draft yet (``[front, start + w - 1)``), ``drafted`` the
-        positions holding a model draft."""
+        """``(start (b,), pos (b, w), fresh (b, w), drafted (b, w))`` per pass until every sample is complete:
+        ``fresh`` marks inputs without a draft yet (``[front, start + w - 1)``), ``drafted`` the model's drafts."""
         while bool((active := self.acc < self.n).any()):
             self.active = active
             start = self.acc.clamp(max=self.n - self.w)
@@ -116,8 +118,8 @@ class DraftWindow:
         self.bar.close()
 
     def accept(self, start: Tensor, first: Tensor, cache: KVCache) -> None:
-        """Accept the columns before ``first`` (b,) (the first failing column, ``w`` if none) and the token drawn
-        at it; the model's outputs after it are the next drafts.  Rolls ``cache`` back to the accepted lengths."""
+        """Accept the columns before ``first`` (b,) (the first failing one, ``w`` if none) and the token drawn there;
+        roll ``cache`` back to the accepted lengths."""
         new_acc = torch.where(first < self.w, start + first + 1, start + self.w)
         self.hist += torch.bincount((new_acc - self.acc)[self.active], minlength=self.w + 1)
         if self.progress:
@@ -154,25 +156,21 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
     w, cols = win.w, win.cols
     seq = torch.zeros(b, n, dtype=torch.long, device=device)  # accepted tokens below `acc`, drafts above
     s_prev = torch.zeros(b, dtype=torch.long, device=device)  # window start of the previous step
-    p_prev: Tensor | None = None  # b w v: the distributions those drafts were drawn from
+    p_prev = torch.zeros(b, w, v, device=device)  # the distributions the drafts were drawn from (b w v)
     for start, pos, fresh, drafted in win.passes():
         if bool(fresh.any()):  # initial drafts
             if init == "random":
                 fill = torch.randint(v, (b, w), generator=rng, device=device)
             else:  # repeat the token before them (token 0 before position 0)
-                before = seq.gather(1, (win.front - 1).clamp(min=0)[:, None]) * (win.front > 0)[:, None]
-                fill = before.expand(b, w)
+                fill = (seq.gather(1, (win.front - 1).clamp(min=0)[:, None]) * (win.front > 0)[:, None]).expand(b, w)
             seq.scatter_(1, pos, torch.where(fresh, fill, seq.gather(1, pos)))
         # -- one forward pass over [token at pos - 1] for the whole window
         inputs = seq.gather(1, (pos - 1).clamp(min=0))
-        p = sampling.probs(guidance.mix(generator.step(guidance.double(inputs), guidance.double(pos), cache)))
+        p = sampling.probs(guidance.mix(guidance.step(generator, inputs, pos, cache)))
         # -- the distribution q each draft was drawn from: model outputs of the previous step, one-hot for inits
         x = seq.gather(1, pos)
-        if p_prev is None:
-            q = torch.zeros_like(p)
-        else:
-            idx = (pos - s_prev[:, None]).clamp(0, w - 1)
-            q = p_prev.gather(1, idx[..., None].expand(-1, -1, v)) * drafted[..., None]
+        idx = (pos - s_prev[:, None]).clamp(0, w - 1)
+        q = p_prev.gather(1, idx[..., None].expand(-1, -1, v)) * drafted[..., None]
         q.scatter_add_(-1, x[..., None], fresh[..., None].to(q.dtype))  # one-hot q for initial drafts
         has = drafted | fresh
         # -- verification, vectorised over batch and window
@@ -217,11 +215,8 @@ def decode_mcsjd(generator: CausalGenerator, cond: Conditioning, sampling: Sampl
                  window: int = 16, init: Literal["random", "repeat"] = "random", **unknown) -> tuple[Tensor, int, dict]:
     """SJD with maximally coupled drafts (MC-SJD / speculative coupled decoding, arXiv 2510.24211).  Lossless.
 
-    Identical to :func:`decode_sjd` except after the first rejection: there each old draft is kept if it passes
-    the accept test against the new ``p`` and is otherwise redrawn from ``norm(max(p - q, 0))``, so each new draft
-    is still distributed as ``p`` but changes only with probability ``TV(q, p)``.  The accepted output is still
-    only the verified prefix plus one token.  Same options and returns as :func:`decode_sjd`.
-    """
+    :func:`decode_sjd` but for the drafts after the first rejection (step 4 of the module docstring); same options
+    and returns."""
     check_options("mcsjd", window, init, INITS, unknown, "window=, init=")
     return jacobi_decode(generator, cond, sampling, rng, name="mcsjd", window=window, init=init, coupled=True,
                          progress=progress, guidance=guidance)

@@ -54,8 +54,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
     """Sample continuous tokens (b, n, d) from a :class:`~vistok.interfaces.MaskedGenerator` (e.g. MAR).
 
     Args:
-        generator: has ``predict(tokens, mask, cond)``, ``head.sample``, ``seq_len``, ``token_dim``.
-        cond: conditions, batch b.
+        generator, cond: the generator (``predict``, ``head.sample``, ``seq_len``, ``token_dim``), conditions (b).
         num_iter: decoding steps (>= 1; steps beyond ``n`` reveal nothing).
         cfg_scale: classifier-free guidance (1 = off); needs a conditional generator.
         cfg_schedule: ``"linear"`` (ramp with the revealed fraction) or ``"constant"``.

@@ -53,11 +53,7 @@ def decode_nar(generator: NeighbourGenerator, cond: Conditioning, sampling: Samp
     """Sample ``(B, H * W)`` raster tokens one anti-diagonal per forward pass.
 
     Args:
-        generator: a neighbour-protocol generator.
-        cond: conditions, batch B.
-        sampling: temperature / top-k / top-p (temperature 0 = greedy).
-        rng: random generator for sampling.
-        guidance: classifier-free guidance; it mixes the *combined* logits.
+        generator, cond, sampling, rng, guidance: as for every decoder (:mod:`vistok.decoding.api`).
         cfg_interval: stop guiding once more than this many tokens are decoded (-1: guide throughout).
         record: keep per-pass inputs, raw heads and combined pre-guidance logits in ``extras["steps"]``.
 

@@ -6,9 +6,8 @@ arXiv 2406.06525.  Reference code (facts only): github.com/FoundationVision/Llam
 
 Sequence layout (``S = P + N`` slots): ``[P text-prefix slots | N token slots]``.  Token slot ``p`` holds the
 input that predicts token ``p``: the *start* embedding for ``p = 0`` (the class embedding, LlamaGen-style, or a
-learned BOS for text/unconditional models) and token ``p - 1`` otherwise.  Text states are projected by a
-2-layer MLP (LlamaGen's caption embedder) into the prefix; padded or dropped (null) text is masked out.
-Classifier-free guidance uses condition dropout in training: labels become the null class, text is masked.
+learned BOS for text/unconditional models) and token ``p - 1`` otherwise.  The conditioning (caption MLP, null
+condition, dropout for CFG) is :class:`~vistok.layers.ConditionEmbedder`'s.
 
 Legend: b batch, n tokens, p prefix slots, l step length, c width, v vocab.
 """

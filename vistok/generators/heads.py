@@ -17,6 +17,7 @@ Legend: n rows (tokens), d token dim, c condition dim, w head width, s sampling 
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 from typing import Literal
 
 import torch
@@ -35,11 +36,7 @@ __all__ = ["DiffLossHead", "DiffusionPaths"]
 def _mar_respacing(num_train_timesteps: int, num_steps: int) -> list[int]:
     """Kept timesteps, descending: MAR's ``space_timesteps(T, str(N))`` (stride summed in floating point)."""
     stride = 1.0 if num_steps <= 1 else (num_train_timesteps - 1) / (num_steps - 1)
-    kept, position = [], 0.0
-    for _ in range(num_steps):
-        kept.append(round(position))
-        position += stride
-    return sorted(set(kept), reverse=True)
+    return sorted({round(p) for p in accumulate([stride] * (num_steps - 1), initial=0.0)}, reverse=True)
 
 
 class _ResBlock(nn.Module):
@@ -75,10 +72,8 @@ class DiffLossHead(nn.Module, Configurable):
     """Diffusion head ``p(x | z)`` per token: eps-prediction with learned variance (IDDPM), cosine schedule.
 
     Args:
-        token_dim: d, channels of one continuous token.
-        cond_dim: c, width of the generator's per-token condition ``z``.
-        width: w, MLP width.
-        depth: adaLN residual blocks.
+        token_dim, cond_dim: d, channels of one token, and c, width of the generator's per-token condition ``z``.
+        width, depth: w, the MLP width, and its number of adaLN residual blocks.
         num_train_timesteps: diffusion steps of the training process (MAR: 1000).
         num_sampling_steps: respaced steps used by :meth:`sample` (MAR: 100).
         sampler: ``"ddpm"`` (MAR's ancestral sampler with the learned variance) or ``"ddim"``.
@@ -144,17 +139,14 @@ class DiffLossHead(nn.Module, Configurable):
                              (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t), beta.log(), post.log()], dim=1)
         return table
 
-    def _check_steps(self, num_steps: int) -> None:
-        total = self.scheduler.config.num_train_timesteps
-        if not 1 <= num_steps <= total:
-            raise ValueError(f"num_sampling_steps must be in [1, {total}], got {num_steps}")
-        if self.sampler == "ddim" and total % num_steps:
-            raise ValueError(f"sampler='ddim' steps by {total} // num_sampling_steps, so num_sampling_steps must "
-                             f"divide {total} (e.g. 25, 50, 100, 250); got {num_steps}")
-
     def set_sampling_steps(self, num_sampling_steps: int) -> None:
         """Change the number of respaced sampling steps (e.g. 100 for MAR's reported numbers)."""
-        self._check_steps(num_sampling_steps)
+        total = self.scheduler.config.num_train_timesteps
+        if not 1 <= num_sampling_steps <= total:
+            raise ValueError(f"num_sampling_steps must be in [1, {total}], got {num_sampling_steps}")
+        if self.sampler == "ddim" and total % num_sampling_steps:
+            raise ValueError(f"sampler='ddim' steps by {total} // num_sampling_steps, so num_sampling_steps must "
+                             f"divide {total} (e.g. 25, 50, 100, 250); got {num_sampling_steps}")
         self.num_sampling_steps = num_sampling_steps
 
     # -- network -----------------------------------------------------------------------------------------------
@@ -169,11 +161,8 @@ class DiffLossHead(nn.Module, Configurable):
 
     def guided_net(self, x: Tensor, t: Tensor, z: Tensor, z_null: Tensor | None = None,
                    cfg_scale: float | Tensor = 1.0) -> Tensor:
-        """:meth:`net` with classifier-free guidance on eps (the conditional half's variance is kept).
-
-        x (n, d), t (n,) or (2n,) (conditional rows' timesteps, then the null rows'), z and z_null (n, c),
-        ``cfg_scale`` float or (n,) -> (n, 2d).
-        """
+        """:meth:`net` with classifier-free guidance on eps (the conditional half's variance is kept): x (n, d), t (n,)
+        or (2n,) (conditional rows' timesteps, then the null rows'), z and z_null (n, c), cfg_scale float or (n,)."""
         if z_null is None or (not torch.is_tensor(cfg_scale) and cfg_scale == 1.0):
             return self.net(x, t[: x.shape[0]], z)
         tt = t if t.shape[0] == 2 * x.shape[0] else torch.cat([t, t])
@@ -218,19 +207,18 @@ class DiffLossHead(nn.Module, Configurable):
         return (loss * weight).sum() / weight.sum().clamp(min=1e-12)
 
     # -- sampling ----------------------------------------------------------------------------------------------
-    def sample_noise(self, n: int, *, generator: torch.Generator | None = None, num_steps: int | None = None,
+    def sample_noise(self, n: int, *, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """Every Gaussian draw :meth:`sample` needs for ``n`` rows: ``(s, n, d)``; [0] is the initial noise, [k] the
         noise added by step k - 1.  Sharing it between two heads couples their trajectories."""
         ref = self.input_proj.weight
-        s = num_steps or self.num_sampling_steps
-        return torch.randn(s, n, self.token_dim, generator=generator, device=device or ref.device,
+        return torch.randn(self.num_sampling_steps, n, self.token_dim, generator=generator, device=device or ref.device,
                            dtype=dtype or ref.dtype)
 
     @torch.no_grad()
     def sample(self, z: Tensor, *, z_null: Tensor | None = None, cfg_scale: float | Tensor = 1.0,
-               temperature: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
-               num_steps: int | None = None) -> Tensor:
+               temperature: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None
+               ) -> Tensor:
         """Draw one token per condition.  z (n, c) -> tokens (n, d).
 
         Args:
@@ -240,7 +228,6 @@ class DiffLossHead(nn.Module, Configurable):
             temperature: multiplies the per-step noise (0 = no noise after the initial draw).
             generator: RNG for the noise (ignored when ``noise`` is given).
             noise: ``(s, n, d)`` from :meth:`sample_noise` (or recorded), to reproduce or couple runs.
-            num_steps: override ``num_sampling_steps`` for this call.
         """
         guided = torch.is_tensor(cfg_scale) or cfg_scale != 1.0
         if guided and z_null is None:
@@ -248,18 +235,16 @@ class DiffLossHead(nn.Module, Configurable):
                              "run the generator on cond.null() too, or use cfg_scale=1.0")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        s = num_steps or self.num_sampling_steps
-        self._check_steps(s)
-        n = z.shape[0]
+        s, n = self.num_sampling_steps, z.shape[0]
         if noise is None:
-            noise = self.sample_noise(n, generator=generator, num_steps=s, device=z.device, dtype=z.dtype)
+            noise = self.sample_noise(n, generator=generator, device=z.device, dtype=z.dtype)
         elif noise.shape != (s, n, self.token_dim):
             raise ValueError(f"noise must have shape (steps={s}, n={n}, d={self.token_dim}), got {tuple(noise.shape)}")
         if n == 0:
             return z.new_zeros(0, self.token_dim)
         z_null = z_null if guided else None
         if self.sampler == "ddpm":
-            paths = DiffusionPaths(self, final_noise=False, num_steps=s)
+            paths = DiffusionPaths(self, final_noise=False)
             return paths.path_sample(z, z_null, cfg_scale, temperature, noise, density=False)[0][-1].to(z.dtype)
         scheduler = self._ddim_scheduler(s)
         x = noise[0]
@@ -270,13 +255,13 @@ class DiffLossHead(nn.Module, Configurable):
                                return_dict=False)[0]
         return x
 
-    def paths(self, *, final_noise: bool, num_steps: int | None = None) -> DiffusionPaths:
+    def paths(self, *, final_noise: bool) -> DiffusionPaths:
         """The ancestral sampler with its path densities (:class:`vistok.interfaces.PathDensity`), for
         continuous speculative decoding.  ``final_noise=True`` also adds noise at the last step."""
         if self.sampler != "ddpm":
             raise ValueError(f"the head samples with sampler={self.sampler!r}, which is deterministic after the "
                              "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
-        return DiffusionPaths(self, final_noise=final_noise, num_steps=num_steps)
+        return DiffusionPaths(self, final_noise=final_noise)
 
     def _ddim_scheduler(self, num_steps: int) -> DDIMScheduler:
         """diffusers' DDIM scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""
@@ -300,19 +285,17 @@ def _gauss_logpdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 class DiffusionPaths:
     """The ancestral DDPM sampler of a :class:`DiffLossHead` (MAR's ``p_sample`` loop), with path log-densities.
 
-    ``x_S ~ N(0, I)``, then per kept timestep the posterior mean of the predicted ``x_0`` (CFG on eps, optional x0
-    clamp) plus ``T * exp(logvar / 2) * noise`` with the learned-range log-variance (:meth:`DiffLossHead.step_table`).
-    With ``final_noise=False`` the last step (t = 0) returns the mean, as MAR does; with ``final_noise=True`` it adds
-    noise too, with the clipped posterior variance.  States and step arithmetic are float64 (the network runs in its
-    own dtype on the rounded state), so two heads compared on the same stored path differ only by network rounding.
+    Per kept timestep: the posterior mean of the predicted ``x_0`` plus ``T * exp(logvar / 2) * noise`` (learned-range
+    log-variance, :meth:`DiffLossHead.step_table`); the last step (t = 0) returns the mean (MAR) unless
+    ``final_noise``.  States and step arithmetic are float64 (the network runs in its own dtype); see ``docs/csd.md``.
 
     Layouts: paths and noise ``(L, r, d)``, ``L = steps + 1``; ``path[0]`` is the initial noise, ``path[k]`` the state
     after step ``k`` (the token last); ``noise[k]`` the noise of step ``k``.  ``evals`` counts head-network rows.
     """
 
-    def __init__(self, head: DiffLossHead, *, final_noise: bool, num_steps: int | None = None):
+    def __init__(self, head: DiffLossHead, *, final_noise: bool):
         self.head, self.final_noise, self.evals = head, final_noise, 0
-        s = self.steps = num_steps or head.num_sampling_steps
+        s = self.steps = head.num_sampling_steps
         self.path_len, self.token_dim = s + 1, head.token_dim
         self.timesteps = _mar_respacing(head.scheduler.config.num_train_timesteps, s)
         device = head.input_proj.weight.device
@@ -344,13 +327,9 @@ class DiffusionPaths:
 
     def path_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float | Tensor, temperature: float,
                     noise: Tensor, *, density: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample paths ``(L, r, d)`` (float64) from conditions ``z`` (r, c) with ``noise`` (L or L - 1, r, d).
-
-        Returns ``(path, log_density (r,), last_std (r, d))``: the log-density of the stochastic steps (the initial
-        N(0, I) term left out), evaluated on the stored path exactly as :meth:`path_log_prob` does, and the std of the
-        last step (``T exp(logvar / 2)``, also when it adds no noise).  ``density=False`` (plain sampling) skips the
-        log-density (returned as zeros).
-        """
+        """Paths ``(L, r, d)`` (float64) from conditions ``z`` (r, c) and ``noise`` (L or L - 1, r, d), with the
+        log-density of the stochastic steps (as :meth:`path_log_prob` evaluates it; zeros when not ``density``) and
+        the last step's std (``T exp(logvar / 2)``, also when it adds no noise), as ``PathDensity`` specifies."""
         r = z.shape[0]
         noise = noise.double()
         x, path, logp = noise[0], [noise[0]], noise.new_zeros(r)

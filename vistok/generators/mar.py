@@ -94,9 +94,7 @@ class _ContinuousGenerator(nn.Module, ConditionEmbedder):
     def diffusion_loss(self, z: Tensor, tokens: Tensor, weight: Tensor | None = None, *, t: Tensor | None = None,
                        noise: Tensor | None = None) -> Tensor:
         """Head loss on every token repeated ``diffusion_batch_mul`` times (MAR's layout: tiled, not interleaved).
-
-        z (b, n, c), tokens (b, n, d), weight (b, n) or None; ``t``/``noise`` (b n mul,) / (b n mul, d) if given.
-        """
+        z (b, n, c), tokens (b, n, d), weight (b, n) or None; ``t``/``noise`` (b n mul,) / (b n mul, d) if given."""
         mul = self.diffusion_batch_mul
         w = None if weight is None else weight.flatten().to(tokens.dtype).repeat(mul)
         return self.head.loss(tokens.flatten(0, 1).repeat(mul, 1), z.flatten(0, 1).repeat(mul, 1), w, t=t,
@@ -255,9 +253,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         return self.decode(*self.encode(tokens, mask.bool(), buffer), pooled)
 
     def random_mask(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
-        """MAR's training mask (b, n) bool: one ratio per batch (``mask_ratio_dist``: N(1, 0.25) truncated to
-        [mask_ratio_min, 1], or ``cos(pi/2 u)`` on the same range), ``ceil(n * ratio)`` masked positions per sample
-        taken from a random order."""
+        """MAR's training mask (b, n) bool: one ratio per batch (``mask_ratio_dist``), ``ceil(n * ratio)`` masked
+        positions per sample taken from a random order."""
         if self.mask_ratio_dist == "cosine":
             u_max = math.acos(self.mask_ratio_min) * 2 / math.pi  # cos(pi/2 u) >= mask_ratio_min for u <= u_max
             ratio = math.cos(math.pi / 2 * u_max * float(torch.rand((), dtype=torch.float64)))
@@ -297,10 +294,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
 class MARARGenerator(_ContinuousGenerator, Configurable):
     """Causal transformer over continuous tokens with a DiffLoss head (MAR paper, Table 1 "AR, raster").
 
-    Slot layout as :class:`~vistok.generators.ar.ARGenerator`: ``[P text-prefix slots | N token slots]``; token
-    slot p reads the start embedding (class, or null for text/unconditional models) for p = 0 and token p - 1
-    otherwise, plus a learned absolute position.  Args as :class:`MARGenerator` (``width``/``depth``/``num_heads``
-    for the single causal stack).
+    Slot layout as :class:`~vistok.generators.ar.ARGenerator`, plus a learned absolute position per slot.  Args as
+    :class:`MARGenerator` (``width``/``depth``/``num_heads`` for the single causal stack).
     """
 
     is_causal = True

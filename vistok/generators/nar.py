@@ -48,10 +48,8 @@ def rope_2d_table(height: int, width: int, head_dim: int, base: float,
     """LlamaGen 2D RoPE: cos/sin ``(1 + h * w, head_dim // 2)`` indexed by token position (raster order after the
     start slot).  Row 0 (the start slot) is all zero, not the identity: condition slots have zeroed queries and
     keys (the LlamaGen quirk)."""
-    rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
-                                indexing="ij")
-    cos, sin = rope_2d(rows.flatten(), cols.flatten(), head_dim, base)
-    return F.pad(cos, (0, 0, 1, 0)), F.pad(sin, (0, 0, 1, 0))
+    j = torch.arange(height * width, device=device)
+    return tuple(F.pad(table, (0, 0, 1, 0)) for table in rope_2d(j // width, j % width, head_dim, base))
 
 
 class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
@@ -113,11 +111,9 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
-        """Allocate a cache for ``cond``'s batch and prefill the text prefix (if any).
-
-        ``max_tokens`` token positions (default ``seq_len``; ``seq_len + 1`` also feeds the last grid token).
-        The cache additionally tracks ``written`` ``(b, t)``: which token positions hold entries.
-        """
+        """Allocate a cache of ``max_tokens`` token positions (default ``seq_len``; ``seq_len + 1`` also feeds the last
+        grid token) for ``cond``'s batch, prefill the text prefix (if any) and track ``written`` ``(b, t)``: which
+        token positions hold entries."""
         max_tokens = max_tokens or self.seq_len
         if not 1 <= max_tokens <= self.seq_len + 1:
             raise ValueError(f"max_tokens must be in [1, {self.seq_len + 1}], got {max_tokens}")
@@ -155,13 +151,9 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         return right, (None if self.down_head is None else self.down_head(self.down_norm(down)).float())
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
-        """Generator protocol: logits (b, l, v) of the grid tokens at ``positions`` (``inputs``: tokens at
-        ``positions - 1``, as in :meth:`step_heads`).
-
-        Token ``(r, c)`` at position ``p`` mixes the right head at slot ``p`` (its left neighbour) and the down head
-        at slot ``p - W + 1`` (its upper neighbour); both slots must be fed in this call (a teacher-forced call
-        over all positions does so).  Diagonal-parallel decoding uses :meth:`step_heads` (``decoder="nar"``).
-        """
+        """Generator protocol: logits (b, l, v) of the grid tokens at ``positions`` (``inputs`` as for
+        :meth:`step_heads`), mixing the right head at slot ``p`` and the down head at slot ``p - W + 1``: both must be
+        fed in this call (a teacher-forced call over all positions is); ``decoder="nar"`` uses :meth:`step_heads`."""
         check_positions(positions, self.seq_len)
         right, down = self.step_heads(inputs, positions, cache)
         if down is None:  # single row: the right neighbour is the next token

@@ -190,10 +190,7 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
-        """Allocate a cache for ``cond``'s batch (every cell of the grid) and prefill the text prefix, if any.
-
-        ``cache.start`` holds each sample's condition embedding (class row, or zeros without classes).
-        """
+        """Allocate a cache for ``cond``'s batch (every cell of the grid) and prefill the text prefix, if any."""
         if max_tokens not in (None, self.seq_len):
             raise ValueError(f"xAR caches the whole grid: max_tokens must be None or {self.seq_len}")
 
@@ -206,14 +203,11 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
         return self.new_kv_cache(cond, len(self.encoder_blocks) + len(self.decoder_blocks), self.seq_len, prefill)
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache, t: Tensor | float | None = None) -> Tensor:
-        """Velocity of whole cells.  inputs (b, l, d) are x_t of the tokens at cell-major ``positions`` (l,) or (b, l)
-        (whole, aligned cells); ``t`` () / (b,) / (b, g) is each cell's time (None = 0: clean context).
+        """Velocity (b, l, d) float32 of whole cells: inputs (b, l, d) are x_t of the tokens at cell-major
+        ``positions`` (l,) or (b, l) (whole, aligned cells), ``t`` () / (b,) / (b, g) each cell's time (None = 0).
 
-        Keys/values of every input are written into ``cache`` at their slots; a cell's tokens attend to the cache
-        entries of every earlier cell and to this call's own cell.  Cells fed clean (t = 0) count as cached context:
-        a call may only start at or before the end of the clean context already in the cache.
-
-        Returns: velocity (b, l, d) float32.
+        Every input's keys/values go into ``cache``; cells fed clean (t = 0) count as cached context, and a call may
+        only start at or before the end of the clean context already in the cache.
         """
         self._check_tokens(inputs, full=False)
         b, length, _ = inputs.shape
