@@ -47,14 +47,6 @@ class GenerationOutput:
     extras: dict = field(default_factory=dict)
 
 
-def _rng(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:
-    if seed is None or isinstance(seed, torch.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = None, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              cfg_scale: float = 1.0, seed: int | torch.Generator | None = None,
@@ -90,15 +82,18 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
     check_count("num_samples", num_samples)
     if not isinstance(cond, Conditioning):
         raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator, type(None))):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
     sampling = SamplingArgs(temperature, top_k, top_p)
     guidance = Guidance(cfg_scale, model)
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     cond = cond.to(device).repeat_interleave(num_samples) if num_samples > 1 else cond.to(device)
+    rng = torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int) else seed
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
     try:
-        out = decoder(model, cond, sampling, _rng(seed, device), progress, guidance=guidance, **decoder_kwargs)
+        out = decoder(model, cond, sampling, rng, progress, guidance=guidance, **decoder_kwargs)
     finally:
         if was_training:
             model.train()

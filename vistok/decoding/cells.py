@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
@@ -72,8 +73,6 @@ def _sde_cell(velocity: Callable, x0: Tensor, num_steps: int, t_min: float, scal
 
 def _ode_cell(velocity: Callable, x0: Tensor, num_steps: int, scale: float, guidance: Guidance) -> Tensor:
     """Euler over t = linspace(1, 0, num_steps + 1) with diffusers' FlowMatchEulerDiscreteScheduler."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist(), device=x0.device)
     x = x0
@@ -135,8 +134,7 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
             times = torch.full((feed.shape[1] // k,), float(t), dtype=torch.float64, device=device)
             times[:-1] = 0.0  # the context cell is clean
             feed = guidance.double(feed)
-            start = (c + 1) * k - feed.shape[1]
-            positions = torch.arange(start, (c + 1) * k, device=device)
+            positions = torch.arange((c + 1) * k - feed.shape[1], (c + 1) * k, device=device)
             return generator.step(feed, positions, cache, times.expand(feed.shape[0], -1))[:, -k:]
 
         x0 = torch.randn(b, k, d, generator=rng, device=device)

@@ -89,8 +89,7 @@ class DiffLossHead(nn.Module, Configurable):
                  clip_denoised: float | None = None):
         super().__init__()
         check_choice("sampler", sampler, ("ddpm", "ddim"))
-        self.token_dim, self.num_sampling_steps, self.sampler, self.ddim_eta = token_dim, 0, sampler, ddim_eta
-        self.cond_dim = cond_dim
+        self.token_dim, self.cond_dim, self.sampler, self.ddim_eta = token_dim, cond_dim, sampler, ddim_eta
         if clip_denoised is not None and not clip_denoised > 0:
             raise ValueError(f"clip_denoised must be > 0 or None, got {clip_denoised}")
         self.clip_denoised = clip_denoised
