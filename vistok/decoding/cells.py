@@ -120,10 +120,8 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
     scales = cell_cfg_scales(cfg_scale, generator.num_cells, cfg_schedule)
     # every cell runs the stacked batch whenever any cell is guided, so the null cache is complete
     guidance = Guidance(cfg_scale if any(s != 1 for s in scales) else 1.0, generator)
-
-    b, k, d = cond.batch_size, generator.cell_tokens, generator.token_dim
     cache = guidance.new_cache(generator, cond)
-    device = cache.lengths.device
+    b, k, d, device = cond.batch_size, generator.cell_tokens, generator.token_dim, cache.lengths.device
     cells: list[Tensor] = []
     for c in track(range(generator.num_cells), progress, desc="cells"):
         context = cells[-1] if cells else None

@@ -63,8 +63,9 @@ def path_sampler(head, *, final_noise: bool) -> PathDensity:
                      f"an object with path_len/path_noise/path_sample/path_log_prob); got {type(head).__name__}")
 
 
-def _check_generator(generator, name: str) -> None:
+def _check_generator(generator, name: str, sampling: SamplingArgs) -> None:
     check_generator(generator, name, continuous=True)
+    no_logit_filters(sampling, name)
     if not hasattr(generator, "head"):
         raise ValueError(f"decoder {name!r} needs a generator with a per-token diffusion head (`head`); "
                          f"{type(generator).__name__} has none (xAR: use decoder='cells')")
@@ -85,8 +86,7 @@ def decode_car(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     """
     if unknown:
         raise ValueError(f"decoder 'ar' (continuous) got unknown option(s) {sorted(unknown)}; it takes final_noise=")
-    _check_generator(generator, "ar")
-    no_logit_filters(sampling, "ar")
+    _check_generator(generator, "ar", sampling)
     guidance = guidance or Guidance()
     paths = path_sampler(generator.head, final_noise=final_noise)
     cache = guidance.new_cache(generator, cond)
@@ -134,12 +134,9 @@ class _NoiseBank:
 
 def _residual(propose: Callable[[Tensor], tuple[Tensor, Tensor]], out: Tensor, rng: torch.Generator | None,
               max_tries: int, *, keep_last: bool) -> tuple[Tensor, int, int]:
-    """Rows of ``out`` (r, d) drawn from ``norm(max(0, p - q))`` by acceptance-rejection with proposal ``p``:
-    ``propose(rows (k,))`` draws ``k`` tokens (k, d) from ``p`` and returns them with ``log q - log p`` (k,).  Rows
-    still open after ``max_tries`` rounds keep their last proposal (``keep_last``) or ``out``'s value.
-
-    Returns ``(out, proposals drawn, rows capped)``.
-    """
+    """``(out, proposals drawn, rows capped)``: rows of ``out`` (r, d) drawn from ``norm(max(0, p - q))`` by
+    acceptance-rejection; ``propose(rows (k,))`` draws tokens (k, d) from ``p`` with their ``log q - log p`` (k,).
+    Rows still open after ``max_tries`` rounds keep their last proposal (``keep_last``) or ``out``'s value."""
     pending, tries = torch.arange(len(out), device=out.device), 0
     for _ in range(max_tries):
         y, log_ratio = propose(pending)
@@ -202,8 +199,7 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     check_count("max_resample", max_resample, hint=" (residual proposals per rejected token)")
     if not inner_temperature > 0:
         raise ValueError(f"inner_temperature must be > 0, got {inner_temperature}")
-    _check_generator(generator, "csd")
-    no_logit_filters(sampling, "csd")
+    _check_generator(generator, "csd", sampling)
     guidance = guidance or Guidance()
     if sampling.temperature <= 0:
         raise ValueError("decoder 'csd' compares step densities, which need noise: temperature must be > 0 "

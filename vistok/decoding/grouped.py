@@ -5,8 +5,7 @@ distribution; they trade exactness for more accepted tokens per forward pass.
 * :func:`decode_lantern` -- LANTERN-style relaxed acceptance (Jang et al., arXiv 2410.03355), applied to
   Jacobi drafts instead of a trained drafter's.
 
-Both reuse the SJD loop of :func:`vistok.decoding.jacobi.jacobi_decode` (windows, drafts, residual resampling
-on rejection, ragged batches, NFE and extras) and change only the acceptance probability of a draft.
+Both run the SJD loop (:func:`vistok.decoding.jacobi.jacobi_decode`) with their own acceptance probability.
 
 Legend: b batch, w window, v vocab, g group candidates, k neighbours, d embedding dim.
 """

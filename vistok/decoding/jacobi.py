@@ -22,11 +22,10 @@ One iteration (one ``generator.step``, one NFE) per sample with ``a`` accepted t
 5. the window is refilled with initial drafts: ``init="random"`` (uniform ids, ``q`` one-hot on the draft) or
    ``init="repeat"`` (a copy of the token before them; token 0 at the very start).
 
-Samples accept ragged numbers of tokens (the cache is rolled back per sample with ``cache.truncate``), so a batch
-decodes exactly as its samples would one by one; at temperature 0 the result equals greedy AR (the Jacobi fixed
-point).  NFE counts ``generator.step`` calls (CFG's doubled batch once; a text prefix prefilled in ``new_cache`` is
-not counted, as in :func:`~vistok.decoding.autoregressive.decode_ar`).  Extras: ``accepted_hist`` (index ``k``:
-(sample, pass) pairs that accepted ``k`` tokens), ``nfe_per_sample``, ``mean_accepted``, ``window``, ``lossless``.
+Samples accept ragged numbers of tokens (per-sample ``cache.truncate``), so a batch decodes as its samples would
+one by one; at temperature 0 the result is greedy AR.  NFE counts ``generator.step`` calls (CFG's doubled batch
+once, a prefilled text prefix not).  Extras: ``accepted_hist`` (index ``k``: (sample, pass) pairs that accepted
+``k`` tokens), ``nfe_per_sample``, ``mean_accepted``, ``window``, ``lossless``.
 
 Legend: b batch, w window, v vocab, n tokens.
 """

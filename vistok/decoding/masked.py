@@ -5,14 +5,12 @@ MaskGIT, CFG ramp from Muse); reference code github.com/LTH14/mar at fe470ac (``
 
 Step ``k`` of ``num_iter`` (0-based), with ``m`` positions still unknown:
 
-1. the generator predicts a head condition ``z`` for every position from the known tokens
-   (``generator.predict(tokens, mask, cond)``; batch doubled with the null condition under CFG);
-2. ``keep = max(1, min(m - 1, floor(n cos(pi/2 (k+1)/num_iter))))`` positions stay unknown after this step
-   (none after the last): the first ``keep`` entries of the sample's order, so tokens are revealed from the end
-   of the order backwards;
+1. ``generator.predict(tokens, mask, cond)`` gives a head condition ``z`` for every position from the known tokens
+   (batch doubled with the null condition under CFG);
+2. ``keep = max(1, min(m - 1, floor(n cos(pi/2 (k+1)/num_iter))))`` positions stay unknown (none after the last
+   step): the first ``keep`` entries of the sample's order, so tokens are revealed from the end of the order;
 3. the head samples the revealed positions (rows in (batch, position) order) with guidance
-   ``1 + (cfg - 1) (n - keep) / n`` (``cfg_schedule="linear"``) or ``cfg`` (``"constant"``) and the temperature
-   on its per-step noise.
+   ``1 + (cfg - 1) (n - keep) / n`` (``cfg_schedule="linear"``) or ``cfg`` (``"constant"``).
 
 Legend: b batch, n tokens, d token dim, r revealed rows, s head sampling steps.
 """

@@ -67,8 +67,7 @@ def decode_nar(generator: NeighbourGenerator, cond: Conditioning, sampling: Samp
     guidance = guidance or Guidance()
     h, w = generator.grid
     cache = guidance.new_cache(generator, cond)
-    b = cond.batch_size
-    device = cache.lengths.device
+    b, device = cond.batch_size, cache.lengths.device
     tokens = torch.zeros(b, h * w, dtype=torch.long, device=device)
     schedule = diagonal_schedule(h, w)
     log, done = [], 0

@@ -107,13 +107,11 @@ class DiffLossHead(nn.Module, Configurable):
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(width, 2 * width)
         self.out_proj = nn.Linear(width, 2 * token_dim)
-        # per-timestep constants of the training schedule, from step_table, stored fp32 (not saved)
-        tab = self.step_table(list(range(num_train_timesteps - 1, -1, -1))).flip(0)  # row t = timestep t
-        tables = {"sqrt_abar": tab[:, 1], "sqrt_1m_abar": tab[:, 0], "sqrt_recip_abar": 1 / tab[:, 1],
-                  "sqrt_recipm1_abar": tab[:, 0] / tab[:, 1], "post_coef_x0": tab[:, 2], "post_coef_xt": tab[:, 3],
-                  "log_betas": tab[:, 4], "post_logvar": tab[:, 5]}
-        for name, value in tables.items():
-            self.register_buffer(name, value.float(), persistent=False)
+        # the training schedule's per-timestep constants (row t = timestep t), fp32, not saved: the step_table
+        # columns, then 1 / sqrt(abar) and sqrt(1 / abar - 1)
+        tab = self.step_table(list(range(num_train_timesteps - 1, -1, -1))).flip(0)
+        tab = torch.cat([tab, 1 / tab[:, 1:2], tab[:, 0:1] / tab[:, 1:2]], dim=1)
+        self.register_buffer("train_table", tab.float(), persistent=False)
         # MAR's init: xavier-uniform Linears, N(0, 0.02) time MLP, zero adaLN and output layers
         xavier_linears(self)
         nn.init.normal_(self.time_mlp[0].weight, std=0.02)
@@ -175,17 +173,18 @@ class DiffLossHead(nn.Module, Configurable):
     def loss_terms(self, target: Tensor, z: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:
         """Per-row IDDPM hybrid loss: ``mse`` (eps) + ``vb`` (KL in bits, learning only the variance; at t = 0
         the discretised-Gaussian decoder NLL).  target/noise (n, d), z (n, c), t (n,) -> dict of (n,) tensors."""
-        tab = lambda name: getattr(self, name)[t][:, None]
-        x_t = tab("sqrt_abar") * target + tab("sqrt_1m_abar") * noise  # q(x_t | x_0)
+        columns = self.train_table[t].T[..., None]  # 8 x (n, 1)
+        sqrt_1m_abar, sqrt_abar, coef_x0, coef_xt, log_beta, post_logvar, recip, recipm1 = columns
+        x_t = sqrt_abar * target + sqrt_1m_abar * noise  # q(x_t | x_0)
         out = self.net(x_t, t, z)
         eps, v = out[:, : self.token_dim], out[:, self.token_dim :]
         mse = (noise - eps).pow(2).mean(-1)
         frac = (v + 1) / 2
-        model_logvar = frac * tab("log_betas") + (1 - frac) * tab("post_logvar")
-        x0_pred = tab("sqrt_recip_abar") * x_t - tab("sqrt_recipm1_abar") * eps.detach()  # mean is not trained by vb
-        model_mean = tab("post_coef_x0") * x0_pred + tab("post_coef_xt") * x_t
-        true_mean = tab("post_coef_x0") * target + tab("post_coef_xt") * x_t
-        kl = _normal_kl(true_mean, tab("post_logvar"), model_mean, model_logvar).mean(-1) / math.log(2.0)
+        model_logvar = frac * log_beta + (1 - frac) * post_logvar
+        x0_pred = recip * x_t - recipm1 * eps.detach()  # the mean is not trained by vb
+        model_mean = coef_x0 * x0_pred + coef_xt * x_t
+        true_mean = coef_x0 * target + coef_xt * x_t
+        kl = _normal_kl(true_mean, post_logvar, model_mean, model_logvar).mean(-1) / math.log(2.0)
         nll = -_discretized_gaussian_log_likelihood(target, model_mean, 0.5 * model_logvar).mean(-1) / math.log(2.0)
         vb = torch.where(t == 0, nll, kl)
         return {"loss": mse + vb, "mse": mse, "vb": vb, "x_t": x_t}
@@ -221,7 +220,6 @@ class DiffLossHead(nn.Module, Configurable):
         """Draw one token per condition.  z (n, c) -> tokens (n, d).
 
         Args:
-            z: per-token conditions.
             z_null: the unconditional conditions (n, c); required when ``cfg_scale != 1``.
             cfg_scale: guidance scale, float or per-row (n,).
             temperature: multiplies the per-step noise (0 = no noise after the initial draw).

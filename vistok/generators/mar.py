@@ -147,19 +147,17 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                  pos_grid: tuple[int, int] | None = None, pos_init: Literal["normal", "sincos"] = "normal",
                  rope: bool = False):
         super().__init__()
-        pos_grid = token_grid(seq_len, pos_grid, "pos_grid", row_fallback=True)
+        self.pos_grid = token_grid(seq_len, pos_grid, "pos_grid", row_fallback=True)
         check_choice("pos_init", pos_init, ("normal", "sincos"), " ('normal' = MAR)")
-        self.pos_grid, self.pos_init, self.rope = pos_grid, pos_init, rope
         if not 0 < mask_ratio_min <= 1:
             raise ValueError(f"mask_ratio_min must be in (0, 1] (MAR: 0.7), got {mask_ratio_min}")
         check_choice("mask_ratio_dist", mask_ratio_dist, ("truncnorm", "cosine"), " ('truncnorm' = MAR)")
-        self.mask_ratio_dist = mask_ratio_dist
         if text_dim and max_text_len > buffer_size:
             raise ValueError(f"max_text_len ({max_text_len}) must be <= buffer_size ({buffer_size}): text tokens "
                              "live in the buffer slots")
         self.token_dim, self.seq_len, self.buffer_size = token_dim, seq_len, buffer_size
-        self.mask_ratio_min = mask_ratio_min
-        self.diffusion_batch_mul = diffusion_batch_mul
+        self.pos_init, self.rope, self.mask_ratio_dist = pos_init, rope, mask_ratio_dist
+        self.mask_ratio_min, self.diffusion_batch_mul = mask_ratio_min, diffusion_batch_mul
         self.init_conditioning(encoder_width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
                                cond_dropout=cond_dropout, null="vector")
         # encoder
@@ -217,8 +215,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         (x (b, k, c) encoded kept slots in original order, idx (b, k) their slot indices, valid (b, k)).
         Rows with fewer kept slots than ``k`` are padded (``valid`` False) and masked out of attention.
         """
-        x = torch.cat([buffer.to(tokens.dtype), self.token_proj(tokens)], dim=1) + self.encoder_pos
-        x = self.token_norm(x)  # b s c
+        x = self.token_norm(torch.cat([buffer.to(tokens.dtype), self.token_proj(tokens)], dim=1) + self.encoder_pos)
         keep = F.pad(~mask, (self.buffer_size, 0), value=True)
         counts = keep.sum(1)
         idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(counts.max())]  # kept first
@@ -407,11 +404,8 @@ def convert_mar_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         ValueError: listing every official key it does not know.
     """
-    def squeeze(new: str, value: Tensor) -> Tensor:
-        if new in _SQUEEZE:  # (1, d) / (1, 1, d) / (1, s, d) -> (d,) / (s, d)
-            return value.reshape(value.shape[-1 if value.numel() == value.shape[-1] else -2 :])
-        return value
-
+    # (1, d) / (1, 1, d) / (1, s, d) -> (d,) / (s, d)
+    squeeze = lambda new, v: v.reshape(v.shape[-1 if v.numel() == v.shape[-1] else -2 :]) if new in _SQUEEZE else v
     return rename_state_dict({k.removeprefix("module."): v for k, v in official.items()}, _KEY_RULES,
                              transform=squeeze, unknown_error="not MAR keys")
 

@@ -134,11 +134,8 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         return cache.with_prefix(near & valid[:, None, :])
 
     def step_heads(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> tuple[Tensor, Tensor | None]:
-        """Feed ``inputs`` (b, l) = grid tokens ``positions - 1`` (the start embedding at position 0).
-
-        Returns the raw head logits at those slots: ``right`` (b, l, v) predicts each fed token's right neighbour,
-        ``down`` (b, l, v) its lower neighbour (None for a single-row grid).
-        """
+        """``(right, down)`` (b, l, v) head logits at the slots of ``inputs`` (b, l), the grid tokens at
+        ``positions - 1``, as :class:`~vistok.interfaces.NeighbourGenerator` specifies (``down`` None for one row)."""
         check_positions(positions, cache.max_tokens)
         x = self.with_start(self.tok_embed(inputs.clamp(min=0)), positions, cache)
         cos, sin = rope_2d_table(*self.grid, self.width // self.num_heads, self.rope_base, positions.device)

@@ -36,9 +36,6 @@ from vistok.layers.init import xavier_linears
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
 
-_TIME_STEPS = 1000  # the official time discretisation: time_embed(floor(1000 t))
-
-
 def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
     if len(pair) != 2 or min(pair) < 1:
@@ -57,7 +54,7 @@ class TimestepEmbedding(nn.Module):
         self.mlp = TimestepMLP(dim, freq_dim)
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp((t.float() * _TIME_STEPS).long())  # fp32 product, truncated, as the official code does
+        return self.mlp((t.float() * 1000).long())  # the official floor(1000 t): fp32 product, truncated
 
 
 class GatedMLP(nn.Module):
@@ -184,9 +181,8 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
     def _check_tokens(self, tokens: Tensor, *, full: bool) -> None:
         n = self.seq_len if full else "l"
         check_generator_tokens(tokens, seq_len=self.seq_len if full else None, token_dim=self.token_dim,
-                               layout=f"(B, {n}, {self.token_dim}): a {self.grid[0]}x{self.grid[1]} grid of "
-                                      f"{self.token_dim}-d tokens in raster order (was the generator built for this "
-                                      "tokenizer's grid?)")
+                               layout=f"(B, {n}, {self.token_dim}) in raster order of a {self.grid[0]}x{self.grid[1]} "
+                                      "grid (was the generator built for this tokenizer's grid?)")
 
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
@@ -355,10 +351,9 @@ def xar_kwargs_from_official_weights(state: dict[str, Tensor]) -> dict:
 
 def official_matches(config: dict, folder: Path) -> bool:
     """True for an official xAR folder: a config naming ``models.xar.xAR``, or a bare ``xAR-*.pth`` release."""
-    folder = Path(folder)
     if config:
         return config.get("cls") == "models.xar.xAR" or str(config.get("repo", "")).endswith("OliverRensu/xAR")
-    return any(folder.glob("xAR-*.pth"))
+    return any(Path(folder).glob("xAR-*.pth"))
 
 
 def load_official(folder: str | Path) -> XARGenerator:
