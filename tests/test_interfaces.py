@@ -51,3 +51,25 @@ def test_kvcache_truncate_and_mask():
     assert m[1].tolist() == [True, False, True, True, True, False, False]
     with pytest.raises(ValueError, match="truncate"):
         cache.truncate(4)
+
+
+def test_kvcache_with_prefix_puts_the_real_prefix_slots_first():
+    cache = KVCache(1, 2, 1, 4, prefix_len=2, max_tokens=3)
+    cache.prefix_mask[0, 1] = False
+    seen = torch.tensor([[[True, False, True]], [[False, False, False]]])  # (B, L=1, max_tokens)
+    m = cache.with_prefix(seen)
+    assert m.shape == (2, 1, 1, 5)
+    assert m[0, 0, 0].tolist() == [True, False, True, False, True]
+    assert m[1, 0, 0].tolist() == [True, True, False, False, False]
+
+
+def test_check_choice_and_check_count_messages():
+    from vistok.interfaces import check_choice, check_count
+
+    check_choice("method", "sde", ("sde", "ode"))
+    with pytest.raises(ValueError, match=r"method must be one of \('sde', 'ode'\) \(hint\), got 'euler'"):
+        check_choice("method", "euler", ("sde", "ode"), " (hint)")
+    check_count("k", 0, low=0)
+    for bad in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="window must be an int >= 1"):
+            check_count("window", bad)

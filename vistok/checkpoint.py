@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["WRAPPER_KEYS", "check_finite", "find_weight_file", "load_state_dict_strict", "read_json",
-           "read_keys", "read_state_dict", "rename_state_dict"]
+           "read_keys", "read_release", "read_state_dict", "rename_state_dict"]
 
 # Keys training scripts nest the weights under, most preferred first (EMA weights are what one samples with).
 WRAPPER_KEYS = ("model_ema", "model", "module", "state_dict")
@@ -106,6 +106,20 @@ def find_weight_file(folder: str | Path, names: Iterable[str], patterns: Iterabl
     if unique and len(found) > 1:
         raise ValueError(f"{folder} holds several weight files {[p.name for p in found]}; keep one per folder")
     return found[0] if found else None
+
+
+def read_release(folder: str | Path, names: tuple[str, ...], patterns: tuple[str, ...] = (), *,
+                 unique: bool = False) -> tuple[dict, dict[str, Tensor], Path]:
+    """``(config.json or {}, state dict, weight path)`` of an official release folder (:func:`find_weight_file`).
+
+    Raises:
+        FileNotFoundError: the folder holds no weight file named ``names`` or matching ``patterns``.
+    """
+    folder = Path(folder)
+    path = find_weight_file(folder, names, patterns, unique=unique)
+    if path is None:
+        raise FileNotFoundError(f"{folder} holds no weights: none of {[*names, *patterns]}")
+    return read_json(folder / "config.json", missing_ok=True), read_state_dict(path), path
 
 
 def read_json(path: str | Path, *, missing_ok: bool = False) -> dict:

@@ -232,6 +232,18 @@ def check_generator_tokens(tokens: Tensor, *, seq_len: int | None, vocab_size: i
         raise ValueError(f"tokens must have shape {layout or f'(B, {n}, {token_dim})'}, got {tuple(tokens.shape)}")
 
 
+def check_choice(name: str, value, choices: tuple, hint: str = "") -> None:
+    """ValueError unless ``value`` is one of ``choices`` (an option of a constructor or a decoder)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}{hint}, got {value!r}")
+
+
+def check_count(name: str, value, low: int = 1, hint: str = "") -> None:
+    """ValueError unless ``value`` is an int (not a bool) ``>= low`` (window sizes, step and sample counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
+
+
 def validating() -> bool:
     """Whether value checks that read tensors on the host (``.item()``, ``bool(tensor)``) should run: always in eager
     mode, never inside ``torch.compile`` (they would break the graph).  Shape checks need no such guard."""
@@ -417,6 +429,8 @@ def check_conditioning(cond: Conditioning, *, num_classes: int, text_dim: int, m
 def drop_conditioning(cond: Conditioning, p: float, generator: torch.Generator | None = None) -> Conditioning:
     """Replace each sample's condition by the null condition with probability ``p`` (training, for CFG):
     labels become -1, text masks become all-False."""
+    if not isinstance(cond, Conditioning):
+        raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
     device = generator.device if generator is not None else "cpu"
     drop = torch.rand(cond.batch_size, generator=generator, device=device) < p
     labels = None if cond.labels is None else torch.where(drop.to(cond.labels.device), -1, cond.labels)
@@ -491,15 +505,14 @@ class KVCache:
     def attention_mask(self, positions: Tensor) -> Tensor:
         """Boolean mask ``(B, 1, L, S)``: token queries at ``positions`` see valid prefix slots and
         token slots ``<= position`` below the cache length (after this step's writes)."""
-        b, s = positions.shape[0], self.k[0].shape[2]
-        slot = torch.arange(s, device=positions.device)
-        tok = slot - self.prefix_len  # token position of each slot (negative for prefix)
+        tok = torch.arange(self.max_tokens, device=positions.device)  # token position of each token slot
         valid_len = torch.maximum(self.lengths, positions.max(dim=1).values + 1)  # (B,)
-        seen = (tok[None, None, :] <= positions[:, :, None]) & (tok[None, None, :] < valid_len[:, None, None])
-        seen &= tok[None, None, :] >= 0
-        prefix = torch.zeros(b, s, dtype=torch.bool, device=positions.device)
-        prefix[:, : self.prefix_len] = self.prefix_mask
-        return (seen | prefix[:, None, :])[:, None]
+        return self.with_prefix((tok <= positions[:, :, None]) & (tok < valid_len[:, None, None]))
+
+    def with_prefix(self, seen: Tensor) -> Tensor:
+        """The attention mask ``(B, 1, L, S)`` of queries that see the real prefix slots and the token slots where
+        ``seen`` ``(B, L, max_tokens)`` is True."""
+        return torch.cat([self.prefix_mask[:, None].expand(-1, seen.shape[1], -1), seen], dim=-1)[:, None]
 
     def advance(self, positions: Tensor) -> None:
         """Record that token positions up to ``positions.max(1)`` now hold entries."""

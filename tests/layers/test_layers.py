@@ -173,7 +173,7 @@ def test_xar_time_embedding_from_diffusers_matches_the_official_sinusoid():
     steps = (t.float() * 1000).long().float()  # the formula xAR had inline: floor(1000 t), [cos, sin]
     freqs = torch.exp(-math.log(10000.0) * torch.arange(8, dtype=torch.float32) / 8)
     args = steps[..., None] * freqs
-    assert torch.equal(emb(t), emb.mlp(torch.cat([args.cos(), args.sin()], dim=-1)))
+    assert torch.equal(emb(t), nn.Sequential.forward(emb.mlp, torch.cat([args.cos(), args.sin()], dim=-1)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -186,3 +186,32 @@ def test_shipped_generators_load(name):
     cond = Conditioning(text=torch.randn(1, 3, gen.text_dim))
     cache = gen.new_cache(cond)
     assert cache.prefix_mask.sum() == 3 and cache.start.shape == (1, gen.width)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Shared generator plumbing: token layouts, block runs, LlamaGen widths
+# --------------------------------------------------------------------------------------------------------------
+def test_token_grid_square_row_fallback_and_errors():
+    from vistok.layers import token_grid
+
+    assert token_grid(16, None) == (4, 4) and token_grid(32, None, row_fallback=True) == (1, 32)
+    assert token_grid(32, [8, 4]) == (8, 4) and token_grid(16, None, row_fallback=True) == (4, 4)
+    with pytest.raises(ValueError, match="not a square grid: pass grid="):
+        token_grid(32, None)
+    with pytest.raises(ValueError, match=r"pos_grid \(4, 4\) does not hold seq_len=32"):
+        token_grid(32, (4, 4), "pos_grid", row_fallback=True)
+
+
+def test_run_blocks_numbers_cache_layers_from_first_layer():
+    from vistok.layers import find_multiple, run_blocks
+
+    calls = []
+
+    class Rec(torch.nn.Module):
+        def forward(self, x, mask, rope, cache, layer, slots, **extra):
+            calls.append((layer, sorted(extra)))
+            return x + 1
+
+    out = run_blocks(torch.nn.ModuleList([Rec(), Rec()]), torch.zeros(1), first_layer=3, cond=None)
+    assert out.item() == 2 and calls == [(3, ["cond"]), (4, ["cond"])]
+    assert find_multiple(int(8 * 256 / 3), 64) == 704 and find_multiple(512, 256) == 512

@@ -1,10 +1,5 @@
-"""Decoders: free functions over the protocols of :mod:`vistok.interfaces`, selected by name in :func:`generate`.
-
-    out = vistok.decoding.generate(generator, cond, decoder="ar", num_samples=4, temperature=1.0,
-                                   top_k=100, cfg_scale=3.0, seed=0)
-    out.tokens  # (B * num_samples, N)
-    out.nfe     # generator forward passes used
-"""
+"""Decoders: free functions over the protocols of :mod:`vistok.interfaces`, selected by name in :func:`generate`
+(usage: :mod:`vistok.decoding.api`)."""
 
 from vistok.decoding.api import DECODERS, GenerationOutput, generate
 from vistok.decoding.autoregressive import decode_ar

@@ -1,9 +1,7 @@
 """``generate``: the one entry point that picks a decoder by name, sets up guidance and seeding, and runs it.
 
-    out = vistok.decoding.generate(generator, cond, decoder="sjd", num_samples=4, temperature=1.0, top_k=100,
-                                   cfg_scale=3.0, seed=0, window=16)
-    out.tokens  # (B * num_samples, N) ids or (B * num_samples, N, D) vectors
-    out.nfe     # generator forward passes used
+    out = vistok.decoding.generate(generator, cond, decoder="sjd", num_samples=4, cfg_scale=3.0, seed=0, window=16)
+    out.tokens, out.nfe  # (B * num_samples, N) ids or (B * num_samples, N, D) vectors; generator forward passes
 
 Every decoder is a free function ``decoder(generator, cond, sampling, rng, progress, *, guidance, **options) ->
 (tokens, nfe, extras)`` over the protocols of :mod:`vistok.interfaces`; :data:`DECODERS` maps names to them.
@@ -11,7 +9,6 @@ Every decoder is a free function ``decoder(generator, cond, sampling, rng, progr
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +24,7 @@ from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
 from vistok.decoding.neighboring import decode_nar
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import Conditioning
+from vistok.interfaces import Conditioning, check_count
 
 #: name -> decoder function
 DECODERS: dict[str, Callable] = {
@@ -48,14 +45,6 @@ class GenerationOutput:
     tokens: Tensor
     nfe: int
     extras: dict = field(default_factory=dict)
-
-
-def _rng(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator | None:
-    if seed is None or isinstance(seed, torch.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = None, num_samples: int = 1,
@@ -90,22 +79,21 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")
         decoder = DECODERS[decoder]
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+    check_count("num_samples", num_samples)
     if not isinstance(cond, Conditioning):
         raise TypeError(f"cond must be a vistok.Conditioning, got {type(cond).__name__}")
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if value is not None and not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, torch.Generator, type(None))):
+        raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
     sampling = SamplingArgs(temperature, top_k, top_p)
     guidance = Guidance(cfg_scale, model)
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     cond = cond.to(device).repeat_interleave(num_samples) if num_samples > 1 else cond.to(device)
+    rng = torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int) else seed
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
     try:
-        out = decoder(model, cond, sampling, _rng(seed, device), progress, guidance=guidance, **decoder_kwargs)
+        out = decoder(model, cond, sampling, rng, progress, guidance=guidance, **decoder_kwargs)
     finally:
         if was_training:
             model.train()

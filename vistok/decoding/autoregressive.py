@@ -26,13 +26,11 @@ def decode_ar(generator: CausalGenerator, cond: Conditioning, sampling: Sampling
         raise ValueError(f"decoder 'ar' got unknown option(s) {sorted(options)}; it takes none")
     guidance = guidance or Guidance()
     cache = guidance.new_cache(generator, cond)
-    b, n = cond.batch_size, generator.seq_len
-    device = cache.lengths.device
+    b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
     tokens = torch.zeros(b, n, dtype=torch.long, device=device)
-    prev = torch.zeros(b, 1, dtype=torch.long, device=device)
     for p in track(range(n), progress, desc="ar"):
+        prev = tokens[:, max(p - 1, 0) : max(p, 1)]  # token p - 1 (ignored at p = 0: the start embedding)
         pos = torch.full((b, 1), p, device=device)
-        logits = guidance.mix(generator.step(guidance.double(prev), guidance.double(pos), cache))[:, 0]
+        logits = guidance.mix(guidance.step(generator, prev, pos, cache))[:, 0]
         tokens[:, p] = draw(sampling.probs(logits), sampling, rng)
-        prev = tokens[:, p : p + 1]
     return tokens, n, {"decoder": "ar"}

@@ -5,30 +5,19 @@ clean cell, then feed that cell back as clean context.
     out.tokens  # (B, N, D) continuous tokens, raster order of the grid;  out.nfe == num_cells * num_steps
 
 Algorithm (xAR, arXiv 2502.20388; facts from OliverRensu/xAR ``models/xar.py::sample_tokens`` and
-``models/sampler.py``), for each cell c = 0 .. K-1 in raster order:
+``models/sampler.py``; details and measurements in ``docs/xar.md``), for each cell c = 0 .. K-1 in raster order:
+draw the cell's noise ``(B, k, D)``; integrate from t = 1 to 0 with ``num_steps`` velocity evaluations, the first of
+which (c > 0) also feeds cell c-1 clean at t = 0 to (re)write its keys/values; guide with the cell's scale
+``1 + (cfg - 1) c / (K - 1)`` (``cfg_schedule="linear"``, official) or ``cfg`` (``"constant"``).  Whenever
+``cfg != 1`` the conditional and null batches are stacked in every pass, so the null cache is complete.
 
-1. draw the cell's initial noise ``(B, k, D)`` (float32 normal);
-2. integrate from t = 1 to t = 0 with ``num_steps`` velocity evaluations.  The first evaluation of a cell c > 0
-   also feeds cell c-1, clean and at t = 0, which (re)writes its keys/values into the KV cache; later evaluations
-   feed only the noisy cell (the context comes from the cache);
-3. guidance: the scale of cell c is ``1 + (cfg - 1) * c / (K - 1)`` (``cfg_schedule="linear"``, the official ramp:
-   cell 0 unguided, the last cell at ``cfg``) or ``cfg`` (``"constant"``).  Whenever ``cfg != 1`` the conditional and
-   null batches are stacked (conditional first) in one forward pass for every cell, so the null cache is complete.
-
-Integrators (``method``):
-
-* ``"sde"`` (default, the official sampler): Euler–Maruyama on the reverse SDE of the linear path with diffusion
-  ``g^2(t) = 2t``, over ``t_i = linspace(1, t_min, num_steps)``, then one deterministic (mean) step from ``t_min`` to
-  0.  Drift ``f = v - t * score`` with the score read off the velocity, ``score = -((1 - t) v + x_t) / t``; guidance
-  mixes the drift, ``f_u + s (f_c - f_u)``.  Runs in float64 like the official code.  Random draws, in order (what
-  parity with the official sampler needs): per cell one float32 normal for the initial noise, then ``num_steps - 1``
-  float64 normals for the Euler–Maruyama increments.  This integrator is written out here because diffusers'
-  ``FlowMatchEulerDiscreteScheduler`` has no such step: its ``stochastic_sampling`` mode re-noises the predicted
-  clean sample to the next noise level (``(1 - s') x0 + s' eps``), a different sampler with no score correction
-  and no final mean step, so it cannot reproduce xAR's samples.
-* ``"ode"``: the probability-flow ODE with Euler steps over ``t = linspace(1, 0, num_steps + 1)`` (the official
-  ``euler_sampler``), run through diffusers' ``FlowMatchEulerDiscreteScheduler`` with those custom sigmas (shift 1);
-  guidance mixes the velocity.  No randomness beyond the initial noise.
+* ``method="sde"`` (default, the official sampler): Euler–Maruyama on the reverse SDE of the linear path (``g^2 = 2t``,
+  score read off the velocity) over ``linspace(1, t_min, num_steps)``, then a mean step to 0; guidance mixes the
+  drift; float64.  Random draws, in order (what parity with the official sampler needs): per cell one float32 normal
+  for the noise, then ``num_steps - 1`` float64 normals.  Written out here: diffusers'
+  ``FlowMatchEulerDiscreteScheduler`` has no such step (its ``stochastic_sampling`` is a different sampler).
+* ``method="ode"``: Euler over ``linspace(1, 0, num_steps + 1)`` through diffusers' ``FlowMatchEulerDiscreteScheduler``
+  (the official ``euler_sampler``); guidance mixes the velocity.
 
 xAR has no temperature or top-k/top-p.  Guidance scales below 1 are applied as given (the official sampler ignores
 them).  Legend: b batch, k tokens per cell, d token channels, g cells fed in one call.
@@ -40,11 +29,12 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import CellGenerator, Conditioning
+from vistok.interfaces import CellGenerator, Conditioning, check_choice, check_count
 from vistok.progress import track
 
 __all__ = ["cell_cfg_scales", "decode_cells"]
@@ -52,12 +42,9 @@ __all__ = ["cell_cfg_scales", "decode_cells"]
 
 def cell_cfg_scales(cfg_scale: float, num_cells: int, schedule: str = "linear") -> list[float]:
     """Per-cell guidance scales: the official linear ramp from 1 (first cell) to ``cfg_scale`` (last), or constant."""
-    if schedule == "constant":
+    check_choice("cfg_schedule", schedule, ("linear", "constant"))
+    if schedule == "constant" or num_cells == 1:
         return [float(cfg_scale)] * num_cells
-    if schedule != "linear":
-        raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {schedule!r}")
-    if num_cells == 1:
-        return [float(cfg_scale)]
     return [(cfg_scale - 1) * c / (num_cells - 1.0) + 1 for c in range(num_cells)]
 
 
@@ -86,8 +73,6 @@ def _sde_cell(velocity: Callable, x0: Tensor, num_steps: int, t_min: float, scal
 
 def _ode_cell(velocity: Callable, x0: Tensor, num_steps: int, scale: float, guidance: Guidance) -> Tensor:
     """Euler over t = linspace(1, 0, num_steps + 1) with diffusers' FlowMatchEulerDiscreteScheduler."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     scheduler.set_timesteps(sigmas=torch.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist(), device=x0.device)
     x = x0
@@ -106,8 +91,7 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
     """Sample ``(B, N, D)`` continuous tokens cell by cell (see the module docstring).
 
     Args:
-        generator: a :class:`~vistok.interfaces.CellGenerator` (e.g. XARGenerator).
-        cond: the conditions, batch B.
+        generator, cond: a :class:`~vistok.interfaces.CellGenerator` (e.g. XARGenerator) and the conditions (batch B).
         sampling: only the defaults are accepted (xAR has no temperature or top-k/top-p).
         rng: random generator for the initial noise and the SDE increments (None: torch's global RNG).
         guidance: classifier-free guidance (its scale is the ``cfg_scale`` of the last cell); or give
@@ -126,10 +110,8 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
     if not isinstance(generator, CellGenerator):
         raise ValueError("decoder 'cells' needs a cell-autoregressive generator (e.g. XARGenerator); use 'ar' or a "
                          "speculative decoder for token-by-token generators")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1 (velocity evaluations per cell), got {num_steps!r}")
-    if method not in ("sde", "ode"):
-        raise ValueError(f"method must be 'sde' or 'ode', got {method!r}")
+    check_count("num_steps", num_steps, hint=" (velocity evaluations per cell)")
+    check_choice("method", method, ("sde", "ode"))
     if method == "sde" and not 0 < t_min < 1:
         raise ValueError(f"t_min must be in (0, 1), got {t_min}")
     if sampling is not None and (sampling.temperature != 1 or sampling.top_k or sampling.top_p not in (None, 1.0)):
@@ -138,10 +120,8 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
     scales = cell_cfg_scales(cfg_scale, generator.num_cells, cfg_schedule)
     # every cell runs the stacked batch whenever any cell is guided, so the null cache is complete
     guidance = Guidance(cfg_scale if any(s != 1 for s in scales) else 1.0, generator)
-
-    b, k, d = cond.batch_size, generator.cell_tokens, generator.token_dim
     cache = guidance.new_cache(generator, cond)
-    device = cache.lengths.device
+    b, k, d, device = cond.batch_size, generator.cell_tokens, generator.token_dim, cache.lengths.device
     cells: list[Tensor] = []
     for c in track(range(generator.num_cells), progress, desc="cells"):
         context = cells[-1] if cells else None
@@ -152,8 +132,7 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
             times = torch.full((feed.shape[1] // k,), float(t), dtype=torch.float64, device=device)
             times[:-1] = 0.0  # the context cell is clean
             feed = guidance.double(feed)
-            start = (c + 1) * k - feed.shape[1]
-            positions = torch.arange(start, (c + 1) * k, device=device)
+            positions = torch.arange((c + 1) * k - feed.shape[1], (c + 1) * k, device=device)
             return generator.step(feed, positions, cache, times.expand(feed.shape[0], -1))[:, -k:]
 
         x0 = torch.randn(b, k, d, generator=rng, device=device)

@@ -7,35 +7,20 @@
   facts only), run *self-speculatively* on a window of drafts like SJD (:mod:`vistok.decoding.jacobi`).
 
 A diffusion head's marginal density is intractable, but the density of its sampling *path* is a product of
-Gaussians (:class:`~vistok.interfaces.PathDensity`).  Each iteration (one ``generator.step``, one NFE) predicts the
-head conditions ``z_p`` of a window of positions from the accepted prefix and the drafts; every draft, drawn with
-the previous iteration's ``z_q`` and stored with its path and ``log q``, is verified left to right:
-
-* ``verify="path"`` (default, **exact**): accept when ``u < p(tau) / q(tau)`` over the full path; at the first
-  rejection the token comes from the residual ``norm(max(0, p - q))`` by acceptance-rejection with proposal ``p``
-  (at most ``max_resample`` proposals; a capped row keeps its last proposal, at most ``1 / (e (K + 1))`` TV).
-  The law is exactly :func:`decode_car` with ``final_noise=True`` (MAR's sampler with noise at the last step);
-* ``verify="last_step"`` (the paper's approximation, ``lossless=False``): the target redraws the position with the
-  draft's noise (trajectory alignment) and compares only the two last-step Gaussians widened by
-  ``inner_temperature`` (official: 42).
-
-Outputs after the first rejection become the next drafts; the KV cache is rolled back per sample with
-``cache.truncate``.  With ``align=True`` every Gaussian draw of a position is drawn once, in position order, and
-reused by all its drafts (exactness is kept: that noise is independent of everything its test conditions on).
-Paths, step moments and log-densities are float64.  NFE counts ``generator.step`` calls (CFG's doubled batch once);
-``extras["head_evals"]`` counts head-network rows.  The algorithm, what is exact and the measurements:
-``docs/csd.md``.
-
-Extras: ``accepted_hist``, ``nfe_per_sample``, ``mean_accepted``, ``window``, ``verify``, ``lossless``,
-``head_evals``, ``residual_draws``, ``residual_tries``, ``residual_capped``.
+Gaussians (:class:`~vistok.interfaces.PathDensity`), so drafts are verified on paths: ``verify="path"`` is exact
+(the law of :func:`decode_car` with ``final_noise=True``), ``verify="last_step"`` is the paper's approximation.
+The algorithm, what is exact and the measurements: ``docs/csd.md``.  NFE counts ``generator.step`` calls (CFG's
+doubled batch once).  Extras: ``accepted_hist``, ``nfe_per_sample``, ``mean_accepted``, ``window``, ``verify``,
+``lossless``, ``head_evals`` (head-network rows), ``residual_draws``, ``residual_tries``, ``residual_capped``.
 
 Heads: any :class:`~vistok.interfaces.HasPaths` head (the DiffLoss head with ``sampler="ddpm"``), or any
 :class:`~vistok.interfaces.PathDensity` object (e.g. a Gaussian toy head).  Legend: b batch, w window, n tokens,
-d token dim, c condition width, s sampling steps, L = s + 1 path length, r rows.
+d token dim, c condition width, L path length, r rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -43,9 +28,10 @@ from torch import Tensor
 from torch.distributions import Normal
 
 from vistok.decoding.guidance import Guidance
+from vistok.decoding.jacobi import DraftWindow, check_generator, check_options
 from vistok.decoding.sampling import SamplingArgs, no_logit_filters
-from vistok.interfaces import CausalGenerator, Conditioning, HasPaths, PathDensity
-from vistok.progress import progress_bar, track
+from vistok.interfaces import CausalGenerator, Conditioning, HasPaths, PathDensity, check_choice, check_count
+from vistok.progress import track
 
 __all__ = ["accept_log_ratio", "decode_car", "decode_csd", "path_sampler"]
 
@@ -77,43 +63,12 @@ def path_sampler(head, *, final_noise: bool) -> PathDensity:
                      f"an object with path_len/path_noise/path_sample/path_log_prob); got {type(head).__name__}")
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Shared checks and the guided head
-# --------------------------------------------------------------------------------------------------------------
-def _check_generator(generator, name: str) -> None:
-    if getattr(generator, "kind", None) != "continuous":
-        raise ValueError(f"decoder {name!r} samples continuous tokens from a diffusion head, but this generator is "
-                         f"{getattr(generator, 'kind', 'not a vistok generator')!r}; for discrete token ids use "
-                         "decoder='sjd' or 'mcsjd' (speculative, lossless) or 'ar'")
-    if not (isinstance(generator, CausalGenerator) and generator.is_causal):
-        raise ValueError(f"decoder {name!r} needs a causal continuous generator (e.g. MARARGenerator, preset "
-                         f"'mar_ar_tiny'); {type(generator).__name__} is not causal: use decoder='masked' for MAR")
+def _check_generator(generator, name: str, sampling: SamplingArgs) -> None:
+    check_generator(generator, name, continuous=True)
+    no_logit_filters(sampling, name)
     if not hasattr(generator, "head"):
         raise ValueError(f"decoder {name!r} needs a generator with a per-token diffusion head (`head`); "
                          f"{type(generator).__name__} has none (xAR: use decoder='cells')")
-
-
-class _Kernel:
-    """The head's path sampler with the run's CFG scale and temperature bound in."""
-
-    def __init__(self, paths, cfg_scale: float, temperature: float):
-        self.paths, self.cfg, self.temperature = paths, cfg_scale, temperature
-
-    def sample(self, z: Tensor, z_null: Tensor | None, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        return self.paths.path_sample(z, z_null, self.cfg, self.temperature, noise)
-
-    def log_prob(self, path: Tensor, z: Tensor, z_null: Tensor | None) -> Tensor:
-        return self.paths.path_log_prob(path, z, z_null, self.cfg, self.temperature)
-
-
-def _start(generator, cond: Conditioning, guidance: Guidance):
-    """A cache over the (stacked) conditions and ``step(inputs, positions) -> (z, z_null | None)``."""
-    cache = guidance.new_cache(generator, cond)
-
-    def step(inputs: Tensor, positions: Tensor) -> tuple[Tensor, Tensor | None]:
-        return guidance.split(generator.step(guidance.double(inputs), guidance.double(positions), cache))
-
-    return cache, step
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -131,22 +86,19 @@ def decode_car(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     """
     if unknown:
         raise ValueError(f"decoder 'ar' (continuous) got unknown option(s) {sorted(unknown)}; it takes final_noise=")
-    _check_generator(generator, "ar")
-    no_logit_filters(sampling, "ar")
+    _check_generator(generator, "ar", sampling)
     guidance = guidance or Guidance()
     paths = path_sampler(generator.head, final_noise=final_noise)
-    kernel = _Kernel(paths, guidance.scale, sampling.temperature)
-    cache, step = _start(generator, cond, guidance)
+    cache = guidance.new_cache(generator, cond)
     b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
-    tokens, prev = None, None
+    tokens = None
     for p in track(range(n), progress, desc="ar"):
-        z, z_null = step(prev if prev is not None else torch.zeros(b, 1, generator.token_dim, device=device),
-                         torch.full((b, 1), p, device=device))
-        path, _, _ = kernel.sample(z[:, 0], None if z_null is None else z_null[:, 0], paths.path_noise(b, rng))
-        if tokens is None:
-            tokens = z.new_zeros(b, n, path.shape[-1])
+        prev = tokens[:, p - 1 : p] if p else torch.zeros(b, 1, generator.token_dim, device=device)  # p = 0: start
+        z, z_null = guidance.split(guidance.step(generator, prev, torch.full((b, 1), p, device=device), cache))
+        path = paths.path_sample(z[:, 0], None if z_null is None else z_null[:, 0], guidance.scale,
+                                 sampling.temperature, paths.path_noise(b, rng))[0]
+        tokens = z.new_zeros(b, n, path.shape[-1]) if tokens is None else tokens
         tokens[:, p] = path[-1].to(tokens.dtype)
-        prev = tokens[:, p : p + 1]
     return tokens, n, {"decoder": "ar", "head_evals": getattr(paths, "evals", 0), "final_noise": final_noise}
 
 
@@ -180,66 +132,40 @@ class _NoiseBank:
         return self.bank[:, bi, pi]
 
 
-def _residual_paths(kernel: _Kernel, zp: Tensor, zp_null: Tensor | None, zq: Tensor, zq_null: Tensor | None,
-                    rng: torch.Generator | None, max_tries: int) -> tuple[Tensor, int, int]:
-    """Tokens (r, d) from ``norm(max(0, p - q))`` over paths by acceptance-rejection with proposal ``p``.
-
-    Returns ``(tokens, proposals drawn, rows capped)``; a capped row keeps its last proposal.
-    """
-    pending, out, tries, last = torch.arange(zp.shape[0], device=zp.device), None, 0, None
+def _residual(propose: Callable[[Tensor], tuple[Tensor, Tensor]], out: Tensor, rng: torch.Generator | None,
+              max_tries: int, *, keep_last: bool) -> tuple[Tensor, int, int]:
+    """``(out, proposals drawn, rows capped)``: rows of ``out`` (r, d) drawn from ``norm(max(0, p - q))`` by
+    acceptance-rejection; ``propose(rows (k,))`` draws tokens (k, d) from ``p`` with their ``log q - log p`` (k,).
+    Rows still open after ``max_tries`` rounds keep their last proposal (``keep_last``) or ``out``'s value."""
+    pending, tries = torch.arange(len(out), device=out.device), 0
     for _ in range(max_tries):
-        noise = kernel.paths.path_noise(len(pending), rng)
-        path, log_p, _ = kernel.sample(zp[pending], _rows(zp_null, pending), noise)
-        log_q = kernel.log_prob(path, zq[pending], _rows(zq_null, pending))
+        y, log_ratio = propose(pending)
         tries += len(pending)
-        take = torch.rand(len(pending), generator=rng, device=zp.device) < -torch.expm1(log_q - log_p)  # 1 - q/p
-        if out is None:
-            out = path.new_zeros(zp.shape[0], path.shape[-1])
-        out[pending[take]] = path[-1][take]
-        pending, last = pending[~take], path[-1][~take]
-        if len(pending) == 0:
-            break
-    if len(pending):
-        out[pending] = last
-    return out, tries, len(pending)
-
-
-def _residual_gauss(mean_p: Tensor, std_p: Tensor, mean_q: Tensor, std_q: Tensor, rng: torch.Generator | None,
-                    max_tries: int) -> tuple[Tensor, int, int]:
-    """The paper's residual in last-step Gaussian space: ``norm(max(0, N(mu_p, s_p) - N(mu_q, s_q)))`` by
-    acceptance-rejection with proposal ``N(mu_p, s_p)``; rows still open after ``max_tries`` take ``mu_p`` (the
-    target's aligned token)."""
-    out, pending, tries = mean_p.clone(), torch.arange(mean_p.shape[0], device=mean_p.device), 0
-    for _ in range(max_tries):
-        mp, sp, mq, sq = mean_p[pending], std_p[pending], mean_q[pending], std_q[pending]
-        y = mp + sp * torch.randn(mp.shape, generator=rng, device=mp.device, dtype=mp.dtype)
-        tries += len(pending)
-        u = torch.rand(len(pending), generator=rng, device=mp.device)
-        take = u < -torch.expm1(_gauss_logpdf(y, mq, sq) - _gauss_logpdf(y, mp, sp))
-        out[pending[take]] = y[take]
+        take = torch.rand(len(pending), generator=rng, device=out.device) < -torch.expm1(log_ratio)  # 1 - q / p
+        write = take | keep_last
+        out[pending[write]] = y[write].to(out.dtype)
         pending = pending[~take]
         if len(pending) == 0:
             break
     return out, tries, len(pending)
 
 
-def _check_options(window, verify: str, init: str, max_resample, inner_temperature: float, unknown: dict) -> None:
-    if unknown:
-        raise ValueError(f"decoder 'csd' got unknown option(s) {sorted(unknown)}; it takes window=, verify=, init=, "
-                         "align=, max_resample=, inner_temperature=")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be an int >= 1 (tokens drafted per forward pass), got {window!r}; window=1 is "
-                         "plain causal AR, use decoder='ar' for that")
-    if verify not in VERIFY:
-        raise ValueError(f"verify must be one of {VERIFY} ('path' is exact, 'last_step' is the paper's "
-                         f"approximation), got {verify!r}")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if isinstance(max_resample, bool) or not isinstance(max_resample, int) or max_resample < 1:
-        raise ValueError(f"max_resample must be an int >= 1 (residual proposals per rejected token), "
-                         f"got {max_resample!r}")
-    if not inner_temperature > 0:
-        raise ValueError(f"inner_temperature must be > 0, got {inner_temperature}")
+def _path_proposal(paths: PathDensity, cfg_t: tuple[float, float], rng: torch.Generator | None, zp: Tensor,
+                   zp_null: Tensor | None, zq: Tensor, zq_null: Tensor | None) -> Callable:
+    """:func:`_residual`'s proposal over full paths: a path drawn from ``p`` (conditions ``zp``) and its
+    ``log q - log p`` (``q``: conditions ``zq``)."""
+    def propose(i: Tensor) -> tuple[Tensor, Tensor]:
+        path, log_p, _ = paths.path_sample(zp[i], _rows(zp_null, i), *cfg_t, paths.path_noise(len(i), rng))
+        return path[-1], paths.path_log_prob(path, zq[i], _rows(zq_null, i), *cfg_t) - log_p
+    return propose
+
+
+def _gauss_proposal(rng: torch.Generator | None, mp: Tensor, sp: Tensor, mq: Tensor, sq: Tensor) -> Callable:
+    """:func:`_residual`'s proposal in last-step Gaussian space: ``N(mp, sp)``, ratio against ``N(mq, sq)``."""
+    def propose(i: Tensor) -> tuple[Tensor, Tensor]:
+        y = mp[i] + sp[i] * torch.randn(mp[i].shape, generator=rng, device=mp.device, dtype=mp.dtype)
+        return y, _gauss_logpdf(y, mq[i], sq[i]) - _gauss_logpdf(y, mp[i], sp[i])
+    return propose
 
 
 @torch.no_grad()
@@ -267,9 +193,13 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
 
     Returns ``(tokens (b, n, d), nfe, extras)``.
     """
-    _check_options(window, verify, init, max_resample, inner_temperature, unknown)
-    _check_generator(generator, "csd")
-    no_logit_filters(sampling, "csd")
+    check_options("csd", window, init, INITS, unknown, "window=, verify=, init=, align=, max_resample=, "
+                  "inner_temperature=")
+    check_choice("verify", verify, VERIFY, " ('path' is exact, 'last_step' is the paper's approximation)")
+    check_count("max_resample", max_resample, hint=" (residual proposals per rejected token)")
+    if not inner_temperature > 0:
+        raise ValueError(f"inner_temperature must be > 0, got {inner_temperature}")
+    _check_generator(generator, "csd", sampling)
     guidance = guidance or Guidance()
     if sampling.temperature <= 0:
         raise ValueError("decoder 'csd' compares step densities, which need noise: temperature must be > 0 "
@@ -280,49 +210,34 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     if not exact and not isinstance(generator.head, HasPaths):
         raise ValueError("verify='last_step' needs a DiffLossHead (MAR's deterministic last step); use verify='path'")
     paths = path_sampler(generator.head, final_noise=exact)
-    kernel = _Kernel(paths, guidance.scale, sampling.temperature)
-    cache, step = _start(generator, cond, guidance)
-    b, n, d, device = cond.batch_size, generator.seq_len, generator.token_dim, cache.lengths.device
-    w, ell, f64 = min(window, n), paths.path_len, torch.float64
-    cols = torch.arange(w, device=device)[None]  # 1 w
+    cfg_t = (guidance.scale, sampling.temperature)  # the path sampler's cfg_scale and temperature
+    cache = guidance.new_cache(generator, cond)
+    b, n, d, device, f64 = cond.batch_size, generator.seq_len, generator.token_dim, cache.lengths.device, torch.float64
+    win = DraftWindow(b, n, window, device, "csd", progress)
+    w, cols = win.w, win.cols
     seq = torch.zeros(b, n, d, device=device)  # accepted tokens below `acc`, drafts / placeholders above
-    acc = torch.zeros(b, dtype=torch.long, device=device)
-    front = torch.zeros(b, dtype=torch.long, device=device)  # drafts drawn by the model lie in [acc, front)
     # draft records per position: the condition(s) it was drawn with; its path and log q ("path") or its float64
     # last step value and std ("last_step")
     zq = zq_null = None
-    draft_path = torch.zeros(b, n, ell, d, dtype=f64, device=device) if exact else None
+    draft_path = torch.zeros(b, n, paths.path_len, d, dtype=f64, device=device) if exact else None
     log_q = torch.zeros(b, n, dtype=f64, device=device)
     last_q, std_q = torch.zeros(b, n, d, dtype=f64, device=device), torch.ones(b, n, d, dtype=f64, device=device)
     noise_for = _NoiseBank(paths, b, n, rng, aligned=align or not exact)
-    hist = torch.zeros(w + 1, dtype=torch.long, device=device)
-    nfe_per_sample = torch.zeros(b, dtype=torch.long, device=device)
-    nfe, res_draws, res_tries, res_capped = 0, 0, 0, 0
-    bar = progress_bar(progress, total=n, desc="csd")
-    while True:
-        active = acc < n
-        if not bool(active.any()):
-            break
-        start = acc.clamp(max=n - w)
-        pos = start[:, None] + cols  # b w
-        # -- placeholders for the inputs not drafted yet: [front, start + w - 1)
-        fresh = (pos >= front[:, None]) & (pos < (start + w - 1)[:, None])
-        if bool(fresh.any()):
+    res_draws, res_tries, res_capped = 0, 0, 0
+    for start, pos, fresh, drafted in win.passes():
+        if bool(fresh.any()):  # placeholder inputs
             fb = fresh.nonzero(as_tuple=True)[0]
-            before = seq[torch.arange(b, device=device), (front - 1).clamp(min=0)] * (front > 0)[:, None]
+            before = seq[torch.arange(b, device=device), (win.front - 1).clamp(min=0)] * (win.front > 0)[:, None]
             seq[fb, pos[fresh]] = before[fb] if init == "repeat" else 0.0
-        # -- one forward pass over the window
-        z, z_null = step(seq.gather(1, (pos - 1).clamp(min=0)[..., None].expand(-1, -1, d)), pos)  # b w c
-        nfe += 1
-        nfe_per_sample += active.long()
+        inputs = seq.gather(1, (pos - 1).clamp(min=0)[..., None].expand(-1, -1, d))
+        z, z_null = guidance.split(guidance.step(generator, inputs, pos, cache))  # b w c
         if zq is None:
             zq = z.new_zeros(b, n, z.shape[-1])
             zq_null = None if z_null is None else z.new_zeros(b, n, z.shape[-1])
-        drafted = (pos >= acc[:, None]) & (pos < front[:, None])
-        ok = pos < acc[:, None]
+        ok = pos < win.acc[:, None]
         if not exact:  # trajectory alignment: the target redraws every open position with that position's noise
             lb, lc = (~ok).nonzero(as_tuple=True)
-            tpath, _, tstd = kernel.sample(z[lb, lc], _rows(z_null, lb, lc), noise_for(lb, pos[lb, lc]))
+            tpath, _, tstd = paths.path_sample(z[lb, lc], _rows(z_null, lb, lc), *cfg_t, noise_for(lb, pos[lb, lc]))
             tgt, tgt_std = seq.new_zeros(b, w, d, dtype=f64), seq.new_ones(b, w, d, dtype=f64)
             tgt[lb, lc], tgt_std[lb, lc] = tpath[-1].to(f64), tstd.to(f64)
         # -- verification of every drafted column, vectorised
@@ -330,8 +245,9 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
             rb, rc = drafted.nonzero(as_tuple=True)
             rp = pos[rb, rc]
             if exact:
-                log_p = kernel.log_prob(draft_path[rb, rp].transpose(0, 1), z[rb, rc], _rows(z_null, rb, rc))
-                ratio = accept_log_ratio(log_p, log_q[rb, rp])
+                path_q = draft_path[rb, rp].transpose(0, 1)
+                ratio = accept_log_ratio(paths.path_log_prob(path_q, z[rb, rc], _rows(z_null, rb, rc), *cfg_t),
+                                         log_q[rb, rp])
             else:
                 x, k = last_q[rb, rp], inner_temperature
                 ratio = accept_log_ratio(_gauss_logpdf(x, tgt[rb, rc], k * tgt_std[rb, rc]),
@@ -339,17 +255,19 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
             ok[rb, rc] = torch.rand(len(rb), generator=rng, device=device).log() < ratio
         first = ok.long().cumprod(1).sum(1)  # first failing column, w if none
         at_first = cols == first[:, None]
-        # -- the first rejected draft: residual sample
+        # -- the first rejected draft: a residual sample
         resid = at_first & drafted
         if bool(resid.any()):
             rb, rc = resid.nonzero(as_tuple=True)
             rp = pos[rb, rc]
             if exact:
-                tok, tries, capped = _residual_paths(kernel, z[rb, rc], _rows(z_null, rb, rc), zq[rb, rp],
-                                                     _rows(zq_null, rb, rp), rng, max_resample)
-            else:
-                tok, tries, capped = _residual_gauss(tgt[rb, rc], tgt_std[rb, rc], last_q[rb, rp], std_q[rb, rp], rng,
-                                                     max_resample)
+                propose = _path_proposal(paths, cfg_t, rng, z[rb, rc], _rows(z_null, rb, rc), zq[rb, rp],
+                                         _rows(zq_null, rb, rp))
+                tok, tries, capped = _residual(propose, seq.new_zeros(len(rb), d, dtype=f64), rng, max_resample,
+                                               keep_last=True)
+            else:  # the paper's residual in last-step Gaussian space; capped rows take the target's aligned token
+                propose = _gauss_proposal(rng, tgt[rb, rc], tgt_std[rb, rc], last_q[rb, rp], std_q[rb, rp])
+                tok, tries, capped = _residual(propose, tgt[rb, rc], rng, max_resample, keep_last=False)
             seq[rb, rp] = tok.to(seq.dtype)
             res_draws, res_tries, res_capped = res_draws + len(rb), res_tries + tries, res_capped + capped
         # -- fresh draws from p: the first column when it had no draft, and every column after it (new drafts)
@@ -361,23 +279,13 @@ def decode_csd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
             if zq_null is not None:
                 zq_null[rb, rp] = z_null[rb, rc]
             if exact:
-                new_path, new_log_q, _ = kernel.sample(z[rb, rc], _rows(z_null, rb, rc), noise_for(rb, rp))
+                new_path, new_log_q, _ = paths.path_sample(z[rb, rc], _rows(z_null, rb, rc), *cfg_t,
+                                                           noise_for(rb, rp))
                 draft_path[rb, rp], log_q[rb, rp] = new_path.transpose(0, 1).to(f64), new_log_q.to(f64)
                 seq[rb, rp] = new_path[-1].to(seq.dtype)
             else:
                 last_q[rb, rp], std_q[rb, rp] = tgt[rb, rc], tgt_std[rb, rc]
                 seq[rb, rp] = tgt[rb, rc].to(seq.dtype)
-        new_acc = torch.where(first < w, start + first + 1, start + w)
-        hist += torch.bincount((new_acc - acc)[active], minlength=w + 1)
-        if progress:
-            bar.update(int(new_acc.min()) - int(acc.min()))
-        acc, front = new_acc, start + w
-        cache.truncate(acc)
-    bar.close()
-    counts = hist.tolist()
-    extras = {"decoder": "csd", "window": w, "verify": verify, "lossless": exact, "accepted_hist": counts,
-              "nfe_per_sample": nfe_per_sample.tolist(),
-              "mean_accepted": sum(k * c for k, c in enumerate(counts)) / max(1, sum(counts)),
-              "head_evals": getattr(paths, "evals", 0), "residual_draws": res_draws, "residual_tries": res_tries,
-              "residual_capped": res_capped}
-    return seq, nfe, extras
+        win.accept(start, first, cache)
+    return seq, win.nfe, win.extras(verify=verify, lossless=exact, head_evals=getattr(paths, "evals", 0),
+                                    residual_draws=res_draws, residual_tries=res_tries, residual_capped=res_capped)

@@ -5,23 +5,23 @@ distribution; they trade exactness for more accepted tokens per forward pass.
 * :func:`decode_lantern` -- LANTERN-style relaxed acceptance (Jang et al., arXiv 2410.03355), applied to
   Jacobi drafts instead of a trained drafter's.
 
-Both reuse the SJD loop of :func:`vistok.decoding.jacobi.jacobi_decode` (windows, drafts, residual resampling
-on rejection, ragged batches, NFE and extras) and change only the acceptance probability of a draft.
+Both run the SJD loop (:func:`vistok.decoding.jacobi.jacobi_decode`) with their own acceptance probability.
 
 Legend: b batch, w window, v vocab, g group candidates, k neighbours, d embedding dim.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
-from vistok.decoding.jacobi import _check_common, check_generator, jacobi_decode
+from vistok.decoding.jacobi import INITS, check_generator, check_options, jacobi_decode
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings
+from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings, check_count
 
 __all__ = ["decode_gsd", "decode_lantern", "gsd_ratio", "lantern_neighbours", "lantern_ratio"]
 
@@ -72,11 +72,8 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
                **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
 
-    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` where ``G`` is a
-    dynamic group of "visually interchangeable" tokens around ``x`` (see :func:`gsd_ratio`: ``±group_rank``
-    logit-rank neighbours of ``x`` in ``p``, filtered by ``|p(y) - p(x)| < p_thr`` and squared-L2 embedding
-    distance ``< d_thr``).  On rejection the token is drawn from the ordinary residual ``norm(max(p - q, 0))``
-    and verification stops, as in SJD.  With singleton groups (``group_rank=0``) it is exactly SJD.
+    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` for the group ``G`` of
+    "visually interchangeable" tokens of :func:`gsd_ratio`; on rejection, SJD's residual.  ``group_rank=0`` is SJD.
     Defaults follow the public GSD code (±7 rank neighbours, p_thr 0.15, d_thr 0.5).
 
     Args:
@@ -87,17 +84,13 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         embeddings: ``(V, D)`` token embeddings for the distance filter; default the generator's
             ``token_embeddings()`` if it has one, else no distance filter.
     """
-    _check_common("gsd", window, init, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
+    check_options("gsd", window, init, INITS, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
     vocab = check_generator(generator, "gsd")
-    if isinstance(group_rank, bool) or not isinstance(group_rank, int) or group_rank < 0:
-        raise ValueError(f"group_rank must be an int >= 0 (0 = plain SJD), got {group_rank!r}")
+    check_count("group_rank", group_rank, 0, " (0 = plain SJD)")
     if not p_thr > 0 or not d_thr > 0:
         raise ValueError(f"p_thr and d_thr must be > 0, got p_thr={p_thr}, d_thr={d_thr}")
     emb = _token_table(generator, embeddings, "embeddings", vocab, "gsd")
-
-    def ratio(p, q, x):
-        return gsd_ratio(p, q, x, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
-
+    ratio = partial(gsd_ratio, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
     return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=False,
                          ratio=ratio, lossless=group_rank == 0, progress=progress, guidance=guidance)
 
@@ -146,9 +139,8 @@ def decode_lantern(generator: CausalGenerator, cond: Conditioning, sampling: Sam
     """LANTERN-style relaxed acceptance on SJD drafts (arXiv 2410.03355).  **NOT lossless** (each accepted
     token's distribution is within total variation ``delta`` of the target's, per position).
 
-    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p'(x) / q(x))`` with
-    ``p'(x) = p(x) + sum of p over x's nearest latent neighbours`` (the ``k`` nearest, cumulated in distance
-    order while the added mass is ``<= delta``).  On rejection: ``norm(max(p - q, 0))``, as in SJD.
+    A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p'(x) / q(x))`` (:func:`lantern_ratio`: ``p``
+    plus the mass of ``x``'s nearest latent neighbours, up to ``delta``); on rejection, SJD's residual.
 
     Args:
         window, init: as for :func:`~vistok.decoding.jacobi.decode_sjd`.
@@ -157,20 +149,15 @@ def decode_lantern(generator: CausalGenerator, cond: Conditioning, sampling: Sam
         k: neighbours considered (capped at ``V - 1``).
         delta: neighbour-mass (TV) budget, ``>= 0`` (0 = plain SJD).
     """
-    _check_common("lantern", window, init, unknown, "window=, init=, latents=, k=, delta=")
+    check_options("lantern", window, init, INITS, unknown, "window=, init=, latents=, k=, delta=")
     vocab = check_generator(generator, "lantern")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    check_count("k", k)
     if not delta >= 0:
         raise ValueError(f"delta must be >= 0 (0 = plain SJD), got {delta}")
     table = _token_table(generator, latents, "latents", vocab, "lantern")
     if table is None:
         raise ValueError("lantern needs latents=(V, D) token latents (e.g. tokenizer.quantizer.codebook()); "
                          "this generator has no token_embeddings() to fall back on")
-    nb = lantern_neighbours(table, k)
-
-    def ratio(p, q, x):
-        return lantern_ratio(p, q, x, neighbours=nb, delta=delta)
-
+    ratio = partial(lantern_ratio, neighbours=lantern_neighbours(table, k), delta=delta)
     return jacobi_decode(generator, cond, sampling, rng, name="lantern", window=window, init=init, coupled=False,
                          ratio=ratio, lossless=delta == 0, progress=progress, guidance=guidance)

@@ -1,15 +1,10 @@
 """Classifier-free guidance, in one place, used the same way by every decoder.
 
-A decoder never sees guidance inside the generator.  It runs the conditional and the null batch stacked in one
-forward pass (one NFE), conditional rows first, and mixes the two halves of whatever the model returns:
-
-    cache = guidance.new_cache(generator, cond)                     # cache over cond.cat(cond.null())
-    out = generator.step(guidance.double(x), guidance.double(pos), cache)
-    logits = guidance.mix(out)                                      # u + s (c - u), or out itself when off
-
-Decoders that guide inside a head (MAR's DiffLoss guides eps) take the halves with :meth:`Guidance.split` and give the
-scale to the head; decoders with a per-step schedule (MAR's and xAR's ramps, NAR's ``cfg_interval``) pass the step's
-scale to :meth:`Guidance.mix`.
+A decoder runs the conditional and the null batch stacked in one forward pass (one NFE), conditional rows first,
+and mixes the two halves of whatever the model returns (``guidance.mix(guidance.step(generator, x, pos, cache))`` on
+a ``guidance.new_cache``).  Decoders that guide inside a head (MAR's DiffLoss guides eps) take the halves with
+:meth:`Guidance.split`; decoders with a per-step schedule (MAR's and xAR's ramps, NAR's ``cfg_interval``) pass the
+step's scale to :meth:`Guidance.mix`.
 
 Legend: b batch (before doubling).
 """
@@ -38,17 +33,11 @@ class Guidance:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
             raise ValueError(f"cfg_scale must be a finite number >= 0 (1 = no guidance), got {scale!r}")
         self.scale = float(scale)
-        if self.active and generator is not None and not self.has_null(generator):
+        conditional = getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)
+        if self.active and generator is not None and not (conditional and getattr(generator, "cond_dropout", 1) > 0):
             raise ValueError("cfg_scale != 1 needs a conditional generator with a null condition (num_classes or "
                              "text_dim > 0, trained with cond_dropout > 0); use cfg_scale=1.0 for unconditional "
                              "models")
-
-    @staticmethod
-    def has_null(generator) -> bool:
-        """Whether ``generator`` has a null condition to guide against."""
-        if not (getattr(generator, "num_classes", 0) or getattr(generator, "text_dim", 0)):
-            return False
-        return getattr(generator, "cond_dropout", 1.0) > 0
 
     @property
     def active(self) -> bool:
@@ -69,6 +58,10 @@ class Guidance:
     def double(self, x: Tensor) -> Tensor:
         """``(b, ...) -> (2b, ...)`` (the same rows twice) when active, else ``x``."""
         return torch.cat([x, x]) if self.active else x
+
+    def step(self, generator, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
+        """``generator.step`` over the stacked batch: ``inputs`` and ``positions`` (b, ...) doubled when active."""
+        return generator.step(self.double(inputs), self.double(positions), cache)
 
     def split(self, out: Tensor) -> tuple[Tensor, Tensor | None]:
         """Stacked outputs ``(2b, ...)`` -> ``(conditional, null)``; ``(out, None)`` when not active."""

@@ -5,14 +5,12 @@ MaskGIT, CFG ramp from Muse); reference code github.com/LTH14/mar at fe470ac (``
 
 Step ``k`` of ``num_iter`` (0-based), with ``m`` positions still unknown:
 
-1. the generator predicts a head condition ``z`` for every position from the known tokens
-   (``generator.predict(tokens, mask, cond)``; batch doubled with the null condition under CFG);
-2. ``keep = max(1, min(m - 1, floor(n cos(pi/2 (k+1)/num_iter))))`` positions stay unknown after this step
-   (none after the last): the first ``keep`` entries of the sample's order, so tokens are revealed from the end
-   of the order backwards;
+1. ``generator.predict(tokens, mask, cond)`` gives a head condition ``z`` for every position from the known tokens
+   (batch doubled with the null condition under CFG);
+2. ``keep = max(1, min(m - 1, floor(n cos(pi/2 (k+1)/num_iter))))`` positions stay unknown (none after the last
+   step): the first ``keep`` entries of the sample's order, so tokens are revealed from the end of the order;
 3. the head samples the revealed positions (rows in (batch, position) order) with guidance
-   ``1 + (cfg - 1) (n - keep) / n`` (``cfg_schedule="linear"``) or ``cfg`` (``"constant"``) and the temperature
-   on its per-step noise.
+   ``1 + (cfg - 1) (n - keep) / n`` (``cfg_schedule="linear"``) or ``cfg`` (``"constant"``).
 
 Legend: b batch, n tokens, d token dim, r revealed rows, s head sampling steps.
 """
@@ -28,7 +26,7 @@ from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.sampling import SamplingArgs, no_logit_filters
-from vistok.interfaces import Conditioning, MaskedGenerator
+from vistok.interfaces import Conditioning, MaskedGenerator, check_choice, check_count
 from vistok.progress import track
 
 __all__ = ["decode_masked", "mask_schedule", "sample_masked"]
@@ -36,8 +34,7 @@ __all__ = ["decode_masked", "mask_schedule", "sample_masked"]
 
 def mask_schedule(seq_len: int, num_iter: int) -> list[int]:
     """Unknown positions left after each step, ``num_iter`` entries (MAR's cosine schedule; the last is 0)."""
-    if isinstance(num_iter, bool) or not isinstance(num_iter, int) or num_iter < 1:
-        raise ValueError(f"num_iter must be an int >= 1 (MAR: 64; 256 for its reported FIDs), got {num_iter!r}")
+    check_count("num_iter", num_iter, hint=" (MAR: 64; 256 for its reported FIDs)")
     left, out = seq_len, []
     for k in range(num_iter):
         keep = max(1, min(left - 1, math.floor(seq_len * math.cos(math.pi / 2 * (k + 1) / num_iter))))
@@ -55,8 +52,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
     """Sample continuous tokens (b, n, d) from a :class:`~vistok.interfaces.MaskedGenerator` (e.g. MAR).
 
     Args:
-        generator: has ``predict(tokens, mask, cond)``, ``head.sample``, ``seq_len``, ``token_dim``.
-        cond: conditions, batch b.
+        generator, cond: the generator (``predict``, ``head.sample``, ``seq_len``, ``token_dim``), conditions (b).
         num_iter: decoding steps (>= 1; steps beyond ``n`` reveal nothing).
         cfg_scale: classifier-free guidance (1 = off); needs a conditional generator.
         cfg_schedule: ``"linear"`` (ramp with the revealed fraction) or ``"constant"``.
@@ -72,8 +68,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
         raise ValueError(f"masked decoding needs a masked continuous generator (predict, head, seq_len, token_dim; "
                          f"e.g. MARGenerator); {type(generator).__name__} is not one")
     schedule = mask_schedule(generator.seq_len, num_iter)
-    if cfg_schedule not in ("linear", "constant"):
-        raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {cfg_schedule!r}")
+    check_choice("cfg_schedule", cfg_schedule, ("linear", "constant"))
     guidance = Guidance(cfg_scale, generator)
     b, n, d = cond.batch_size, generator.seq_len, generator.token_dim
     full = guidance.condition(cond)

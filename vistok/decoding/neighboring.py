@@ -3,12 +3,10 @@
 Paper: He et al., "Neighboring Autoregressive Modeling for Efficient Visual Generation", arXiv 2503.10696
 (reference: github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/generate.py``).
 
-Works over any :class:`vistok.interfaces.NeighbourGenerator` (``grid``, ``new_cache``, ``step_heads``).
-
-Pass ``d`` feeds the tokens of anti-diagonal ``d - 1`` (the start slot for ``d = 0``) in increasing row order and
-samples all of diagonal ``d`` at once.  A token with both neighbours decoded takes the mean of the two heads'
-logits, first-row tokens the right head, first-column tokens the down head, the top-left token the mean of both
-heads at the start slot.  Guidance mixes the *combined* logits, then temperature / top-k / top-p apply per token.
+Works over any :class:`vistok.interfaces.NeighbourGenerator`.  Pass ``d`` feeds the tokens of anti-diagonal
+``d - 1`` (the start slot for ``d = 0``) in increasing row order and samples all of diagonal ``d`` at once from the
+heads' logits, combined as :mod:`vistok.generators.nar` describes.  Guidance mixes the *combined* logits, then
+temperature / top-k / top-p apply per token.
 
 Legend: b batch, k tokens of one diagonal, l fed tokens, v vocab.
 """
@@ -55,11 +53,7 @@ def decode_nar(generator: NeighbourGenerator, cond: Conditioning, sampling: Samp
     """Sample ``(B, H * W)`` raster tokens one anti-diagonal per forward pass.
 
     Args:
-        generator: a neighbour-protocol generator.
-        cond: conditions, batch B.
-        sampling: temperature / top-k / top-p (temperature 0 = greedy).
-        rng: random generator for sampling.
-        guidance: classifier-free guidance; it mixes the *combined* logits.
+        generator, cond, sampling, rng, guidance: as for every decoder (:mod:`vistok.decoding.api`).
         cfg_interval: stop guiding once more than this many tokens are decoded (-1: guide throughout).
         record: keep per-pass inputs, raw heads and combined pre-guidance logits in ``extras["steps"]``.
 
@@ -73,8 +67,7 @@ def decode_nar(generator: NeighbourGenerator, cond: Conditioning, sampling: Samp
     guidance = guidance or Guidance()
     h, w = generator.grid
     cache = guidance.new_cache(generator, cond)
-    b = cond.batch_size
-    device = cache.lengths.device
+    b, device = cond.batch_size, cache.lengths.device
     tokens = torch.zeros(b, h * w, dtype=torch.long, device=device)
     schedule = diagonal_schedule(h, w)
     log, done = [], 0

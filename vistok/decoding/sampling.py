@@ -9,7 +9,9 @@ Legend: b batch, l positions, v vocab.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 import torch
 from torch import Tensor
@@ -49,9 +51,6 @@ class SamplingArgs:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        import math
-        from numbers import Integral, Real
-
         def real(name: str, value) -> float:
             if isinstance(value, bool) or not isinstance(value, Real):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")

@@ -1,15 +1,14 @@
 """Generator families; importing this package registers their presets."""
 
 from vistok.generators.ar import AR_PRESETS, ARGenerator
-from vistok.generators.mar import MARARGenerator, MARGenerator  # registers the mar_* presets
-from vistok.generators.nar import NARGenerator  # registers the nar_* presets
+from vistok.generators.mar import MAR_AR_PRESETS, MAR_PRESETS, MARARGenerator, MARGenerator
+from vistok.generators.nar import NAR_PRESETS, NARGenerator
 from vistok.generators.xar import XAR_PRESETS, XARGenerator
 from vistok.registry import register_generator
 
-for _name, _kwargs in AR_PRESETS.items():
-    register_generator(_name, ARGenerator, **_kwargs)
-for _name, _kwargs in XAR_PRESETS.items():
-    register_generator(_name, XARGenerator, **_kwargs)
+for _presets, _cls in ((AR_PRESETS, ARGenerator), (NAR_PRESETS, NARGenerator), (MAR_PRESETS, MARGenerator),
+                       (MAR_AR_PRESETS, MARARGenerator), (XAR_PRESETS, XARGenerator)):
+    for _name, _kwargs in _presets.items():
+        register_generator(_name, _cls, **_kwargs)
 
-__all__ = ["ARGenerator", "NARGenerator", "XARGenerator"]
-__all__ += ["MARARGenerator", "MARGenerator"]
+__all__ = ["ARGenerator", "MARARGenerator", "MARGenerator", "NARGenerator", "XARGenerator"]

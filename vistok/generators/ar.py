@@ -6,16 +6,14 @@ arXiv 2406.06525.  Reference code (facts only): github.com/FoundationVision/Llam
 
 Sequence layout (``S = P + N`` slots): ``[P text-prefix slots | N token slots]``.  Token slot ``p`` holds the
 input that predicts token ``p``: the *start* embedding for ``p = 0`` (the class embedding, LlamaGen-style, or a
-learned BOS for text/unconditional models) and token ``p - 1`` otherwise.  Text states are projected by a
-2-layer MLP (LlamaGen's caption embedder) into the prefix; padded or dropped (null) text is masked out.
-Classifier-free guidance uses condition dropout in training: labels become the null class, text is masked.
+learned BOS for text/unconditional models) and token ``p - 1`` otherwise.  The conditioning (caption MLP, null
+condition, dropout for CFG) is :class:`~vistok.layers.ConditionEmbedder`'s.
 
 Legend: b batch, n tokens, p prefix slots, l step length, c width, v vocab.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,8 +25,8 @@ from vistok.interfaces import (
     check_generator_tokens,
     check_positions,
 )
-from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_table
-from vistok.layers.init import normal_linears_and_embeddings
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_table, run_blocks
+from vistok.layers.init import llamagen_init
 
 
 class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
@@ -40,10 +38,8 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
         width, depth, num_heads: transformer size.
         mlp_hidden: SwiGLU hidden size (None: LlamaGen's ``find_multiple(8 * width / 3, 64)``).
         dropout: token/residual/MLP dropout.
-        num_classes: class-conditional when > 0 (an extra null row is added for CFG).
-        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
-        max_text_len: text prefix slots P.
-        cond_dropout: probability of replacing the condition by the null condition in training.
+        num_classes, text_dim, max_text_len, cond_dropout: the conditioning (classes with a null row for CFG, text
+            states projected into ``max_text_len`` prefix slots): :meth:`ConditionEmbedder.init_conditioning`.
         rope_base: RoPE base.
     """
 
@@ -55,8 +51,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
                  num_heads: int = 4, mlp_hidden: int | None = None, dropout: float = 0.1, num_classes: int = 0,
                  text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, rope_base: float = 10000.0):
         super().__init__()
-        if mlp_hidden is None:
-            mlp_hidden = -(-int(8 * width / 3) // 64) * 64
+        mlp_hidden = mlp_hidden or find_multiple(int(8 * width / 3), 64)
         self.vocab_size, self.seq_len, self.width, self.num_heads = vocab_size, seq_len, width, num_heads
         self.rope_base = rope_base
         self.init_conditioning(width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
@@ -67,13 +62,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
         self.blocks = nn.ModuleList(LlamaBlock(width, num_heads, mlp_hidden, dropout) for _ in range(depth))
         self.norm = RMSNorm(width)
         self.output = nn.Linear(width, vocab_size, bias=False)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        normal_linears_and_embeddings(self)
-        nn.init.zeros_(self.output.weight)  # LlamaGen: zero-initialised output head
-        if self.bos is not None:
-            nn.init.normal_(self.bos, std=0.02)
+        llamagen_init(self, self.output)
 
     def token_embeddings(self) -> Tensor:
         """The ``(V, width)`` input embedding table (token latents for GSD / LANTERN)."""
@@ -82,41 +71,25 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
         """Allocate a cache for ``cond``'s batch and prefill the text prefix (if any)."""
-        self.check_cond(cond)
-        ref = self.tok_embed.weight
-        cache = KVCache(len(self.blocks), cond.batch_size, self.num_heads, self.width // self.num_heads,
-                        self.prefix_len, max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
-        cache.start = self.condition_vector(cond)
-        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(x, slots, mask, cache))
-        return cache
+        return self.new_kv_cache(cond, len(self.blocks), max_tokens or self.seq_len, self._run)
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
         """inputs (b, l) = tokens at ``positions - 1`` -> logits (b, l, v) for the tokens at ``positions``."""
         check_positions(positions, cache.max_tokens)
-        x = self.tok_embed(inputs.clamp(min=0))
-        x = self.with_start(x, positions, cache)
-        mask = cache.attention_mask(positions)
-        x = self._run(self.drop(x), positions + cache.prefix_len, mask, cache)
+        x = self.with_start(self.tok_embed(inputs.clamp(min=0)), positions, cache)
+        x = self._run(self.drop(x), positions + cache.prefix_len, cache.attention_mask(positions), cache)
         cache.advance(positions)
         return self.output(self.norm(x)).float()
 
     def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
         rope = rope_table(slots, self.width // self.num_heads, self.rope_base)
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, rope, cache, i, slots)
-        return x
+        return run_blocks(self.blocks, x, mask, rope, cache, slots)
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
         """Teacher-forced next-token loss. tokens (b, n) ids -> GeneratorOutput(loss, logits (b, n, v))."""
         check_generator_tokens(tokens, seq_len=self.seq_len, vocab_size=self.vocab_size)
-        if self.training and self.cond_dropout > 0:
-            cond = self.drop_condition(cond)
-        cache = self.new_cache(cond)
-        b, n = tokens.shape
-        inputs = F.pad(tokens[:, :-1], (1, 0))  # position 0's input is the start embedding
-        positions = torch.arange(n, device=tokens.device).expand(b, -1)
-        logits = self.step(inputs, positions, cache)
+        logits = self.teacher_forced(tokens, cond)
         return GeneratorOutput(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()), logits)
 
 

@@ -5,14 +5,11 @@ Reference code (facts only: shapes, key names, hyper-parameters): github.com/LTH
 (``models/diffloss.py``; its ``diffusion/`` package is the IDDPM/DiT Gaussian diffusion).
 
 :class:`DiffLossHead` models ``p(x | z)`` for one token ``x`` (``token_dim`` floats) given the generator's
-per-token condition ``z``: a small MLP with adaLN residual blocks predicts the noise ``eps`` and a variance
-interpolation value ``v`` in [-1, 1] (``2 * token_dim`` outputs).  The 1000-step cosine schedule is diffusers'
-``DDPMScheduler(beta_schedule="squaredcos_cap_v2")``, respaced with MAR's rule; the DDPM step maths lives once, in
-float64, in :meth:`DiffLossHead.step_table`, shared by the training loss, :meth:`DiffLossHead.sample` (MAR's ancestral
-sampler with the learned-range variance; ``sampler="ddim"`` uses diffusers' ``DDIMScheduler.step``) and
-:class:`DiffusionPaths` (the same sampler with path densities, for lossless continuous speculative decoding).
-Temperature multiplies the per-step noise only; classifier-free guidance mixes ``eps`` in every step.  Why each
-choice, and the measured precision against the official float64 schedule: ``docs/mar.md``.
+per-token condition ``z``: an adaLN residual MLP predicts the noise ``eps`` and a variance interpolation value ``v``.
+The cosine schedule is diffusers' ``DDPMScheduler(beta_schedule="squaredcos_cap_v2")`` respaced with MAR's rule; the
+DDPM step maths lives once, in float64, in :meth:`DiffLossHead.step_table`, shared by the training loss,
+:meth:`DiffLossHead.sample` and :class:`DiffusionPaths` (the sampler with path densities, for lossless continuous
+speculative decoding).  Schedule, samplers, temperature, guidance and the measured precision: ``docs/mar.md``.
 
 Legend: n rows (tokens), d token dim, c condition dim, w head width, s sampling steps.
 """
@@ -20,33 +17,26 @@ Legend: n rows (tokens), d token dim, c condition dim, w head width, s sampling 
 from __future__ import annotations
 
 import math
+from itertools import accumulate
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
-from diffusers.models.embeddings import get_timestep_embedding
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from vistok.interfaces import Configurable
+from vistok.interfaces import Configurable, check_choice
+from vistok.layers import TimestepMLP, modulate
 from vistok.layers.init import xavier_linears
 
 __all__ = ["DiffLossHead", "DiffusionPaths"]
 
 
-def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
-
-
 def _mar_respacing(num_train_timesteps: int, num_steps: int) -> list[int]:
     """Kept timesteps, descending: MAR's ``space_timesteps(T, str(N))`` (stride summed in floating point)."""
     stride = 1.0 if num_steps <= 1 else (num_train_timesteps - 1) / (num_steps - 1)
-    kept, position = [], 0.0
-    for _ in range(num_steps):
-        kept.append(round(position))
-        position += stride
-    return sorted(set(kept), reverse=True)
+    return sorted({round(p) for p in accumulate([stride] * (num_steps - 1), initial=0.0)}, reverse=True)
 
 
 class _ResBlock(nn.Module):
@@ -60,7 +50,7 @@ class _ResBlock(nn.Module):
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         shift, scale, gate = self.modulation(F.silu(y)).chunk(3, dim=-1)
-        return x + gate * self.mlp(_modulate(self.norm(x), shift, scale))
+        return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
 
 
 def _normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -82,18 +72,15 @@ class DiffLossHead(nn.Module, Configurable):
     """Diffusion head ``p(x | z)`` per token: eps-prediction with learned variance (IDDPM), cosine schedule.
 
     Args:
-        token_dim: d, channels of one continuous token.
-        cond_dim: c, width of the generator's per-token condition ``z``.
-        width: w, MLP width.
-        depth: adaLN residual blocks.
+        token_dim, cond_dim: d, channels of one token, and c, width of the generator's per-token condition ``z``.
+        width, depth: w, the MLP width, and its number of adaLN residual blocks.
         num_train_timesteps: diffusion steps of the training process (MAR: 1000).
         num_sampling_steps: respaced steps used by :meth:`sample` (MAR: 100).
         sampler: ``"ddpm"`` (MAR's ancestral sampler with the learned variance) or ``"ddim"``.
         ddim_eta: DDIM's eta (0 = deterministic); only for ``sampler="ddim"``.
         clip_denoised: clamp the predicted x0 to ``[-c, c]`` at every sampling step (diffusers'
-            ``clip_sample_range``); None = MAR's unclipped sampler.  At t = T the cosine schedule divides the eps
-            error by sqrt(abar_T) (about 1e-4 of its square), so a briefly trained head's first step can throw x
-            hundreds of stds away; with unit-variance tokens (a calibrated ``latent_scale``) c = 4 is safe.
+            ``clip_sample_range``); None = MAR's unclipped sampler.  A briefly trained head's first step (t = T)
+            can throw x hundreds of stds away; with unit-variance tokens c = 4 is safe.
     """
 
     def __init__(self, *, token_dim: int = 16, cond_dim: int = 1024, width: int = 1024, depth: int = 3,
@@ -101,10 +88,8 @@ class DiffLossHead(nn.Module, Configurable):
                  sampler: Literal["ddpm", "ddim"] = "ddpm", ddim_eta: float = 0.0,
                  clip_denoised: float | None = None):
         super().__init__()
-        if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-        self.token_dim, self.num_sampling_steps, self.sampler, self.ddim_eta = token_dim, 0, sampler, ddim_eta
-        self.cond_dim = cond_dim
+        check_choice("sampler", sampler, ("ddpm", "ddim"))
+        self.token_dim, self.cond_dim, self.sampler, self.ddim_eta = token_dim, cond_dim, sampler, ddim_eta
         if clip_denoised is not None and not clip_denoised > 0:
             raise ValueError(f"clip_denoised must be > 0 or None, got {clip_denoised}")
         self.clip_denoised = clip_denoised
@@ -115,34 +100,25 @@ class DiffLossHead(nn.Module, Configurable):
         self._schedulers: dict[int, DDIMScheduler] = {}
         self.set_sampling_steps(num_sampling_steps)
         # the network (key names: see vistok.generators.mar.convert_mar_state_dict)
-        self.time_mlp = nn.Sequential(nn.Linear(256, width), nn.SiLU(), nn.Linear(width, width))
+        self.time_mlp = TimestepMLP(width)
         self.cond_proj = nn.Linear(cond_dim, width)
         self.input_proj = nn.Linear(token_dim, width)
         self.blocks = nn.ModuleList(_ResBlock(width) for _ in range(depth))
         self.out_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.out_modulation = nn.Linear(width, 2 * width)
         self.out_proj = nn.Linear(width, 2 * token_dim)
-        self._register_tables()
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        """MAR's init: xavier-uniform Linears, N(0, 0.02) time MLP, zero adaLN and output layers."""
+        # the training schedule's per-timestep constants (row t = timestep t), fp32, not saved: the step_table
+        # columns, then 1 / sqrt(abar) and sqrt(1 / abar - 1)
+        tab = self.step_table(list(range(num_train_timesteps - 1, -1, -1))).flip(0)
+        tab = torch.cat([tab, 1 / tab[:, 1:2], tab[:, 0:1] / tab[:, 1:2]], dim=1)
+        self.register_buffer("train_table", tab.float(), persistent=False)
+        # MAR's init: xavier-uniform Linears, N(0, 0.02) time MLP, zero adaLN and output layers
         xavier_linears(self)
         nn.init.normal_(self.time_mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_mlp[2].weight, std=0.02)
         for layer in [*(b.modulation for b in self.blocks), self.out_modulation, self.out_proj]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-
-    def _register_tables(self) -> None:
-        """Per-timestep constants of the full (training) schedule, from :meth:`step_table`, stored fp32 (not saved)."""
-        total = self.scheduler.config.num_train_timesteps
-        tab = self.step_table(list(range(total - 1, -1, -1))).flip(0)  # row t = timestep t
-        tables = {"sqrt_abar": tab[:, 1], "sqrt_1m_abar": tab[:, 0], "sqrt_recip_abar": 1 / tab[:, 1],
-                  "sqrt_recipm1_abar": tab[:, 0] / tab[:, 1], "post_coef_x0": tab[:, 2], "post_coef_xt": tab[:, 3],
-                  "log_betas": tab[:, 4], "post_logvar": tab[:, 5]}
-        for name, value in tables.items():
-            self.register_buffer(name, value.float(), persistent=False)
 
     def step_table(self, timesteps: list[int]) -> Tensor:
         """The DDPM step maths, once, in float64: one row per kept timestep ``t`` (descending) stepping to the next
@@ -160,37 +136,30 @@ class DiffLossHead(nn.Module, Configurable):
                              (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t), beta.log(), post.log()], dim=1)
         return table
 
-    def _check_steps(self, num_steps: int) -> None:
-        total = self.scheduler.config.num_train_timesteps
-        if not 1 <= num_steps <= total:
-            raise ValueError(f"num_sampling_steps must be in [1, {total}], got {num_steps}")
-        if self.sampler == "ddim" and total % num_steps:
-            raise ValueError(f"sampler='ddim' steps by {total} // num_sampling_steps, so num_sampling_steps must "
-                             f"divide {total} (e.g. 25, 50, 100, 250); got {num_steps}")
-
     def set_sampling_steps(self, num_sampling_steps: int) -> None:
         """Change the number of respaced sampling steps (e.g. 100 for MAR's reported numbers)."""
-        self._check_steps(num_sampling_steps)
+        total = self.scheduler.config.num_train_timesteps
+        if not 1 <= num_sampling_steps <= total:
+            raise ValueError(f"num_sampling_steps must be in [1, {total}], got {num_sampling_steps}")
+        if self.sampler == "ddim" and total % num_sampling_steps:
+            raise ValueError(f"sampler='ddim' steps by {total} // num_sampling_steps, so num_sampling_steps must "
+                             f"divide {total} (e.g. 25, 50, 100, 250); got {num_sampling_steps}")
         self.num_sampling_steps = num_sampling_steps
 
     # -- network -----------------------------------------------------------------------------------------------
     def net(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
         """Noisy tokens x (n, d), integer timesteps t (n,), conditions z (n, c) -> (n, 2d): [eps | v]."""
-        t_freq = get_timestep_embedding(t, 256, flip_sin_to_cos=True, downscale_freq_shift=0).to(x.dtype)
-        y = self.time_mlp(t_freq) + self.cond_proj(z)  # n w
+        y = self.time_mlp(t) + self.cond_proj(z)  # n w
         h = self.input_proj(x)
         for block in self.blocks:
             h = block(h, y)
         shift, scale = self.out_modulation(F.silu(y)).chunk(2, dim=-1)
-        return self.out_proj(_modulate(self.out_norm(h), shift, scale))
+        return self.out_proj(modulate(self.out_norm(h), shift, scale))
 
     def guided_net(self, x: Tensor, t: Tensor, z: Tensor, z_null: Tensor | None = None,
                    cfg_scale: float | Tensor = 1.0) -> Tensor:
-        """:meth:`net` with classifier-free guidance on eps (the conditional half's variance is kept).
-
-        x (n, d), t (n,) or (2n,) (conditional rows' timesteps, then the null rows'), z and z_null (n, c),
-        ``cfg_scale`` float or (n,) -> (n, 2d).
-        """
+        """:meth:`net` with classifier-free guidance on eps (the conditional half's variance is kept): x (n, d), t (n,)
+        or (2n,) (conditional rows' timesteps, then the null rows'), z and z_null (n, c), cfg_scale float or (n,)."""
         if z_null is None or (not torch.is_tensor(cfg_scale) and cfg_scale == 1.0):
             return self.net(x, t[: x.shape[0]], z)
         tt = t if t.shape[0] == 2 * x.shape[0] else torch.cat([t, t])
@@ -204,17 +173,18 @@ class DiffLossHead(nn.Module, Configurable):
     def loss_terms(self, target: Tensor, z: Tensor, t: Tensor, noise: Tensor) -> dict[str, Tensor]:
         """Per-row IDDPM hybrid loss: ``mse`` (eps) + ``vb`` (KL in bits, learning only the variance; at t = 0
         the discretised-Gaussian decoder NLL).  target/noise (n, d), z (n, c), t (n,) -> dict of (n,) tensors."""
-        tab = lambda name: getattr(self, name)[t][:, None]
-        x_t = tab("sqrt_abar") * target + tab("sqrt_1m_abar") * noise  # q(x_t | x_0)
+        columns = self.train_table[t].T[..., None]  # 8 x (n, 1)
+        sqrt_1m_abar, sqrt_abar, coef_x0, coef_xt, log_beta, post_logvar, recip, recipm1 = columns
+        x_t = sqrt_abar * target + sqrt_1m_abar * noise  # q(x_t | x_0)
         out = self.net(x_t, t, z)
         eps, v = out[:, : self.token_dim], out[:, self.token_dim :]
         mse = (noise - eps).pow(2).mean(-1)
         frac = (v + 1) / 2
-        model_logvar = frac * tab("log_betas") + (1 - frac) * tab("post_logvar")
-        x0_pred = tab("sqrt_recip_abar") * x_t - tab("sqrt_recipm1_abar") * eps.detach()  # mean is not trained by vb
-        model_mean = tab("post_coef_x0") * x0_pred + tab("post_coef_xt") * x_t
-        true_mean = tab("post_coef_x0") * target + tab("post_coef_xt") * x_t
-        kl = _normal_kl(true_mean, tab("post_logvar"), model_mean, model_logvar).mean(-1) / math.log(2.0)
+        model_logvar = frac * log_beta + (1 - frac) * post_logvar
+        x0_pred = recip * x_t - recipm1 * eps.detach()  # the mean is not trained by vb
+        model_mean = coef_x0 * x0_pred + coef_xt * x_t
+        true_mean = coef_x0 * target + coef_xt * x_t
+        kl = _normal_kl(true_mean, post_logvar, model_mean, model_logvar).mean(-1) / math.log(2.0)
         nll = -_discretized_gaussian_log_likelihood(target, model_mean, 0.5 * model_logvar).mean(-1) / math.log(2.0)
         vb = torch.where(t == 0, nll, kl)
         return {"loss": mse + vb, "mse": mse, "vb": vb, "x_t": x_t}
@@ -235,29 +205,26 @@ class DiffLossHead(nn.Module, Configurable):
         return (loss * weight).sum() / weight.sum().clamp(min=1e-12)
 
     # -- sampling ----------------------------------------------------------------------------------------------
-    def sample_noise(self, n: int, *, generator: torch.Generator | None = None, num_steps: int | None = None,
+    def sample_noise(self, n: int, *, generator: torch.Generator | None = None,
                      device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
         """Every Gaussian draw :meth:`sample` needs for ``n`` rows: ``(s, n, d)``; [0] is the initial noise, [k] the
         noise added by step k - 1.  Sharing it between two heads couples their trajectories."""
         ref = self.input_proj.weight
-        s = num_steps or self.num_sampling_steps
-        return torch.randn(s, n, self.token_dim, generator=generator, device=device or ref.device,
+        return torch.randn(self.num_sampling_steps, n, self.token_dim, generator=generator, device=device or ref.device,
                            dtype=dtype or ref.dtype)
 
     @torch.no_grad()
     def sample(self, z: Tensor, *, z_null: Tensor | None = None, cfg_scale: float | Tensor = 1.0,
-               temperature: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
-               num_steps: int | None = None) -> Tensor:
+               temperature: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None
+               ) -> Tensor:
         """Draw one token per condition.  z (n, c) -> tokens (n, d).
 
         Args:
-            z: per-token conditions.
             z_null: the unconditional conditions (n, c); required when ``cfg_scale != 1``.
             cfg_scale: guidance scale, float or per-row (n,).
             temperature: multiplies the per-step noise (0 = no noise after the initial draw).
             generator: RNG for the noise (ignored when ``noise`` is given).
             noise: ``(s, n, d)`` from :meth:`sample_noise` (or recorded), to reproduce or couple runs.
-            num_steps: override ``num_sampling_steps`` for this call.
         """
         guided = torch.is_tensor(cfg_scale) or cfg_scale != 1.0
         if guided and z_null is None:
@@ -265,18 +232,16 @@ class DiffLossHead(nn.Module, Configurable):
                              "run the generator on cond.null() too, or use cfg_scale=1.0")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        s = num_steps or self.num_sampling_steps
-        self._check_steps(s)
-        n = z.shape[0]
+        s, n = self.num_sampling_steps, z.shape[0]
         if noise is None:
-            noise = self.sample_noise(n, generator=generator, num_steps=s, device=z.device, dtype=z.dtype)
+            noise = self.sample_noise(n, generator=generator, device=z.device, dtype=z.dtype)
         elif noise.shape != (s, n, self.token_dim):
             raise ValueError(f"noise must have shape (steps={s}, n={n}, d={self.token_dim}), got {tuple(noise.shape)}")
         if n == 0:
             return z.new_zeros(0, self.token_dim)
         z_null = z_null if guided else None
         if self.sampler == "ddpm":
-            paths = DiffusionPaths(self, final_noise=False, num_steps=s)
+            paths = DiffusionPaths(self, final_noise=False)
             return paths.path_sample(z, z_null, cfg_scale, temperature, noise, density=False)[0][-1].to(z.dtype)
         scheduler = self._ddim_scheduler(s)
         x = noise[0]
@@ -287,17 +252,13 @@ class DiffLossHead(nn.Module, Configurable):
                                return_dict=False)[0]
         return x
 
-    def paths(self, *, final_noise: bool, num_steps: int | None = None) -> DiffusionPaths:
+    def paths(self, *, final_noise: bool) -> DiffusionPaths:
         """The ancestral sampler with its path densities (:class:`vistok.interfaces.PathDensity`), for
         continuous speculative decoding.  ``final_noise=True`` also adds noise at the last step."""
         if self.sampler != "ddpm":
             raise ValueError(f"the head samples with sampler={self.sampler!r}, which is deterministic after the "
                              "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
-        return DiffusionPaths(self, final_noise=final_noise, num_steps=num_steps)
-
-    def respaced_timesteps(self, num_steps: int) -> list[int]:
-        """MAR's kept timesteps for ``num_steps`` sampling steps, descending."""
-        return _mar_respacing(self.scheduler.config.num_train_timesteps, num_steps)
+        return DiffusionPaths(self, final_noise=final_noise)
 
     def _ddim_scheduler(self, num_steps: int) -> DDIMScheduler:
         """diffusers' DDIM scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""
@@ -321,29 +282,21 @@ def _gauss_logpdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 class DiffusionPaths:
     """The ancestral DDPM sampler of a :class:`DiffLossHead` (MAR's ``p_sample`` loop), with path log-densities.
 
-    ``x_S ~ N(0, I)``, then per kept timestep the posterior mean of the predicted ``x_0`` (CFG on eps, optional x0
-    clamp) plus ``T * exp(logvar / 2) * noise`` with the learned-range log-variance (:meth:`DiffLossHead.step_table`).
-    With ``final_noise=False`` the last step (t = 0) returns the mean, as MAR does; with ``final_noise=True`` it adds
-    noise too, with the clipped posterior variance.  States and step arithmetic are float64 (the network runs in its
-    own dtype on the rounded state), so two heads compared on the same stored path differ only by network rounding.
+    Per kept timestep: the posterior mean of the predicted ``x_0`` plus ``T * exp(logvar / 2) * noise`` (learned-range
+    log-variance, :meth:`DiffLossHead.step_table`); the last step (t = 0) returns the mean (MAR) unless
+    ``final_noise``.  States and step arithmetic are float64 (the network runs in its own dtype); see ``docs/csd.md``.
 
     Layouts: paths and noise ``(L, r, d)``, ``L = steps + 1``; ``path[0]`` is the initial noise, ``path[k]`` the state
     after step ``k`` (the token last); ``noise[k]`` the noise of step ``k``.  ``evals`` counts head-network rows.
     """
 
-    def __init__(self, head: DiffLossHead, *, final_noise: bool, num_steps: int | None = None):
+    def __init__(self, head: DiffLossHead, *, final_noise: bool):
         self.head, self.final_noise, self.evals = head, final_noise, 0
-        s = self.steps = num_steps or head.num_sampling_steps
+        s = self.steps = head.num_sampling_steps
         self.path_len, self.token_dim = s + 1, head.token_dim
-        self.timesteps = head.respaced_timesteps(s)
-        self._table = head.step_table(self.timesteps)
-        self._t = torch.tensor(self.timesteps)
-
-    def _on(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """The step table and the timesteps on ``device`` (moved once)."""
-        if self._table.device != device:
-            self._table, self._t = self._table.to(device), self._t.to(device)
-        return self._table, self._t
+        self.timesteps = _mar_respacing(head.scheduler.config.num_train_timesteps, s)
+        device = head.input_proj.weight.device
+        self._table, self._t = head.step_table(self.timesteps).to(device), torch.tensor(self.timesteps, device=device)
 
     def path_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Every Gaussian draw of ``n`` paths: ``(L, n, d)``."""
@@ -353,7 +306,7 @@ class DiffusionPaths:
     def moments(self, out: Tensor, x: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Float64 mean and log-variance (r, d) of step indices ``k`` (r,) from the network output ``out`` (r, 2d)
         ``[eps | v]`` at float64 states ``x`` (r, d)."""
-        tab = self._on(x.device)[0][k]  # r 6
+        tab = self._table[k]  # r 6
         out, d = out.double(), self.token_dim
         eps, frac = out[:, :d], (out[:, d:] + 1) / 2
         x0 = (x - tab[:, 0:1] * eps) / tab[:, 1:2]
@@ -363,7 +316,7 @@ class DiffusionPaths:
 
     def _step(self, x: Tensor, k: Tensor, z: Tensor, z_null: Tensor | None,
               cfg_scale: float | Tensor) -> tuple[Tensor, Tensor]:
-        t = self._on(x.device)[1][k]
+        t = self._t[k]
         out = self.head.guided_net(x.to(self.head.input_proj.weight.dtype), t, z, z_null, cfg_scale)
         guided = z_null is not None and (torch.is_tensor(cfg_scale) or cfg_scale != 1.0)
         self.evals += x.shape[0] * (2 if guided else 1)
@@ -371,13 +324,9 @@ class DiffusionPaths:
 
     def path_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float | Tensor, temperature: float,
                     noise: Tensor, *, density: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample paths ``(L, r, d)`` (float64) from conditions ``z`` (r, c) with ``noise`` (L or L - 1, r, d).
-
-        Returns ``(path, log_density (r,), last_std (r, d))``: the log-density of the stochastic steps (the initial
-        N(0, I) term left out), evaluated on the stored path exactly as :meth:`path_log_prob` does, and the std of the
-        last step (``T exp(logvar / 2)``, also when it adds no noise).  ``density=False`` (plain sampling) skips the
-        log-density (returned as zeros).
-        """
+        """Paths ``(L, r, d)`` (float64) from conditions ``z`` (r, c) and ``noise`` (L or L - 1, r, d), with the
+        log-density of the stochastic steps (as :meth:`path_log_prob` evaluates it; zeros when not ``density``) and
+        the last step's std (``T exp(logvar / 2)``, also when it adds no noise), as ``PathDensity`` specifies."""
         r = z.shape[0]
         noise = noise.double()
         x, path, logp = noise[0], [noise[0]], noise.new_zeros(r)

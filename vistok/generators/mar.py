@@ -2,21 +2,15 @@
 
 Paper: Li et al., "Autoregressive Image Generation without Vector Quantization", NeurIPS 2024, arXiv 2406.11838.
 Reference code (facts only: shapes, key names, hyper-parameters): github.com/LTH14/mar at fe470ac
-(``models/mar.py``, ``models/diffloss.py``).
+(``models/mar.py``, ``models/diffloss.py``).  What is there, the vistok options and the runs: ``docs/mar.md``.
 
-:class:`MARGenerator` is MAR's MAE-style encoder/decoder.  The encoder reads ``buffer_size`` condition slots
-(class embedding, pooled/projected text, or the learned null embedding) plus the *known* tokens only (masked
-tokens are dropped); the decoder puts a mask token back at every unknown position, runs bidirectional blocks and
-emits one condition vector ``z`` per token for the :class:`~vistok.generators.heads.DiffLossHead`.  Training masks
-a random subset (one ratio per batch from a normal centred at 1, std 0.25, truncated to ``[mask_ratio_min, 1]``;
-a random order per sample) and applies the diffusion loss to the masked tokens, each repeated
-``diffusion_batch_mul`` times with independent timesteps and noise.  Decoding (random order, cosine schedule,
-CFG ramp) is :func:`vistok.decoding.masked.sample_masked`; ``step`` gives the raster-order, one-token-at-a-time
-view of the same network that the :class:`~vistok.interfaces.Generator` protocol asks for.
-
-:class:`MARARGenerator` is the paper's "AR + DiffLoss" baseline (Table 1): a causal transformer in raster order
-with the same head, driven through ``new_cache``/``step`` with a :class:`~vistok.interfaces.KVCache` exactly like
-:class:`~vistok.generators.ar.ARGenerator` (for CFG, run ``cond.cat(cond.null())`` and give the head both halves).
+:class:`MARGenerator` is MAR's MAE-style encoder/decoder: the encoder reads ``buffer_size`` condition slots plus the
+*known* tokens only; the decoder puts a mask token back at every unknown position and emits one condition ``z`` per
+token for the :class:`~vistok.generators.heads.DiffLossHead`.  Training masks a random subset (one ratio per batch)
+and applies the diffusion loss to the masked tokens, each repeated ``diffusion_batch_mul`` times with independent
+timesteps and noise.  Decoding is :func:`vistok.decoding.masked.sample_masked`.  :class:`MARARGenerator` is the
+paper's "AR + DiffLoss" baseline (Table 1): a causal transformer in raster order with the same head, driven through
+``new_cache``/``step`` like :class:`~vistok.generators.ar.ARGenerator`.
 
 Official checkpoints: :func:`convert_mar_state_dict`, :func:`load_official`.  Legend: b batch, n tokens,
 d token dim, k kept (visible) slots, s buffer + tokens, l step length, c width.
@@ -33,18 +27,20 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
+from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_release, rename_state_dict
 from vistok.generators.heads import DiffLossHead
 from vistok.interfaces import (
     Conditioning,
     Configurable,
     GeneratorOutput,
     KVCache,
+    check_choice,
     check_generator_tokens,
     check_positions,
 )
-from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d
-from vistok.registry import register_generator
+from vistok.layers import ConditionEmbedder, ViTBlock, rope_2d, run_blocks, token_grid
+from vistok.layers.init import xavier_linears
+from vistok.layers.sincos import sincos_1d
 
 __all__ = ["MARARGenerator", "MARGenerator", "MAR_AR_PRESETS", "MAR_PRESETS", "convert_mar_state_dict",
            "load_official", "official_matches", "patchify", "unpatchify"]
@@ -69,11 +65,8 @@ def grid_sincos(grid: tuple[int, int], dim: int) -> Tensor:
     the channels encode the row, the second half the column, each as [sin, cos] over ``dim / 4`` frequencies."""
     if dim % 4:
         raise ValueError(f"a 2-D sincos table needs a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
-    parts = [torch.cat([(a.flatten()[:, None] * omega).sin(), (a.flatten()[:, None] * omega).cos()], 1)
-             for a in (rows, cols)]
-    return torch.cat(parts, 1).float()
+    return torch.cat([sincos_1d(rows, dim // 2), sincos_1d(cols, dim // 2)], 1).float()
 
 
 def grid_rope(slots: Tensor, grid: tuple[int, int], head_dim: int, offset: int, base: float = 10000.0
@@ -101,27 +94,11 @@ class _ContinuousGenerator(nn.Module, ConditionEmbedder):
     def diffusion_loss(self, z: Tensor, tokens: Tensor, weight: Tensor | None = None, *, t: Tensor | None = None,
                        noise: Tensor | None = None) -> Tensor:
         """Head loss on every token repeated ``diffusion_batch_mul`` times (MAR's layout: tiled, not interleaved).
-
-        z (b, n, c), tokens (b, n, d), weight (b, n) or None; ``t``/``noise`` (b n mul,) / (b n mul, d) if given.
-        """
+        z (b, n, c), tokens (b, n, d), weight (b, n) or None; ``t``/``noise`` (b n mul,) / (b n mul, d) if given."""
         mul = self.diffusion_batch_mul
         w = None if weight is None else weight.flatten().to(tokens.dtype).repeat(mul)
         return self.head.loss(tokens.flatten(0, 1).repeat(mul, 1), z.flatten(0, 1).repeat(mul, 1), w, t=t,
                               noise=noise)
-
-    def _init_linear_and_norms(self) -> None:
-        """MAR init outside the head: xavier-uniform Linears with zero bias, unit LayerNorms, N(0, .02) tables."""
-        for name, m in self.named_modules():
-            if name.startswith("head"):
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=0.02)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -140,23 +117,16 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         max_text_len: longest text (must fit the buffer).
         cond_dropout: probability of the null condition in training (MAR's ``label_drop_prob``).
         mask_ratio_min: lower end of the training mask ratio, in (0, 1].
-        mask_ratio_dist: how the training mask ratio is drawn.  ``"truncnorm"`` (MAR): N(1, 0.25) truncated to
-            ``[mask_ratio_min, 1]``, which keeps at most 30 % of the tokens visible and mostly under 15 %.
-            ``"cosine"`` (vistok option, MaskGIT's training rule): ``cos(pi/2 u)`` with u uniform, restricted to
-            ``[mask_ratio_min, 1]``; with ``mask_ratio_min`` near 0 every context size the cosine *sampling* schedule
-            visits is trained about equally often, which short runs on short sequences need.
+        mask_ratio_dist: the training mask ratio: ``"truncnorm"`` (MAR: N(1, 0.25) truncated to
+            ``[mask_ratio_min, 1]``) or ``"cosine"`` (vistok option, MaskGIT's ``cos(pi/2 u)`` on the same range).
         decoder_cond: vistok option (off = official): add a projection of the pooled condition (class embedding,
-            mean text state or the null embedding) to every decoder slot, so masked positions read the condition
-            directly instead of only through the encoder's buffer slots.
+            mean text state or the null embedding) to every decoder slot.
         pos_grid: (rows, columns) of the token layout, read by ``pos_init="sincos"`` and ``rope`` (default: a square
-            grid when ``seq_len`` is a square, else one row).  For a 1D tokenizer whose latents are spatial (the
-            shipped tiny TiTok: 8 x 4), give that layout.
+            grid when ``seq_len`` is a square, else one row).
         pos_init: ``"normal"`` (MAR: N(0, 0.02) learned tables) or ``"sincos"`` (vistok option: the token part of
-            the encoder/decoder position tables and the head's position table start as a unit-scale 2-D sine-cosine
-            table, still learned).  MAR's 0.02 tables are drowned by the token and condition vectors until
-            training grows them.
+            the position tables starts as a unit-scale 2-D sine-cosine table, still learned).
         rope: vistok option: 2-D rotary embeddings over ``pos_grid`` in every encoder/decoder attention (buffer
-            slots unrotated), so relative position is readable from the first step.
+            slots unrotated).
         attn_dropout, proj_dropout: dropout in attention probabilities / after projections and MLPs.
         head_width, head_depth, num_sampling_steps, head_sampler, head_clip_denoised: the :class:`DiffLossHead`
             (``head_clip_denoised`` = its ``clip_denoised``, a sampling-time x0 clamp; None = official).
@@ -177,26 +147,17 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                  pos_grid: tuple[int, int] | None = None, pos_init: Literal["normal", "sincos"] = "normal",
                  rope: bool = False):
         super().__init__()
-        if pos_grid is None:
-            side = math.isqrt(seq_len)
-            pos_grid = (side, side) if side * side == seq_len else (1, seq_len)
-        pos_grid = (int(pos_grid[0]), int(pos_grid[1]))
-        if pos_grid[0] * pos_grid[1] != seq_len:
-            raise ValueError(f"pos_grid {pos_grid} must hold seq_len={seq_len} tokens (rows * columns)")
-        if pos_init not in ("normal", "sincos"):
-            raise ValueError(f"pos_init must be 'normal' (MAR) or 'sincos', got {pos_init!r}")
-        self.pos_grid, self.pos_init, self.rope = pos_grid, pos_init, rope
+        self.pos_grid = token_grid(seq_len, pos_grid, "pos_grid", row_fallback=True)
+        check_choice("pos_init", pos_init, ("normal", "sincos"), " ('normal' = MAR)")
         if not 0 < mask_ratio_min <= 1:
             raise ValueError(f"mask_ratio_min must be in (0, 1] (MAR: 0.7), got {mask_ratio_min}")
-        if mask_ratio_dist not in ("truncnorm", "cosine"):
-            raise ValueError(f"mask_ratio_dist must be 'truncnorm' (MAR) or 'cosine', got {mask_ratio_dist!r}")
-        self.mask_ratio_dist = mask_ratio_dist
+        check_choice("mask_ratio_dist", mask_ratio_dist, ("truncnorm", "cosine"), " ('truncnorm' = MAR)")
         if text_dim and max_text_len > buffer_size:
             raise ValueError(f"max_text_len ({max_text_len}) must be <= buffer_size ({buffer_size}): text tokens "
                              "live in the buffer slots")
         self.token_dim, self.seq_len, self.buffer_size = token_dim, seq_len, buffer_size
-        self.mask_ratio_min = mask_ratio_min
-        self.diffusion_batch_mul = diffusion_batch_mul
+        self.pos_init, self.rope, self.mask_ratio_dist = pos_init, rope, mask_ratio_dist
+        self.mask_ratio_min, self.diffusion_batch_mul = mask_ratio_min, diffusion_batch_mul
         self.init_conditioning(encoder_width, num_classes=num_classes, text_dim=text_dim, max_text_len=max_text_len,
                                cond_dropout=cond_dropout, null="vector")
         # encoder
@@ -217,9 +178,6 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         self.head = DiffLossHead(token_dim=token_dim, cond_dim=decoder_width, width=head_width, depth=head_depth,
                                  num_sampling_steps=num_sampling_steps, sampler=head_sampler,
                                  clip_denoised=head_clip_denoised)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
         for p in (self.null_embed, self.mask_token, self.encoder_pos, self.decoder_pos, self.head_pos):
             nn.init.normal_(p, std=0.02)
         if self.pos_init == "sincos":
@@ -227,7 +185,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                 for p in (self.encoder_pos, self.decoder_pos):
                     p[self.buffer_size :] = grid_sincos(self.pos_grid, p.shape[1])
                 self.head_pos.copy_(grid_sincos(self.pos_grid, self.head_pos.shape[1]))
-        self._init_linear_and_norms()
+        xavier_linears(self, skip="head", embedding_std=0.02)  # MAR's init outside the head
 
     def _rope(self, slots: Tensor, width: int, heads: int) -> tuple[Tensor, Tensor] | None:
         return grid_rope(slots, self.pos_grid, width // heads, self.buffer_size) if self.rope else None
@@ -257,8 +215,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         (x (b, k, c) encoded kept slots in original order, idx (b, k) their slot indices, valid (b, k)).
         Rows with fewer kept slots than ``k`` are padded (``valid`` False) and masked out of attention.
         """
-        x = torch.cat([buffer.to(tokens.dtype), self.token_proj(tokens)], dim=1) + self.encoder_pos
-        x = self.token_norm(x)  # b s c
+        x = self.token_norm(torch.cat([buffer.to(tokens.dtype), self.token_proj(tokens)], dim=1) + self.encoder_pos)
         keep = F.pad(~mask, (self.buffer_size, 0), value=True)
         counts = keep.sum(1)
         idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(counts.max())]  # kept first
@@ -266,9 +223,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         x = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
         attn_mask = None if bool(valid.all()) else valid[:, None, None, :]
         rope = self._rope(idx, x.shape[-1], self.encoder[0].attn.num_heads) if self.encoder else None
-        for blk in self.encoder:
-            x = blk(x, attn_mask, rope=rope)
-        return self.encoder_norm(x), idx, valid
+        return self.encoder_norm(run_blocks(self.encoder, x, attn_mask, rope)), idx, valid
 
     def decode(self, x: Tensor, idx: Tensor, valid: Tensor, pooled: Tensor | None = None) -> Tensor:
         """MAE decoder: mask tokens back in, bidirectional blocks -> per-token head conditions z (b, n, c).
@@ -284,9 +239,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
             y = y + self.decoder_cond(pooled.to(y.dtype))[:, None]
         slots = torch.arange(y.shape[1], device=y.device).expand(y.shape[0], -1)
         rope = self._rope(slots, y.shape[-1], self.decoder[0].attn.num_heads) if self.decoder else None
-        for blk in self.decoder:
-            y = blk(y, rope=rope)
-        return self.decoder_norm(y)[:, self.buffer_size :] + self.head_pos
+        return self.decoder_norm(run_blocks(self.decoder, y, rope=rope))[:, self.buffer_size :] + self.head_pos
 
     def predict(self, tokens: Tensor, mask: Tensor, cond: Conditioning) -> Tensor:
         """Head conditions for every position given the tokens where ``mask`` is False.
@@ -297,9 +250,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         return self.decode(*self.encode(tokens, mask.bool(), buffer), pooled)
 
     def random_mask(self, batch_size: int, device: torch.device | str = "cpu") -> Tensor:
-        """MAR's training mask (b, n) bool: one ratio per batch (``mask_ratio_dist``: N(1, 0.25) truncated to
-        [mask_ratio_min, 1], or ``cos(pi/2 u)`` on the same range), ``ceil(n * ratio)`` masked positions per sample
-        taken from a random order."""
+        """MAR's training mask (b, n) bool: one ratio per batch (``mask_ratio_dist``), ``ceil(n * ratio)`` masked
+        positions per sample taken from a random order."""
         if self.mask_ratio_dist == "cosine":
             u_max = math.acos(self.mask_ratio_min) * 2 / math.pi  # cos(pi/2 u) >= mask_ratio_min for u <= u_max
             ratio = math.cos(math.pi / 2 * u_max * float(torch.rand((), dtype=torch.float64)))
@@ -339,10 +291,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
 class MARARGenerator(_ContinuousGenerator, Configurable):
     """Causal transformer over continuous tokens with a DiffLoss head (MAR paper, Table 1 "AR, raster").
 
-    Slot layout as :class:`~vistok.generators.ar.ARGenerator`: ``[P text-prefix slots | N token slots]``; token
-    slot p reads the start embedding (class, or null for text/unconditional models) for p = 0 and token p - 1
-    otherwise, plus a learned absolute position.  Args as :class:`MARGenerator` (``width``/``depth``/``num_heads``
-    for the single causal stack).
+    Slot layout as :class:`~vistok.generators.ar.ARGenerator`, plus a learned absolute position per slot.  Args as
+    :class:`MARGenerator` (``width``/``depth``/``num_heads`` for the single causal stack).
     """
 
     is_causal = True
@@ -371,23 +321,15 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
                                  clip_denoised=head_clip_denoised)
         for p in (self.null_embed, self.pos, self.prefix_pos):
             nn.init.normal_(p, std=0.02)
-        self._init_linear_and_norms()
+        xavier_linears(self, skip="head", embedding_std=0.02)  # MAR's init outside the head
 
     def _run(self, x: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, None, cache, i, slots)
-        return x
+        return run_blocks(self.blocks, x, mask, None, cache, slots)
 
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
         """Allocate a KV cache for ``cond``'s batch and prefill the text prefix (if any)."""
-        self.check_cond(cond)
-        b, ref = cond.batch_size, self.pos
-        cache = KVCache(len(self.blocks), b, self.num_heads, self.width // self.num_heads, self.prefix_len,
-                        max_tokens or self.seq_len, dtype=ref.dtype, device=ref.device)
-        cache.start = self.condition_vector(cond)
-        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(self.token_norm(x + self.prefix_pos), slots,
-                                                                        mask, cache))
-        return cache
+        prefill = lambda x, slots, mask, cache: self._run(self.token_norm(x + self.prefix_pos), slots, mask, cache)
+        return self.new_kv_cache(cond, len(self.blocks), max_tokens or self.seq_len, prefill)
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
         """inputs (b, l, d) = tokens at ``positions - 1`` -> head conditions z (b, l, c) for ``positions``."""
@@ -404,12 +346,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
         """Teacher-forced diffusion loss on every token.  tokens (b, n, d) -> GeneratorOutput(loss, extras z)."""
         self.check_tokens(tokens)
-        self.check_cond(cond)
-        if self.training and self.cond_dropout > 0:
-            cond = self.drop_condition(cond)
-        b, n, _ = tokens.shape
-        inputs = F.pad(tokens[:, :-1], (0, 0, 1, 0))  # position 0 reads the start embedding
-        z = self.step(inputs, torch.arange(n, device=tokens.device).expand(b, -1), self.new_cache(cond))
+        z = self.teacher_forced(tokens, cond)
         return GeneratorOutput(self.diffusion_loss(z, tokens), extras={"z": z})
 
 
@@ -435,11 +372,6 @@ MAR_AR_PRESETS: dict[str, dict] = {
     "mar_ar_tiny": dict(token_dim=16, seq_len=32, width=128, depth=4, num_heads=4, num_classes=24, head_width=128,
                         head_depth=2, num_sampling_steps=50),
 }
-for _name, _kwargs in MAR_PRESETS.items():
-    register_generator(_name, MARGenerator, **_kwargs)
-for _name, _kwargs in MAR_AR_PRESETS.items():
-    register_generator(_name, MARARGenerator, **_kwargs)
-
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -472,11 +404,8 @@ def convert_mar_state_dict(official: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         ValueError: listing every official key it does not know.
     """
-    def squeeze(new: str, value: Tensor) -> Tensor:
-        if new in _SQUEEZE:  # (1, d) / (1, 1, d) / (1, s, d) -> (d,) / (s, d)
-            return value.reshape(value.shape[-1 if value.numel() == value.shape[-1] else -2 :])
-        return value
-
+    # (1, d) / (1, 1, d) / (1, s, d) -> (d,) / (s, d)
+    squeeze = lambda new, v: v.reshape(v.shape[-1 if v.numel() == v.shape[-1] else -2 :]) if new in _SQUEEZE else v
     return rename_state_dict({k.removeprefix("module."): v for k, v in official.items()}, _KEY_RULES,
                              transform=squeeze, unknown_error="not MAR keys")
 
@@ -518,11 +447,8 @@ def load_official(folder: str | Path) -> MARGenerator:
     demo samples with), and load ``convert_mar_state_dict(...)`` into ``create_generator("mar_b" | "mar_l" |
     "mar_h")``.
     """
-    folder = Path(folder)
-    config = read_json(folder / "config.json")
-    path = find_weight_file(folder, _WEIGHT_FILES)
-    if path is None:
-        raise FileNotFoundError(f"{folder} holds none of {_WEIGHT_FILES}")
+    config = read_json(Path(folder) / "config.json")  # required: it holds the constructor arguments
+    _, state, path = read_release(folder, _WEIGHT_FILES)
     model = MARGenerator(**mar_kwargs_from_official(config.get("constructor_args", {})))
-    load_state_dict_strict(model, convert_mar_state_dict(read_state_dict(path)), str(path))
+    load_state_dict_strict(model, convert_mar_state_dict(state), str(path))
     return model.eval()

@@ -2,27 +2,19 @@
 
 Paper: He et al., "Neighboring Autoregressive Modeling for Efficient Visual Generation", arXiv 2503.10696.
 Reference code (facts only: shapes, key names, the mask and the logit mixing):
-github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/gpt.py`` at 225c1fb, a LlamaGen fork.
+github.com/ThisisBillhe/NAR, ``NAR-images/autoregressive/models/gpt.py`` at 225c1fb, a LlamaGen fork.  What is
+there and measured: ``docs/nar.md``.
 
-The network is a LlamaGen decoder (pre-RMSNorm Llama blocks, 2D RoPE, SwiGLU) with two heads:
+A LlamaGen decoder (Llama blocks, 2D RoPE) with two heads: the **right** head (``right_norm``/``right_head``) reads
+the hidden state after ``depth`` blocks and predicts the right neighbour of the token fed at that slot; the **down**
+head reads it after ``down_depth`` further blocks and predicts the token below.  A token with both neighbours decoded
+takes the mean of the two heads' logits (first row: right head only, first column: down head only, top-left: both
+heads at the start slot).  The *proximity mask* lets a token on anti-diagonal ``row + col = d`` attend to every
+token on diagonals ``<= d``, so a whole diagonal is predicted per pass (:func:`vistok.decoding.neighboring.decode_nar`).
 
-* the **right** head (``right_norm``/``right_head``) reads the hidden state after the ``depth`` blocks and predicts
-  the token to the right of the token fed at that slot;
-* the **down** head (``down_norm``/``down_head``) reads it after ``down_depth`` further blocks and predicts the
-  token below.
-
-A token with both neighbours decoded is predicted by the mean of the two heads' logits; first-row tokens use the
-right head only, first-column tokens the down head only, and the top-left token the mean of both heads at the
-start slot.  The *proximity mask* lets a token on anti-diagonal ``d = row + col`` attend to every token on
-diagonals ``<= d`` (causal across diagonals, bidirectional within one), so a whole diagonal is predicted in one
-pass: ``H + W - 1`` passes for an ``H x W`` grid (:func:`vistok.decoding.neighboring.decode_nar`).
-
-Sequence layout (cache slots ``P + T``): ``[P text-prefix slots | start slot | grid tokens in raster order]``;
-token position ``p >= 1`` holds grid token ``p - 1``.  LlamaGen quirk kept for checkpoint parity: condition slots
-(the start slot and the text prefix) get an all-zero rotary table, so their queries and keys are zero in every
-layer.  The grid side comes from ``seq_len`` (square grids) or ``grid``.  A 1D tokenizer (TiTok, FlexTok) has no
-vertical neighbour: build it with ``grid=(1, N)``; then the only neighbour of a token is the next one, the down
-branch is not built, the mask is causal, and decoding takes ``N`` passes (plain next-token AR).
+Slots: ``[P text-prefix slots | start slot | grid tokens in raster order]``; token position ``p >= 1`` holds grid
+token ``p - 1``.  LlamaGen's quirk is kept for checkpoint parity: condition slots get an all-zero rotary table (zero
+queries and keys).  ``grid=(1, N)`` (1D tokenizers) has no down branch: the mask is causal, plain next-token AR.
 
 Legend: b batch, l step length, t token positions, s cache slots, p prefix slots, c width, v vocab, d head dim.
 """
@@ -36,23 +28,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_keys, read_state_dict
+from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_keys, read_release
 from vistok.interfaces import (
     Conditioning,
     Configurable,
     GeneratorOutput,
     KVCache,
+    check_count,
     check_generator_tokens,
     check_positions,
     validating,
 )
-from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, rope_2d
-from vistok.layers.init import normal_linears_and_embeddings
-from vistok.registry import register_generator
-
-
-def _find_multiple(n: int, k: int) -> int:
-    return n if n % k == 0 else n + k - n % k
+from vistok.layers import ConditionEmbedder, LlamaBlock, RMSNorm, find_multiple, rope_2d, run_blocks, token_grid
+from vistok.layers.init import llamagen_init
 
 
 def rope_2d_table(height: int, width: int, head_dim: int, base: float,
@@ -60,10 +48,8 @@ def rope_2d_table(height: int, width: int, head_dim: int, base: float,
     """LlamaGen 2D RoPE: cos/sin ``(1 + h * w, head_dim // 2)`` indexed by token position (raster order after the
     start slot).  Row 0 (the start slot) is all zero, not the identity: condition slots have zeroed queries and
     keys (the LlamaGen quirk)."""
-    rows, cols = torch.meshgrid(torch.arange(height, device=device), torch.arange(width, device=device),
-                                indexing="ij")
-    cos, sin = rope_2d(rows.flatten(), cols.flatten(), head_dim, base)
-    return F.pad(cos, (0, 0, 1, 0)), F.pad(sin, (0, 0, 1, 0))
+    j = torch.arange(height * width, device=device)
+    return tuple(F.pad(table, (0, 0, 1, 0)) for table in rope_2d(j // width, j % width, head_dim, base))
 
 
 class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
@@ -77,10 +63,8 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         down_depth: extra blocks between the right head and the down head (NAR: 1).
         mlp_hidden: SwiGLU hidden size (None: LlamaGen's ``find_multiple(int(8 * width / 3), 256)``).
         dropout: token/residual/MLP dropout.
-        num_classes: class-conditional when > 0 (an extra null row is added for CFG).
-        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
-        max_text_len: text prefix slots P.
-        cond_dropout: probability of replacing the condition by the null condition in training.
+        num_classes, text_dim, max_text_len, cond_dropout: the conditioning (classes with a null row for CFG, text
+            states projected into ``max_text_len`` prefix slots): :meth:`ConditionEmbedder.init_conditioning`.
         rope_base: RoPE base.
         norm_eps: RMSNorm epsilon.
     """
@@ -94,21 +78,11 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
                  max_text_len: int = 32, cond_dropout: float = 0.1, rope_base: float = 10000.0,
                  norm_eps: float = 1e-5):
         super().__init__()
-        if grid is None:
-            side = int(round(seq_len ** 0.5))
-            if side * side != seq_len:
-                raise ValueError(f"seq_len={seq_len} is not a square grid: pass grid=(H, W) with H * W = {seq_len}, "
-                                 f"or grid=(1, {seq_len}) for a 1D tokenizer (next-token neighbours)")
-            grid = (side, side)
-        h, w = (int(g) for g in grid)
-        if h * w != seq_len or h < 1 or w < 1:
-            raise ValueError(f"grid {tuple(grid)} does not hold seq_len={seq_len} tokens")
+        h, w = token_grid(seq_len, grid)
         if width % num_heads or (width // num_heads) % 4:
             raise ValueError(f"width {width} / num_heads {num_heads} must give a head dim divisible by 4 (2D RoPE)")
-        if down_depth < 0:
-            raise ValueError(f"down_depth must be >= 0, got {down_depth}")
-        if mlp_hidden is None:
-            mlp_hidden = _find_multiple(int(8 * width / 3), 256)
+        check_count("down_depth", down_depth, 0)
+        mlp_hidden = mlp_hidden or find_multiple(int(8 * width / 3), 256)
         self.vocab_size, self.seq_len, self.grid = vocab_size, seq_len, (h, w)
         self.width, self.num_heads, self.rope_base = width, num_heads, rope_base
         self.is_causal = h == 1  # one row: the proximity mask is the causal mask
@@ -129,45 +103,24 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         # diagonal index of each token position (position 0, the start slot, is diagonal -1)
         cells = torch.arange(seq_len + 1) - 1
         self.register_buffer("diag", torch.where(cells < 0, -1, cells // w + cells % w), persistent=False)
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        normal_linears_and_embeddings(self)
-        nn.init.zeros_(self.right_head.weight)  # LlamaGen/NAR zero only the first output head
-        if self.bos is not None:
-            nn.init.normal_(self.bos, std=0.02)
+        llamagen_init(self, self.right_head)  # LlamaGen/NAR zero only the first output head
 
     def token_embeddings(self) -> Tensor:
         """The ``(V, width)`` input embedding table (token latents for GSD / LANTERN)."""
         return self.tok_embed.weight
 
-    def _check_tokens(self, tokens: Tensor) -> Tensor:
-        """``(b, n)`` or ``(b, h, w)`` token ids -> ``(b, n)``, with actionable errors."""
-        h, w = self.grid
-        if isinstance(tokens, Tensor) and tokens.ndim == 3 and tuple(tokens.shape[1:]) == (h, w):
-            tokens = tokens.flatten(1)
-        check_generator_tokens(tokens, seq_len=self.seq_len, vocab_size=self.vocab_size,
-                               layout=f"(B, {self.seq_len}) or (B, {h}, {w}) for this {h}x{w} grid")
-        return tokens
-
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
-        """Allocate a cache for ``cond``'s batch and prefill the text prefix (if any).
-
-        ``max_tokens`` token positions (default ``seq_len``; ``seq_len + 1`` also feeds the last grid token).
-        The cache additionally tracks ``written`` ``(b, t)``: which token positions hold entries.
-        """
-        self.check_cond(cond)
+        """Allocate a cache of ``max_tokens`` token positions (default ``seq_len``; ``seq_len + 1`` also feeds the last
+        grid token) for ``cond``'s batch, prefill the text prefix (if any) and track ``written`` ``(b, t)``: which
+        token positions hold entries."""
         max_tokens = max_tokens or self.seq_len
         if not 1 <= max_tokens <= self.seq_len + 1:
             raise ValueError(f"max_tokens must be in [1, {self.seq_len + 1}], got {max_tokens}")
-        b, ref = cond.batch_size, self.tok_embed.weight
-        cache = KVCache(len(self.blocks) + len(self.down_blocks), b, self.num_heads, self.width // self.num_heads,
-                        self.prefix_len, max_tokens, dtype=ref.dtype, device=ref.device)
-        cache.written = torch.zeros(b, max_tokens, dtype=torch.bool, device=ref.device)
-        cache.start = self.condition_vector(cond)
-        zero = torch.zeros(b, self.prefix_len, self.width // self.num_heads // 2, device=ref.device)
-        self.prefill_text(cond, cache, lambda x, slots, mask: self._run(x, slots, (zero, zero), mask, cache))
+        zero = lambda x: x.new_zeros(*x.shape[:2], self.width // self.num_heads // 2)  # LlamaGen's prefix rotation
+        cache = self.new_kv_cache(cond, len(self.blocks) + len(self.down_blocks), max_tokens,
+                                  lambda x, slots, mask, cache: self._run(x, slots, (zero(x),) * 2, mask, cache))
+        cache.written = torch.zeros(cond.batch_size, max_tokens, dtype=torch.bool, device=cache.lengths.device)
         return cache
 
     def _proximity_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
@@ -178,19 +131,13 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         fed = torch.zeros(b, t, dtype=torch.bool, device=positions.device).scatter(1, positions, True)
         valid = (cache.written & (slot < cache.lengths[:, None])) | fed  # b t
         near = self.diag[:t][None, None, :] <= self.diag[positions][:, :, None]  # b l t
-        tokens = near & valid[:, None, :]
-        prefix = cache.prefix_mask[:, None, :].expand(-1, positions.shape[1], -1)  # b l p
-        return torch.cat([prefix, tokens], dim=-1)[:, None]
+        return cache.with_prefix(near & valid[:, None, :])
 
     def step_heads(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> tuple[Tensor, Tensor | None]:
-        """Feed ``inputs`` (b, l) = grid tokens ``positions - 1`` (the start embedding at position 0).
-
-        Returns the raw head logits at those slots: ``right`` (b, l, v) predicts each fed token's right neighbour,
-        ``down`` (b, l, v) its lower neighbour (None for a single-row grid).
-        """
+        """``(right, down)`` (b, l, v) head logits at the slots of ``inputs`` (b, l), the grid tokens at
+        ``positions - 1``, as :class:`~vistok.interfaces.NeighbourGenerator` specifies (``down`` None for one row)."""
         check_positions(positions, cache.max_tokens)
-        x = self.tok_embed(inputs.clamp(min=0))
-        x = self.with_start(x, positions, cache)
+        x = self.with_start(self.tok_embed(inputs.clamp(min=0)), positions, cache)
         cos, sin = rope_2d_table(*self.grid, self.width // self.num_heads, self.rope_base, positions.device)
         mask = self._proximity_mask(positions, cache)
         rope = (cos[positions], sin[positions])  # b l d/2
@@ -201,13 +148,9 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         return right, (None if self.down_head is None else self.down_head(self.down_norm(down)).float())
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
-        """Generator protocol: logits (b, l, v) of the grid tokens at ``positions`` (``inputs``: tokens at
-        ``positions - 1``, as in :meth:`step_heads`).
-
-        Token ``(r, c)`` at position ``p`` mixes the right head at slot ``p`` (its left neighbour) and the down head
-        at slot ``p - W + 1`` (its upper neighbour); both slots must be fed in this call (a teacher-forced call
-        over all positions does so).  Diagonal-parallel decoding uses :meth:`step_heads` (``decoder="nar"``).
-        """
+        """Generator protocol: logits (b, l, v) of the grid tokens at ``positions`` (``inputs`` as for
+        :meth:`step_heads`), mixing the right head at slot ``p`` and the down head at slot ``p - W + 1``: both must be
+        fed in this call (a teacher-forced call over all positions is); ``decoder="nar"`` uses :meth:`step_heads`."""
         check_positions(positions, self.seq_len)
         right, down = self.step_heads(inputs, positions, cache)
         if down is None:  # single row: the right neighbour is the next token
@@ -229,12 +172,8 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
     def _run(self, x: Tensor, slots: Tensor, rope: tuple[Tensor, Tensor], mask: Tensor,
              cache: KVCache) -> tuple[Tensor, Tensor]:
         """Blocks -> hidden state for the right head; extra blocks -> hidden state for the down head."""
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, mask, rope, cache, i, slots)
-        right = x
-        for i, blk in enumerate(self.down_blocks, start=len(self.blocks)):
-            x = blk(x, mask, rope, cache, i, slots)
-        return right, x
+        right = run_blocks(self.blocks, x, mask, rope, cache, slots)
+        return right, run_blocks(self.down_blocks, right, mask, rope, cache, slots, len(self.blocks))
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, cond: Conditioning) -> GeneratorOutput:
@@ -242,13 +181,12 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
         ``logits[:, p]`` is the mixed right/down prediction of grid token ``p``; the loss is its cross-entropy.
         """
-        tokens = self._check_tokens(tokens)
-        if self.training and self.cond_dropout > 0:
-            cond = self.drop_condition(cond)
-        cache = self.new_cache(cond)
-        b, n = tokens.shape
-        inputs = F.pad(tokens[:, :-1], (1, 0))  # position 0's input is the start embedding
-        logits = self.step(inputs, torch.arange(n, device=tokens.device).expand(b, -1), cache)
+        h, w = self.grid
+        if isinstance(tokens, Tensor) and tokens.ndim == 3 and tuple(tokens.shape[1:]) == (h, w):
+            tokens = tokens.flatten(1)
+        check_generator_tokens(tokens, seq_len=self.seq_len, vocab_size=self.vocab_size,
+                               layout=f"(B, {self.seq_len}) or (B, {h}, {w}) for this {h}x{w} grid")
+        logits = self.teacher_forced(tokens, cond)
         return GeneratorOutput(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()), logits)
 
 
@@ -296,11 +234,6 @@ def convert_nar_state_dict(state: dict[str, Tensor], *, depth: int,
 _WEIGHT_NAMES, _WEIGHT_PATTERNS = ("weights.safetensors", "model.safetensors"), ("*.pt", "*.pth", "*.bin")
 
 
-def _model_args(folder: Path) -> dict | None:
-    args = read_json(folder / "config.json", missing_ok=True).get("model_args")
-    return args if isinstance(args, dict) and "medusa_attention_num" in args else None
-
-
 def official_matches(config: dict, folder: Path) -> bool:
     """An official NAR folder: ``config.json`` with NAR ``model_args``, or bare weights holding the down head."""
     args = config.get("model_args")
@@ -320,13 +253,9 @@ def load_official(folder: str | Path) -> NARGenerator:
 
     Without a config, sizes are read from the weights (head count from the GPT-* table, 16 x 16 grid).
     """
-    folder = Path(folder)
-    path = find_weight_file(folder, _WEIGHT_NAMES, _WEIGHT_PATTERNS)
-    if path is None:
-        raise FileNotFoundError(f"{folder} holds no NAR weights (weights.safetensors, model.safetensors or *.pt)")
-    state = read_state_dict(path)
-    args = _model_args(folder)
-    if args is None:  # bare checkpoint: infer what the weights show
+    config, state, path = read_release(folder, _WEIGHT_NAMES, _WEIGHT_PATTERNS)
+    args = config.get("model_args")
+    if not (isinstance(args, dict) and "medusa_attention_num" in args):  # bare checkpoint: infer what the weights show
         width = state["tok_embeddings.weight"].shape[1]
         if width not in _HEADS_BY_WIDTH:
             raise ValueError(f"cannot infer the head count of width {width}: add a config.json with model_args")
@@ -343,7 +272,7 @@ def load_official(folder: str | Path) -> NARGenerator:
         hidden = int(args["ffn_dim_multiplier"] * hidden)
     kwargs = dict(vocab_size=args["vocab_size"], seq_len=args["block_size"], width=args["dim"],
                   depth=args["n_layer"], down_depth=args.get("medusa_attention_num", 1), num_heads=args["n_head"],
-                  mlp_hidden=_find_multiple(hidden, args.get("multiple_of", 256)),
+                  mlp_hidden=find_multiple(hidden, args.get("multiple_of", 256)),
                   dropout=args.get("resid_dropout_p", 0.1), num_classes=args["num_classes"],
                   cond_dropout=args.get("class_dropout_prob", 0.1), rope_base=float(args.get("rope_base", 10000)),
                   norm_eps=args.get("norm_eps", 1e-5))
@@ -367,6 +296,3 @@ NAR_PRESETS: dict[str, dict] = {
     "nar_xl": dict(**_C2I_256, width=1280, depth=36, num_heads=20),
     "nar_xxl": dict(**_C2I_256, width=1536, depth=48, num_heads=24),
 }
-
-for _name, _kwargs in NAR_PRESETS.items():
-    register_generator(_name, NARGenerator, **_kwargs)

@@ -2,32 +2,20 @@
 
 Paper: Ren et al., "Beyond Next-Token: Next-X Prediction for Autoregressive Visual Generation", arXiv 2502.20388.
 Reference code (facts only: shapes, key names, conventions): github.com/OliverRensu/xAR at 121e9c9
-(``models/xar.py``, ``models/sampler.py``, ``models/rope.py``).
+(``models/xar.py``, ``models/sampler.py``, ``models/rope.py``).  Supported options, measurements: ``docs/xar.md``.
 
-Entity X is a *cell* of ``cell_size x cell_size`` tokens: the ``grid_size x grid_size`` token grid is cut into
-cells taken in raster order (the official setting: 16x16 tokens, 4 cells of 8x8).  Grids and cells may also be
-rectangular (``grid_size=(8, 4)``, ``cell_size=(4, 2)``: a vistok addition for 1D tokenizers read as a grid, such as
-the tiny TiTok's 32 tokens).  One transformer with
-**block-causal** attention (a token sees its own cell and every earlier cell) predicts the flow-matching velocity
-of every token; there is no separate head.  Decoding is :func:`vistok.decoding.cells.decode_cells`.
+A *cell* is a block of ``cell_size`` tokens of the grid (official: 16x16 tokens, 4 cells of 8x8; rectangles are a
+vistok addition).  One transformer with **block-causal** attention (a token sees its own and every earlier cell)
+predicts the flow-matching velocity of every token; decoding is :func:`vistok.decoding.cells.decode_cells`.
+Official conventions (so its checkpoints load unchanged): the internal sequence, position embeddings and ``step``
+positions are **cell-major** (public tokens are raster order); ``x_t = (1 - t) x + t eps`` with ``v = eps - x``;
+``time_embed(floor(1000 t))`` plus the class embedding is one adaLN condition per (sample, cell); training gives each
+cell its own ``t ~ sigmoid(N(0, 1))`` (noisy context), sampling feeds the context clean (``t = 0``); blocks have a
+weightless RMSNorm, qkv biases, 2-D RoPE and a GELU-gated MLP of width ``int(width * mlp_ratio * 2 / 3)``.  Text
+(a vistok addition) is a projected prefix as in :mod:`vistok.generators.ar`, the adaLN condition then the time alone.
 
-Conventions (those of the official code, so its checkpoints load unchanged):
-    * The internal sequence is **cell-major**: cells in raster order, tokens in raster order inside a cell.  The
-      learned position embeddings and the ``positions`` of :meth:`XARGenerator.step` are cell-major; public token
-      tensors (``forward`` inputs, decoder outputs) are ``(B, N, D)`` in raster order of the grid.
-    * Linear path ``x_t = (1 - t) x + t eps``, ``t = 1`` is pure noise; the network predicts ``v = eps - x``.
-    * Time enters as ``time_embed(floor(1000 t))`` (sinusoid, then an MLP), added to the class embedding: one
-      condition per (sample, cell) drives every block's adaLN (gamma1, gamma2, scale1, scale2, shift1, shift2).
-    * Noisy-context learning: in training each cell gets its own ``t ~ sigmoid(N(0, 1))`` and the loss covers every
-      cell, so the context is always noisy; at sampling time the context is fed clean (``t = 0``).
-    * Blocks: weightless RMSNorm, qkv with bias, 2-D RoPE (first half of each head rotates with the grid row,
-      second half with the column; interleaved pairs), GELU-gated MLP of width ``int(width * mlp_ratio * 2 / 3)``.
-
-Text conditioning (a vistok addition): text states are projected into ``max_text_len`` prefix slots that every
-token attends to (as in :mod:`vistok.generators.ar`); the adaLN condition is then the time embedding alone.
-
-Legend: b batch, n tokens (grid rows x columns), l tokens in a call, g cells in a call, k tokens per cell, c width,
-d token channels, p prefix slots, s cache slots.
+Legend: b batch, n tokens, l tokens in a call, g cells in a call, k tokens per cell, c width, d token channels,
+p prefix slots, s cache slots.
 """
 
 from __future__ import annotations
@@ -38,19 +26,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.embeddings import get_timestep_embedding
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
+from vistok.checkpoint import load_state_dict_strict, read_release, rename_state_dict
 from vistok.interfaces import Conditioning, Configurable, GeneratorOutput, KVCache, check_generator_tokens, validating
-from vistok.layers import Attention, ConditionEmbedder, RMSNorm, rope_2d
+from vistok.layers import Attention, ConditionEmbedder, RMSNorm, TimestepMLP, modulate, rope_2d, run_blocks
 from vistok.layers.init import xavier_linears
 
 __all__ = ["XARGenerator", "XAR_PRESETS", "convert_xar_state_dict", "load_official", "official_matches"]
-
-_TIME_STEPS = 1000  # the official time discretisation: time_embed(floor(1000 t))
-
 
 def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
@@ -63,18 +47,14 @@ def _pair(value: int | tuple[int, int] | list[int], name: str) -> tuple[int, int
 # Blocks
 # ----------------------------------------------------------------------------------------------------------------
 class TimestepEmbedding(nn.Module):
-    """``t`` in [0, 1] (any shape) -> ``floor(1000 t)`` -> ``[cos, sin]`` sinusoid (diffusers'
-    ``get_timestep_embedding``) -> Linear-SiLU-Linear (..., dim)."""
+    """``t`` in [0, 1] (any shape) -> :class:`~vistok.layers.TimestepMLP` ``mlp`` of ``floor(1000 t)`` (..., dim)."""
 
     def __init__(self, dim: int, freq_dim: int = 256):
         super().__init__()
-        self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = TimestepMLP(dim, freq_dim)
 
     def forward(self, t: Tensor) -> Tensor:
-        steps = (t.float() * _TIME_STEPS).long()  # fp32 product, truncated, as the official code does
-        freq = get_timestep_embedding(steps.flatten(), self.freq_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        return self.mlp(freq.unflatten(0, steps.shape).to(self.mlp[0].weight.dtype))
+        return self.mlp((t.float() * 1000).long())  # the official floor(1000 t): fp32 product, truncated
 
 
 class GatedMLP(nn.Module):
@@ -107,8 +87,8 @@ class XARBlock(nn.Module):
         """x (b, l, c); cond (b, g, c): one condition per run of ``l // g`` consecutive tokens."""
         mod = repeat(self.ada(F.silu(cond)), "b g (six c) -> six b (g r) c", six=6, r=x.shape[1] // cond.shape[1])
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod
-        x = x + self.drop(self.attn(self.norm(x) * (1 + scale1) + shift1, mask, rope, cache, layer, slots)) * gamma1
-        return x + self.mlp(self.norm(x) * (1 + scale2) + shift2) * gamma2
+        x = x + self.drop(self.attn(modulate(self.norm(x), shift1, scale1), mask, rope, cache, layer, slots)) * gamma1
+        return x + self.mlp(modulate(self.norm(x), shift2, scale2)) * gamma2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -126,10 +106,8 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
             blocks; official naming, both stacks see the same block-causal mask).
         mlp_ratio: the gated MLP is ``int(width * mlp_ratio * 2 / 3)`` wide.
         dropout: dropout on attention outputs and in the MLP (official ``proj_dropout``).
-        num_classes: class-conditional when > 0 (row ``num_classes`` of the embedding is the null class).
-        text_dim: text-conditional when > 0 (dimension of the text encoder's token states).
-        max_text_len: text prefix slots P.
-        cond_dropout: probability of the null condition in training (classifier-free guidance).
+        num_classes, text_dim, max_text_len, cond_dropout: the conditioning (classes with a null row for CFG, text
+            states projected into ``max_text_len`` prefix slots): :meth:`ConditionEmbedder.init_conditioning`.
         rope_base: RoPE base of the 2-D rotary embedding.
     """
 
@@ -171,10 +149,7 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
         self.decoder_blocks = nn.ModuleList(XARBlock(width, num_heads, hidden, dropout) for _ in range(decoder_depth))
         self.decoder_norm = RMSNorm(width, eps=1e-6)
         self.out = nn.Linear(width, token_dim)  # velocity per token
-        self.initialize_weights()
-
-    def initialize_weights(self) -> None:
-        """Official init: xavier-uniform linears with zero biases; N(0, 0.02) class and position embeddings."""
+        # official init: xavier-uniform linears with zero biases; N(0, 0.02) class and position embeddings
         xavier_linears(self)
         for p in (self.encoder_pos, self.decoder_pos, *([self.class_embed.weight] if self.class_embed else [])):
             nn.init.normal_(p, std=0.02)
@@ -199,50 +174,36 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     def _attention_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
         """Bool (b, 1, l, s): block-causal over cells, plus the valid text-prefix slots."""
-        slot = torch.arange(cache.prefix_len + cache.max_tokens, device=positions.device) - cache.prefix_len
-        key_cell = torch.div(slot, self.cell_tokens, rounding_mode="floor")
-        seen = (slot >= 0) & (key_cell <= (positions // self.cell_tokens)[..., None])  # b l s
-        prefix = F.pad(cache.prefix_mask, (0, cache.max_tokens), value=False)  # b s
-        return (seen | prefix[:, None])[:, None]
+        key_cell = torch.arange(cache.max_tokens, device=positions.device) // self.cell_tokens
+        return cache.with_prefix(key_cell <= (positions // self.cell_tokens)[..., None])
 
     # -- checks ------------------------------------------------------------------------------------------------
     def _check_tokens(self, tokens: Tensor, *, full: bool) -> None:
         n = self.seq_len if full else "l"
         check_generator_tokens(tokens, seq_len=self.seq_len if full else None, token_dim=self.token_dim,
-                               layout=f"(B, {n}, {self.token_dim}): a {self.grid[0]}x{self.grid[1]} grid of "
-                                      f"{self.token_dim}-d tokens in raster order (was the generator built for this "
-                                      "tokenizer's grid?)")
+                               layout=f"(B, {n}, {self.token_dim}) in raster order of a {self.grid[0]}x{self.grid[1]} "
+                                      "grid (was the generator built for this tokenizer's grid?)")
 
     # -- decoding interface ------------------------------------------------------------------------------------
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
-        """Allocate a cache for ``cond``'s batch (every cell of the grid) and prefill the text prefix, if any.
-
-        ``cache.start`` holds each sample's condition embedding (class row, or zeros without classes).
-        """
-        self.check_cond(cond)
+        """Allocate a cache for ``cond``'s batch (every cell of the grid) and prefill the text prefix, if any."""
         if max_tokens not in (None, self.seq_len):
             raise ValueError(f"xAR caches the whole grid: max_tokens must be None or {self.seq_len}")
-        b, ref = cond.batch_size, self.token_proj.weight
-        cache = KVCache(len(self.encoder_blocks) + len(self.decoder_blocks), b, self.num_heads,
-                        self.width // self.num_heads, self.prefix_len, self.seq_len, dtype=ref.dtype,
-                        device=ref.device)
-        cache.start = self.condition_vector(cond)
-        if self.prefix_len:  # the prefix is not rotated; its adaLN condition is the clean-time (t = 0) one
-            ones = torch.ones(b, self.prefix_len, self.width // self.num_heads // 2, device=ref.device)
-            cond0 = (cache.start + self.time_embed(torch.zeros(b, device=ref.device)))[:, None]  # b 1 c
-            self.prefill_text(cond, cache, lambda h, slots, mask: self._backbone(
-                h, cond0, mask, (ones, torch.zeros_like(ones)), cache, slots, None))
-        return cache
+
+        def prefill(h: Tensor, slots: Tensor, mask: Tensor, cache: KVCache) -> None:
+            """The prefix is not rotated; its adaLN condition is the clean-time (t = 0) one."""
+            ones = h.new_ones(*h.shape[:2], self.width // self.num_heads // 2)
+            cond0 = (cache.start + self.time_embed(torch.zeros(len(h), device=h.device)))[:, None]  # b 1 c
+            self._backbone(h, cond0, mask, (ones, torch.zeros_like(ones)), cache, slots, None)
+
+        return self.new_kv_cache(cond, len(self.encoder_blocks) + len(self.decoder_blocks), self.seq_len, prefill)
 
     def step(self, inputs: Tensor, positions: Tensor, cache: KVCache, t: Tensor | float | None = None) -> Tensor:
-        """Velocity of whole cells.  inputs (b, l, d) are x_t of the tokens at cell-major ``positions`` (l,) or (b, l)
-        (whole, aligned cells); ``t`` () / (b,) / (b, g) is each cell's time (None = 0: clean context).
+        """Velocity (b, l, d) float32 of whole cells: inputs (b, l, d) are x_t of the tokens at cell-major
+        ``positions`` (l,) or (b, l) (whole, aligned cells), ``t`` () / (b,) / (b, g) each cell's time (None = 0).
 
-        Keys/values of every input are written into ``cache`` at their slots; a cell's tokens attend to the cache
-        entries of every earlier cell and to this call's own cell.  Cells fed clean (t = 0) count as cached context:
-        a call may only start at or before the end of the clean context already in the cache.
-
-        Returns: velocity (b, l, d) float32.
+        Every input's keys/values go into ``cache``; cells fed clean (t = 0) count as cached context, and a call may
+        only start at or before the end of the clean context already in the cache.
         """
         self._check_tokens(inputs, full=False)
         b, length, _ = inputs.shape
@@ -280,14 +241,11 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
         if positions is not None:
             h = h + self.encoder_pos[0, positions]
         h = self.token_norm(h)
-        for i, blk in enumerate(self.encoder_blocks):
-            h = blk(h, mask, rope, cache, i, slots, cond)
+        h = run_blocks(self.encoder_blocks, h, mask, rope, cache, slots, cond=cond)
         h = self.decoder_in(self.encoder_norm(h))
         if positions is not None:
             h = h + self.decoder_pos[0, positions]
-        for i, blk in enumerate(self.decoder_blocks, start=len(self.encoder_blocks)):
-            h = blk(h, mask, rope, cache, i, slots, cond)
-        return h
+        return run_blocks(self.decoder_blocks, h, mask, rope, cache, slots, len(self.encoder_blocks), cond=cond)
 
     # -- training ----------------------------------------------------------------------------------------------
     def forward(self, tokens: Tensor, cond: Conditioning, *, t: Tensor | None = None, noise: Tensor | None = None,
@@ -393,10 +351,9 @@ def xar_kwargs_from_official_weights(state: dict[str, Tensor]) -> dict:
 
 def official_matches(config: dict, folder: Path) -> bool:
     """True for an official xAR folder: a config naming ``models.xar.xAR``, or a bare ``xAR-*.pth`` release."""
-    folder = Path(folder)
     if config:
         return config.get("cls") == "models.xar.xAR" or str(config.get("repo", "")).endswith("OliverRensu/xAR")
-    return any(folder.glob("xAR-*.pth"))
+    return any(Path(folder).glob("xAR-*.pth"))
 
 
 def load_official(folder: str | Path) -> XARGenerator:
@@ -406,12 +363,7 @@ def load_official(folder: str | Path) -> XARGenerator:
     from the weight shapes; the class count and token channels always come from the weights (the official class
     hard-codes 1001 class rows and 16 output channels).
     """
-    folder = Path(folder)
-    path = find_weight_file(folder, OFFICIAL_WEIGHT_FILES, ("xAR-*.pth",), unique=True)
-    if path is None:
-        raise FileNotFoundError(f"{folder} holds none of {OFFICIAL_WEIGHT_FILES} or xAR-*.pth")
-    config = read_json(folder / "config.json", missing_ok=True)
-    state = read_state_dict(path)
+    config, state, path = read_release(folder, OFFICIAL_WEIGHT_FILES, ("xAR-*.pth",), unique=True)
     kwargs = (xar_kwargs_from_official_config(config["constructor_args"]) if "constructor_args" in config
               else xar_kwargs_from_official_weights(state))
     kwargs.update(num_classes=state["class_emb.weight"].shape[0] - 1, token_dim=state["pred.weight"].shape[0])

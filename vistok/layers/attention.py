@@ -17,6 +17,25 @@ from vistok.interfaces import KVCache
 from vistok.layers.rope import apply_rope
 
 
+def find_multiple(n: int, k: int) -> int:
+    """``n`` rounded up to a multiple of ``k`` (LlamaGen's SwiGLU widths)."""
+    return -(-n // k) * k
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN (DiT): ``x * (1 + scale) + shift``, as MAR's DiffLoss head and xAR's blocks apply it."""
+    return x * (1 + scale) + shift
+
+
+def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
+               cache: KVCache | None = None, slots: Tensor | None = None, first_layer: int = 0, **extra) -> Tensor:
+    """``x`` (b, l, c) through ``blocks`` in order; block ``i`` writes cache layer ``first_layer + i`` at ``slots``.
+    ``extra`` keyword arguments go to every block (xAR's adaLN condition)."""
+    for i, blk in enumerate(blocks, start=first_layer):
+        x = blk(x, mask, rope, cache, i, slots, **extra)
+    return x
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm (Llama), computed in fp32.
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.interfaces import Conditioning, KVCache, check_conditioning, drop_conditioning
+from vistok.interfaces import Conditioning, KVCache, check_choice, check_conditioning, drop_conditioning
 
 __all__ = ["ConditionEmbedder", "text_projection"]
 
@@ -67,8 +67,7 @@ class ConditionEmbedder:
                 a fixed zero buffer (xAR).
             text_bias: biases in the text projection (NAR's ``cap_proj`` has none).
         """
-        if null not in ("row", "vector"):
-            raise ValueError(f"null must be 'row' (LlamaGen) or 'vector' (MAR), got {null!r}")
+        check_choice("null", null, ("row", "vector"), " ('row' = LlamaGen, 'vector' = MAR)")
         if null == "vector" and num_classes and text_dim:
             raise ValueError("give num_classes or text_dim, not both (MAR conditions on one of them)")
         self.num_classes, self.text_dim, self.cond_dropout = num_classes, text_dim, cond_dropout
@@ -137,3 +136,28 @@ class ConditionEmbedder:
         x = self.text_states(cond, self.prefix_len)
         slots, mask = cache.prefill_layout(cond.text_mask.to(x.device))
         run(x, slots, mask)
+
+    # -- the decoding and training plumbing of causal families (AR, NAR, MAR-AR, xAR) -----------------------------
+    def new_kv_cache(self, cond: Conditioning, num_layers: int, max_tokens: int,
+                     run: Callable[[Tensor, Tensor, Tensor, KVCache], object]) -> KVCache:
+        """Check ``cond`` and allocate a :class:`KVCache` for its batch: ``num_layers`` layers, ``self.num_heads``
+        heads of ``self.width // self.num_heads`` channels, ``prefix_len + max_tokens`` slots, on the parameters'
+        device and dtype.  ``cache.start`` is :meth:`condition_vector`; the text prefix is written by
+        :meth:`prefill_text` with ``run(x, slots, mask, cache)``."""
+        self.check_cond(cond)
+        ref = next(self.parameters())
+        cache = KVCache(num_layers, cond.batch_size, self.num_heads, self.width // self.num_heads, self.prefix_len,
+                        max_tokens, dtype=ref.dtype, device=ref.device)
+        cache.start = self.condition_vector(cond)
+        self.prefill_text(cond, cache, lambda x, slots, mask: run(x, slots, mask, cache))
+        return cache
+
+    def teacher_forced(self, tokens: Tensor, cond: Conditioning) -> Tensor:
+        """``self.step`` over every position of ``tokens`` (b, n) ids or (b, n, d) vectors on a new cache, each input
+        the token before it (position 0 reads the start vector); in training the condition is first dropped with
+        probability ``cond_dropout``.  Returns what ``step`` returns for positions ``0 .. n - 1``."""
+        if self.training and self.cond_dropout > 0:
+            cond = self.drop_condition(cond)
+        inputs = torch.cat([torch.zeros_like(tokens[:, :1]), tokens[:, :-1]], dim=1)
+        positions = torch.arange(tokens.shape[1], device=tokens.device).expand(len(tokens), -1)
+        return self.step(inputs, positions, self.new_cache(cond))

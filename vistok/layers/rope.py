@@ -6,6 +6,8 @@ Legend: b batch, h heads, l sequence, d head dim.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -38,6 +40,22 @@ def rope_2d(rows: Tensor, cols: Tensor, head_dim: int, base: float = 10000.0) ->
     freqs = rope_frequencies(head_dim // 2, base, rows.device)
     angles = torch.cat([rows.float()[..., None] * freqs, cols.float()[..., None] * freqs], dim=-1)
     return angles.cos(), angles.sin()
+
+
+def token_grid(seq_len: int, grid: tuple[int, int] | None, name: str = "grid", *,
+               row_fallback: bool = False) -> tuple[int, int]:
+    """``(rows, columns)`` of a layout of ``seq_len`` tokens: ``grid`` when given (it must hold them), else the
+    square grid, else one row (``row_fallback``) or a ValueError."""
+    if grid is None:
+        side = math.isqrt(seq_len)
+        if side * side == seq_len or row_fallback:
+            return (side, side) if side * side == seq_len else (1, seq_len)
+        raise ValueError(f"seq_len={seq_len} is not a square grid: pass {name}=(H, W) with H * W = {seq_len}, "
+                         f"or {name}=(1, {seq_len}) for a 1D tokenizer (next-token neighbours)")
+    h, w = (int(g) for g in grid)
+    if h * w != seq_len or h < 1 or w < 1:
+        raise ValueError(f"{name} {tuple(grid)} does not hold seq_len={seq_len} tokens (rows * columns)")
+    return h, w
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

@@ -1,9 +1,10 @@
-"""Fixed sine-cosine position tables (Transformer / MAE style), built in float64 and returned as float32.
+"""Fixed sine-cosine position tables (Transformer / MAE style), built in float64 and returned as float32, and
+:class:`TimestepMLP`, DiT's timestep embedder (a sinusoid of integer steps, then an MLP) as MAR's head and xAR use it.
 
-``sincos_1d`` is the building block: ``[sin(p * w_i), cos(p * w_i)]`` with ``w_i = base ** (-i / (dim / 2))``.
-``sincos_3d`` is the video table of LARP (and MAE-style ViTs per frame): a 2-D table over the patch grid (the first
-half of the channels encodes the column, the second half the row, as MAE's ``get_2d_sincos_pos_embed``) plus a 1-D
-table over time on all channels.
+``sincos_1d`` is the building block of the tables: ``[sin(p * w_i), cos(p * w_i)]`` with
+``w_i = base ** (-i / (dim / 2))``.  ``sincos_3d`` is the video table of LARP (and MAE-style ViTs per frame): a 2-D
+table over the patch grid (the first half of the channels encodes the column, the second half the row, as MAE's
+``get_2d_sincos_pos_embed``) plus a 1-D table over time on all channels.
 
 Legend: t/h/w grid sides, d channels.
 """
@@ -11,7 +12,8 @@ Legend: t/h/w grid sides, d channels.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from diffusers.models.embeddings import get_timestep_embedding
+from torch import Tensor, nn
 
 
 def sincos_1d(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
@@ -21,6 +23,19 @@ def sincos_1d(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
     omega = 1.0 / base ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
     angles = positions.reshape(-1).to(torch.float64)[:, None] * omega  # M, dim/2
     return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+class TimestepMLP(nn.Sequential):
+    """Integer steps (any shape) -> ``[cos, sin]`` sinusoid of ``freq_dim`` channels (diffusers'
+    ``get_timestep_embedding``, DiT's ``TimestepEmbedder``) -> ``Linear - SiLU - Linear`` (..., dim); keys 0, 2."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, steps: Tensor) -> Tensor:
+        freq = get_timestep_embedding(steps.flatten(), self[0].in_features, flip_sin_to_cos=True,
+                                      downscale_freq_shift=0)
+        return super().forward(freq.unflatten(0, steps.shape).to(self[0].weight.dtype))
 
 
 def sincos_3d(frames: int, height: int, width: int, dim: int) -> Tensor:
