@@ -87,7 +87,8 @@ def row(test: str, name: str, control: str, samples: int, run, seeds: list[int])
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--only", default="table,large,csd")
+    parser.add_argument("--only", default="table,network,large,csd", help="comma-separated sections")
+    parser.add_argument("--laws", default="", help="csd test models to run (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [101 + i for i in range(args.seeds)]
@@ -107,6 +108,22 @@ def main() -> None:
                         return joint_pvalue(tl.table_samples(table, decoder, m, seed=seed, **kw).tokens, law)
 
                 row("prefix table V=3 N=5, joint chi-square", name, control, m, run, seeds)
+    if "network" in args.only:
+        model = tl.network_model()
+        for decoder, kw in [("sjd", {"window": 4}), ("mcsjd", {"window": 5, "init": "repeat"})]:
+            net_controls = {"none": None, "ratio x1.5": tl.scale_ratio(1.5), "ratio x1.1": tl.scale_ratio(1.1)}
+            for control, patch in net_controls.items():
+
+                def run(seed, decoder=decoder, kw=kw, patch=patch):
+                    with broken(patch):
+                        out = generate(model, Conditioning(labels=torch.tensor([0, 1])), decoder=decoder,
+                                       num_samples=tl.M_NET, seed=seed, **tl.SETTING, **kw)
+                    m = tl.M_NET
+                    return min(joint_pvalue(out.tokens[i * m : (i + 1) * m], tl.network_law(model, i, **tl.SETTING))
+                               for i in (0, 1))
+
+                row("tiny ARGenerator V=3 N=5, joint chi-square (smaller p of 2 labels)", decoder, control,
+                    tl.M_NET, run, seeds[:3])
     if "large" in args.only:
         gen = PrefixTable.random(16, 12, order=2, scale=1.0, sticky=2.0)
         for decoder in ("sjd", "mcsjd"):
@@ -123,11 +140,15 @@ def main() -> None:
     if "csd" in args.only:
         csd_controls = {"none": None, **tc.CSD_BROKEN, "ratio x1.05": tc._scale_ratio(1.05),
                         "residual + 10% p": csd_mix(0.1)}
-        for name in ("gauss-w4", "diffloss-w3-cfg1.5"):
+        # "diffloss-s0.5": the same DiffLoss test model with the data spread of the earlier test (s = 0.5, not sharp)
+        laws = {**tc.LAWS, "diffloss-s0.5-w3-cfg1.5": ("analytic", dict(token_dim=1, seq_len=3),
+                                                       tc.LAWS["diffloss-w3-cfg1.5"][2])}
+        names = ("gauss-w4", "diffloss-w3-cfg1.5", "diffloss-s0.5-w3-cfg1.5")
+        for name in args.laws.split(",") if args.laws else names:
             for control, patch in {"ar (reference)": "ar", **csd_controls}.items():
 
                 def run(seed, name=name, patch=patch):
-                    head, gen_kw, kw = tc.LAWS[name]
+                    head, gen_kw, kw = laws[name]
                     gen = tc.law_model(head, **gen_kw)
                     sampling = {k: v for k, v in kw.items() if k in ("cfg_scale", "temperature")}
                     decoder, opts = ("ar", {**sampling, "final_noise": True}) if patch == "ar" else ("csd", kw)

@@ -129,13 +129,17 @@ V, N, M_NET = 3, 5, 8000
 NET_SETTINGS = {"cfg2-t1.3-top2": SETTING, "cfg1-t0.8": dict(cfg_scale=1.0, temperature=0.8, top_k=None)}
 
 
-@pytest.fixture(scope="module")
-def model():
+def network_model():
     torch.manual_seed(0)
     gen = tiny_ar(vocab_size=V, seq_len=N, num_classes=2, width=16, depth=1, num_heads=2).eval()
     torch.nn.init.normal_(gen.tok_embed.weight, std=1.0)  # make the conditionals depend on the prefix
     torch.nn.init.normal_(gen.output.weight, std=0.5)
     return gen
+
+
+@pytest.fixture(scope="module")
+def model():
+    return network_model()
 
 
 @torch.no_grad()
