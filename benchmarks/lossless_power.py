@@ -23,7 +23,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "decoding")
 
 import test_csd as tc  # noqa: E402
 import test_lossless as tl  # noqa: E402
-from exactness import PrefixTable, conditional_pvalue, joint_pvalue  # noqa: E402
+from exactness import PrefixTable, joint_pvalue  # noqa: E402
 
 from vistok.decoding import continuous, generate  # noqa: E402
 from vistok.interfaces import Conditioning  # noqa: E402
@@ -125,18 +125,16 @@ def main() -> None:
                 row("tiny ARGenerator V=3 N=5, joint chi-square (smaller p of 2 labels)", decoder, control,
                     tl.M_NET, run, seeds[:3])
     if "large" in args.only:
-        gen = PrefixTable.random(16, 12, order=2, scale=1.0, sticky=2.0)
-        for decoder in ("sjd", "mcsjd"):
-            for control, patch in {"none": None, "ratio x1.5": tl.scale_ratio(1.5), "ratio x1.25": tl.scale_ratio(1.25),
-                                   "ratio x1.1": tl.scale_ratio(1.1)}.items():
+        gen = tl.large_model()
+        for name, (decoder, kw, m, _) in tl.LARGE_RUNS.items():
+            for control in ("none", "ratio x1.5", "ratio x1.25", "ratio x1.1"):
+                patch = None if control == "none" else tl.scale_ratio(float(control.split("x")[1]))
 
-                def run(seed, decoder=decoder, patch=patch):
+                def run(seed, decoder=decoder, kw=kw, m=m, patch=patch):
                     with broken(patch):
-                        tokens = generate(gen, Conditioning(labels=torch.tensor([1])), decoder=decoder,
-                                          num_samples=10_000, seed=seed, window=6, **tl.LARGE).tokens
-                    return conditional_pvalue(tokens, gen.probs(tokens, 1, **tl.LARGE), gen.rows(tokens))
+                        return tl.large_pvalue(gen, decoder, kw, m, seed=seed)
 
-                row("Markov table V=16 N=12 W=6, conditional chi-square", decoder, control, 10_000, run, seeds[:3])
+                row("Markov table V=16 N=12, conditional chi-square", name, control, m, run, seeds[:3])
     if "csd" in args.only:
         csd_controls = {"none": None, **tc.CSD_BROKEN, "ratio x1.05": tc._scale_ratio(1.05),
                         "residual + 10% p": csd_mix(0.1)}
