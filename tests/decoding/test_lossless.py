@@ -80,9 +80,9 @@ def law(table):
 
 
 def table_samples(table, decoder: str, num_samples: int, seed: int = 7, **kw):
-    out = generate(table, Conditioning(labels=torch.tensor([1])), decoder=decoder, num_samples=num_samples, seed=seed,
-                   **SETTING, **kw)
-    return out
+    """``num_samples`` sequences of class 1, in one batch."""
+    return generate(table, Conditioning(labels=torch.tensor([1])), decoder=decoder, num_samples=num_samples, seed=seed,
+                    **SETTING, **kw)
 
 
 def test_table_law_is_context_dependent_and_drafts_disagree(table, law):
