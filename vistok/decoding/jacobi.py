@@ -56,6 +56,16 @@ def accept_ratio(p_x: Tensor, q_x: Tensor) -> Tensor:
     return p_x / q_x.clamp_min(1e-30)
 
 
+def _residual(p: Tensor, q: Tensor) -> Tensor:
+    """Where a rejected draft's token is drawn from: ``norm(max(p - q, 0))`` (``p`` itself if that is empty).
+
+    Module-level so that tests can swap in a deliberately wrong residual and check that the exactness test fails.
+    """
+    resid = (p - q).clamp(min=0)
+    mass = resid.sum(-1, keepdim=True)
+    return torch.where(mass > 1e-12, resid / mass.clamp_min(1e-30), p)
+
+
 def _standard_ratio(p: Tensor, q: Tensor, x: Tensor) -> Tensor:
     return accept_ratio(p.gather(-1, x[..., None])[..., 0], q.gather(-1, x[..., None])[..., 0])
 
@@ -177,9 +187,7 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
              else torch.rand(b, w, generator=rng, device=device))
         passed = has & (r < ratio(p, q, x))
         first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)  # first failing column, w if none
-        resid = (p - q).clamp(min=0)
-        mass = resid.sum(-1, keepdim=True)
-        resid = torch.where(mass > 1e-12, resid / mass.clamp_min(1e-30), p)
+        resid = _residual(p, q)
         after = cols > first[:, None]
         use_resid = (cols == first[:, None]) | (after if coupled else torch.zeros_like(after))
         new = draw(torch.where(use_resid[..., None], resid, p), sampling, rng)
