@@ -603,8 +603,9 @@ class NeighbourGenerator(Protocol):
 class TokenHead(Protocol):
     """A per-token sampler ``p(x | z)`` of continuous tokens (MAR's DiffLoss head).
 
-    ``sample(z (R, C), z_null=(R, C) | None, cfg_scale=float | (R,), temperature=, generator=, noise=) -> (R, D)``;
-    guidance is applied inside the sampler (on eps for a diffusion head).
+    ``sample(z (R, C), z_null=(R, C) | None, cfg_scale=float | (R,), temperature=, generator=, noise=,
+    num_steps=None | int) -> (R, D)``; guidance is applied inside the sampler (on eps for a diffusion head);
+    ``num_steps`` overrides ``num_sampling_steps`` for one call (diffusion step annealing).
     """
 
     token_dim: int
@@ -635,9 +636,9 @@ class PathDensity(Protocol):
 
 @runtime_checkable
 class HasPaths(Protocol):
-    """A head that exposes its sampler's path densities: ``paths(final_noise=...) -> PathDensity``."""
+    """A head that exposes its sampler's path densities: ``paths(final_noise=..., num_steps=None) -> PathDensity``."""
 
-    def paths(self, *, final_noise: bool) -> PathDensity: ...
+    def paths(self, *, final_noise: bool, num_steps: int | None = None) -> PathDensity: ...
 
 
 @runtime_checkable

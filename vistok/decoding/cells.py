@@ -33,7 +33,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
-from vistok.decoding.sampling import SamplingArgs
+from vistok.decoding.sampling import SamplingArgs, annealed_steps
 from vistok.interfaces import CellGenerator, Conditioning, check_choice, check_count
 from vistok.progress import track
 
@@ -87,7 +87,7 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
                  rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                  num_steps: int = 40, cfg_scale: float | None = None,
                  cfg_schedule: Literal["linear", "constant"] = "linear", method: Literal["sde", "ode"] = "sde",
-                 t_min: float = 0.04) -> tuple[Tensor, int, dict]:
+                 t_min: float = 0.04, step_schedule: tuple[int, int] | None = None) -> tuple[Tensor, int, dict]:
     """Sample ``(B, N, D)`` continuous tokens cell by cell (see the module docstring).
 
     Args:
@@ -100,9 +100,13 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
         cfg_scale: classifier-free guidance scale (1 = off); ``cfg_schedule``: ``"linear"`` ramp or ``"constant"``.
         method: ``"sde"`` (official Euler–Maruyama) or ``"ode"`` (Euler through diffusers).
         t_min: where the SDE hands over to the final deterministic step.
+        step_schedule: ``(first, last)`` velocity evaluations, annealed linearly from the first cell to the last
+            (DiSA, :func:`~vistok.decoding.sampling.annealed_steps`; the paper uses (50, 15) for xAR); replaces
+            ``num_steps``.
 
     Returns:
-        ``(tokens (B, N, D) raster order, nfe, {"cells": (B, K, k, D), "cfg_scales": [per cell]})``.
+        ``(tokens (B, N, D) raster order, nfe (sum of the cells' steps), {"cells": (B, K, k, D), "cfg_scales": [per
+        cell], "steps": [per cell]})``.
     """
     if guidance is not None and cfg_scale is not None and cfg_scale != guidance.scale:
         raise ValueError(f"cfg_scale={cfg_scale} conflicts with the guidance scale {guidance.scale}")
@@ -118,6 +122,7 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
         raise ValueError("xAR decoding has no temperature, top_k or top_p (its randomness is the flow's noise); "
                          "leave them at their defaults")
     scales = cell_cfg_scales(cfg_scale, generator.num_cells, cfg_schedule)
+    steps = annealed_steps(step_schedule, num_steps, generator.num_cells)
     # every cell runs the stacked batch whenever any cell is guided, so the null cache is complete
     guidance = Guidance(cfg_scale if any(s != 1 for s in scales) else 1.0, generator)
     cache = guidance.new_cache(generator, cond)
@@ -137,10 +142,10 @@ def decode_cells(generator: CellGenerator, cond: Conditioning, sampling: Samplin
 
         x0 = torch.randn(b, k, d, generator=rng, device=device)
         if method == "sde":
-            cell = _sde_cell(velocity, x0, num_steps, t_min, scales[c], guidance, rng)
+            cell = _sde_cell(velocity, x0, steps[c], t_min, scales[c], guidance, rng)
         else:
-            cell = _ode_cell(velocity, x0, num_steps, scales[c], guidance)
+            cell = _ode_cell(velocity, x0, steps[c], scales[c], guidance)
         cells.append(cell.float())
     stacked = torch.stack(cells, dim=1)  # b K k d
     tokens = generator.to_raster(stacked.flatten(1, 2))
-    return tokens, generator.num_cells * num_steps, {"cells": stacked, "cfg_scales": scales}
+    return tokens, sum(steps), {"cells": stacked, "cfg_scales": scales, "steps": steps}

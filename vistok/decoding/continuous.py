@@ -29,7 +29,7 @@ from torch.distributions import Normal
 
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.jacobi import DraftWindow, check_generator, check_options
-from vistok.decoding.sampling import SamplingArgs, no_logit_filters
+from vistok.decoding.sampling import SamplingArgs, annealed_steps, no_logit_filters
 from vistok.interfaces import CausalGenerator, Conditioning, HasPaths, PathDensity, check_choice, check_count
 from vistok.progress import track
 
@@ -52,12 +52,14 @@ def _gauss_logpdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return Normal(mean, std, validate_args=False).log_prob(x).sum(-1)
 
 
-def path_sampler(head, *, final_noise: bool) -> PathDensity:
-    """The path sampler of a generator's head: ``head.paths(final_noise=...)`` for a head that exposes one (the
-    DiffLoss head), the head itself if it is already a :class:`~vistok.interfaces.PathDensity`."""
+def path_sampler(head, *, final_noise: bool, num_steps: int | None = None) -> PathDensity:
+    """The path sampler of a generator's head: ``head.paths(final_noise=..., num_steps=...)`` for a head that exposes
+    one (the DiffLoss head), the head itself if it is already a :class:`~vistok.interfaces.PathDensity`."""
     if isinstance(head, HasPaths):
-        return head.paths(final_noise=final_noise)
+        return head.paths(final_noise=final_noise, num_steps=num_steps)
     if isinstance(head, PathDensity):
+        if num_steps is not None:
+            raise ValueError(f"{type(head).__name__} has a fixed path length; step_schedule needs a diffusion head")
         return head
     raise ValueError(f"continuous causal decoding needs a per-token head with step densities (a DiffLoss head, or "
                      f"an object with path_len/path_noise/path_sample/path_log_prob); got {type(head).__name__}")
@@ -77,29 +79,36 @@ def _check_generator(generator, name: str, sampling: SamplingArgs) -> None:
 @torch.no_grad()
 def decode_car(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-               final_noise: bool = False, **unknown) -> tuple[Tensor, int, dict]:
+               final_noise: bool = False, step_schedule: tuple[int, int] | None = None,
+               **unknown) -> tuple[Tensor, int, dict]:
     """Causal AR over continuous tokens: ``(tokens (b, n, d), nfe = n, extras)``.
 
     Each position's head draw takes its noise ``(L, b, d)`` from ``rng`` in position order, so
     ``decode_csd(window=1)`` reproduces it draw for draw.  ``final_noise=True`` adds noise at the last denoising
     step (the law :func:`decode_csd` with ``verify="path"`` is exact for); the default is MAR's sampler.
+    ``step_schedule=(first, last)`` anneals the head's diffusion steps over the positions (DiSA).
     """
     if unknown:
-        raise ValueError(f"decoder 'ar' (continuous) got unknown option(s) {sorted(unknown)}; it takes final_noise=")
+        raise ValueError(f"decoder 'ar' (continuous) got unknown option(s) {sorted(unknown)}; it takes final_noise=, "
+                         "step_schedule=")
     _check_generator(generator, "ar", sampling)
     guidance = guidance or Guidance()
-    paths = path_sampler(generator.head, final_noise=final_noise)
+    n = generator.seq_len
+    steps = annealed_steps(step_schedule, None, n)
+    samplers = {s: path_sampler(generator.head, final_noise=final_noise, num_steps=s) for s in set(steps)}
     cache = guidance.new_cache(generator, cond)
-    b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
+    b, device = cond.batch_size, cache.lengths.device
     tokens = None
     for p in track(range(n), progress, desc="ar"):
+        paths = samplers[steps[p]]
         prev = tokens[:, p - 1 : p] if p else torch.zeros(b, 1, generator.token_dim, device=device)  # p = 0: start
         z, z_null = guidance.split(guidance.step(generator, prev, torch.full((b, 1), p, device=device), cache))
         path = paths.path_sample(z[:, 0], None if z_null is None else z_null[:, 0], guidance.scale,
                                  sampling.temperature, paths.path_noise(b, rng))[0]
         tokens = z.new_zeros(b, n, path.shape[-1]) if tokens is None else tokens
         tokens[:, p] = path[-1].to(tokens.dtype)
-    return tokens, n, {"decoder": "ar", "head_evals": getattr(paths, "evals", 0), "final_noise": final_noise}
+    return tokens, n, {"decoder": "ar", "head_evals": sum(getattr(s, "evals", 0) for s in samplers.values()),
+                       "final_noise": final_noise, "head_steps": steps}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
-from vistok.decoding.sampling import SamplingArgs, no_logit_filters
+from vistok.decoding.sampling import SamplingArgs, annealed_steps, no_logit_filters
 from vistok.interfaces import Conditioning, MaskedGenerator, check_choice, check_count
 from vistok.progress import track
 
@@ -48,7 +48,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
                   cfg_schedule: Literal["linear", "constant"] = "linear", temperature: float = 1.0,
                   rng: torch.Generator | None = None,
                   orders: Tensor | None = None, head_noise: Callable[[int, int], Tensor] | None = None,
-                  progress: bool = False) -> tuple[Tensor, dict]:
+                  progress: bool = False, step_schedule: tuple[int, int] | None = None) -> tuple[Tensor, dict]:
     """Sample continuous tokens (b, n, d) from a :class:`~vistok.interfaces.MaskedGenerator` (e.g. MAR).
 
     Args:
@@ -60,6 +60,9 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
         rng: torch generator for the orders and the head noise.
         orders: (b, n) permutations to use instead of random ones.
         head_noise: ``(step, rows) -> (s, rows, d)`` noise for the head at each step (to reproduce a recorded run).
+        step_schedule: ``(first, last)`` head sampling steps, annealed linearly over the ``num_iter`` steps
+            (DiSA, :func:`~vistok.decoding.sampling.annealed_steps`; the paper uses (50, 5) with 64 steps);
+            None: the head's ``num_sampling_steps`` at every step.
 
     Returns:
         ``(tokens, {"orders": (b, n), "revealed": (num_iter, b, n) bool, "head_nfe": head network calls})``.
@@ -68,6 +71,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
         raise ValueError(f"masked decoding needs a masked continuous generator (predict, head, seq_len, token_dim; "
                          f"e.g. MARGenerator); {type(generator).__name__} is not one")
     schedule = mask_schedule(generator.seq_len, num_iter)
+    head_steps = annealed_steps(step_schedule, generator.head.num_sampling_steps, num_iter)
     check_choice("cfg_schedule", cfg_schedule, ("linear", "constant"))
     guidance = Guidance(cfg_scale, generator)
     b, n, d = cond.batch_size, generator.seq_len, generator.token_dim
@@ -94,26 +98,28 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
             noise = head_noise(k, rows[0].numel()) if head_noise is not None else None
             tokens[rows] = generator.head.sample(z_cond[rows], z_null=None if z_null is None else z_null[rows],
                                                  cfg_scale=scale, temperature=temperature, generator=rng,
-                                                 noise=noise).to(tokens.dtype)
-            head_nfe += generator.head.num_sampling_steps * (2 if guidance.active and scale != 1.0 else 1)
+                                                 noise=noise, num_steps=head_steps[k]).to(tokens.dtype)
+            head_nfe += head_steps[k] * (2 if guidance.active and scale != 1.0 else 1)
         revealed.append(now)
         unknown = still
-    return tokens, {"orders": orders, "revealed": torch.stack(revealed), "head_nfe": head_nfe}
+    return tokens, {"orders": orders, "revealed": torch.stack(revealed), "head_nfe": head_nfe, "head_steps": head_steps}
 
 
 def decode_masked(generator: MaskedGenerator, cond: Conditioning, sampling: SamplingArgs,
                   rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                   num_iter: int = 64, cfg_schedule: Literal["linear", "constant"] = "linear",
-                  **unknown) -> tuple[Tensor, int, dict]:
+                  step_schedule: tuple[int, int] | None = None, **unknown) -> tuple[Tensor, int, dict]:
     """:data:`vistok.decoding.DECODERS` entry ``"masked"``: ``(tokens (b, n, d), nfe = num_iter, extras)``.
 
     The guidance scale is applied inside the diffusion head (MAR guides eps, not the generator output), ramped by
     ``cfg_schedule``.  ``temperature`` scales the head noise; ``top_k``/``top_p`` do not apply to a continuous head.
+    ``step_schedule=(first, last)`` anneals the head's diffusion steps over the iterations (DiSA).
     """
     if unknown:
-        raise ValueError(f"decoder 'masked' got unknown option(s) {sorted(unknown)}; it takes num_iter, cfg_schedule")
+        raise ValueError(f"decoder 'masked' got unknown option(s) {sorted(unknown)}; it takes num_iter, cfg_schedule, "
+                         "step_schedule")
     no_logit_filters(sampling, "masked")
     tokens, extras = sample_masked(generator, cond, num_iter=num_iter, cfg_scale=(guidance or Guidance()).scale,
                                    cfg_schedule=cfg_schedule, temperature=sampling.temperature, rng=rng,
-                                   progress=progress)
+                                   progress=progress, step_schedule=step_schedule)
     return tokens, num_iter, extras

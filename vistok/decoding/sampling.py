@@ -111,3 +111,31 @@ def no_logit_filters(sampling: SamplingArgs, decoder: str) -> None:
     if sampling.top_k or (sampling.top_p is not None and sampling.top_p < 1):
         raise ValueError(f"top_k / top_p filter logits; decoder {decoder!r} samples continuous tokens: leave them "
                          "unset (temperature scales the sampler's noise where the decoder has one)")
+
+
+#: the paper's settings by name (``step_schedule="disa_mar"``)
+STEP_SCHEDULES = {"disa_mar": (50, 5), "disa_xar": (50, 15)}
+
+
+def annealed_steps(step_schedule: tuple[int, int] | str | None, default: int, count: int) -> list[int]:
+    """Diffusion/flow steps for each of ``count`` generation steps.
+
+    ``step_schedule=(first, last)`` is diffusion step annealing (DiSA, Zhao et al., arXiv 2505.20297; code
+    github.com/Qinyu-Allen-Zhao/DiSA): the steps fall linearly from ``first`` at the first generation step to ``last``
+    at the final one (rounded), because later tokens, conditioned on more context, need fewer denoising steps.  The
+    paper's settings (:data:`STEP_SCHEDULES`, by name): MAR 50 -> 5, xAR 50 -> 15.  None: ``default`` everywhere.
+    """
+    if step_schedule is None:
+        return [default] * count
+    if isinstance(step_schedule, str):
+        if step_schedule not in STEP_SCHEDULES:
+            raise ValueError(f"unknown step_schedule {step_schedule!r}; named ones: {sorted(STEP_SCHEDULES)}, or give "
+                             "(first, last)")
+        step_schedule = STEP_SCHEDULES[step_schedule]
+    if (not isinstance(step_schedule, (tuple, list)) or len(step_schedule) != 2
+            or any(isinstance(s, bool) or not isinstance(s, Integral) or s < 1 for s in step_schedule)):
+        raise ValueError(f"step_schedule must be (first, last): two ints >= 1 (e.g. (50, 5)), got {step_schedule!r}")
+    first, last = (int(s) for s in step_schedule)
+    if count == 1:
+        return [first]
+    return [round(first + (last - first) * i / (count - 1)) for i in range(count)]

@@ -138,13 +138,19 @@ class DiffLossHead(nn.Module, Configurable):
 
     def set_sampling_steps(self, num_sampling_steps: int) -> None:
         """Change the number of respaced sampling steps (e.g. 100 for MAR's reported numbers)."""
+        self.num_sampling_steps = self.steps(num_sampling_steps)
+
+    def steps(self, num_steps: int | None = None) -> int:
+        """``num_steps`` checked against the schedule (None: ``num_sampling_steps``)."""
+        if num_steps is None:
+            return self.num_sampling_steps
         total = self.scheduler.config.num_train_timesteps
-        if not 1 <= num_sampling_steps <= total:
-            raise ValueError(f"num_sampling_steps must be in [1, {total}], got {num_sampling_steps}")
-        if self.sampler == "ddim" and total % num_sampling_steps:
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= total:
+            raise ValueError(f"num_sampling_steps must be an int in [1, {total}], got {num_steps!r}")
+        if self.sampler == "ddim" and total % num_steps:
             raise ValueError(f"sampler='ddim' steps by {total} // num_sampling_steps, so num_sampling_steps must "
-                             f"divide {total} (e.g. 25, 50, 100, 250); got {num_sampling_steps}")
-        self.num_sampling_steps = num_sampling_steps
+                             f"divide {total} (e.g. 25, 50, 100, 250); got {num_steps}")
+        return num_steps
 
     # -- network -----------------------------------------------------------------------------------------------
     def net(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
@@ -206,17 +212,18 @@ class DiffLossHead(nn.Module, Configurable):
 
     # -- sampling ----------------------------------------------------------------------------------------------
     def sample_noise(self, n: int, *, generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Tensor:
+                     device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                     num_steps: int | None = None) -> Tensor:
         """Every Gaussian draw :meth:`sample` needs for ``n`` rows: ``(s, n, d)``; [0] is the initial noise, [k] the
         noise added by step k - 1.  Sharing it between two heads couples their trajectories."""
         ref = self.input_proj.weight
-        return torch.randn(self.num_sampling_steps, n, self.token_dim, generator=generator, device=device or ref.device,
+        return torch.randn(self.steps(num_steps), n, self.token_dim, generator=generator, device=device or ref.device,
                            dtype=dtype or ref.dtype)
 
     @torch.no_grad()
     def sample(self, z: Tensor, *, z_null: Tensor | None = None, cfg_scale: float | Tensor = 1.0,
-               temperature: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None
-               ) -> Tensor:
+               temperature: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
+               num_steps: int | None = None) -> Tensor:
         """Draw one token per condition.  z (n, c) -> tokens (n, d).
 
         Args:
@@ -225,6 +232,8 @@ class DiffLossHead(nn.Module, Configurable):
             temperature: multiplies the per-step noise (0 = no noise after the initial draw).
             generator: RNG for the noise (ignored when ``noise`` is given).
             noise: ``(s, n, d)`` from :meth:`sample_noise` (or recorded), to reproduce or couple runs.
+            num_steps: respaced steps for this call (None: ``num_sampling_steps``); diffusion step annealing
+                (DiSA) gives later tokens fewer.
         """
         guided = torch.is_tensor(cfg_scale) or cfg_scale != 1.0
         if guided and z_null is None:
@@ -232,16 +241,16 @@ class DiffLossHead(nn.Module, Configurable):
                              "run the generator on cond.null() too, or use cfg_scale=1.0")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        s, n = self.num_sampling_steps, z.shape[0]
+        s, n = self.steps(num_steps), z.shape[0]
         if noise is None:
-            noise = self.sample_noise(n, generator=generator, device=z.device, dtype=z.dtype)
+            noise = self.sample_noise(n, generator=generator, device=z.device, dtype=z.dtype, num_steps=s)
         elif noise.shape != (s, n, self.token_dim):
             raise ValueError(f"noise must have shape (steps={s}, n={n}, d={self.token_dim}), got {tuple(noise.shape)}")
         if n == 0:
             return z.new_zeros(0, self.token_dim)
         z_null = z_null if guided else None
         if self.sampler == "ddpm":
-            paths = DiffusionPaths(self, final_noise=False)
+            paths = DiffusionPaths(self, final_noise=False, num_steps=s)
             return paths.path_sample(z, z_null, cfg_scale, temperature, noise, density=False)[0][-1].to(z.dtype)
         scheduler = self._ddim_scheduler(s)
         x = noise[0]
@@ -252,13 +261,14 @@ class DiffLossHead(nn.Module, Configurable):
                                return_dict=False)[0]
         return x
 
-    def paths(self, *, final_noise: bool) -> DiffusionPaths:
+    def paths(self, *, final_noise: bool, num_steps: int | None = None) -> DiffusionPaths:
         """The ancestral sampler with its path densities (:class:`vistok.interfaces.PathDensity`), for
-        continuous speculative decoding.  ``final_noise=True`` also adds noise at the last step."""
+        continuous speculative decoding.  ``final_noise=True`` also adds noise at the last step; ``num_steps``
+        (None: ``num_sampling_steps``) sets its respaced steps."""
         if self.sampler != "ddpm":
             raise ValueError(f"the head samples with sampler={self.sampler!r}, which is deterministic after the "
                              "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
-        return DiffusionPaths(self, final_noise=final_noise)
+        return DiffusionPaths(self, final_noise=final_noise, num_steps=num_steps)
 
     def _ddim_scheduler(self, num_steps: int) -> DDIMScheduler:
         """diffusers' DDIM scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""
@@ -290,9 +300,9 @@ class DiffusionPaths:
     after step ``k`` (the token last); ``noise[k]`` the noise of step ``k``.  ``evals`` counts head-network rows.
     """
 
-    def __init__(self, head: DiffLossHead, *, final_noise: bool):
+    def __init__(self, head: DiffLossHead, *, final_noise: bool, num_steps: int | None = None):
         self.head, self.final_noise, self.evals = head, final_noise, 0
-        s = self.steps = head.num_sampling_steps
+        s = self.steps = head.steps(num_steps)
         self.path_len, self.token_dim = s + 1, head.token_dim
         self.timesteps = _mar_respacing(head.scheduler.config.num_train_timesteps, s)
         device = head.input_proj.weight.device
