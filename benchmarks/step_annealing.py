@@ -1,0 +1,98 @@
+"""Diffusion step annealing (DiSA) on a continuous-token pipeline: wall-clock and quality vs the plain sampler.
+
+    python benchmarks/step_annealing.py --model vistok/assets/xar --schedule 20,6 --schedule 20,10 \
+        [--num-prompts 100] [--seeds 0 1 2 3] [--set num_steps=20] [--threads 2] [--out runs/disa.json]
+
+Rows: the pipeline's own sampler (``--set`` options, e.g. its default ``num_steps``), then each ``--schedule
+first,last`` (``step_schedule=(first, last)``: head/flow steps fall linearly over the generation steps; see
+:func:`vistok.decoding.sampling.annealed_steps`).  For every seed, all rows sample the same held-out single-object
+captions one after the other (so slow and fast rows see the same machine load), and report:
+
+* GenEval-lite overall, mean and spread over the seeds (the disc baseline beside it);
+* FID against ``--fid-reference`` real renders, pooled over seeds (optional; Inception on CPU is slow);
+* seconds per image (sum over seeds) and the speed-up over the first row; mean generator passes per batch (NFE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from vistok.data import ShapesDataset
+from vistok.data.geneval import disc_baseline, score_batch
+from vistok.eval_cli import parse_set_options, sample_prompts
+from vistok.sample import Pipeline
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True, help="pipeline folder of a continuous generator (MAR, MAR-AR, xAR)")
+    p.add_argument("--schedule", action="append", default=[], help="first,last steps (repeat)")
+    p.add_argument("--num-prompts", type=int, default=100)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--prompt-seed", type=int, default=12345)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sampling options of every row")
+    p.add_argument("--fid-reference", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    opts = parse_set_options(args.set)
+    rows = [("plain", {})] + [(s, {"step_schedule": tuple(int(v) for v in s.split(","))}) for s in args.schedule]
+    pipe = Pipeline.from_folder(args.model)
+    ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=1)
+    captions = [ds.scene(i).caption for i in range(len(ds))]
+    disc = score_batch(disc_baseline(captions, image_size=pipe.tokenizer.image_size), captions)["overall"]
+    stats = {name: {"overall": [], "seconds": 0.0, "nfe": [], "images": []} for name, _ in rows}
+    for seed in args.seeds:
+        for name, extra in rows:
+            images, secs, nfe = sample_prompts(pipe, captions, batch=args.batch, seed=seed * 100_003, progress=False,
+                                               **opts, **extra)
+            st = stats[name]
+            st["overall"].append(score_batch(images, captions)["overall"])
+            st["seconds"] += secs
+            st["nfe"] += nfe
+            st["images"].append(images)
+            print(f"seed {seed} {name:>10}: overall {st['overall'][-1]:.3f}, {secs / len(captions):.3f} s/image",
+                  flush=True)
+    fids = {}
+    if args.fid_reference:
+        from vistok.evaluation import InceptionFeatures, fid_from_features
+
+        feats = InceptionFeatures().eval()
+        ref = ShapesDataset(args.fid_reference, seed=args.prompt_seed + 1, max_objects=1)
+
+        @torch.no_grad()
+        def features(images: torch.Tensor) -> torch.Tensor:
+            return torch.cat([feats(b) for b in images.split(32)])
+
+        real = features(torch.stack([ref[i]["pixels"] for i in range(len(ref))]))
+        fids = {name: fid_from_features(real, features(torch.cat(st["images"]))) for name, st in stats.items()}
+    base = stats["plain"]["seconds"]
+    table = []
+    n_img = len(captions) * len(args.seeds)
+    print(f"\n{args.model}: {len(captions)} prompts x {len(args.seeds)} seeds, options {opts}")
+    print(f"{'row':>10} {'GenEval-lite':>14} {'min..max':>12} {'FID':>7} {'s/image':>8} {'speed-up':>8} {'NFE':>7}")
+    for name, st in stats.items():
+        o = st["overall"]
+        row = {"row": name, "overall_mean": statistics.mean(o), "overall_per_seed": o,
+               "seconds_per_image": st["seconds"] / n_img, "speedup": base / st["seconds"],
+               "nfe": statistics.mean(st["nfe"]), "fid": fids.get(name)}
+        table.append(row)
+        fid = f"{row['fid']:.1f}" if row["fid"] is not None else "-"
+        print(f"{name:>10} {row['overall_mean']:>14.3f} {min(o):>5.3f}..{max(o):.3f} {fid:>7} "
+              f"{row['seconds_per_image']:>8.3f} {row['speedup']:>7.2f}x {row['nfe']:>7.1f}")
+    print(f"disc baseline overall: {disc:.3f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"model": args.model, "options": opts, "rows": table,
+                                              "disc_baseline": disc}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
