@@ -487,7 +487,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mar-iters", type=int, default=None, help="MAR masked iterations (default 16; tiny 4)")
     p.add_argument("--mar-head-steps", type=int, default=None, help="DiffLoss DDPM steps (default 100; tiny 10)")
-    p.add_argument("--xar-steps", type=int, default=None, help="SDE steps per cell (>= 3 for the official sampler; default 10, tiny 3)")
+    p.add_argument("--xar-steps", type=int, default=None,
+                   help="SDE steps per cell (>= 3 for the official sampler; default 10, tiny 3)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (tests, smoke runs)")
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = p.parse_args(argv)
