@@ -439,16 +439,32 @@ def _timed(side: Side, batch: int, seed: int) -> tuple[float, object, dict[str, 
     return seconds, out, counts
 
 
-def bench_case(case: Case, batch_sizes: list[int], repeats: int) -> list[dict]:
-    """Rows of ``{model, op, batch, vistok_s, official_s, ratio, passes, check}`` (seconds are medians)."""
+def _profiled(side: Side, batch: int, path: Path | None) -> tuple[float, object, dict[str, int]]:
+    """``_timed``, under ``torch.profiler`` (CPU) when ``path`` is given: the ops by self time go to ``path``."""
+    if path is None:
+        return _timed(side, batch, seed=0)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = _timed(side, batch, seed=0)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{path.stem}: {result[0]:.3f} s under the profiler\n{table}\n")
+    return result
+
+
+def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Path | None = None) -> list[dict]:
+    """Rows of ``{model, op, batch, vistok_s, official_s, ratio, passes, check}`` (seconds are medians);
+    ``profile_dir``: run the warm-up calls under ``torch.profiler`` and write their op tables there."""
     rows = []
     for op, (ours, official) in case.ops.items():
         for b in batch_sizes:
             sides = [("vistok", ours)] + ([("official", official)] if official is not None else [])
             times: dict[str, list[float]] = {name: [] for name, _ in sides}
             outs, counts = {}, {}
-            for name, side in sides:  # warm-up (untimed), kept for the agreement check
-                _, outs[name], counts[name] = _timed(side, b, seed=0)
+            for name, side in sides:  # warm-up (untimed, profiled if asked), kept for the agreement check
+                path = profile_dir / f"{case.name}_{op}_b{b}_{name}.txt" if profile_dir else None
+                _, outs[name], counts[name] = _profiled(side, b, path)
             for r in range(repeats):
                 order = sides if r % 2 == 0 else sides[::-1]  # A B, B A, ...: load drifts hit both alike
                 for name, side in order:
@@ -491,6 +507,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    help="SDE steps per cell (>= 3 for the official sampler; default 10, tiny 3)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (tests, smoke runs)")
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="profile the (untimed) warm-up call of each side and cell; op tables go to DIR")
     args = p.parse_args(argv)
     if args.repeats < 1 or any(b < 1 for b in args.batch_sizes):
         p.error("--repeats and --batch-sizes must be >= 1")
@@ -508,7 +526,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except OfficialUnavailable as e:
             print(f"| {m} | official code unavailable, vistok alone: {e} |", flush=True)
             case = BUILDERS[m](None, args.tiny, args)
-        rows += bench_case(case, args.batch_sizes, args.repeats)
+        rows += bench_case(case, args.batch_sizes, args.repeats, args.profile)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
