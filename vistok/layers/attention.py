@@ -87,28 +87,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
-            if mask is not None and k.device.type == "cpu":
-                k, v, mask = attended_span(cache, k, v, mask, slots)
         p = self.attn_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=p,
                                              scale=self.scale)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
-
-
-def attended_span(cache: KVCache, k: Tensor, v: Tensor, mask: Tensor,
-                  slots: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Cut the cache buffers ``k, v`` (b, h, s, d) and ``mask`` (..., s) to the slots a query can attend.
-
-    A preallocated cache holds ``prefix_len + max_tokens`` slots, but no query sees a slot past the highest one
-    written so far (``prefix_len + lengths``, or this call's ``slots``): those are masked out, so dropping them
-    leaves the attention output unchanged.  On CPU, reading the cache is memory-bound (at batch 8 with CFG a
-    GPT-B step reads about as many bytes of keys and values as of weights), so an AR decode reads half the bytes
-    on average.  One host read of the lengths per layer: cheap on CPU, which is why only CPU tensors take this path.
-    """
-    end = max(cache.prefix_len + int(cache.lengths.max()), int(slots.max()) + 1)
-    if end >= k.shape[2]:
-        return k, v, mask
-    return k[:, :, :end], v[:, :, :end], (mask[..., :end] if mask.shape[-1] > 1 else mask)
 
 
 class ViTBlock(nn.Module):
