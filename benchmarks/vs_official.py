@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vistok import Conditioning
 from vistok.checkpoint import load_state_dict_strict
@@ -440,14 +441,35 @@ def _timed(side: Side, batch: int, seed: int) -> tuple[float, object, dict[str, 
     return seconds, out, counts
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops a call dispatches (about one kernel launch each on a GPU) and its host syncs (ops whose
+    result the host must read: ``.item()`` / ``bool()`` / ``int()`` of a tensor, ``nonzero``)."""
+
+    SYNCS = ("aten._local_scalar_dense", "aten.nonzero", "aten.equal")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = self.syncs = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        self.syncs += any(str(func.overloadpacket) == name for name in self.SYNCS)
+        return func(*args, **(kwargs or {}))
+
+
 def _profiled(side: Side, batch: int, path: Path | None) -> tuple[float, object, dict[str, int]]:
-    """``_timed``, under ``torch.profiler`` (CPU) when ``path`` is given: the ops by self time go to ``path``."""
+    """``_timed`` under an :class:`OpCounter` (its counts join the pass counts as ``ops`` and ``syncs``), and under
+    ``torch.profiler`` (CPU) when ``path`` is given: the ops by self time go to ``path``."""
+    ops = OpCounter()
     if path is None:
-        return _timed(side, batch, seed=0)
+        with ops:
+            seconds, out, counts = _timed(side, batch, seed=0)
+        return seconds, out, {**counts, "ops": ops.ops, "syncs": ops.syncs}
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU]) as prof, ops:
         result = _timed(side, batch, seed=0)
+    result = (result[0], result[1], {**result[2], "ops": ops.ops, "syncs": ops.syncs})
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{path.stem}: {result[0]:.3f} s under the profiler\n{table}\n")
