@@ -192,7 +192,9 @@ def _labels(batch: int, num_classes: int) -> Tensor:
 
 
 def _max_diff(a: Tensor, b: Tensor) -> str:
-    return f"max|diff| {float((a.float() - b.float()).abs().max()):.2e}"
+    """Max abs difference, and relative to the reference's max magnitude."""
+    diff, scale = float((a.float() - b.float()).abs().max()), float(b.float().abs().max())
+    return f"max|diff| {diff:.2e} (rel {diff / max(scale, 1e-12):.1e})"
 
 
 def _same_ids(a: Tensor, b: Tensor) -> str:
