@@ -37,13 +37,16 @@ FoundationVision/LlamaGen (arXiv 2406.06525), LTH14/mar (arXiv 2406.11838), Oliv
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
+import traceback
 import types
 import warnings
 from collections.abc import Callable, Iterator
@@ -452,10 +455,15 @@ class OpCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops = self.syncs = 0
+        self.sites: collections.Counter[str] = collections.Counter()  # "file:line" of the innermost vistok frame
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
-        self.syncs += any(str(func.overloadpacket) == name for name in self.SYNCS)
+        if str(func.overloadpacket) in self.SYNCS:
+            self.syncs += 1
+            frames = [f for f in traceback.extract_stack() if f"{os.sep}vistok{os.sep}" in f.filename]
+            if frames:
+                self.sites[f"{frames[-1].filename.rsplit(os.sep + 'vistok' + os.sep, 1)[-1]}:{frames[-1].lineno}"] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -466,12 +474,12 @@ def _profiled(side: Side, batch: int, path: Path | None) -> tuple[float, object,
     if path is None:
         with ops:
             seconds, out, counts = _timed(side, batch, seed=0)
-        return seconds, out, {**counts, "ops": ops.ops, "syncs": ops.syncs}
+        return seconds, out, {**counts, "ops": ops.ops, "syncs": ops.syncs, "sync_sites": dict(ops.sites)}
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof, ops:
         result = _timed(side, batch, seed=0)
-    result = (result[0], result[1], {**result[2], "ops": ops.ops, "syncs": ops.syncs})
+    result = (result[0], result[1], {**result[2], "ops": ops.ops, "syncs": ops.syncs, "sync_sites": dict(ops.sites)})
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{path.stem}: {result[0]:.3f} s under the profiler\n{table}\n")
@@ -494,8 +502,10 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
                 order = sides if r % 2 == 0 else sides[::-1]  # A B, B A, ...: load drifts hit both alike
                 for name, side in order:
                     times[name].append(_timed(side, b, seed=0)[0])
+            sites = {name: counts[name].pop("sync_sites") for name in counts}
             row = dict(model=case.name, preset=case.preset, op=op, batch=b, params=case.params,
-                       vistok_s=statistics.median(times["vistok"]), vistok_passes=counts["vistok"])
+                       vistok_s=statistics.median(times["vistok"]), vistok_passes=counts["vistok"],
+                       vistok_sync_sites=sites["vistok"])
             if official is not None:
                 row.update(official_s=statistics.median(times["official"]), official_passes=counts["official"],
                            ratio=statistics.median(times["vistok"]) / statistics.median(times["official"]))
