@@ -65,8 +65,9 @@ class VQGANResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(b, c_in, h, w) -> (b, c_out, h, w)."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        inplace = not torch.is_grad_enabled()  # inference: SiLU overwrites the fresh norm output (no new buffer)
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
         return h + (self.nin_shortcut(h) if self.nin_shortcut is not None else x)
 
 
@@ -129,4 +130,4 @@ class VQGANDecoder(nn.Module):
             x = blk(x)
         for level in reversed(self.up):
             x = level(x)
-        return self.conv_out(F.silu(self.norm_out(x))).contiguous()
+        return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled())).contiguous()
