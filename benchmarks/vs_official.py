@@ -3,7 +3,7 @@
     python benchmarks/vs_official.py [--titok-repo PATH] [--nar-repo PATH] [--llamagen-repo PATH] [--mar-repo PATH]
                                      [--xar-repo PATH] [--models titok nar llamagen mar xar] [--batch-sizes 1 8]
                                      [--repeats 3] [--threads 2] [--mar-iters 16] [--mar-head-steps 100]
-                                     [--xar-steps 10] [--tiny] [--out results.json]
+                                     [--xar-steps 10] [--tiny] [--out results.json] [--profile DIR]
 
 The calls (issue 19, section 3), all class-conditional with CFG where the model has it:
 
@@ -15,7 +15,8 @@ The calls (issue 19, section 3), all class-conditional with CFG where the model 
 * ``xar``: xAR-B, 4 cells x ``--xar-steps`` (10) Euler-Maruyama steps, CFG 2.7 linear.
 
 With a checkout path of the official repository (``--<model>-repo``; never vendored, only imported from that
-path), the official module is built from the official code (``Tensor.cuda`` made a no-op; ``flash_attn`` and
+path), the official module is built from the official code (``Tensor.cuda`` made a no-op for the rest of the
+process; ``flash_attn`` and
 ``accelerate``, imported but unused on these paths, are stubbed when absent) and its parameters are drawn at
 random (seeded; norms near 1).  Its state dict is converted into the vistok model with vistok's own converters
 (``convert_*_state_dict`` + ``*_kwargs_from_official*``), so both compute the same function; the benchmark checks
@@ -27,8 +28,11 @@ imports fail (missing dependency) prints the error for that model; the others st
 
 Timing: one untimed warm-up call each, then ``--repeats`` rounds of (official, vistok) alternately in this
 process; each cell is the median.  ``passes`` counts transformer forward passes per call (MAR: + DiffLoss MLP
-calls), by hooks on both models.  ``--tiny`` shrinks every model (tests, smoke runs): TiTok-S at 64 px / 32
-tokens, 2-layer 128-wide GPTs on an 8x8 grid, 2+2-block 64-wide MAR (8x8, 10 head steps) and xAR.
+calls), by hooks on both models; ``ops`` / ``syncs`` the aten ops dispatched and the host reads of tensors during
+the warm-up call (:class:`OpCounter`; ``--out`` rows also name the vistok source lines of the syncs).  ``--profile``
+runs the warm-up calls under ``torch.profiler`` and writes their op tables.  Results and profiles: docs/speed.md.
+``--tiny`` shrinks every model (tests, smoke runs): TiTok-S at 64 px / 32 tokens, 2-layer 128-wide GPTs on an
+8x8 grid, 2+2-block 64-wide MAR (8x8, 10 head steps) and xAR.
 
 Official code: bytedance/1d-tokenizer (TiTok, arXiv 2406.07550), ThisisBillhe/NAR (arXiv 2503.10696),
 FoundationVision/LlamaGen (arXiv 2406.06525), LTH14/mar (arXiv 2406.11838), OliverRensu/xAR (arXiv 2502.20388).
