@@ -19,17 +19,21 @@ Legend: b batch, c channels, h/w height/width.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
 class Conv2dSame(nn.Conv2d):
-    """Stride-1 convolution with TensorFlow-style "same" padding (any extra pixel goes right/bottom)."""
+    """Stride-1 convolution with TensorFlow-style "same" padding (any extra pixel goes right/bottom).
+
+    Odd kernels pad symmetrically: the convolution pads itself (no padded copy of the input is made); even
+    kernels pad one more pixel right/bottom with ``F.pad`` first."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, bias: bool = True):
-        super().__init__(in_channels, out_channels, kernel_size, bias=bias)
         total = kernel_size - 1
-        self.pad = (total // 2, total - total // 2)  # (before, after), same on both axes
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias, padding=total // 2 if total % 2 == 0 else 0)
+        self.pad = (0, 0) if total % 2 == 0 else (total // 2, total - total // 2)  # left to F.pad: (before, after)
 
     def forward(self, x: Tensor) -> Tensor:
         before, after = self.pad
@@ -61,8 +65,9 @@ class VQGANResBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(b, c_in, h, w) -> (b, c_out, h, w)."""
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        inplace = not torch.is_grad_enabled()  # inference: SiLU overwrites the fresh norm output (no new buffer)
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
         return h + (self.nin_shortcut(h) if self.nin_shortcut is not None else x)
 
 
@@ -114,10 +119,15 @@ class VQGANDecoder(nn.Module):
         self.conv_out = Conv2dSame(channels[0], out_channels, 3)
 
     def forward(self, z: Tensor) -> Tensor:
-        """z (b, z_channels, h, w) -> image (b, out_channels, h * upscale, w * upscale), unclamped."""
+        """z (b, z_channels, h, w) -> image (b, out_channels, h * upscale, w * upscale), unclamped.
+
+        On CPU the convolutions run channels-last (oneDNN's native layout: no reorder around every conv; see
+        docs/speed.md for what it buys); the output is returned contiguous in the usual layout."""
+        if z.device.type == "cpu":
+            z = z.contiguous(memory_format=torch.channels_last)
         x = self.conv_in(z)
         for blk in self.mid:
             x = blk(x)
         for level in reversed(self.up):
             x = level(x)
-        return self.conv_out(F.silu(self.norm_out(x)))
+        return self.conv_out(F.silu(self.norm_out(x), inplace=not torch.is_grad_enabled())).contiguous()

@@ -1,0 +1,68 @@
+"""benchmarks/vs_official.py in its vistok-only mode on tiny presets (the side-by-side mode needs official checkouts,
+which are never vendored: it is exercised by hand, see docs/speed.md)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def vs_official():
+    spec = importlib.util.spec_from_file_location("vs_official", ROOT / "benchmarks" / "vs_official.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vs_official"] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules["vs_official"]
+
+
+def test_vistok_alone_on_tiny_presets(vs_official, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    out = tmp_path / "rows.json"
+    try:
+        rows = vs_official.main(["--tiny", "--threads", "1", "--repeats", "1", "--batch-sizes", "2", "--out",
+                                 str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(out.read_text()) == rows
+    got = {(r["model"], r["op"], r["batch"]): r for r in rows}
+    assert set(got) == {(m, op, b) for m, op in [("titok", "encode"), ("titok", "decode"), ("nar", "generate"),
+                                                  ("llamagen", "generate"), ("mar", "generate"),
+                                                  ("xar", "generate")] for b in (2,)}
+    passes = {m: {k: v for k, v in got[(m, "generate", 2)]["vistok_passes"].items() if k in ("passes", "head")}
+              for m in ("nar", "llamagen", "mar", "xar")}
+    assert passes == {"nar": {"passes": 2 * 8 - 1}, "llamagen": {"passes": 64},  # 8x8 grids
+                      "mar": {"passes": 4, "head": 4 * 10}, "xar": {"passes": 4 * 3}}
+    assert got[("titok", "decode", 2)]["vistok_passes"]["decoder"] == 1
+    ar = got[("llamagen", "generate", 2)]["vistok_passes"]
+    assert ar["ops"] > 64 * 2 * 10 and 0 <= ar["syncs"] < ar["ops"]  # >= 10 ops per block per pass
+    assert all(r["vistok_s"] > 0 and "official_s" not in r for r in rows)
+    table = capsys.readouterr().out
+    assert "| NAR-B tiny | generate | 2 |" in table and "vistok / official" in table
+
+
+def test_a_bad_checkout_is_reported_and_vistok_still_runs(vs_official, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        rows = vs_official.main(["--tiny", "--threads", "1", "--repeats", "1", "--batch-sizes", "1",
+                                 "--models", "nar", "--nar-repo", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "official code unavailable" in printed and "autoregressive/models/gpt.py" in printed  # says what is missing
+    assert [(r["model"], "official_s" in r) for r in rows] == [("nar", False)]
+
+
+def test_bad_arguments_are_refused(vs_official):
+    with pytest.raises(SystemExit):
+        vs_official.main(["--repeats", "0"])
+    with pytest.raises(SystemExit):
+        vs_official.main(["--models", "dit"])
