@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vistok.eval_cli import main, parse_set_options, prefix_lengths
@@ -116,3 +117,44 @@ def test_generator_eval_bad_inputs(tmp_path, capsys):
         evaluate_generator(None, [])
     with pytest.raises(ValueError, match="cannot parse"):
         evaluate_generator(None, ["a photo of a cat"])
+
+
+@pytest.fixture(scope="module")
+def tiny_larp(tmp_path_factory):
+    import vistok
+    from vistok.tokenizers import LARP
+
+    folder = tmp_path_factory.mktemp("larp")
+    torch.manual_seed(0)
+    tok = LARP(image_size=32, num_frames=4, patch_size=16, temporal_patch_size=2, width=32, depth=1, num_heads=2,
+               num_latent_tokens=8, codebook_size=64, token_size=8, prior_depth=0)
+    vistok.save_pretrained(tok, folder)
+    return folder
+
+
+def test_video_tokenizer_eval_scores_clips_beside_baselines(tiny_larp, tmp_path, capsys):
+    from vistok.data.videos import MovingShapesDataset
+    from vistok.evaluation import psnr
+
+    r = main(["tokenizer", str(tiny_larp), "--num-images", "3", "--batch", "2", "--no-progress"])
+    assert r["num_clips"] == 3 and len(r["psnr_per_frame"]) == 4 and len(r["ssim_per_frame"]) == 4
+    assert r["fvd"] is None and 0 < r["codebook_usage"] <= 1
+    clips = torch.stack([MovingShapesDataset(3, image_size=32, num_frames=4, seed=12345)[i]["pixels"]
+                         for i in range(3)])
+    flat = clips.mean(dim=(2, 3, 4), keepdim=True).expand_as(clips)
+    assert r["baselines"]["flat_mean_colour_psnr"] == pytest.approx(float(psnr(flat, clips).mean()), abs=1e-4)
+    # the random tokenizer decodes zeros (its pixel head starts at zero): far below the flat baseline
+    assert r["psnr"] < r["baselines"]["flat_mean_colour_psnr"]
+    assert "temporal consistency" in capsys.readouterr().out and (tiny_larp / "eval_tokenizer.json").is_file()
+
+
+def test_video_tokenizer_eval_fvd_needs_a_local_i3d_file(tiny_larp, tmp_path, capsys, onedpiece):
+    with pytest.raises(SystemExit):
+        main(["tokenizer", str(tiny_larp), "--num-images", "2", "--i3d", str(tmp_path / "i3d.pt"), "--no-progress"])
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tokenizer", str(onedpiece), "--num-images", "2", "--i3d", str(tmp_path / "i3d.pt"), "--no-fid"])
+    assert "video tokenizers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tokenizer", str(tiny_larp), "--plot", "--no-progress"])
+    assert "do not apply" in capsys.readouterr().err

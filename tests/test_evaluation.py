@@ -197,3 +197,63 @@ def test_labels_must_be_integer_ids_of_shape_b():
     gen = create_generator("ar_tiny_c2i", width=32, depth=1, num_heads=2, vocab_size=16, seq_len=4).eval()
     with pytest.raises(TypeError, match="integer tensor"):
         generate(gen, Conditioning(labels=torch.tensor([1.0])), num_samples=1)
+
+
+# -- video metrics -------------------------------------------------------------------------------------------------
+def _clips(b: int = 2, t: int = 6, s: int = 16) -> torch.Tensor:
+    return 0.1 + 0.8 * torch.rand(b, 3, t, s, s, generator=torch.Generator().manual_seed(0))
+
+
+def test_psnr_and_ssim_per_frame_find_the_damaged_frame():
+    from vistok.evaluation import psnr_per_frame, ssim_per_frame
+
+    x = _clips()
+    y = x.clone()
+    y[:, :, 2] += 0.05 * torch.randn_like(y[:, :, 2])
+    per = psnr_per_frame(y, x)
+    assert per.shape == (2, 6) and int(per.mean(0).argmin()) == 2
+    assert torch.allclose(per[:, 2], -10 * torch.log10((y[:, :, 2].clamp(0, 1) - x[:, :, 2]).square().mean((1, 2, 3))))
+    ss = ssim_per_frame(y, x)
+    assert ss.shape == (6,) and int(ss.argmin()) == 2 and float(ss[0]) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="clips"):
+        psnr_per_frame(x[:, :, 0], x[:, :, 0])
+
+
+def test_temporal_consistency_separates_flicker_from_a_steady_error():
+    from vistok.evaluation import psnr_per_frame, temporal_consistency
+
+    x = _clips()
+    sign = torch.tensor([1.0, -1.0] * 3).view(1, 1, 6, 1, 1)
+    steady, flicker, slight = x + 0.05, x + 0.05 * sign, x + 0.005 * sign
+    assert torch.allclose(psnr_per_frame(steady, x), psnr_per_frame(flicker, x), atol=1e-3)  # same per-frame error
+    tc = {k: temporal_consistency(v, x).mean().item() for k, v in (("steady", steady), ("flicker", flicker),
+                                                                        ("slight", slight))}
+    assert tc["steady"] > 60 and tc["flicker"] == pytest.approx(20.0, abs=0.1)  # diffs off by 0.1: 20 dB
+    assert tc["flicker"] < tc["slight"] < tc["steady"]  # a 10x smaller flicker is caught too (40 dB)
+    frozen = x[:, :, :1].expand_as(x)  # trivial baseline: the target's own motion energy
+    assert temporal_consistency(frozen, x).mean() < tc["slight"]
+    with pytest.raises(ValueError, match="2 frames"):
+        temporal_consistency(x[:, :, :1], x[:, :, :1])
+
+
+class _StandInI3D(torch.nn.Module):
+    """Same call signature as the I3D TorchScript file; features = per-channel means and stds over (T, H, W)."""
+
+    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = True,
+                return_features: bool = True) -> torch.Tensor:
+        assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+        return torch.cat([x.mean(dim=(2, 3, 4)), x.std(dim=(2, 3, 4))], dim=1)
+
+
+def test_fvd_needs_a_local_i3d_file_and_uses_it(tmp_path):
+    from vistok.evaluation import fvd
+
+    real = torch.rand(16, 3, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    for bad in (None, tmp_path / "missing.pt"):
+        with pytest.raises(FileNotFoundError, match="local I3D TorchScript"):
+            fvd(real, real, bad)
+    path = tmp_path / "i3d.pt"
+    torch.jit.script(_StandInI3D()).save(str(path))
+    assert fvd(real, real, path) == pytest.approx(0.0, abs=1e-9)
+    darker = fvd(real, real * 0.9, path)
+    assert darker > fvd(real, real * 0.99, path) > 0

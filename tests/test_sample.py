@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_ar, tiny_titok
 from PIL import Image
 
@@ -212,3 +213,65 @@ def test_bf16_precision_samples_valid_images_and_mostly_the_same_tokens(tiny_pip
     cli(["a red circle", "--model", str(tiny_pipeline), "--num-samples", "2", "--out", str(tmp_path / "g.png"),
          "--precision", "bf16"])
     assert (tmp_path / "g.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_video_pipeline(tmp_path_factory):
+    """A random tiny LARP (4 frames of 16x16, 8 tokens) + text-conditioned AR generator over its ids."""
+    from vistok.tokenizers import LARP
+
+    folder = tmp_path_factory.mktemp("video_pipe")
+    torch.manual_seed(0)
+    tok = LARP(image_size=16, num_frames=4, patch_size=8, temporal_patch_size=2, width=32, depth=1, num_heads=2,
+               num_latent_tokens=8, codebook_size=64, token_size=8, prior_depth=0)
+    torch.nn.init.normal_(tok.head.weight, std=0.5)  # the pixel head starts at zero: make the clips differ,
+    torch.nn.init.normal_(tok.code_out.weight, std=3.0)  # by their tokens, not only by pixel noise
+    gen = tiny_ar(vocab_size=64, seq_len=8, text_dim=384, max_text_len=16)
+    Pipeline(tok, gen, MiniLMTextEncoder(max_length=16), {"top_k": 20}).save(folder, dtype=None)
+    return folder
+
+
+def test_video_pipeline_writes_a_tiled_mp4_of_the_sampled_clips(tiny_video_pipeline, tmp_path, capsys):
+    from vistok.data.videos import read_video
+
+    prompts = ["a red circle moving right from the left", "a blue star moving down from the top"]
+    out = tmp_path / "grid.mp4"
+    cli([*prompts, "--num-samples", "3", "--out", str(out), "--model", str(tiny_video_pipeline), "--scale", "2"])
+    assert "(6 clips" in capsys.readouterr().out  # 2 prompts x 3 samples
+    clip = read_video(out)
+    assert clip.shape == (3, 4, 2 + 2 * (32 + 2), 2 + 3 * (32 + 2))  # T frames of a 2 x 3 grid of 32x32 tiles
+    clips, _ = Pipeline.from_folder(tiny_video_pipeline)(prompts, num_samples=3, seed=0)
+    assert clips.shape == (6, 3, 4, 16, 16)
+    tile = clip[:, :, 2 + 34 : 2 + 34 + 32, 2 + 68 : 2 + 68 + 32]  # row 1 (prompt 1), column 2 (sample 2)
+    # 4x4 block means: H.264 (CRF 12, 4:2:0 chroma) keeps those of these noise-like random clips, not every pixel
+    errors = (F.avg_pool3d(tile[None], (1, 8, 8)) - F.avg_pool3d(clips, (1, 4, 4))).abs().mean(dim=(1, 2, 3, 4))
+    assert errors.argmin() == 5 and errors[5] < 0.6 * errors.sort().values[1]  # that clip, not another sample
+    gif = tmp_path / "grid.gif"
+    cli([prompts[0], "--num-samples", "1", "--out", str(gif), "--model", str(tiny_video_pipeline), "--scale", "1"])
+    assert read_video(gif).shape == (3, 4, 16, 16)  # one clip: no grid border (torchvision's make_grid)
+
+
+def test_video_pipeline_out_dir_writes_one_mp4_per_sample(tiny_video_pipeline, tmp_path, capsys):
+    from vistok.data.videos import read_video
+
+    out = tmp_path / "clips"
+    args = ["a green square moving up", "--num-samples", "2", "--out-dir", str(out), "--model",
+            str(tiny_video_pipeline), "--fps", "4"]
+    cli(args)
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.suffix == ".mp4") == [
+        "000000_000.mp4", "000000_001.mp4"]
+    assert read_video(out / "000000_001.mp4").shape == (3, 4, 16, 16)
+    assert "wrote 2 images" in capsys.readouterr().out
+    cli(args)
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_video_and_image_outputs_are_checked(tiny_video_pipeline, tiny_pipeline, tmp_path, capsys):
+    for model, name, match in ((tiny_video_pipeline, "grid.png", "makes videos"),
+                               (tiny_pipeline, "grid.mp4", "makes images")):
+        with pytest.raises(SystemExit):
+            cli(["a red circle", "--out", str(tmp_path / name), "--model", str(model)])
+        assert match in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["a red circle", "--out", str(tmp_path / "g.mp4"), "--model", str(tiny_video_pipeline), "--fps", "0"])
+    assert "--fps" in capsys.readouterr().err

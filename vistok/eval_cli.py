@@ -10,6 +10,11 @@ renders (or ``--images DIR`` of PNG/JPEG files at the tokenizer's resolution); f
 colour, shape, size, position, overall) beside the disc baseline (the floor, :func:`vistok.data.geneval.disc_baseline`),
 FID against real renders, generator passes (NFE) and seconds per image.  The JSON goes to ``eval_tokenizer.json`` /
 ``eval_generator.json`` in the checkpoint's folder (``--out`` elsewhere); ``--plot`` adds PNGs beside it.
+
+Video tokenizers (a ``num_frames`` attribute, e.g. LARP) are measured on held-out moving-shapes clips: PSNR per clip
+and per frame, SSIM per frame, temporal consistency (:func:`vistok.evaluation.temporal_consistency`), each beside a
+trivial baseline (flat mean colour; first frame frozen), codebook usage, and FVD only with ``--i3d PATH`` (a local
+I3D TorchScript file; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -29,15 +34,19 @@ from vistok.data.shapes import parse_caption
 from vistok.evaluation import (
     InceptionFeatures,
     fid_from_features,
+    fvd,
     inception_features,
     inception_weights_path,
     psnr,
+    psnr_per_frame,
     ssim,
+    ssim_per_frame,
+    temporal_consistency,
 )
 from vistok.progress import track
 
-__all__ = ["evaluate_generator", "evaluate_tokenizer", "load_images", "main", "parse_set_options", "prefix_lengths",
-           "sample_prompts"]
+__all__ = ["evaluate_generator", "evaluate_tokenizer", "evaluate_video_tokenizer", "load_images", "main",
+           "parse_set_options", "prefix_lengths", "sample_prompts"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -154,6 +163,43 @@ def evaluate_tokenizer(tokenizer: nn.Module, images: Tensor, *, batch: int = 32,
         "rfid": rfid,
         "codebook_usage": len(used) / codebook if codebook and used else None,
         "prefix": [{"k": k, "psnr": float(torch.cat(psnrs[k]).mean()), "ssim": mean_ssim(ssims[k])} for k in ks],
+    }
+
+
+@torch.no_grad()
+def evaluate_video_tokenizer(tokenizer: nn.Module, clips: Tensor, *, batch: int = 32, i3d_path: str | None = None,
+                             progress: bool = True) -> dict:
+    """Reconstruction metrics of a video tokenizer on ``clips`` ``(N, 3, T, S, S)`` in [0, 1].
+
+    Returns ``{"num_clips", "psnr", "psnr_per_frame" (T values), "ssim_per_frame" (T), "temporal_consistency",
+    "baselines": {"flat_mean_colour_psnr", "first_frame_frozen_psnr", "first_frame_frozen_temporal_consistency"},
+    "codebook_usage", "fvd" (None without ``i3d_path``)}``; dB for PSNR and temporal consistency.
+    """
+    frames = getattr(tokenizer, "num_frames", None)
+    size = getattr(tokenizer, "image_size", None)
+    if clips.ndim != 5 or (frames, size, size) != tuple(clips.shape[2:]):
+        raise ValueError(f"the tokenizer takes clips (N, 3, {frames}, {size}, {size}), got {tuple(clips.shape)}")
+    recons, used = [], set()
+    for x in track(clips.split(batch), progress, desc="video tokenizer eval", unit="batch"):
+        tokens = tokenizer.encode(x)
+        if getattr(tokenizer, "kind", "discrete") == "discrete":
+            used.update(tokens.unique().tolist())
+        recons.append(tokenizer.decode(tokens).float())
+    recon = torch.cat(recons)
+    flat = clips.mean(dim=(2, 3, 4), keepdim=True).expand_as(clips)
+    frozen = clips[:, :, :1].expand_as(clips)
+    codebook = getattr(tokenizer, "codebook_size", None)
+    return {
+        "num_clips": len(clips),
+        "psnr": float(psnr(recon, clips).mean()),
+        "psnr_per_frame": psnr_per_frame(recon, clips).mean(0).tolist(),
+        "ssim_per_frame": ssim_per_frame(recon, clips).tolist(),
+        "temporal_consistency": float(temporal_consistency(recon, clips).mean()),
+        "baselines": {"flat_mean_colour_psnr": float(psnr(flat, clips).mean()),
+                      "first_frame_frozen_psnr": float(psnr(frozen, clips).mean()),
+                      "first_frame_frozen_temporal_consistency": float(temporal_consistency(frozen, clips).mean())},
+        "codebook_usage": len(used) / codebook if codebook and used else None,
+        "fvd": fvd(clips, recon, i3d_path) if i3d_path is not None else None,
     }
 
 
@@ -283,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--data-seed", type=int, default=12345, help="shapes seed (held out: training used 0 and 1)")
     t.add_argument("--image-size", type=int, default=None, help="check that the tokenizer takes this resolution")
     t.add_argument("--no-fid", action="store_true", help="skip rFID")
+    t.add_argument("--i3d", default=None, help="video tokenizers: local I3D TorchScript file for FVD (else no FVD)")
     t.add_argument("--prefixes", default=None,
                    help="comma-separated prefix lengths for ordered tokenizers (default: 1, 2, 4, ..., N when the "
                         "tokenizer was trained with tail drop; 'none' to skip)")
@@ -330,6 +377,10 @@ def _write(result: dict, out: str | None, default: Path) -> Path:
 
 def _run_tokenizer(args, p: argparse.ArgumentParser) -> dict:
     tok, folder = _tokenizer_folder(args.checkpoint)
+    if getattr(tok, "num_frames", None):
+        return _run_video_tokenizer(tok, folder, args, p)
+    if args.i3d:
+        p.error("--i3d (FVD) is for video tokenizers; this tokenizer encodes images")
     size = tok.image_size
     if args.image_size is not None and args.image_size != size:
         p.error(f"--image-size {args.image_size} does not match the tokenizer, which takes {size}x{size} images")
@@ -357,6 +408,28 @@ def _run_tokenizer(args, p: argparse.ArgumentParser) -> dict:
     if args.plot:
         result["plots"] = [str(plot_tokenizer(result, path.with_suffix(".png")))]
         _write(result, str(path), path)
+    return result | {"json": str(path)}
+
+
+def _run_video_tokenizer(tok: nn.Module, folder: Path, args, p: argparse.ArgumentParser) -> dict:
+    from vistok.data.videos import MovingShapesDataset
+
+    if args.images or args.prefixes not in (None, "", "none") or args.plot:
+        p.error("video tokenizers are measured on moving-shapes clips: --images, --prefixes and --plot do not apply")
+    if args.image_size is not None and args.image_size != tok.image_size:
+        p.error(f"--image-size {args.image_size} does not match the tokenizer, which takes {tok.image_size}x"
+                f"{tok.image_size} frames")
+    if args.num_images < 1:
+        p.error("--num-images (clips here) must be >= 1")
+    if args.i3d and not Path(args.i3d).is_file():
+        p.error(f"--i3d {args.i3d}: no such file (a local I3D TorchScript file, e.g. i3d_torchscript.pt)")
+    ds = MovingShapesDataset(args.num_images, image_size=tok.image_size, num_frames=tok.num_frames,
+                             seed=args.data_seed)
+    clips = torch.stack([ds[i]["pixels"] for i in range(len(ds))])
+    result = evaluate_video_tokenizer(tok, clips, batch=args.batch, i3d_path=args.i3d,
+                                      progress=not args.no_progress)
+    result["checkpoint"] = str(folder)
+    path = _write(result, args.out, folder / "eval_tokenizer.json")
     return result | {"json": str(path)}
 
 
@@ -413,7 +486,14 @@ def _run_generator(args, p: argparse.ArgumentParser) -> dict:
 
 
 def _summary(what: str, r: dict) -> str:
-    if what == "tokenizer":
+    if what == "tokenizer" and "num_clips" in r:
+        b = r["baselines"]
+        lines = [f"PSNR {r['psnr']:.2f} dB (flat mean colour {b['flat_mean_colour_psnr']:.2f}, first frame frozen "
+                 f"{b['first_frame_frozen_psnr']:.2f}), temporal consistency {r['temporal_consistency']:.2f} dB "
+                 f"(frozen {b['first_frame_frozen_temporal_consistency']:.2f}), {r['num_clips']} clips"
+                 + (f", FVD {r['fvd']:.2f}" if r["fvd"] is not None else "")
+                 + (f", codebook usage {r['codebook_usage']:.3f}" if r["codebook_usage"] is not None else "")]
+    elif what == "tokenizer":
         lines = [f"PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}"
                  + (f", rFID {r['rfid']:.2f}" if r["rfid"] is not None else "")
                  + (f", codebook usage {r['codebook_usage']:.3f}" if r["codebook_usage"] is not None else "")]

@@ -23,8 +23,9 @@ from torch import nn
 from vistok.interfaces import check_pixels
 from vistok.progress import track
 
-__all__ = ["InceptionFeatures", "check_image_pair", "fid_from_features", "frechet_distance", "inception_features",
-           "inception_weights_path", "psnr", "ssim"]
+__all__ = ["InceptionFeatures", "check_image_pair", "fid_from_features", "frechet_distance", "fvd", "i3d_features",
+           "inception_features", "inception_weights_path", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame",
+           "temporal_consistency"]
 
 _TF_RANGE = (-1.0, 0.9921875)
 
@@ -65,6 +66,70 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if pred.ndim == 5:  # frames as images
         pred, target = (v.transpose(1, 2).flatten(0, 1) for v in (pred, target))
     return structural_similarity_index_measure(pred.clamp(0, 1).float(), target.float(), data_range=1.0)
+
+
+def _check_video_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    check_image_pair(pred, target)
+    if target.ndim != 5:
+        raise ValueError(f"video metrics take clips (B, 3, T, H, W), got {tuple(target.shape)}; use psnr / ssim for "
+                         "images")
+
+
+def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of every frame of clips ``(B, 3, T, H, W)`` in ``[0, 1]``: shape ``(B, T)`` (``pred`` clamped)."""
+    _check_video_pair(pred, target)
+    mse = F.mse_loss(pred.clamp(0, 1), target, reduction="none").mean(dim=(1, 3, 4))
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM of frame ``t`` averaged over the batch, for clips ``(B, 3, T, H, W)`` in ``[0, 1]``: shape ``(T,)``."""
+    _check_video_pair(pred, target)
+    return torch.stack([ssim(pred[:, :, t], target[:, :, t]) for t in range(target.shape[2])])
+
+
+def temporal_consistency(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """How well a reconstruction keeps the motion: PSNR in dB (peak 1) between the frame differences
+    ``pred[t+1] - pred[t]`` and those of ``target``, per clip ``(B,)``; higher is better.
+
+    A clip that flickers scores low even when each frame is close; a frozen clip scores the PSNR of the target's own
+    frame differences against zero (its trivial baseline).
+    """
+    _check_video_pair(pred, target)
+    if target.shape[2] < 2:
+        raise ValueError(f"temporal consistency needs at least 2 frames, got {target.shape[2]}")
+    d_pred, d_target = pred.clamp(0, 1).diff(dim=2), target.diff(dim=2)
+    mse = F.mse_loss(d_pred, d_target, reduction="none").flatten(1).mean(1)
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def i3d_features(videos: torch.Tensor, i3d_path: str | Path | None, *, batch_size: int = 16) -> torch.Tensor:
+    """``(N, 3, T, H, W)`` clips in ``[0, 1]`` -> ``(N, F)`` float64 features of a *local* I3D TorchScript file.
+
+    The file is the one FVD implementations share (StyleGAN-V's ``i3d_torchscript.pt``, also in the LARP repo): it is
+    called as ``model(x, rescale=False, resize=True, return_features=True)`` on ``x`` in ``[-1, 1]``.  vistok never
+    downloads it.
+
+    Raises:
+        FileNotFoundError: no path given, or no such file.
+    """
+    if i3d_path is None or not Path(i3d_path).is_file():
+        raise FileNotFoundError(f"FVD needs a local I3D TorchScript file (e.g. i3d_torchscript.pt from the StyleGAN-V "
+                                f"or LARP repositories); got {i3d_path!r}. vistok does not download it")
+    check_pixels(videos, video=True)
+    model = torch.jit.load(str(i3d_path), map_location="cpu").eval()
+    out = []
+    with torch.no_grad():
+        for b in torch.split(videos, batch_size):
+            out.append(model(b.float() * 2 - 1, rescale=False, resize=True, return_features=True).double().cpu())
+    return torch.cat(out)
+
+
+def fvd(real: torch.Tensor, fake: torch.Tensor, i3d_path: str | Path | None, *, batch_size: int = 16) -> float:
+    """Fréchet video distance between two clip sets ``(N, 3, T, H, W)`` in ``[0, 1]``: :func:`fid_from_features` on
+    :func:`i3d_features` (local I3D TorchScript ``i3d_path``; a clear ``FileNotFoundError`` without one)."""
+    return fid_from_features(i3d_features(real, i3d_path, batch_size=batch_size),
+                             i3d_features(fake, i3d_path, batch_size=batch_size))
 
 
 def inception_weights_path() -> Path:

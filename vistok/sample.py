@@ -1,6 +1,9 @@
-"""Text-to-image sampling: prompt(s) in, PNG grid out.
+"""Text-to-image (and text-to-video) sampling: prompt(s) in, PNG grid (or mp4 / gif) out.
 
     vistok-sample "a red circle on the left" --num-samples 4 --seed 0 --out grid.png
+
+A pipeline whose tokenizer decodes clips (a video tokenizer such as LARP: ``(B, 3, T, H, W)``) writes videos instead:
+``--out grid.mp4`` (or ``.gif``) holds every sample tiled in one clip, ``--out-dir`` one ``.mp4`` per sample.
 
 With no ``--model``, the shipped default (tiny TiTok + tiny LlamaGen-style T2I generator + MiniLM text
 encoder, in ``vistok/assets/default``) is used.  A model folder holds ``tokenizer/`` and ``generator/`` (each
@@ -39,6 +42,7 @@ SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "cfg_scale")
 Precision = Literal["fp32", "bf16"]
 GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant spreading (seed, position) pairs over the seed space
 MAX_GRID = 1024  # images in one --out grid; more need --out-dir (one file per image)
+VIDEO_SUFFIXES = (".mp4", ".gif")  # what a video pipeline writes (PyAV: vistok.data.videos.write_video)
 
 
 @dataclass
@@ -124,7 +128,8 @@ class Pipeline:
     @torch.no_grad()
     def __call__(self, prompts: list[str] | str, num_samples: int = 4, seed: int | None = 0, *,
                  batch_size: int | None = None, progress: bool = False, **overrides) -> tuple[Tensor, GenerationOutput]:
-        """prompts (P) -> images (P * num_samples, 3, H, W) in [0, 1] (each prompt's samples in a row) and the
+        """prompts (P) -> images (P * num_samples, 3, H, W) in [0, 1] (clips (P * num_samples, 3, T, H, W) for a video
+        tokenizer; each prompt's samples in a row) and the
         GenerationOutput (tokens of every image; ``nfe`` summed over batches; ``extras`` of the last batch).
 
         Image ``(i, j)`` (prompt ``i``, sample ``j``) is drawn with its own seed :func:`image_seed` ``(seed, i, j)``;
@@ -331,6 +336,31 @@ def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 4) -> Pa
     return path
 
 
+def save_video_grid(videos: Tensor, path: str | Path, nrow: int, scale: int = 4, fps: int = 8) -> Path:
+    """Save clips ``videos`` (B, 3, T, H, W) in [0, 1] as one ``.mp4`` / ``.gif`` whose frame ``t`` is the grid of every
+    clip's frame ``t`` (``nrow`` per row, 2-pixel white gaps, upscaled ``scale`` x nearest)."""
+    from torchvision.utils import make_grid
+
+    from vistok.data.videos import write_video
+
+    b, _, t = videos.shape[:3]
+    frames = videos.transpose(1, 2).flatten(0, 1)  # (b t) 3 h w, clip-major
+    if scale > 1:
+        frames = F.interpolate(frames, scale_factor=scale, mode="nearest")
+    frames = frames.unflatten(0, (b, t))
+    grid = torch.stack([make_grid(frames[:, k], nrow=nrow, padding=2, pad_value=1.0) for k in range(t)], dim=1)
+    return write_video(grid, path, fps=fps)
+
+
+def makes_video(model: str | Path) -> bool:
+    """True when the pipeline folder's tokenizer decodes clips (its ``config.json`` kwargs have ``num_frames``)."""
+    try:
+        spec = json.loads((Path(model) / "tokenizer" / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # Pipeline.from_folder reports a broken folder
+    return isinstance(spec, dict) and isinstance(spec.get("kwargs"), dict) and "num_frames" in spec["kwargs"]
+
+
 def read_prompts_file(path: str | Path) -> list[str]:
     """The prompts of a UTF-8 text file, one per line; blank lines are skipped (they get no index)."""
     path = Path(path)
@@ -347,19 +377,24 @@ def read_prompts_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def image_name(prompt_index: int, sample_index: int) -> str:
-    """File name of image ``(prompt, sample)`` in an ``--out-dir``: ``000042_003.png``."""
-    return f"{prompt_index:06d}_{sample_index:03d}.png"
+def image_name(prompt_index: int, sample_index: int, suffix: str = ".png") -> str:
+    """File name of image ``(prompt, sample)`` in an ``--out-dir``: ``000042_003.png`` (``.mp4`` for a clip)."""
+    return f"{prompt_index:06d}_{sample_index:03d}{suffix}"
 
 
-def _check_grid_path(path: Path, num_images: int) -> None:
+def _check_grid_path(path: Path, num_images: int, video: bool = False) -> None:
     from PIL import Image
 
+    suffix = path.suffix.lower()
+    if video and suffix not in VIDEO_SUFFIXES:
+        raise ValueError(f"this pipeline makes videos: end --out with .mp4 or .gif, got {path.name!r}")
+    if not video and suffix == ".mp4":
+        raise ValueError(f"this pipeline makes images, not videos: end --out with .png (or .jpg), got {path.name!r}")
     if num_images > MAX_GRID:
         raise ValueError(f"a grid of {num_images} images is too large to hold and view (at most {MAX_GRID}); "
                          "write one PNG per image with --out-dir DIR instead of --out")
     formats = Image.registered_extensions()
-    if path.suffix.lower() not in formats:
+    if not video and suffix not in formats:
         raise ValueError(f"--out {path} has no image extension PIL can write; end it with .png (or .jpg)")
     if path.is_dir():
         raise ValueError(f"--out {path} is a directory; give a file name such as {path / 'grid.png'}, "
@@ -406,6 +441,17 @@ def _save_image(image: Tensor, path: Path, scale: int) -> None:
     os.replace(tmp, path)
 
 
+def _save_video(clip: Tensor, path: Path, scale: int, fps: int) -> None:
+    """Write one clip (3, T, H, W) atomically, as :func:`_save_image`."""
+    from vistok.data.videos import write_video
+
+    if scale > 1:
+        clip = F.interpolate(clip.transpose(0, 1), scale_factor=scale, mode="nearest").transpose(0, 1)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    write_video(clip, tmp, fps=fps)
+    os.replace(tmp, path)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vistok-sample", description="Sample images for text prompts: one grid (--out), or one PNG per image "
@@ -418,10 +464,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="same seed, same images: image j of prompt i is seeded by (seed, i, j)")
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--out", default=None, help=f"output grid image (default grid.png; at most {MAX_GRID} images)")
+    out.add_argument("--out", default=None, help=f"output grid image (default grid.png; at most {MAX_GRID} images); "
+                     "for a video pipeline an .mp4 or .gif with every clip tiled (default grid.mp4)")
     out.add_argument("--out-dir", default=None,
-                     help="write one PNG per image, PROMPT_SAMPLE.png (000042_003.png); images already there are "
-                          "skipped, so an interrupted run resumes")
+                     help="write one PNG per image, PROMPT_SAMPLE.png (000042_003.png; .mp4 per clip for a video "
+                          "pipeline); files already there are skipped, so an interrupted run resumes")
     p.add_argument("--model", default=str(DEFAULT_MODEL),
                    help="pipeline folder, or the name of a shipped one: 'default' (AR, the default) or 'xar' (xAR on "
                         "the same tokenizer's code vectors: better images, ~9x slower)")
@@ -439,6 +486,7 @@ def _parser() -> argparse.ArgumentParser:
                         "sampling maths stays float32); the speed and quality cost are measured in docs/speed.md")
     p.add_argument("--scale", type=int, default=None,
                    help="nearest-neighbour upscaling of saved images (default 4 for a grid, 1 for --out-dir)")
+    p.add_argument("--fps", type=int, default=8, help="frames per second of written videos (video pipelines)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 
@@ -456,7 +504,11 @@ def _run(args: argparse.Namespace) -> str:
     scale = args.scale if args.scale is not None else (1 if args.out_dir else 4)
     if scale < 1:
         raise ValueError(f"--scale must be >= 1, got {scale}")
+    if args.fps < 1:
+        raise ValueError(f"--fps must be >= 1, got {args.fps}")
     model = resolve_pipeline_folder(args.model)
+    video = makes_video(model)
+    suffix = ".mp4" if video else ".png"
     if args.generator and not (Path(args.generator) / "config.json").is_file():
         raise FileNotFoundError(f"--generator {args.generator} is not a model folder (no config.json); give a folder "
                                 "written by vistok.hub.save_pretrained (a vistok fit export)")
@@ -471,13 +523,13 @@ def _run(args: argparse.Namespace) -> str:
         _check_run_record(out_dir, {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
                                     "num_prompts": len(prompts), "seed": args.seed, "model": str(model),
                                     "generator": args.generator, **opts})
-        todo = [(i, j) for i, j in jobs if not (out_dir / image_name(i, j)).is_file()]
+        todo = [(i, j) for i, j in jobs if not (out_dir / image_name(i, j, suffix)).is_file()]
         done, jobs = len(jobs) - len(todo), todo
         if not jobs:
             return f"nothing to do: all {done} images are already in {out_dir.resolve()}"
     else:
-        grid = Path(args.out or "grid.png")
-        _check_grid_path(grid, len(jobs))
+        grid = Path(args.out or f"grid{suffix}")
+        _check_grid_path(grid, len(jobs), video)
     # -- load and sample
     torch.manual_seed(args.seed)
     t0 = time.time()
@@ -492,14 +544,21 @@ def _run(args: argparse.Namespace) -> str:
         nfe += out.nfe
         if args.out_dir:
             for (i, j), img in zip(chunk, imgs, strict=True):
-                _save_image(img, out_dir / image_name(i, j), scale)
+                if img.ndim == 4:  # a clip (3, T, H, W)
+                    _save_video(img, out_dir / image_name(i, j, suffix), scale, args.fps)
+                else:
+                    _save_image(img, out_dir / image_name(i, j, suffix), scale)
         else:
             images.append(imgs)
     timing = f"{nfe} generator passes; load {t1 - t0:.1f}s, sample {time.time() - t1:.1f}s"
     if args.out_dir:
         skipped = f", {done} already there" if done else ""
         return f"wrote {len(jobs)} images to {out_dir.resolve()} ({timing}{skipped})"
-    path = save_grid(torch.cat(images), grid, nrow=args.num_samples, scale=scale)
+    images = torch.cat(images)
+    if images.ndim == 5:
+        path = save_video_grid(images, grid, nrow=args.num_samples, scale=scale, fps=args.fps)
+        return f"wrote {path.resolve()} ({len(jobs)} clips, {timing})"
+    path = save_grid(images, grid, nrow=args.num_samples, scale=scale)
     return f"wrote {path.resolve()} ({len(jobs)} images, {timing})"
 
 

@@ -206,3 +206,59 @@ def test_module_overfits_one_batch(tmp_path):
     assert torch.equal(vistok.from_pretrained(tmp_path / "export").encode(x), tok.encode(x))
     with pytest.raises(TypeError, match="LARP"):
         LARPModule(torch.nn.Linear(2, 2))
+
+
+def test_center_input_feeds_the_encoder_2x_minus_1():
+    plain, centred = tiny().eval(), tiny(center_input=True).eval()
+    centred.load_state_dict(plain.state_dict())
+    x = video()
+    with torch.no_grad():
+        assert torch.allclose(centred.encoder_queries(x), plain.encoder_queries(2 * x - 1), atol=1e-6)
+        assert not torch.allclose(centred.encoder_queries(x), plain.encoder_queries(x), atol=1e-3)
+    assert centred.decode(centred.encode(x)).shape == x.shape  # outputs stay (B, 3, T, H, W) in [0, 1]
+    assert vistok.create_tokenizer("larp_tiny").config["center_input"] is False  # the preset is the plain model
+
+
+def test_vq_warmup_decodes_the_continuous_latents_and_moves_only_the_codebook():
+    tok = tiny(vq_temperature=None).train()
+    torch.nn.init.normal_(tok.head.weight, std=0.1)  # the pixel head starts at zero: give it outputs to compare
+    x = video()
+    out = tok(x, quantize=False)
+    z = tok.project(x)
+    with torch.no_grad():
+        assert torch.allclose(out.reconstruction, tok.decode_codes(F.normalize(z, dim=-1)), atol=1e-5)
+        assert not torch.allclose(out.reconstruction, tok(x).reconstruction, atol=1e-4)  # quantised decode differs
+        assert torch.equal(out.tokens, tok.quantizer.indices(z))  # ids still come from the quantizer
+    assert torch.allclose(out.loss, tok.quantizer.codebook_weight * out.extras["codebook"])
+    out.loss.backward()  # the VQ term of the warm-up moves the codebook, not the encoder
+    assert tok.quantizer.embedding.weight.grad.abs().sum() > 0 and tok.patch_embed.weight.grad is None
+
+
+def _module(tok, **kw):
+    from types import SimpleNamespace
+
+    from vistok.training import LARPModule
+
+    module = LARPModule(tok, warmup_steps=1, **kw)
+    module._trainer = SimpleNamespace(global_step=0, estimated_stepping_batches=100)
+    return module
+
+
+def test_prior_ramp_and_vq_warmup_follow_progress(monkeypatch):
+    tok = tiny()
+    module = _module(tok, prior_weight=0.06, prior_ramp=0.5, vq_warmup=0.3)
+    assert [module.prior_scale(p) for p in (0.0, 0.25, 0.5, 1.0)] == pytest.approx([0.0, 0.03, 0.06, 0.06])
+    assert _module(tiny(), prior_weight=0.06).prior_scale(0.0) == pytest.approx(0.06)  # official: no ramp
+    seen, logs = [], {}
+    forward = type(tok).forward
+    monkeypatch.setattr(type(tok), "forward", lambda self, v, progress=0.0, quantize=True:
+                        seen.append(quantize) or forward(self, v, progress, quantize))
+    module.log_dict = lambda d, **k: logs.update(d)
+    for step in (0, 29, 30, 99):
+        module._trainer.global_step = step
+        module.training_step({"pixels": video()}, step)
+        assert float(logs["train/prior_weight"]) == pytest.approx(module.prior_scale(step / 100))
+    assert seen == [False, False, True, True]
+    for bad in (dict(prior_ramp=1.5), dict(vq_warmup=-0.1)):
+        with pytest.raises(ValueError, match="fractions of training"):
+            _module(tiny(), **bad)

@@ -121,6 +121,9 @@ class LARP(nn.Module, Configurable):
         deterministic_eval: argmax ids in eval mode (default True).  False keeps sampling in eval, which is the
             official default behaviour; training always samples.
         query_init_std: init std of the learned queries (official 0.02).
+        center_input: the encoder sees ``2 * video - 1`` instead of ``video`` (vistok option, official False): on
+            near-white clips the patch embedding of [0, 1] pixels is dominated by one constant vector, which slows
+            the first phase of training (docs/larp.md, tiny preset).  Inputs and outputs stay in [0, 1].
         latent_pe_base: base of the decoder's 1-D latent sin-cos table (official ``latent_pe_scale_factor``).
         prior_width, prior_depth, prior_num_heads, prior_max_len: AR prior size (official ``gptc-S``: 384, 12, 6,
             1024); ``prior_depth=0`` builds no prior.
@@ -143,7 +146,8 @@ class LARP(nn.Module, Configurable):
                  num_latent_tokens: int = 1024, codebook_size: int = 8192, token_size: int = 16,
                  commitment: float = 0.25, codebook_weight: float = 1.0, reseed_every: int = 0,
                  vq_temperature: float | None = 0.03,
-                 deterministic_eval: bool = True, query_init_std: float = 0.02, latent_pe_base: float = 10000.0,
+                 deterministic_eval: bool = True, query_init_std: float = 0.02, center_input: bool = False,
+                 latent_pe_base: float = 10000.0,
                  prior_width: int = 384, prior_depth: int = 12, prior_num_heads: int = 6, prior_max_len: int = 1024,
                  prior_rounds: int = 2, ss_max_ratio: float = 0.5, ss_peak: float = 0.3,
                  prior_temperature: float = 1.0, prior_avg_rounds: bool = True):
@@ -168,6 +172,7 @@ class LARP(nn.Module, Configurable):
         self.num_tokens, self.codebook_size, self.token_dim = num_latent_tokens, codebook_size, token_size
         self.prior_rounds, self.ss_max_ratio, self.ss_peak = prior_rounds, ss_max_ratio, ss_peak
         self.prior_temperature, self.prior_avg_rounds = prior_temperature, prior_avg_rounds
+        self.center_input = center_input
 
         # encoder: Conv3d patches + fixed 3-D table, learned queries appended after them
         pt, p = temporal_patch_size, patch_size
@@ -209,6 +214,8 @@ class LARP(nn.Module, Configurable):
     # -- stages ----------------------------------------------------------------------------------------------
     def encoder_queries(self, video: Tensor) -> Tensor:
         """video (b, 3, T, H, W) -> encoder outputs at the query positions (b, n, c)."""
+        if self.center_input:
+            video = 2 * video - 1
         x = rearrange(self.patch_embed(video), "b c t h w -> b (t h w) c") + self.patch_pos
         return self.encoder(x, self.latent_queries.expand(len(video), -1, -1))
 
@@ -245,20 +252,29 @@ class LARP(nn.Module, Configurable):
         """encode -> decode, in [0, 1]."""
         return self.decode(self.encode(video))
 
-    def forward(self, video: Tensor, progress: float = 0.0) -> TokenizerOutput:
+    def forward(self, video: Tensor, progress: float = 0.0, quantize: bool = True) -> TokenizerOutput:
         """Training pass: video (B, 3, T, H, W) -> reconstruction (unclamped), sampled ids (B, N), VQ loss.
 
         ``progress`` (training fraction done, in [0, 1]) drives the prior's scheduled sampling.  ``extras`` hold
         the VQ parts (detached) and, with a prior, ``prior_loss`` (the cross-entropy *with* gradient, to be weighted
         by the trainer) and ``prior_acc`` (teacher-forced top-1 accuracy of round 1).
+
+        ``quantize=False`` (vistok's VQ warm-up, not in the official code) decodes the l2-normalised latents
+        themselves; the quantizer still runs (ids, usage and dead-code re-seeding) and the loss keeps only its
+        codebook term, so the codes follow the encoder and are ready when quantisation starts.
         """
         self._check_video(video)
-        codes, ids, parts = self.quantizer(self.project(video))  # straight-through unit vectors, b n d
+        z = self.project(video)
+        codes, ids, parts = self.quantizer(z)  # straight-through unit vectors, b n d
+        vq_loss = self.quantizer.loss(parts)
+        if not quantize:
+            codes = F.normalize(z, dim=-1)
+            vq_loss = self.quantizer.codebook_weight * parts["codebook"]
         recon = self.decode_codes(codes)
         extras = {k: v.detach() for k, v in parts.items()}
         if self.prior is not None:
             extras["prior_loss"], extras["prior_acc"] = self.prior_loss(codes, ids, progress)
-        return TokenizerOutput(recon, ids, self.quantizer.loss(parts), extras)
+        return TokenizerOutput(recon, ids, vq_loss, extras)
 
     # -- AR prior ----------------------------------------------------------------------------------------------
     def prior_logits(self, codes: Tensor) -> Tensor:

@@ -30,6 +30,12 @@ class LARPModule(TrainingModule):
         l1_weight, mse_weight: pixel losses (official: L1 1.0, no MSE; the official LPIPS and GAN terms are not here).
         vq_weight: weight of the VQ loss (official 0.1).
         prior_weight: weight of the prior's cross-entropy (official 0.06; 0 trains no prior even if the model has one).
+        prior_ramp: the prior's weight ramps linearly from 0 to ``prior_weight`` over this fraction of training
+            (vistok option, official 0 = full weight from the start: an early prior term pulls every clip to one
+            easily predicted code before the decoder uses the tokens).
+        vq_warmup: fraction of training that decodes the continuous (l2-normalised) latents instead of the codes
+            (vistok option, official 0): the decoder learns to read the latents before quantisation erases their
+            small early differences; the codebook follows the encoder meanwhile (``LARP.forward(quantize=False)``).
         export_dir, export_fp16: write the trained tokenizer as a hub folder when training ends.
 
     Logs ``train/{loss,l1,mse,vq,prior_ce,prior_acc,ss_ratio}``; validation logs ``val/psnr`` (argmax ids),
@@ -40,7 +46,8 @@ class LARPModule(TrainingModule):
     def __init__(self, tokenizer: nn.Module, lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.9),
                  weight_decay: float = 0.0, prior_lr_mult: float = 50.0, warmup_steps: int = 100,
                  final_lr_ratio: float = 0.01, total_steps: int | None = None, l1_weight: float = 1.0,
-                 mse_weight: float = 0.0, vq_weight: float = 0.1, prior_weight: float = 0.06,
+                 mse_weight: float = 0.0, vq_weight: float = 0.1, prior_weight: float = 0.06, prior_ramp: float = 0.0,
+                 vq_warmup: float = 0.0,
                  export_dir: str | None = None, export_fp16: bool = True):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
@@ -48,22 +55,31 @@ class LARPModule(TrainingModule):
             raise TypeError(f"LARPModule trains a vistok LARP tokenizer, got {type(tokenizer).__name__}")
         if min(l1_weight, mse_weight, vq_weight, prior_weight) < 0 or not l1_weight + mse_weight > 0:
             raise ValueError("loss weights must be >= 0 and l1_weight + mse_weight > 0")
+        if not (0 <= prior_ramp <= 1 and 0 <= vq_warmup <= 1):
+            raise ValueError(f"prior_ramp and vq_warmup are fractions of training in [0, 1], got {prior_ramp}, "
+                             f"{vq_warmup}")
         self.tokenizer = tokenizer
 
     def _total_steps(self) -> float:
         return float(self.schedule_steps())
 
+    def prior_scale(self, progress: float) -> float:
+        """Weight of the prior's cross-entropy at training ``progress``: the linear ramp of ``prior_ramp``."""
+        h = self.hparams
+        return h.prior_weight * (min(1.0, progress / h.prior_ramp) if h.prior_ramp > 0 else 1.0)
+
     # -- training --------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x, h, tok = batch["pixels"], self.hparams, self.tokenizer
         progress = min(1.0, self.global_step / self._total_steps())
-        out = tok(x, progress=progress)
+        out = tok(x, progress=progress, quantize=progress >= h.vq_warmup)
         l1, mse = F.l1_loss(out.reconstruction, x), F.mse_loss(out.reconstruction, x)
         loss = h.l1_weight * l1 + h.mse_weight * mse + h.vq_weight * out.loss
         logs = {"train/l1": l1, "train/mse": mse, "train/vq": out.loss.detach()}
         if "prior_loss" in out.extras and h.prior_weight > 0:
-            loss = loss + h.prior_weight * out.extras["prior_loss"]
-            logs.update({"train/prior_ce": out.extras["prior_loss"].detach(),
+            loss = loss + self.prior_scale(progress) * out.extras["prior_loss"]
+            logs.update({"train/prior_weight": torch.tensor(self.prior_scale(progress)),
+                         "train/prior_ce": out.extras["prior_loss"].detach(),
                          "train/prior_acc": out.extras["prior_acc"],
                          "train/ss_ratio": torch.tensor(tok.ss_ratio(progress))})
         logs["train/loss"] = loss
