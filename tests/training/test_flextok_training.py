@@ -76,10 +76,41 @@ def test_features_on_grid_layouts():
         features_on_grid(torch.randn(2, 17, 5), 4)
 
 
+def test_encoder_lr_scale_and_nested_warmup():
+    module = FlexTokModule(tiny(), lr=1e-3, encoder_lr_scale=0.25, nested_warmup_steps=3, warmup_steps=1,
+                           total_steps=10)
+    opt = module.configure_optimizers()["optimizer"]
+    enc = {id(p) for p in module.tokenizer.encoder.parameters()}
+    for group in opt.param_groups:
+        in_enc = {id(p) in enc for p in group["params"]}
+        assert len(in_enc) <= 1  # a group is all-encoder or no-encoder
+        assert group["lr"] == pytest.approx(2.5e-4 if in_enc == {True} else 1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(module.parameters()))
+    plain = FlexTokModule(tiny(), warmup_steps=1, total_steps=10).configure_optimizers()["optimizer"]
+    assert len(plain.param_groups) == 2  # decay / no-decay, as before
+    # during the warm-up every register is kept; afterwards nested dropout samples prefixes again
+    keeps = []
+    module.tokenizer.forward = lambda x, return_layer=None, nested=True: keeps.append(nested) or _Out()
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=1))
+    assert keeps == [False, False, False, True, True]
+
+
+class _Out:
+    def __init__(self):
+        self.loss = (_W * 1.0).sum()
+
+
+_W = nn.Parameter(torch.ones(1))
+
+
 def test_bad_options_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="repa_encoder .* is not a file"):
         FlexTokModule(tiny(), repa_encoder=str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match=r"repa_layer must be in \[0, 1\]"):
         FlexTokModule(tiny(), repa_layer=2)
+    with pytest.raises(ValueError, match="encoder_lr_scale must be > 0"):
+        FlexTokModule(tiny(), encoder_lr_scale=0.0)
     with pytest.raises(ValueError, match=r"val_prefixes must lie in \[1, 8\]"):
         FlexTokModule(tiny(), val_prefixes=(0, 9))
