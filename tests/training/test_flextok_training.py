@@ -1,5 +1,7 @@
 """FlexTokModule: ``vistok fit`` on the shipped tiny config, REPA against a local TorchScript encoder, bad options."""
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -12,14 +14,15 @@ from vistok.tokenizers.flextok import FlexTok
 from vistok.training.flextok_module import FlexTokModule, features_on_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONFIG = "configs/tokenizers/flextok_tiny.yaml"
+CONFIG = str(Path(__file__).parents[2] / "configs/tokenizers/flextok_tiny.yaml")
 
 
 def tiny(**kw) -> FlexTok:
     return FlexTok(**{**dict(image_size=16, patch_size=4, width=32, depth=2, head_dim=16, num_registers=8), **kw})
 
 
-def test_vistok_fit_two_steps(tmp_path):
+def test_vistok_fit_two_steps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's relative checkpoint folder lands here, not in the checkout's runs/
     args = ["fit", "--config", CONFIG, "--trainer.max_steps", "2", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
             "--data.init_args.train_size=8", "--data.init_args.val_size=4", "--data.init_args.batch_size=4",
