@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import Tensor
 
 import vistok
 from vistok import from_pretrained, save_pretrained
@@ -136,6 +137,55 @@ def test_training_forward_flows_gradient_into_encoder_and_decoder():
     assert model.decoder.out.weight.grad.abs().sum() > 0
 
 
+def _oracle_decoder(model: FlexTok, x0: Tensor, sign: float = 1.0):
+    """A decoder that knows the clean latent ``x0``: it outputs x0 itself ("x") or the velocity ``(x_t - x0) / t``
+    that carries x_t straight to x0 ("v"); ``sign=-1`` is the broken control (velocity of the wrong sign)."""
+
+    def forward(x_t, t, registers, return_layer=None):
+        tt = t.view(-1, 1, 1, 1)
+        if model.prediction == "x":
+            return x0 + (1 - sign) * (x_t - x0), None  # sign=-1: predicts 2 x_t - x0
+        return sign * (x_t - x0) / tt, None
+
+    return forward
+
+
+@pytest.mark.parametrize("prediction", ["v", "x"])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_sampler_carries_noise_to_x0_under_an_oracle(prediction, shift):
+    """Training target and sampler agree: x_t = t noise + (1 - t) x0 with velocity noise - x0, integrated from t = 1
+    down to 0 by the scheduler, lands on x0.  A sign or t-direction mismatch would not."""
+    model = tiny(prediction=prediction, time_shift=shift, t_min=1e-6).eval()
+    x0, noise = torch.rand(2, 3, 16, 16) * 2 - 1, torch.randn(2, 3, 16, 16)
+    ids = torch.randint(0, 64_000, (2, 8))
+    model.decoder.forward = _oracle_decoder(model, x0)
+    for steps in (1, 4, 7):
+        out = model.decode_latents(ids, num_steps=steps, noise=noise)
+        assert torch.allclose(out, x0, atol=1e-5), (steps, (out - x0).abs().max())
+    model.decoder.forward = _oracle_decoder(model, x0, sign=-1.0)  # broken control: caught
+    assert (model.decode_latents(ids, num_steps=4, noise=noise) - x0).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("prediction", ["v", "x"])
+@pytest.mark.parametrize("loss_target", ["v", "x"])
+def test_training_loss_is_zero_for_the_oracle(prediction, loss_target):
+    model = tiny(prediction=prediction, loss_target=loss_target, time_shift=2.0, t_min=1e-6)
+    pixels = torch.rand(4, 3, 16, 16)
+    model.decoder.forward = _oracle_decoder(model, model.to_latents(pixels))
+    out = model(pixels)
+    assert out.loss < 1e-8 and torch.allclose(out.reconstruction, pixels, atol=1e-5)
+    model.decoder.forward = _oracle_decoder(model, model.to_latents(pixels), sign=-1.0)
+    assert model(pixels).loss > 1e-2
+
+
+def test_time_shift_moves_times_towards_noise():
+    model = tiny(time_shift=3.0)
+    t = torch.linspace(0, 1, 11)
+    shifted = model.shift_time(t)
+    assert shifted[0] == 0 and shifted[-1] == 1 and (shifted[1:-1] > t[1:-1]).all()
+    assert model.shift_time(0.5) == pytest.approx(0.75) and tiny().shift_time(0.3) == 0.3
+
+
 def test_nested_dropout_modes():
     assert set(tiny()._sample_keep(200, "cpu").tolist()) == {1, 2, 4, 8}
     assert set(tiny(nested_dropout="uniform_pow2")._sample_keep(200, "cpu").tolist()) <= {1, 2, 4, 8}
@@ -173,6 +223,14 @@ def test_bad_inputs_raise_clear_errors():
         tiny(image_size=18)
     with pytest.raises(ValueError, match="latent_channels=16 but pixels"):
         tiny(latent_channels=16)
+    with pytest.raises(ValueError, match="prediction must be"):
+        tiny(prediction="eps")
+    with pytest.raises(ValueError, match="loss_target must be"):
+        tiny(loss_target="eps")
+    with pytest.raises(ValueError, match="time_shift must be > 0"):
+        tiny(time_shift=0.0)
+    with pytest.raises(ValueError, match=r"t_min must be in \(0, 1\)"):
+        tiny(t_min=0.0)
 
 
 # -- VAE ------------------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """FlexTokModule: ``vistok fit`` on the shipped tiny config, REPA against a local TorchScript encoder, bad options."""
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -12,14 +14,15 @@ from vistok.tokenizers.flextok import FlexTok
 from vistok.training.flextok_module import FlexTokModule, features_on_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-CONFIG = "configs/tokenizers/flextok_tiny.yaml"
+CONFIG = str(Path(__file__).parents[2] / "configs/tokenizers/flextok_tiny.yaml")
 
 
 def tiny(**kw) -> FlexTok:
     return FlexTok(**{**dict(image_size=16, patch_size=4, width=32, depth=2, head_dim=16, num_registers=8), **kw})
 
 
-def test_vistok_fit_two_steps(tmp_path):
+def test_vistok_fit_two_steps(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the config's relative checkpoint folder lands here, not in the checkout's runs/
     args = ["fit", "--config", CONFIG, "--trainer.max_steps", "2", f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
             "--data.init_args.train_size=8", "--data.init_args.val_size=4", "--data.init_args.batch_size=4",
@@ -76,10 +79,41 @@ def test_features_on_grid_layouts():
         features_on_grid(torch.randn(2, 17, 5), 4)
 
 
+def test_encoder_lr_scale_and_nested_warmup():
+    module = FlexTokModule(tiny(), lr=1e-3, encoder_lr_scale=0.25, nested_warmup_steps=3, warmup_steps=1,
+                           total_steps=10)
+    opt = module.configure_optimizers()["optimizer"]
+    enc = {id(p) for p in module.tokenizer.encoder.parameters()}
+    for group in opt.param_groups:
+        in_enc = {id(p) in enc for p in group["params"]}
+        assert len(in_enc) <= 1  # a group is all-encoder or no-encoder
+        assert group["lr"] == pytest.approx(2.5e-4 if in_enc == {True} else 1e-3)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(module.parameters()))
+    plain = FlexTokModule(tiny(), warmup_steps=1, total_steps=10).configure_optimizers()["optimizer"]
+    assert len(plain.param_groups) == 2  # decay / no-decay, as before
+    # during the warm-up every register is kept; afterwards nested dropout samples prefixes again
+    keeps = []
+    module.tokenizer.forward = lambda x, return_layer=None, nested=True: keeps.append(nested) or _Out()
+    trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=1))
+    assert keeps == [False, False, False, True, True]
+
+
+class _Out:
+    def __init__(self):
+        self.loss = (_W * 1.0).sum()
+
+
+_W = nn.Parameter(torch.ones(1))
+
+
 def test_bad_options_raise(tmp_path):
     with pytest.raises(FileNotFoundError, match="repa_encoder .* is not a file"):
         FlexTokModule(tiny(), repa_encoder=str(tmp_path / "missing.pt"))
     with pytest.raises(ValueError, match=r"repa_layer must be in \[0, 1\]"):
         FlexTokModule(tiny(), repa_layer=2)
+    with pytest.raises(ValueError, match="encoder_lr_scale must be > 0"):
+        FlexTokModule(tiny(), encoder_lr_scale=0.0)
     with pytest.raises(ValueError, match=r"val_prefixes must lie in \[1, 8\]"):
         FlexTokModule(tiny(), val_prefixes=(0, 9))

@@ -275,6 +275,18 @@ class FlexTok(nn.Module, Configurable):
         null_prob: training probability of replacing an image's registers by the null token (CFG dropout);
             0 builds no null token and decoding then refuses guidance.
         num_steps, guidance_scale: decoding defaults (override per call).
+        prediction: what the decoder's output is: ``"v"`` = the velocity ``noise - x0`` (official), or ``"x"`` = the
+            clean latent ``x0``, turned into the velocity ``(x_t - x0_hat) / max(t, t_min)`` (JiT, Li & He, arXiv
+            2511.13720).  The loss is the velocity MSE either way.  ``"x"`` is what works when a patch has more
+            values than the width (e.g. 8x8 pixel patches = 192 values at width 128), where a velocity target
+            carries full-rank noise through a narrower network.
+        t_min: lower clamp of ``t`` in the ``"x"`` conversion (JiT: 0.05).
+        loss_target: ``"v"`` = MSE on the velocity (official), ``"x"`` = MSE on the clean latent ``x0`` (the
+            velocity loss weighted by ``t^2``: the noisy end of the flow, where only the registers tell images apart,
+            keeps its share of the gradient).
+        time_shift: SD3's shift ``s`` of the training times and the sampling steps towards noise (official 1 = none).
+            Small, redundant images (flat shapes at 64x64 pixels) stay recognisable until ``t`` is close to 1, so
+            without a shift almost no training sample needs the registers.
     """
 
     kind = "discrete"
@@ -284,8 +296,19 @@ class FlexTok(nn.Module, Configurable):
                  head_dim: int = 64, decoder_width: int | None = None, decoder_depth: int | None = None,
                  num_registers: int = 256, levels: tuple[int, ...] = (8, 8, 8, 5, 5, 5), pos_grid: int | None = None,
                  nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2", null_prob: float = 0.2,
-                 num_steps: int = 25, guidance_scale: float = 1.0):
+                 num_steps: int = 25, guidance_scale: float = 1.0, prediction: Literal["v", "x"] = "v",
+                 t_min: float = 0.05, loss_target: Literal["v", "x"] = "v",
+                 time_shift: float = 1.0):
         super().__init__()
+        if prediction not in ("v", "x"):
+            raise ValueError(f"prediction must be 'v' (velocity) or 'x' (clean latent), got {prediction!r}")
+        if not 0 < t_min < 1:
+            raise ValueError(f"t_min must be in (0, 1), got {t_min}")
+        if loss_target not in ("v", "x"):
+            raise ValueError(f"loss_target must be 'v' (velocity MSE) or 'x' (clean-latent MSE), got {loss_target!r}")
+        if not time_shift > 0:
+            raise ValueError(f"time_shift must be > 0, got {time_shift}")
+        self.prediction, self.t_min, self.loss_target, self.time_shift = prediction, t_min, loss_target, time_shift
         if nested_dropout not in ("pow2", "uniform", "uniform_pow2", "none"):
             raise ValueError(f"nested_dropout must be 'pow2', 'uniform', 'uniform_pow2' or 'none', got "
                              f"{nested_dropout!r}")
@@ -382,13 +405,13 @@ class FlexTok(nn.Module, Configurable):
             if guided else None
         x = self._initial_noise(b, tokens.device, generator, noise)
         sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
-        sched.set_timesteps(sigmas=[1.0 - i / steps for i in range(steps)], device=tokens.device)
+        sched.set_timesteps(sigmas=[self.shift_time(1.0 - i / steps) for i in range(steps)], device=tokens.device)
         momentum = None
         for i, t in enumerate(track(sched.timesteps, progress, desc="flow steps")):
             sigma = sched.sigmas[i].expand(b)
-            v = self.decoder(x, sigma, cond)[0]
+            v = self.velocity(x, sigma, cond)[0]
             if guided:
-                v_null = self.decoder(x, sigma, uncond)[0]
+                v_null = self.velocity(x, sigma, uncond)[0]
                 if apg:
                     v, momentum = _apg(v, v_null, scale, momentum)
                 else:
@@ -396,7 +419,7 @@ class FlexTok(nn.Module, Configurable):
             x = sched.step(v, t, x).prev_sample
         return x
 
-    def forward(self, pixels: Tensor, *, return_layer: int | None = None) -> TokenizerOutput:
+    def forward(self, pixels: Tensor, *, return_layer: int | None = None, nested: bool = True) -> TokenizerOutput:
         """Training pass: pixels (B, 3, H, W) -> flow-matching loss on the latents.
 
         Per image: a kept prefix ``k`` (nested dropout), the null condition with probability ``null_prob``, a time
@@ -404,25 +427,50 @@ class FlexTok(nn.Module, Configurable):
         predicted and the true velocity ``noise - x0``.  ``reconstruction`` is the one-step estimate
         ``x_t - t v`` decoded to pixels (no gradient); ``extras`` hold ``keep`` (b,), ``t`` (b,) and, with
         ``return_layer``, the decoder's patch features ``hidden`` (b, P, c) after that block (for REPA).
+        ``nested=False`` keeps every register (no nested dropout, e.g. for a warm-up).
         """
         check_pixels(pixels, video=False, size=self.image_size)
         x0 = self.to_latents(pixels)
         codes, ids = self.quantizer(self.encoder(x0))
         b, dev = len(pixels), pixels.device
-        keep = self._sample_keep(b, dev)
+        keep = self._sample_keep(b, dev) if nested else torch.full((b,), self.num_tokens, device=dev)
         null = torch.rand(b, device=dev) < self.null_prob if self.decoder.null_token is not None else None
         registers = self.decoder.registers(codes, keep, null)
-        t = torch.sigmoid(torch.randn(b, device=dev))
+        t = self.shift_time(torch.sigmoid(torch.randn(b, device=dev)))
         noise = torch.randn_like(x0)
         x_t = t[:, None, None, None] * noise + (1 - t[:, None, None, None]) * x0
-        v, hidden = self.decoder(x_t, t, registers, return_layer)
-        loss = F.mse_loss(v.float(), (noise - x0).float())
+        out, hidden = self.decoder(x_t, t, registers, return_layer)
+        tt = t[:, None, None, None]
+        if self.prediction == "x":
+            x0_hat, v = out, (x_t - out) / tt.clamp(min=self.t_min)
+        else:
+            x0_hat, v = x_t - tt * out, out
+        if self.loss_target == "v":
+            loss = F.mse_loss(v.float(), (noise - x0).float())
+        else:
+            loss = F.mse_loss(x0_hat.float(), x0.float())
         with torch.no_grad():
-            recon = self.from_latents((x_t - t[:, None, None, None] * v).detach())
+            recon = self.from_latents(x0_hat.detach())
         extras = {"keep": keep, "t": t}
         if hidden is not None:
             extras["hidden"] = hidden
         return TokenizerOutput(recon, ids, loss, extras)
+
+    def shift_time(self, t):
+        """SD3's resolution shift ``s t / (1 + (s - 1) t)`` with ``s = time_shift`` (identity at 1): moves training
+        times and sampling steps towards the noise end.  Works on floats and tensors."""
+        s = self.time_shift
+        return t if s == 1.0 else s * t / (1 + (s - 1) * t)
+
+    def velocity(self, x_t: Tensor, t: Tensor, registers: Tensor, return_layer: int | None = None
+                 ) -> tuple[Tensor, Tensor | None]:
+        """The decoder's velocity estimate: x_t (b, C, h, w), t (b,), registers (b, n, c) -> (v (b, C, h, w), patch
+        features or None).  With ``prediction="x"`` the decoder predicts ``x0`` and ``v = (x_t - x0) / max(t, t_min)``.
+        """
+        out, hidden = self.decoder(x_t, t, registers, return_layer)
+        if self.prediction == "x":
+            out = (x_t - out) / t.clamp(min=self.t_min).view(-1, 1, 1, 1).to(out.dtype)
+        return out, hidden
 
     def reconstruct(self, pixels: Tensor, prefix_len: int | None = None, **decode_kwargs) -> Tensor:
         """encode -> (prefix) -> decode, in [0, 1]."""
@@ -674,9 +722,11 @@ FLEXTOK_PRESETS: dict[str, dict] = {
     "flextok_d12_d12": _official(12, 12),
     "flextok_d18_d18": _official(18, 18),
     "flextok_d18_d28": _official(18, 28),
-    # Tiny CPU model on 64x64 pixel patches (no VAE): 64 patches of 8x8, 32 tokens.
+    # Tiny CPU model on 64x64 pixel patches (no VAE): 64 patches of 8x8, 32 tokens, 1,000 codes, x-prediction with
+    # an x0 loss and time shift 3 (deviations from the official recipe: docs/flextok.md, "Tiny preset").
     "flextok_tiny": dict(image_size=64, patch_size=8, width=128, depth=4, head_dim=32, num_registers=32,
-                         levels=(8, 8, 8, 5, 5, 5), nested_dropout="pow2", null_prob=0.1, num_steps=10),
+                         levels=(8, 5, 5, 5), nested_dropout="pow2", null_prob=0.1, num_steps=10, prediction="x",
+                         loss_target="x", time_shift=3.0),
     # Tiny model behind a tiny random AutoencoderKL (f2, 4 channels): for tests of the VAE path.
     "flextok_tiny_vae": dict(image_size=32, vae=_TINY_VAE, patch_size=2, width=64, depth=2, head_dim=32,
                              num_registers=16, nested_dropout="pow2", null_prob=0.1, num_steps=4),

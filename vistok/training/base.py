@@ -22,14 +22,25 @@ def warmup_cosine(step: int, warmup: int, total: int, final_ratio: float) -> flo
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def adamw_warmup_cosine(model: nn.Module, h, total_steps: int) -> dict:
+def adamw_warmup_cosine(model: nn.Module, h, total_steps: int, lr_scales: dict[str, float] | None = None) -> dict:
     """AdamW (no weight decay on biases, norms and embeddings) + per-step warm-up/cosine over ``total_steps``, from
-    hparams ``lr, betas, weight_decay, warmup_steps, final_lr_ratio``."""
+    hparams ``lr, betas, weight_decay, warmup_steps, final_lr_ratio``.  ``lr_scales`` maps a parameter-name prefix to
+    a factor on ``lr`` for the parameters under it (e.g. ``{"tokenizer.encoder.": 0.3}``)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": h.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=h.lr, betas=h.betas)
+    decay = [(n, p) for n, p in named if p.ndim >= 2 and "embed" not in n]
+    rest = [(n, p) for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    scales = lr_scales or {}
+
+    def factor(name: str) -> float:
+        return next((v for k, v in scales.items() if name.startswith(k)), 1.0)
+
+    groups = []  # (decay, rest) as before; each split further by lr factor when lr_scales is given
+    for params, wd in ((decay, h.weight_decay), (rest, 0.0)):
+        for f in sorted({1.0} | {factor(n) for n, _ in params}, reverse=True):
+            ps = [p for n, p in params if factor(n) == f]
+            if ps or f == 1.0:
+                groups.append({"params": ps, "weight_decay": wd, "lr": h.lr * f})
+    opt = torch.optim.AdamW(groups, lr=h.lr, betas=h.betas)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: warmup_cosine(s, h.warmup_steps, total_steps, h.final_lr_ratio))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

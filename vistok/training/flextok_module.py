@@ -64,6 +64,9 @@ class FlexTokModule(TrainingModule):
         repa_hidden: hidden width of the projector MLP.
         val_steps: flow steps when decoding in validation (None = the tokenizer's ``num_steps``).
         val_prefixes: prefix lengths decoded in validation besides the full sequence (``val/psnr_k{K}``).
+        encoder_lr_scale: factor on ``lr`` for the tokenizer's encoder (a slower encoder keeps FSQ codes from
+            saturating before the decoder reads them).
+        nested_warmup_steps: optimizer steps at the start that train with every register kept (no nested dropout).
         export_dir: where to write the hub folder (config.json + model.safetensors) when training ends.
         export_fp16: store exported weights in fp16.
 
@@ -75,7 +78,8 @@ class FlexTokModule(TrainingModule):
                  weight_decay: float = 1e-4, warmup_steps: int = 200, total_steps: int | None = None,
                  final_lr_ratio: float = 0.1, repa_encoder: str | None = None, repa_weight: float = 0.5,
                  repa_layer: int | None = None, repa_hidden: int = 512, val_steps: int | None = None,
-                 val_prefixes: tuple[int, ...] = (1, 4), export_dir: str | None = None, export_fp16: bool = False):
+                 val_prefixes: tuple[int, ...] = (1, 4), encoder_lr_scale: float = 1.0, nested_warmup_steps: int = 0,
+                 export_dir: str | None = None, export_fp16: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
@@ -83,6 +87,9 @@ class FlexTokModule(TrainingModule):
         self.repa_layer = depth // 3 if repa_layer is None else repa_layer
         if not 0 <= self.repa_layer < depth:
             raise ValueError(f"repa_layer must be in [0, {depth - 1}] (decoder blocks), got {repa_layer}")
+        if not encoder_lr_scale > 0 or nested_warmup_steps < 0:
+            raise ValueError(f"encoder_lr_scale must be > 0 and nested_warmup_steps >= 0, got {encoder_lr_scale}, "
+                             f"{nested_warmup_steps}")
         bad = [k for k in val_prefixes if not 1 <= k <= tokenizer.num_tokens]
         if bad:
             raise ValueError(f"val_prefixes must lie in [1, {tokenizer.num_tokens}], got {bad}")
@@ -100,7 +107,8 @@ class FlexTokModule(TrainingModule):
     # -- training --------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = batch["pixels"]
-        out = self.tokenizer(x, return_layer=self.repa_layer if self.projector is not None else None)
+        nested = self.global_step >= self.hparams.nested_warmup_steps
+        out = self.tokenizer(x, return_layer=self.repa_layer if self.projector is not None else None, nested=nested)
         loss = out.loss
         logs = {"train/flow": out.loss.detach()}
         if self.projector is not None:
@@ -116,7 +124,8 @@ class FlexTokModule(TrainingModule):
         return loss
 
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.hparams, self.schedule_steps())
+        return adamw_warmup_cosine(self, self.hparams, self.schedule_steps(),
+                                   lr_scales={"tokenizer.encoder.": self.hparams.encoder_lr_scale})
 
     # -- validation ------------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
