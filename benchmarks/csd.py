@@ -30,7 +30,8 @@ SETTINGS = [
     ("csd W=8 path (exact)", dict(decoder="csd", window=8)),
     ("csd W=16 path (exact)", dict(decoder="csd", window=16)),
     ("csd W=8 last_step (lossy)", dict(decoder="csd", window=8, verify="last_step")),
-    ("csd W=8 last_step, inner T 42 (lossy)", dict(decoder="csd", window=8, verify="last_step", inner_temperature=42.0)),
+    ("csd W=8 last_step, inner T 42 (lossy)",
+     dict(decoder="csd", window=8, verify="last_step", inner_temperature=42.0)),
 ]
 
 
@@ -61,7 +62,8 @@ def main() -> None:
                 first[name] = out
     print(f"{len(captions)} prompts x 1 sample, N = {pipe.generator.seq_len} tokens, sampling {base}, "
           f"{args.threads} threads, {args.reps} reps (wall = median)\n")
-    print("| decoder | NFE (batch) | tokens / pass / sample | head rows | wall s | speed-up | colour | shape | overall |")
+    print("| decoder | NFE (batch) | tokens / pass / sample | head rows | wall s | speed-up | colour | shape "
+          "| overall |")
     print("|---|---|---|---|---|---|---|---|---|")
     t_ar = statistics.median(walls["ar"])
     n = pipe.generator.seq_len
