@@ -26,9 +26,11 @@ ATOL_FWD, ATOL_SAMPLE = 1e-5, 1e-4  # fp32 single forwards; sampled outputs afte
 def fx():
     from safetensors.torch import load_file
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     config = json.loads((FIXTURES / "config.json").read_text())
-    return dict(model=load_official(FIXTURES), io=load_file(str(FIXTURES / "io.safetensors")), config=config)
+    yield dict(model=load_official(FIXTURES), io=load_file(str(FIXTURES / "io.safetensors")), config=config)
+    torch.set_num_threads(threads)  # later tests (e.g. the resume-equals-straight run) compare across processes
 
 
 def _cond(model: XARGenerator, labels: torch.Tensor) -> Conditioning:

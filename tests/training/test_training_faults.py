@@ -60,7 +60,8 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
 
     # interrupted: a real SIGTERM to a separate `vistok fit` process after step 4 of 8 (mid-epoch: 6 batches each)
     config = tiny_config(tmp_path, "resumed", callbacks=(signal_at(4, signal.SIGTERM),))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same float reductions as this process's straight run
     proc = subprocess.run([sys.executable, "-m", "vistok.cli", "fit", "--config", str(config)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
