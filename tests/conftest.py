@@ -31,6 +31,15 @@ def tiny_ar(**kw):
     return ARGenerator(**{**cfg, **kw})
 
 
+def tiny_larp(**kw):
+    from vistok.tokenizers import LARP
+
+    cfg = dict(image_size=16, num_frames=4, patch_size=8, temporal_patch_size=2, width=32, depth=1, num_heads=2,
+               num_latent_tokens=8, codebook_size=64, token_size=8, prior_width=32, prior_depth=1, prior_num_heads=2,
+               prior_max_len=8)
+    return LARP(**{**cfg, **kw})
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of many tiny forward passes: extra threads only add overhead (and contention).

@@ -121,13 +121,13 @@ def test_generator_eval_bad_inputs(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def tiny_larp(tmp_path_factory):
+    from conftest import tiny_larp as build_larp
+
     import vistok
-    from vistok.tokenizers import LARP
 
     folder = tmp_path_factory.mktemp("larp")
     torch.manual_seed(0)
-    tok = LARP(image_size=32, num_frames=4, patch_size=16, temporal_patch_size=2, width=32, depth=1, num_heads=2,
-               num_latent_tokens=8, codebook_size=64, token_size=8, prior_depth=0)
+    tok = build_larp(image_size=32, patch_size=16, prior_depth=0)
     vistok.save_pretrained(tok, folder)
     return folder
 

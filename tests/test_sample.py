@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_ar, tiny_titok
+from conftest import tiny_ar, tiny_larp, tiny_titok
 from PIL import Image
 
 from vistok.sample import DEFAULT_MODEL, Pipeline, cli
@@ -218,12 +218,9 @@ def test_bf16_precision_samples_valid_images_and_mostly_the_same_tokens(tiny_pip
 @pytest.fixture(scope="module")
 def tiny_video_pipeline(tmp_path_factory):
     """A random tiny LARP (4 frames of 16x16, 8 tokens) + text-conditioned AR generator over its ids."""
-    from vistok.tokenizers import LARP
-
     folder = tmp_path_factory.mktemp("video_pipe")
     torch.manual_seed(0)
-    tok = LARP(image_size=16, num_frames=4, patch_size=8, temporal_patch_size=2, width=32, depth=1, num_heads=2,
-               num_latent_tokens=8, codebook_size=64, token_size=8, prior_depth=0)
+    tok = tiny_larp(prior_depth=0)
     torch.nn.init.normal_(tok.head.weight, std=0.5)  # the pixel head starts at zero: make the clips differ,
     torch.nn.init.normal_(tok.code_out.weight, std=3.0)  # by their tokens, not only by pixel noise
     gen = tiny_ar(vocab_size=64, seq_len=8, text_dim=384, max_text_len=16)

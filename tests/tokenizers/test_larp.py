@@ -4,6 +4,7 @@ and the LightningModule."""
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_larp
 
 import vistok
 from vistok.interfaces import Tokenizer
@@ -18,10 +19,7 @@ OFFICIAL_L_LONG_PARAMS, OFFICIAL_L_LONG_PRIOR = 193.88e6, 21.70e6
 
 
 def tiny(**kw) -> LARP:
-    cfg = dict(image_size=16, num_frames=4, patch_size=8, temporal_patch_size=2, width=32, depth=1, num_heads=2,
-               num_latent_tokens=8, codebook_size=64, token_size=8, prior_width=32, prior_depth=1, prior_num_heads=2,
-               prior_max_len=8)
-    return LARP(**{**cfg, **kw})
+    return tiny_larp(**kw)
 
 
 def video(b: int = 2, t: int = 4, s: int = 16) -> torch.Tensor:

@@ -42,7 +42,7 @@ class Conv2dSame(nn.Conv2d):
         return super().forward(x)
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=1e-6)
 
 
@@ -55,9 +55,9 @@ class VQGANResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = _group_norm(in_channels)
+        self.norm1 = group_norm(in_channels)
         self.conv1 = Conv2dSame(in_channels, out_channels, 3, bias=False)
-        self.norm2 = _group_norm(out_channels)
+        self.norm2 = group_norm(out_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = Conv2dSame(out_channels, out_channels, 3, bias=False)
         self.nin_shortcut = (Conv2dSame(out_channels, out_channels, 1, bias=False)
@@ -115,7 +115,7 @@ class VQGANDecoder(nn.Module):
         self.up = nn.ModuleList(
             VQGANUpBlock(channels[min(i + 1, len(channels) - 1)], channels[i], num_res_blocks, i > 0, dropout)
             for i in range(len(channels)))
-        self.norm_out = _group_norm(channels[0])
+        self.norm_out = group_norm(channels[0])
         self.conv_out = Conv2dSame(channels[0], out_channels, 3)
 
     def forward(self, z: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers.quantizers import VectorQuantizer
-from vistok.layers.vqgan import Conv2dSame, VQGANDecoder, VQGANResBlock
+from vistok.layers.vqgan import Conv2dSame, VQGANDecoder, VQGANResBlock, group_norm
 
 __all__ = ["VQ_PRESETS", "VQTokenizer"]
 
@@ -43,7 +43,7 @@ class VQEncoder(nn.Module):
                 layers.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
         layers += [VQGANResBlock(channels[-1], channels[-1]) for _ in range(num_res_blocks)]
         self.blocks = nn.Sequential(*layers)
-        self.norm_out = nn.GroupNorm(32, channels[-1], eps=1e-6)
+        self.norm_out = group_norm(channels[-1])
         self.conv_out = nn.Conv2d(channels[-1], code_dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
