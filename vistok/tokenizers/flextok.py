@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers import FSQ, Attention, SwiGLU
+from vistok.layers.init import route_attention
 from vistok.progress import track
 
 __all__ = ["FLEXTOK_PRESETS", "SD_VAE_CONFIG", "FlexTok", "convert_flextok_state_dict", "load_official",
@@ -287,6 +288,15 @@ class FlexTok(nn.Module, Configurable):
         time_shift: SD3's shift ``s`` of the training times and the sampling steps towards noise (official 1 = none).
             Small, redundant images (flat shapes at 64x64 pixels) stay recognisable until ``t`` is close to 1, so
             without a shift almost no training sample needs the registers.
+        spatial_init: start from routed attention (``vistok.layers.init.route_attention``, vistok's tiny-model
+            init, as TiTok's ``spatial_init``): register 0 attends to every patch (a global summary, what a 1-token
+            decode needs), registers 1..N-1 each to their own strip of patches in raster order, and in the decoder
+            each patch to the register that owns it.  The position tables are overwritten by routing codes (so they
+            are no longer sin-cos); an init only, the modules are unchanged.  From-scratch tiny runs otherwise sit
+            on a flat-background plateau (docs/flextok.md).
+        ae_prob: training probability, per image, of ``t = 1`` exactly (vistok option, official 0): the decoder then
+            sees pure noise and its x0 estimate is a plain autoencoder reconstruction from the registers, which
+            gives the encoder a direct gradient (the flow's near-noise end is otherwise a few % of the samples).
     """
 
     kind = "discrete"
@@ -298,7 +308,7 @@ class FlexTok(nn.Module, Configurable):
                  nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2", null_prob: float = 0.2,
                  num_steps: int = 25, guidance_scale: float = 1.0, prediction: Literal["v", "x"] = "v",
                  t_min: float = 0.05, loss_target: Literal["v", "x"] = "v",
-                 time_shift: float = 1.0):
+                 time_shift: float = 1.0, spatial_init: bool = False, ae_prob: float = 0.0):
         super().__init__()
         if prediction not in ("v", "x"):
             raise ValueError(f"prediction must be 'v' (velocity) or 'x' (clean latent), got {prediction!r}")
@@ -308,6 +318,9 @@ class FlexTok(nn.Module, Configurable):
             raise ValueError(f"loss_target must be 'v' (velocity MSE) or 'x' (clean-latent MSE), got {loss_target!r}")
         if not time_shift > 0:
             raise ValueError(f"time_shift must be > 0, got {time_shift}")
+        if not 0 <= ae_prob <= 1:
+            raise ValueError(f"ae_prob must be in [0, 1], got {ae_prob}")
+        self.ae_prob = ae_prob
         self.prediction, self.t_min, self.loss_target, self.time_shift = prediction, t_min, loss_target, time_shift
         if nested_dropout not in ("pow2", "uniform", "uniform_pow2", "none"):
             raise ValueError(f"nested_dropout must be 'pow2', 'uniform', 'uniform_pow2' or 'none', got "
@@ -340,6 +353,22 @@ class FlexTok(nn.Module, Configurable):
                                       self.token_dim)
         self.decoder = FlexTokDecoder(channels, patch_size, pos_grid, decoder_width or width, decoder_depth or depth,
                                       head_dim, num_registers, self.token_dim, null_token=null_prob > 0)
+        if spatial_init:
+            if pos_grid != grid:
+                raise ValueError(f"spatial_init needs pos_grid equal to the patch grid {grid}, got {pos_grid}")
+            self.initialize_spatial_routing()
+
+    @torch.no_grad()
+    def initialize_spatial_routing(self) -> None:
+        """Routed attention at init (see ``spatial_init``): register 0 global, patches dealt in raster order to
+        registers 1..N-1; encoder registers ask, decoder patches ask."""
+        n = self.num_tokens
+        for part in (self.encoder, self.decoder):
+            table = part.pos_embed.view(-1, part.pos_embed.shape[-1])
+            owner = (1 + torch.arange(len(table)) * (n - 1) // len(table)) if n > 1 else torch.zeros(len(table))
+            groups = part.registers if part is self.encoder else part.register_pos
+            route_attention([blk.attn for blk in part.blocks], table, groups.data, owner.long(),
+                            groups_ask=part is self.encoder)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -437,6 +466,8 @@ class FlexTok(nn.Module, Configurable):
         null = torch.rand(b, device=dev) < self.null_prob if self.decoder.null_token is not None else None
         registers = self.decoder.registers(codes, keep, null)
         t = self.shift_time(torch.sigmoid(torch.randn(b, device=dev)))
+        if self.ae_prob:
+            t = torch.where(torch.rand(b, device=dev) < self.ae_prob, torch.ones_like(t), t)
         noise = torch.randn_like(x0)
         x_t = t[:, None, None, None] * noise + (1 - t[:, None, None, None]) * x0
         out, hidden = self.decoder(x_t, t, registers, return_layer)
@@ -726,7 +757,7 @@ FLEXTOK_PRESETS: dict[str, dict] = {
     # an x0 loss and time shift 3 (deviations from the official recipe: docs/flextok.md, "Tiny preset").
     "flextok_tiny": dict(image_size=64, patch_size=8, width=128, depth=4, head_dim=32, num_registers=32,
                          levels=(8, 5, 5, 5), nested_dropout="pow2", null_prob=0.1, num_steps=10, prediction="x",
-                         loss_target="x", time_shift=3.0),
+                         loss_target="x", time_shift=3.0, spatial_init=True, ae_prob=0.25),
     # Tiny model behind a tiny random AutoencoderKL (f2, 4 channels): for tests of the VAE path.
     "flextok_tiny_vae": dict(image_size=32, vae=_TINY_VAE, patch_size=2, width=64, depth=2, head_dim=32,
                              num_registers=16, nested_dropout="pow2", null_prob=0.1, num_steps=4),

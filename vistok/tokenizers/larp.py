@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from vistok.checkpoint import find_weight_file, load_state_dict_strict, read_json, read_state_dict, rename_state_dict
 from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check_token_ids
 from vistok.layers import ViTBlock
+from vistok.layers.init import route_attention
 from vistok.layers.quantizers import StochasticVectorQuantizer
 from vistok.layers.sincos import sincos_1d, sincos_3d
 
@@ -133,6 +134,11 @@ class LARP(nn.Module, Configurable):
             uses ``ss_max_ratio`` from the start.
         prior_temperature: temperature of the prior's logits over the codebook (official 1.0).
         prior_avg_rounds: average the prior's cross-entropy over all rounds (True, official) or use the last only.
+        spatial_init: start from routed attention (``vistok.layers.init.route_attention``, vistok option as TiTok's
+            ``spatial_init``): patches are dealt to the queries in (t, h, w) raster order; encoder queries attend to
+            their own patches, decoder patch queries to the latent that owns them.  The sin-cos tables are then
+            overwritten by routing codes.  An init only: from-scratch tiny runs otherwise sit on a flat-background
+            plateau (docs/larp.md).
 
     Attributes ``kind``, ``num_tokens``, ``codebook_size``, ``token_dim``, ``image_size`` and ``num_frames`` follow
     :class:`vistok.interfaces.Tokenizer`.
@@ -150,7 +156,7 @@ class LARP(nn.Module, Configurable):
                  latent_pe_base: float = 10000.0,
                  prior_width: int = 384, prior_depth: int = 12, prior_num_heads: int = 6, prior_max_len: int = 1024,
                  prior_rounds: int = 2, ss_max_ratio: float = 0.5, ss_peak: float = 0.3,
-                 prior_temperature: float = 1.0, prior_avg_rounds: bool = True):
+                 prior_temperature: float = 1.0, prior_avg_rounds: bool = True, spatial_init: bool = False):
         super().__init__()
         dwidth, ddepth, dheads = decoder_width or width, decoder_depth or depth, decoder_num_heads or num_heads
         if image_size % patch_size or num_frames % temporal_patch_size:
@@ -196,6 +202,8 @@ class LARP(nn.Module, Configurable):
         self.prior = (LARPPrior(token_size, prior_width, prior_depth, prior_num_heads, prior_max_len)
                       if prior_depth else None)
         self._init_weights()
+        if spatial_init:
+            self.initialize_spatial_routing()
 
     @torch.no_grad()
     def _init_weights(self) -> None:
@@ -210,6 +218,17 @@ class LARP(nn.Module, Configurable):
         nn.init.zeros_(self.patch_embed.bias)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    @torch.no_grad()
+    def initialize_spatial_routing(self) -> None:
+        """Routed attention at init (see ``spatial_init``)."""
+        n, p = self.num_tokens, self.patch_pos.shape[1]
+        owner = torch.arange(p) * n // p  # patch -> query, (t h w) raster order
+        route_attention([blk.attn for blk in self.encoder.blocks], self.patch_pos[0], self.latent_queries.data, owner,
+                        groups_ask=True)
+        route_attention([blk.attn for blk in self.decoder.blocks], self.decoder_patch_pos[0],
+                        self.decoder_latent_pos[0], owner, groups_ask=False)
+        self.decoder_patch_type.zero_()
 
     # -- stages ----------------------------------------------------------------------------------------------
     def encoder_queries(self, video: Tensor) -> Tensor:

@@ -54,6 +54,7 @@ from vistok.interfaces import (
     check_token_ids,
 )
 from vistok.layers import VectorQuantizer, ViTBlock
+from vistok.layers.init import route_attention
 from vistok.layers.refine import PixelRefiner
 from vistok.layers.vqgan import VQGANDecoder
 
@@ -287,32 +288,11 @@ class TiTok(nn.Module, Configurable):
         """
         enc, dec = self.encoder, self.decoder
         p, n = enc.pos_embed.shape[0] - 1, self.latent_tokens.shape[0]
-        for part in (enc, dec):
-            c = part.pos_embed.shape[1]
-            if c % 2:
-                raise ValueError("spatial_init needs an even width")
-            half = c // 2
-            owner = torch.arange(p) * n // p  # patch -> latent
-            code = torch.randn(p, half) * code_scale  # one code per patch
-            lat_code = torch.zeros(n, half).index_add_(0, owner, code)
-            lat_code *= code_scale / lat_code.std(dim=-1, keepdim=True)
-            q_side, k_side = (slice(0, half), slice(half, c))
-            part.pos_embed.zero_()
-            part.latent_pos_embed.zero_()
-            if part is enc:  # latents ask (query half), patches answer (key half)
-                part.pos_embed[1:, k_side] = code
-                part.latent_pos_embed[:, q_side] = lat_code
-            else:  # mask tokens ask, latents answer
-                part.pos_embed[1:, q_side] = code
-                part.latent_pos_embed[:, k_side] = lat_code
-            for blk in part.blocks:
-                w = blk.attn.qkv.weight  # (3c, c): rows q, k, v
-                m = torch.empty(c, half)
-                nn.init.orthogonal_(m)
-                w[:c].zero_()
-                w[c : 2 * c].zero_()
-                w[:c, q_side] = m
-                w[c : 2 * c, k_side] = m
+        owner = torch.arange(p) * n // p  # patch -> latent, raster order
+        for part in (enc, dec):  # encoder: latents ask, patches answer; decoder: mask tokens ask, latents answer
+            part.pos_embed[0].zero_()
+            route_attention([blk.attn for blk in part.blocks], part.pos_embed[1:], part.latent_pos_embed, owner,
+                            groups_ask=part is enc, code_scale=code_scale)
         self.latent_tokens.zero_()
         dec.mask_token.zero_()
 
