@@ -186,6 +186,17 @@ def test_time_shift_moves_times_towards_noise():
     assert model.shift_time(0.5) == pytest.approx(0.75) and tiny().shift_time(0.3) == 0.3
 
 
+def test_ae_prob_puts_that_share_of_images_at_pure_noise():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 16)
+    assert (tiny(ae_prob=1.0)(x).extras["t"] == 1).all()
+    t = tiny(ae_prob=0.5)(x).extras["t"]
+    assert 16 <= int((t == 1).sum()) <= 48
+    assert not (tiny()(x).extras["t"] == 1).any()  # off by default (official)
+    with pytest.raises(ValueError, match="ae_prob"):
+        tiny(ae_prob=1.5)
+
+
 def test_nested_dropout_modes():
     assert set(tiny()._sample_keep(200, "cpu").tolist()) == {1, 2, 4, 8}
     assert set(tiny(nested_dropout="uniform_pow2")._sample_keep(200, "cpu").tolist()) <= {1, 2, 4, 8}
