@@ -753,8 +753,9 @@ FLEXTOK_PRESETS: dict[str, dict] = {
     "flextok_d12_d12": _official(12, 12),
     "flextok_d18_d18": _official(18, 18),
     "flextok_d18_d28": _official(18, 28),
-    # Tiny CPU model on 64x64 pixel patches (no VAE): 64 patches of 8x8, 32 tokens, 1,000 codes, x-prediction with
-    # an x0 loss and time shift 3 (deviations from the official recipe: docs/flextok.md, "Tiny preset").
+    # Tiny CPU model on 64x64 pixel patches (no VAE): 64 patches of 8x8, 32 tokens, 1,000 codes, routed attention at
+    # init, x-prediction with an x0 loss, time shift 3, a quarter of the images at t = 1 (deviations from the official
+    # recipe: docs/flextok.md, "Tiny preset").
     "flextok_tiny": dict(image_size=64, patch_size=8, width=128, depth=4, head_dim=32, num_registers=32,
                          levels=(8, 5, 5, 5), nested_dropout="pow2", null_prob=0.1, num_steps=10, prediction="x",
                          loss_target="x", time_shift=3.0, spatial_init=True, ae_prob=0.25),
