@@ -197,6 +197,16 @@ def test_ae_prob_puts_that_share_of_images_at_pure_noise():
         tiny(ae_prob=1.5)
 
 
+def test_first_token_prob_adds_single_token_images():
+    torch.manual_seed(0)
+    share = lambda m: float((m._sample_keep(4000, "cpu") == 1).float().mean())  # noqa: E731
+    assert abs(share(tiny()) - 1 / 4) < 0.03  # pow2 over {1, 2, 4, 8}
+    assert abs(share(tiny(first_token_prob=0.5)) - (0.5 + 0.5 / 4)) < 0.03
+    assert set(tiny(first_token_prob=0.5)._sample_keep(500, "cpu").tolist()) == {1, 2, 4, 8}
+    with pytest.raises(ValueError, match="first_token_prob"):
+        tiny(first_token_prob=-0.1)
+
+
 def test_nested_dropout_modes():
     assert set(tiny()._sample_keep(200, "cpu").tolist()) == {1, 2, 4, 8}
     assert set(tiny(nested_dropout="uniform_pow2")._sample_keep(200, "cpu").tolist()) <= {1, 2, 4, 8}

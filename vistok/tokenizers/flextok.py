@@ -297,6 +297,9 @@ class FlexTok(nn.Module, Configurable):
         ae_prob: training probability, per image, of ``t = 1`` exactly (vistok option, official 0): the decoder then
             sees pure noise and its x0 estimate is a plain autoencoder reconstruction from the registers, which
             gives the encoder a direct gradient (the flow's near-noise end is otherwise a few % of the samples).
+        first_token_prob: training probability, per image, of keeping only the first register (k = 1) before
+            ``nested_dropout`` samples the others (vistok option, official 0): puts more weight on what one token
+            alone must carry (the dominant colour of a scene).
     """
 
     kind = "discrete"
@@ -308,7 +311,8 @@ class FlexTok(nn.Module, Configurable):
                  nested_dropout: Literal["pow2", "uniform", "uniform_pow2", "none"] = "pow2", null_prob: float = 0.2,
                  num_steps: int = 25, guidance_scale: float = 1.0, prediction: Literal["v", "x"] = "v",
                  t_min: float = 0.05, loss_target: Literal["v", "x"] = "v",
-                 time_shift: float = 1.0, spatial_init: bool = False, ae_prob: float = 0.0):
+                 time_shift: float = 1.0, spatial_init: bool = False, ae_prob: float = 0.0,
+                 first_token_prob: float = 0.0):
         super().__init__()
         if prediction not in ("v", "x"):
             raise ValueError(f"prediction must be 'v' (velocity) or 'x' (clean latent), got {prediction!r}")
@@ -318,9 +322,9 @@ class FlexTok(nn.Module, Configurable):
             raise ValueError(f"loss_target must be 'v' (velocity MSE) or 'x' (clean-latent MSE), got {loss_target!r}")
         if not time_shift > 0:
             raise ValueError(f"time_shift must be > 0, got {time_shift}")
-        if not 0 <= ae_prob <= 1:
-            raise ValueError(f"ae_prob must be in [0, 1], got {ae_prob}")
-        self.ae_prob = ae_prob
+        if not 0 <= ae_prob <= 1 or not 0 <= first_token_prob <= 1:
+            raise ValueError(f"ae_prob and first_token_prob must be in [0, 1], got {ae_prob}, {first_token_prob}")
+        self.ae_prob, self.first_token_prob = ae_prob, first_token_prob
         self.prediction, self.t_min, self.loss_target, self.time_shift = prediction, t_min, loss_target, time_shift
         if nested_dropout not in ("pow2", "uniform", "uniform_pow2", "none"):
             raise ValueError(f"nested_dropout must be 'pow2', 'uniform', 'uniform_pow2' or 'none', got "
@@ -510,6 +514,12 @@ class FlexTok(nn.Module, Configurable):
 
     # -- helpers -----------------------------------------------------------------------------------------------
     def _sample_keep(self, b: int, device: torch.device) -> Tensor:
+        keep = self._sample_nested(b, device)
+        if self.first_token_prob:
+            keep = torch.where(torch.rand(b, device=device) < self.first_token_prob, torch.ones_like(keep), keep)
+        return keep
+
+    def _sample_nested(self, b: int, device: torch.device) -> Tensor:
         n = self.num_tokens
         if self.nested_dropout == "none":
             return torch.full((b,), n, device=device)
