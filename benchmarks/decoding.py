@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from vistok.data import ShapesDataset
-from vistok.data.geneval import score_batch
+from vistok.data.geneval import disc_baseline, score_batch
 from vistok.decoding import generate
 from vistok.evaluation import fid_from_features
 from vistok.sample import DEFAULT_MODEL, Pipeline
@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             kw.update(features=feats, real_features=torch.cat([feats(b) for b in real.split(32)]))
         print(f"FID: each row's images vs {len(ref)} real renders (small sets: compare rows, not papers)\n")
+    size = pipe.tokenizer.decode(torch.zeros(1, pipe.generator.seq_len, dtype=torch.long)).shape[-1]
+    disc = score_batch(disc_baseline(captions, image_size=size), captions)["overall"]
+    print(f"trivial baseline (a disc of the prompted colour at the prompted place): GenEval-lite overall {disc:.3f}\n")
     results = {}
     title = "trained model" if trained else "random tiny model (ARTEFACT: no trained model found)"
     results[title] = benchmark(pipe, captions, **kw)
