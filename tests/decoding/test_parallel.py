@@ -57,9 +57,10 @@ def test_registered_and_output():
 def test_greedy_at_full_lag_equals_ar(text):
     gen, cond = _ar(text), _cond(text)
     ref = generate(gen, cond, temperature=0.0, cfg_scale=2.0)
-    for window, init, coupled, rows in [(4, "vertical", True, None), (2, "random", False, 2), (3, "random", True, 1)]:
+    for window, init, coupled, rows, follow in [(4, "vertical", True, None, True), (2, "random", False, 2, False),
+                                                (3, "random", True, 1, True)]:
         out = generate(gen, cond, decoder="pjd", temperature=0.0, cfg_scale=2.0, lag=4, window=window, init=init,
-                       coupled=coupled, rows=rows, seed=0)
+                       coupled=coupled, rows=rows, follow=follow, seed=0)
         assert torch.equal(out.tokens, ref.tokens), (window, init)
         assert out.extras["lossless"] and out.extras["mean_active_rows"] == 1.0
         _check_accounting(out, 3, 16, window, rows or 4)
@@ -117,10 +118,11 @@ def test_rows_caps_the_pass_width():
 # ------------------------------------------------------------------------------------------------------------
 # row-causal attention
 # ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("lag", [1, 2, 4])
-def test_row_causal_attention(lag):
+@pytest.mark.parametrize("lag,follow", [(1, True), (2, True), (2, False), (4, True)])
+def test_row_causal_attention(lag, follow):
     """Every query sees its own row up to itself, nothing after it and, of every row above, a prefix (its accepted
-    tokens) of at least ``lag`` tokens for the row just above (all of it at lag = row length)."""
+    tokens).  Of the row just above it sees at least ``lag`` tokens (``follow=False``) or ``min(c + lag, G)`` for a
+    query in column ``c`` (``follow=True``): all of it at lag = row length."""
     gen, cond, g = _ar(), _cond(False), 4
     seen = []
     real = gen.step
@@ -130,7 +132,7 @@ def test_row_causal_attention(lag):
         return real(x, pos, cache)
 
     gen.step = step
-    generate(gen, cond, decoder="pjd", cfg_scale=2.0, lag=lag, window=2, seed=0)
+    generate(gen, cond, decoder="pjd", cfg_scale=2.0, lag=lag, follow=follow, window=2, seed=0)
     for pos, mask in seen:
         assert torch.equal(mask[:3], mask[3:])  # CFG: the null half sees the same
         for b in range(3):
@@ -141,7 +143,8 @@ def test_row_causal_attention(lag):
                 for above in range(r):
                     k = int(row[above].sum())
                     assert row[above, :k].all()  # a prefix
-                    assert k >= (lag if above == r - 1 else 1)
+                    if above == r - 1:
+                        assert k >= (min(c + lag, g) if follow else lag), (p, k)
                     assert lag < g or k == g
 
 
@@ -221,6 +224,7 @@ def test_bad_input():
         (dict(rows=0), "rows must be an int >= 1"),
         (dict(init="repeat"), "init must be one of"),
         (dict(coupled="yes"), "coupled must be a bool"),
+        (dict(follow=1), "follow must be a bool"),
         (dict(grid=(4, 5)), r"grid \(4, 5\) has 20 cells but the generator makes 16 tokens"),
         (dict(grid=(4,)), r"grid must be \(rows, row_length\)"),
         (dict(grid=(2.0, 8)), r"grid must be \(rows, row_length\)"),

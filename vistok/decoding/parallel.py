@@ -6,13 +6,16 @@ next row starts early as in ZipAR (He et al., arXiv 2412.04062); rows are verifi
 
 A raster-order causal generator over an ``(H, G)`` grid: token ``(r, c)`` is position ``r * G + c`` (``N = H G``).
 Per sample, row ``r`` has ``acc[r]`` accepted tokens (a prefix of the row) and drafts for the rest once it has
-*started*.  Row 0 starts at once, row ``r`` as soon as row ``r - 1`` has ``lag`` accepted tokens.
+*started*.  Row 0 starts at once, row ``r`` as soon as row ``r - 1`` has ``lag`` accepted tokens, and (``follow``)
+token ``(r, c)`` is only worked on once row ``r - 1`` has accepted ``min(c + lag, G)`` tokens: the rows advance as
+a wavefront, each ``lag`` columns behind the one above (``follow=False``: a started row runs free to its end).
 
 One pass (one ``generator.step``, one NFE) for every sample:
 
-1. each active row (started, not complete; the top ``rows`` of them) feeds a window of ``window`` positions from
-   its first unaccepted one, clipped at the row's end.  The input of position ``p`` is the current token at
-   ``p - 1``; for a row's first position that is the last token of the row above (accepted, or its draft);
+1. each active row (started, with a position it may work on; the top ``rows`` of them) feeds a window of
+   ``window`` positions from its first unaccepted one, clipped where the row must stop.  The input of position
+   ``p`` is the current token at ``p - 1``; for a row's first position, the row above's last token (accepted, or
+   its draft);
 2. row-causal attention (``KVCache.visible``): a query sees the *accepted* tokens before it, in any row, and its
    own row's window before it; the drafts of other rows are hidden;
 3. every row is verified like SJD, left to right in its window: draft ``x`` drawn from ``q`` is accepted with
@@ -24,14 +27,15 @@ One pass (one ``generator.step``, one NFE) for every sample:
    the window reaches it; uniform in row 0), ``init="random"`` draws uniform ids.
 
 What is relaxed (``lag < G``): a token is drawn given only the accepted tokens before it, so the not yet accepted
-tail of the rows above is missing from its context; a row's first input may be a draft of the row above's last
-token; accepted tokens are never re-verified when the context grows, and their cached keys/values keep the context
-they were computed with.  ``lag = G``: a row starts only once the row above is complete, every mask is causal and
+tail of the rows above is missing from its context (with ``follow``: at most the row above from ``lag`` columns to
+its right on, and what is missing further up); a row's first input may be a draft of the row above's last token;
+accepted tokens are never re-verified when the context grows, and their cached keys/values keep the context they
+were computed with.  ``lag = G``: a row starts only once the row above is complete, every mask is causal and
 the decoder is lossless (SJD / MC-SJD with windows confined to rows); at temperature 0 it returns greedy AR.
 
 NFE counts ``generator.step`` calls (CFG's doubled batch once).  Extras: ``accepted_hist`` (index ``k``: (sample,
 pass) pairs that accepted ``k`` tokens over all rows), ``nfe_per_sample``, ``mean_accepted``, ``mean_active_rows``,
-``window``, ``lag``, ``rows``, ``grid``, ``lossless``.
+``window``, ``lag``, ``rows``, ``grid``, ``init``, ``coupled``, ``follow``, ``lossless``.
 
 Legend: b batch, a active-row slots, w window, l = a * w queries, v vocab, n tokens, h rows, g row length.
 """
@@ -77,7 +81,7 @@ def token_grid_shape(generator, grid) -> tuple[int, int]:
 def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                grid: tuple[int, int] | None = None, window: int = 8, lag: int = 2, rows: int | None = None,
-               init: Literal["vertical", "random"] = "vertical", coupled: bool = True,
+               init: Literal["vertical", "random"] = "vertical", coupled: bool = True, follow: bool = True,
                **unknown) -> tuple[Tensor, int, dict]:
     """Row-parallel Jacobi decoding (PJD, arXiv 2606.05703).  **NOT lossless** unless ``lag`` = row length.
 
@@ -85,17 +89,19 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         grid: ``(H, G)`` rows x row length of the raster token order (``H * G = generator.seq_len``); default
             ``generator.grid``, else a square grid.  Pass ``tokenizer.grid`` for a 2-D tokenizer.
         window: positions fed per active row and pass (``>= 1``; capped at the row's remaining length).
-        lag: accepted tokens the row above needs before a row starts, ``1 .. G``; ``G`` = exact (lossless).
+        lag: accepted tokens the row above needs before a row starts and, with ``follow``, how far (in columns) a row
+            stays behind the accepted frontier of the row above; ``1 .. G``, ``G`` = exact (lossless).
         rows: most rows iterated in one pass (top first; ``None`` = all).  A pass feeds up to ``rows * window``
             positions.
         init: initial drafts, ``"vertical"`` (the token above) or ``"random"`` (uniform ids).
         coupled: redraw rejected rows' drafts by maximal coupling (MC-SJD) instead of fresh draws (SJD).
+        follow: keep every row ``lag`` columns behind the row above (else a started row runs free to its end).
 
     Returns ``(tokens (B, N), nfe, extras)``; see the module docstring.
     """
     if unknown:
         raise ValueError(f"decoder 'pjd' got unknown option(s) {sorted(unknown)}; it takes grid=, window=, lag=, "
-                         "rows=, init=, coupled=")
+                         "rows=, init=, coupled=, follow=")
     v = jacobi.check_generator(generator, "pjd")
     h, g = token_grid_shape(generator, grid)
     check_count("window", window, hint=" (positions per active row and pass)")
@@ -105,8 +111,9 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     if rows is not None:
         check_count("rows", rows, hint=" (rows iterated per pass; None = all)")
     check_choice("init", init, INITS)
-    if not isinstance(coupled, bool):
-        raise ValueError(f"coupled must be a bool, got {coupled!r}")
+    for name, flag in (("coupled", coupled), ("follow", follow)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {flag!r}")
     guidance = guidance or Guidance()
     cache = guidance.new_cache(generator, cond)
     b, n, device = cond.batch_size, h * g, cache.lengths.device
@@ -117,7 +124,8 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     cols, ids = torch.arange(w, device=device), torch.arange(h, device=device)
     # tokens and drafts, plus a trash column n that padded queries write to
     seq = torch.zeros(b, n + 1, dtype=torch.long, device=device)
-    src = torch.full((b, n + 1), -1, dtype=torch.long, device=device)  # query of the last pass a draft came from
+    modelled = torch.zeros(b, n + 1, dtype=torch.bool, device=device)  # the draft came from the model
+    src = torch.full((b, n + 1), -1, dtype=torch.long, device=device)  # its query in the previous pass (else -1)
     acc = torch.zeros(b, h, dtype=torch.long, device=device)  # accepted tokens per row
     started = torch.zeros(b, h, dtype=torch.bool, device=device)
     p_prev = torch.zeros(b, 1, v, device=device)
@@ -125,18 +133,24 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     nfe, nfe_per_sample, active_rows = 0, torch.zeros(b, dtype=torch.long, device=device), 0
     bar = progress_bar(progress, total=n, desc="pjd")
     while True:
-        # -- start the rows whose upper neighbour has `lag` accepted tokens; initial drafts for the whole row
-        ready = torch.cat([torch.ones_like(started[:, :1]), acc[:, :-1] >= lag], 1) & ~started
-        fresh = ready[:, row_of] & (src[:, :n] < 0)
-        if init == "random":
-            seq[:, :n] = torch.where(fresh, torch.randint(v, (b, n), generator=rng, device=device), seq[:, :n])
+        # -- how far each row may go: `lag` columns behind the accepted frontier of the row above (all of the row
+        #    once that one is complete; follow=False: all of it once the row has started)
+        above = torch.cat([torch.full_like(acc[:, :1], g), acc[:, :-1]], 1)
+        limit = torch.where(above >= g, g, (above - lag + 1).clamp(min=0))
+        ready = (limit > 0) & ~started
+        if not follow:
+            limit = torch.where(started | ready, g, limit)
+        # -- initial drafts: for the whole row when it starts (random), or the current token above (vertical)
+        fresh = ready[:, row_of] & ~modelled[:, :n]
         started |= ready
         accepted = col_of < acc[:, row_of]  # b n
-        if init == "vertical":  # initial drafts follow the (current) token above; uniform in row 0
-            undrafted = started[:, row_of] & ~accepted & (src[:, :n] < 0)
-            above = torch.cat([torch.randint(v, (b, g), generator=rng, device=device), seq[:, : n - g]], 1)
-            seq[:, :n] = torch.where(undrafted & (fresh | (row_of > 0)), above, seq[:, :n])
-        active = started & (acc < g)  # b h
+        if init == "random":
+            seq[:, :n] = torch.where(fresh, torch.randint(v, (b, n), generator=rng, device=device), seq[:, :n])
+        else:
+            undrafted = started[:, row_of] & ~accepted & ~modelled[:, :n] & (fresh | (row_of > 0))
+            top = torch.randint(v, (b, g), generator=rng, device=device) if bool(fresh[:, :g].any()) else seq[:, :g]
+            seq[:, :n] = torch.where(undrafted, torch.cat([top, seq[:, : n - g]], 1), seq[:, :n])
+        active = started & (acc < limit)  # b h
         live = active.any(1)
         if not bool(live.any()):
             break
@@ -145,8 +159,9 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         a = min(rows, int(count.max()))
         slot_row = torch.where(active, ids, h + ids).argsort(1)[:, :a]  # b a
         slot_ok = torch.arange(a, device=device) < count[:, None]
-        col = acc.gather(1, slot_row)[..., None] + cols  # b a w
-        valid = (slot_ok[..., None] & (col < g)).flatten(1)  # b l
+        start, stop = acc.gather(1, slot_row), limit.gather(1, slot_row)  # b a
+        col = start[..., None] + cols  # b a w
+        valid = (slot_ok[..., None] & (col < stop[..., None])).flatten(1)  # b l
         pos = (slot_row[..., None] * g + col).flatten(1)
         pad = torch.where(live, pos[:, 0], n - 1)
         pos = torch.where(valid, pos, pad[:, None])
@@ -165,7 +180,7 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         p_x, q_x = p.gather(-1, x[..., None])[..., 0], q.gather(-1, x[..., None])[..., 0]
         passed = valid & (r < jacobi.accept_ratio(p_x, q_x))
         first = passed.view(b, a, w).long().cumprod(-1).sum(-1)  # b a: first failing column (w if none)
-        span = ((g - acc.gather(1, slot_row)).clamp(max=w) * slot_ok).view(b, a)
+        span = (stop - start).clamp(max=w) * slot_ok
         gained = torch.minimum(first + 1, span)
         first = first[..., None].expand(-1, -1, w).flatten(1)
         at, after = cols.repeat(a) == first, cols.repeat(a) > first
@@ -174,7 +189,8 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
             new = torch.where(after & passed, x, new)
         target = torch.where(valid, pos, n)
         seq.scatter_(1, target, torch.where(at | after, new, x))
-        src.scatter_(1, target, torch.where(after, torch.arange(a * w, device=device), -1))
+        modelled.scatter_(1, target, after | modelled.gather(1, target))
+        src = torch.full_like(src, -1).scatter_(1, target, torch.where(after, torch.arange(a * w, device=device), -1))
         acc.scatter_add_(1, slot_row, gained)
         p_prev = p
         # -- accounting
@@ -189,5 +205,6 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     lanes = max(1, sum(counts))
     return seq[:, :n], nfe, {
         "decoder": "pjd", "window": w, "lag": lag, "rows": rows, "grid": (h, g), "init": init, "coupled": coupled,
+        "follow": follow,
         "lossless": lag == g or h == 1, "accepted_hist": counts, "nfe_per_sample": nfe_per_sample.tolist(),
         "mean_accepted": sum(k * c for k, c in enumerate(counts)) / lanes, "mean_active_rows": active_rows / lanes}
