@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pjd-lags", nargs="+", type=int, default=[2], help="pjd: lags to run (one row each)")
     p.add_argument("--pjd-rows", type=int, default=None, help="pjd: rows iterated per pass (default all)")
     p.add_argument("--pjd-init", default="vertical", choices=("vertical", "random"))
+    p.add_argument("--pjd-row-mask", nargs="+", type=int, default=[1], choices=(0, 1),
+                   help="pjd: 1 = row-causal mask (default), 0 = rows also see the drafts the other rows feed")
     p.add_argument("--pjd-follow", nargs="+", type=int, default=[1], choices=(0, 1),
                    help="pjd: 1 = rows stay lag columns behind the row above (default), 0 = free-running rows")
     p.add_argument("--pjd-grid", nargs=2, type=int, default=None, help="pjd: grid H W (default tokenizer.grid)")
@@ -239,8 +241,8 @@ def main(argv: list[str] | None = None) -> None:
           f"prompts, N = {pipe.generator.seq_len} tokens, sampling {sampling}, {torch.get_num_threads()} threads\n")
     pjd = [{"lag": lag, **({"rows": args.pjd_rows} if args.pjd_rows else {}),
             **({"init": args.pjd_init} if args.pjd_init != "vertical" else {}), **({} if follow else {"follow": False}),
-            **({"grid": tuple(args.pjd_grid)} if args.pjd_grid else {})}
-           for follow in args.pjd_follow for lag in args.pjd_lags]
+            **({} if mask else {"row_mask": False}), **({"grid": tuple(args.pjd_grid)} if args.pjd_grid else {})}
+           for mask in args.pjd_row_mask for follow in args.pjd_follow for lag in args.pjd_lags]
     kw = dict(num_samples=args.num_samples, batch=args.batch, seeds=args.seeds, sampling=sampling,
               decoders=args.decoders, windows=args.windows, reps=args.reps, pjd=pjd)
     if args.fid_reference:

@@ -57,10 +57,11 @@ def test_registered_and_output():
 def test_greedy_at_full_lag_equals_ar(text):
     gen, cond = _ar(text), _cond(text)
     ref = generate(gen, cond, temperature=0.0, cfg_scale=2.0)
-    for window, init, coupled, rows, follow in [(4, "vertical", True, None, True), (2, "random", False, 2, False),
-                                                (3, "random", True, 1, True)]:
+    for window, init, coupled, rows, follow, mask in [(4, "vertical", True, None, True, True),
+                                                      (2, "random", False, 2, False, False),
+                                                      (3, "random", True, 1, True, False)]:
         out = generate(gen, cond, decoder="pjd", temperature=0.0, cfg_scale=2.0, lag=4, window=window, init=init,
-                       coupled=coupled, rows=rows, follow=follow, seed=0)
+                       coupled=coupled, rows=rows, follow=follow, row_mask=mask, seed=0)
         assert torch.equal(out.tokens, ref.tokens), (window, init)
         assert out.extras["lossless"] and out.extras["mean_active_rows"] == 1.0
         _check_accounting(out, 3, 16, window, rows or 4)
@@ -118,11 +119,13 @@ def test_rows_caps_the_pass_width():
 # ------------------------------------------------------------------------------------------------------------
 # row-causal attention
 # ------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("lag,follow", [(1, True), (2, True), (2, False), (4, True)])
-def test_row_causal_attention(lag, follow):
+@pytest.mark.parametrize("lag,follow,row_mask", [(1, True, True), (2, True, True), (2, False, True), (4, True, True),
+                                                 (1, True, False), (2, False, False)])
+def test_row_causal_attention(lag, follow, row_mask):
     """Every query sees its own row up to itself, nothing after it and, of every row above, a prefix (its accepted
     tokens).  Of the row just above it sees at least ``lag`` tokens (``follow=False``) or ``min(c + lag, G)`` for a
-    query in column ``c`` (``follow=True``): all of it at lag = row length."""
+    query in column ``c`` (``follow=True``): all of it at lag = row length.  Of the positions other rows feed in the
+    same pass it sees none (the row-causal mask) or, with ``row_mask=False``, all of those before it."""
     gen, cond, g = _ar(), _cond(False), 4
     seen = []
     real = gen.step
@@ -132,7 +135,8 @@ def test_row_causal_attention(lag, follow):
         return real(x, pos, cache)
 
     gen.step = step
-    generate(gen, cond, decoder="pjd", cfg_scale=2.0, lag=lag, follow=follow, window=2, seed=0)
+    generate(gen, cond, decoder="pjd", cfg_scale=2.0, lag=lag, follow=follow, row_mask=row_mask, window=2, seed=0)
+    checked = 0
     for pos, mask in seen:
         assert torch.equal(mask[:3], mask[3:])  # CFG: the null half sees the same
         for b in range(3):
@@ -146,6 +150,10 @@ def test_row_causal_attention(lag, follow):
                     if above == r - 1:
                         assert k >= (min(c + lag, g) if follow else lag), (p, k)
                     assert lag < g or k == g
+                fed = [t for t in set(pos[b].tolist()) if t // g != r and t < p]  # other rows' windows
+                assert all(bool(mask[b, j, t]) != row_mask for t in fed)
+                checked += len(fed)
+    assert (checked > 0) == (lag < g)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -225,6 +233,7 @@ def test_bad_input():
         (dict(init="repeat"), "init must be one of"),
         (dict(coupled="yes"), "coupled must be a bool"),
         (dict(follow=1), "follow must be a bool"),
+        (dict(row_mask=None), "row_mask must be a bool"),
         (dict(grid=(4, 5)), r"grid \(4, 5\) has 20 cells but the generator makes 16 tokens"),
         (dict(grid=(4,)), r"grid must be \(rows, row_length\)"),
         (dict(grid=(2.0, 8)), r"grid must be \(rows, row_length\)"),

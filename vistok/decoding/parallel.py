@@ -82,7 +82,7 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                grid: tuple[int, int] | None = None, window: int = 8, lag: int = 2, rows: int | None = None,
                init: Literal["vertical", "random"] = "vertical", coupled: bool = True, follow: bool = True,
-               **unknown) -> tuple[Tensor, int, dict]:
+               row_mask: bool = True, **unknown) -> tuple[Tensor, int, dict]:
     """Row-parallel Jacobi decoding (PJD, arXiv 2606.05703).  **NOT lossless** unless ``lag`` = row length.
 
     Args:
@@ -96,12 +96,14 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         init: initial drafts, ``"vertical"`` (the token above) or ``"random"`` (uniform ids).
         coupled: redraw rejected rows' drafts by maximal coupling (MC-SJD) instead of fresh draws (SJD).
         follow: keep every row ``lag`` columns behind the row above (else a started row runs free to its end).
+        row_mask: PJD's row-causal mask (other rows' drafts hidden); False: a query also sees the positions the other
+            rows feed in the same pass (their current drafts), i.e. the rows are Jacobi-iterated jointly.
 
     Returns ``(tokens (B, N), nfe, extras)``; see the module docstring.
     """
     if unknown:
         raise ValueError(f"decoder 'pjd' got unknown option(s) {sorted(unknown)}; it takes grid=, window=, lag=, "
-                         "rows=, init=, coupled=, follow=")
+                         "rows=, init=, coupled=, follow=, row_mask=")
     v = jacobi.check_generator(generator, "pjd")
     h, g = token_grid_shape(generator, grid)
     check_count("window", window, hint=" (positions per active row and pass)")
@@ -111,7 +113,7 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     if rows is not None:
         check_count("rows", rows, hint=" (rows iterated per pass; None = all)")
     check_choice("init", init, INITS)
-    for name, flag in (("coupled", coupled), ("follow", follow)):
+    for name, flag in (("coupled", coupled), ("follow", follow), ("row_mask", row_mask)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be a bool, got {flag!r}")
     guidance = guidance or Guidance()
@@ -166,7 +168,12 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         pad = torch.where(live, pos[:, 0], n - 1)
         pos = torch.where(valid, pos, pad[:, None])
         # -- one forward pass; row-causal attention: accepted tokens anywhere, the own row's window
-        cache.visible = guidance.double(accepted[:, None, :] | same_row)
+        if row_mask:
+            seen = accepted[:, None, :] | same_row
+        else:  # the other rows' windows of this pass too (their current drafts)
+            fed = torch.zeros(b, n + 1, dtype=torch.bool, device=device).scatter_(1, torch.where(valid, pos, n), True)
+            seen = (accepted | fed[:, :n])[:, None, :].expand(-1, n, -1)
+        cache.visible = guidance.double(seen)
         inputs = seq.gather(1, (pos - 1).clamp(min=0))
         p = sampling.probs(guidance.mix(guidance.step(generator, inputs, pos, cache)))  # b l v
         cache.visible = None
@@ -205,6 +212,6 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     lanes = max(1, sum(counts))
     return seq[:, :n], nfe, {
         "decoder": "pjd", "window": w, "lag": lag, "rows": rows, "grid": (h, g), "init": init, "coupled": coupled,
-        "follow": follow,
+        "follow": follow, "row_mask": row_mask,
         "lossless": lag == g or h == 1, "accepted_hist": counts, "nfe_per_sample": nfe_per_sample.tolist(),
         "mean_accepted": sum(k * c for k, c in enumerate(counts)) / lanes, "mean_active_rows": active_rows / lanes}
