@@ -1,4 +1,4 @@
-"""Row-parallel Jacobi decoding over the 2-D token grid (PJD).  **Lossy** unless ``lag`` is the row length.
+"""Row-parallel Jacobi decoding over the 2-D token grid (PJD).  **Lossy** unless ``lag >= G - 1`` (row length G).
 
 Liao, Li, Jian, Wang, "Parallel Jacobi Decoding for Fast Autoregressive Image Generation", CVPR 2026,
 arXiv 2606.05703 (project page boyaliao.github.io/PJD; facts only, written from the paper's description).  The
@@ -6,9 +6,11 @@ next row starts early as in ZipAR (He et al., arXiv 2412.04062); rows are verifi
 
 A raster-order causal generator over an ``(H, G)`` grid: token ``(r, c)`` is position ``r * G + c`` (``N = H G``).
 Per sample, row ``r`` has ``acc[r]`` accepted tokens (a prefix of the row) and drafts for the rest once it has
-*started*.  Row 0 starts at once, row ``r`` as soon as row ``r - 1`` has ``lag`` accepted tokens, and (``follow``)
-token ``(r, c)`` is only worked on once row ``r - 1`` has accepted ``min(c + lag, G)`` tokens: the rows advance as
-a wavefront, each ``lag`` columns behind the one above (``follow=False``: a started row runs free to its end).
+*started*.  With ``follow``, token ``(r, c)`` is only worked on once its context holds the row above up to column
+``c + lag - 1`` (``lag = 1``: the token right above it; ``lag = 0``: up to its left).  A token enters the network
+as the *input* of the next position, so that takes ``min(c + lag + 1, G)`` accepted tokens in row ``r - 1``: the
+rows advance as a wavefront, each ``lag + 1`` columns behind the one above.  ``follow=False``: a row starts once the
+row above has ``min(lag + 1, G)`` accepted tokens and then runs free to its end.
 
 One pass (one ``generator.step``, one NFE) for every sample:
 
@@ -27,10 +29,10 @@ One pass (one ``generator.step``, one NFE) for every sample:
    the window reaches it; uniform in row 0), ``init="random"`` draws uniform ids.
 
 What is relaxed (``lag < G``): a token is drawn given only the accepted tokens before it, so the not yet accepted
-tail of the rows above is missing from its context (with ``follow``: at most the row above from ``lag`` columns to
-its right on, and what is missing further up); a row's first input may be a draft of the row above's last token;
+tail of the rows above is missing from its context (with ``follow``: the row above from column ``c + lag`` on, and
+what is missing further up); a row's first input may be a draft of the row above's last token;
 accepted tokens are never re-verified when the context grows, and their cached keys/values keep the context they
-were computed with.  ``lag = G``: a row starts only once the row above is complete, every mask is causal and
+were computed with.  ``lag >= G - 1``: a row starts only once the row above is complete, every mask is causal and
 the decoder is lossless (SJD / MC-SJD with windows confined to rows); at temperature 0 it returns greedy AR.
 
 NFE counts ``generator.step`` calls (CFG's doubled batch once).  Extras: ``accepted_hist`` (index ``k``: (sample,
@@ -83,19 +85,19 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
                grid: tuple[int, int] | None = None, window: int = 8, lag: int = 2, rows: int | None = None,
                init: Literal["vertical", "random"] = "vertical", coupled: bool = True, follow: bool = True,
                row_mask: bool = True, **unknown) -> tuple[Tensor, int, dict]:
-    """Row-parallel Jacobi decoding (PJD, arXiv 2606.05703).  **NOT lossless** unless ``lag`` = row length.
+    """Row-parallel Jacobi decoding (PJD, arXiv 2606.05703).  **NOT lossless** unless ``lag >= G - 1``.
 
     Args:
         grid: ``(H, G)`` rows x row length of the raster token order (``H * G = generator.seq_len``); default
             ``generator.grid``, else a square grid.  Pass ``tokenizer.grid`` for a 2-D tokenizer.
         window: positions fed per active row and pass (``>= 1``; capped at the row's remaining length).
-        lag: accepted tokens the row above needs before a row starts and, with ``follow``, how far (in columns) a row
-            stays behind the accepted frontier of the row above; ``1 .. G``, ``G`` = exact (lossless).
+        lag: tokens of the row above, from the one right above on, that a token's context must hold before it is
+            worked on (``follow``; else before its row starts); ``0 .. G``, ``>= G - 1`` = exact (lossless).
         rows: most rows iterated in one pass (top first; ``None`` = all).  A pass feeds up to ``rows * window``
             positions.
         init: initial drafts, ``"vertical"`` (the token above) or ``"random"`` (uniform ids).
         coupled: redraw rejected rows' drafts by maximal coupling (MC-SJD) instead of fresh draws (SJD).
-        follow: keep every row ``lag`` columns behind the row above (else a started row runs free to its end).
+        follow: keep every row ``lag + 1`` columns behind the row above (else a started row runs free to its end).
         row_mask: PJD's row-causal mask (other rows' drafts hidden); False: a query also sees the positions the other
             rows feed in the same pass (their current drafts), i.e. the rows are Jacobi-iterated jointly.
 
@@ -107,9 +109,9 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     v = jacobi.check_generator(generator, "pjd")
     h, g = token_grid_shape(generator, grid)
     check_count("window", window, hint=" (positions per active row and pass)")
-    check_count("lag", lag, hint=f" (accepted tokens in the row above before a row starts; {g} = lossless)")
+    check_count("lag", lag, 0, f" (tokens of the row above in a token's context; >= {g - 1} = lossless)")
     if lag > g:
-        raise ValueError(f"lag must be <= the row length {g} (lag={g} is the exact decoder), got {lag}")
+        raise ValueError(f"lag must be <= the row length {g} (lag >= {g - 1} is the exact decoder), got {lag}")
     if rows is not None:
         check_count("rows", rows, hint=" (rows iterated per pass; None = all)")
     check_choice("init", init, INITS)
@@ -138,7 +140,7 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         # -- how far each row may go: `lag` columns behind the accepted frontier of the row above (all of the row
         #    once that one is complete; follow=False: all of it once the row has started)
         above = torch.cat([torch.full_like(acc[:, :1], g), acc[:, :-1]], 1)
-        limit = torch.where(above >= g, g, (above - lag + 1).clamp(min=0))
+        limit = torch.where(above >= g, g, (above - lag).clamp(min=0))
         ready = (limit > 0) & ~started
         if not follow:
             limit = torch.where(started | ready, g, limit)
@@ -213,5 +215,5 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     return seq[:, :n], nfe, {
         "decoder": "pjd", "window": w, "lag": lag, "rows": rows, "grid": (h, g), "init": init, "coupled": coupled,
         "follow": follow, "row_mask": row_mask,
-        "lossless": lag == g or h == 1, "accepted_hist": counts, "nfe_per_sample": nfe_per_sample.tolist(),
+        "lossless": lag >= g - 1 or h == 1, "accepted_hist": counts, "nfe_per_sample": nfe_per_sample.tolist(),
         "mean_accepted": sum(k * c for k, c in enumerate(counts)) / lanes, "mean_active_rows": active_rows / lanes}
