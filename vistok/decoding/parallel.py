@@ -137,8 +137,9 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     nfe, nfe_per_sample, active_rows = 0, torch.zeros(b, dtype=torch.long, device=device), 0
     bar = progress_bar(progress, total=n, desc="pjd")
     while True:
-        # -- how far each row may go: `lag` columns behind the accepted frontier of the row above (all of the row
-        #    once that one is complete; follow=False: all of it once the row has started)
+        # -- how far each row may go: `lag + 1` columns behind the accepted frontier of the row above, so that a
+        #    token's context holds that row up to column c + lag - 1 (all of the row once the row above is complete;
+        #    follow=False: all of it once the row has started)
         above = torch.cat([torch.full_like(acc[:, :1], g), acc[:, :-1]], 1)
         limit = torch.where(above >= g, g, (above - lag).clamp(min=0))
         ready = (limit > 0) & ~started
