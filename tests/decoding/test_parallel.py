@@ -1,6 +1,6 @@
 """Row-parallel Jacobi decoding (``pjd``): output and NFE accounting, the limits where it is plain AR (greedy at
-``lag`` = row length, a one-row grid), the row-causal attention rules, exactness at ``lag`` = row length against an
-enumerated law (with broken controls and the relaxed setting failing the same test), and bad input."""
+``lag`` = row length, a one-row grid), the row-causal attention rules, exactness at ``lag >= G - 1`` (row length G)
+against an enumerated law (with broken controls and the relaxed lags failing the same test), and bad input."""
 
 import pytest
 import torch
@@ -158,7 +158,7 @@ def test_row_causal_attention(lag, follow, row_mask):
 
 
 # ------------------------------------------------------------------------------------------------------------
-# exactness at lag = row length (enumerated law), and the relaxed setting caught by the same test
+# exactness at lag >= G - 1 (enumerated law), and the relaxed lags caught by the same test
 # ------------------------------------------------------------------------------------------------------------
 SETTING = dict(cfg_scale=2.0, temperature=1.3, top_k=2)
 GRID = (2, 3)
