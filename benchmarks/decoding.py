@@ -1,7 +1,8 @@
 """Speculative decoding benchmark: NFE, step compression, wall-clock speed-up and GenEval-lite vs plain AR.
 
     python benchmarks/decoding.py [--model vistok/assets/default] [--num-prompts 16] [--num-samples 2]
-                                  [--windows 4 8 16] [--decoders ar sjd mcsjd gsd lantern] [--plot speed.png]
+                                  [--batch-size 16] [--seeds 0 1 2 3] [--windows 4 8 16]
+                                  [--decoders ar sjd mcsjd gsd lantern pjd] [--pjd-lags 2 4] [--plot speed.png]
 
 Prompts are single-object shapes captions (``ShapesDataset(..., max_objects=1)``, held-out seed).  For every
 decoder and window, AR and the decoder are timed *alternately* in this process on the same prompts and seeds
@@ -15,7 +16,12 @@ Reported per row:
 * ms/fwd: wall-clock per batched forward pass (a W-token window costs more than AR's single token);
 * accepted/fwd: mean tokens accepted per forward and the share of forwards that accepted exactly one token;
 * GenEval-lite ``overall`` and its difference to AR's images from the same seeds (at this size the
-  difference is mostly sampling noise; sjd/mcsjd are lossless, gsd/lantern are not).
+  difference is mostly sampling noise; sjd/mcsjd are lossless, gsd/lantern/pjd are not).  With several
+  ``--seeds`` every seed samples all prompts again: the score is the mean over seeds and ``vs AR`` lists each
+  seed's difference (the per-seed spread).
+
+``pjd`` (row-parallel Jacobi) runs over the tokenizer's ``grid`` (``--pjd-grid H W`` for a 1-D tokenizer), one row
+per window in ``--windows`` and lag in ``--pjd-lags``.
 
 The same table is then printed for a random-init generator.  **That table is an artefact**: an untrained
 generator's conditionals barely depend on the context, so nearly every draft is accepted (about W/2 tokens
@@ -27,17 +33,18 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
 
 from vistok.data import ShapesDataset
-from vistok.data.geneval import score_batch
+from vistok.data.geneval import disc_baseline, score_batch
 from vistok.decoding import generate
 from vistok.evaluation import fid_from_features
 from vistok.sample import DEFAULT_MODEL, Pipeline
 
-DECODERS = ("ar", "sjd", "mcsjd", "gsd", "lantern")
+DECODERS = ("ar", "sjd", "mcsjd", "gsd", "lantern", "pjd")
 
 
 def random_pipeline(max_text_len: int = 32) -> Pipeline:
@@ -62,10 +69,16 @@ def randomize(pipe: Pipeline) -> Pipeline:
     return out
 
 
-def decoder_options(pipe: Pipeline, decoder: str, window: int | None) -> dict:
+def decoder_options(pipe: Pipeline, decoder: str, window: int | None, extra: dict | None = None) -> dict:
     if decoder == "ar":
         return {}
-    opts = {"window": window}
+    opts = {"window": window, **(extra or {})}
+    if decoder == "pjd" and "grid" not in opts:
+        grid = getattr(pipe.tokenizer, "grid", None)
+        if grid is None:
+            raise SystemExit(f"pjd needs a token grid: this tokenizer ({type(pipe.tokenizer).__name__}) has none, "
+                             "pass --pjd-grid H W")
+        opts["grid"] = tuple(grid)
     if decoder == "lantern":
         quantizer = getattr(pipe.tokenizer, "quantizer", None)
         if quantizer is not None and hasattr(quantizer, "codebook"):
@@ -81,25 +94,27 @@ def timed(pipe: Pipeline, cond, num_samples: int, seed: int, sampling: dict, dec
 
 
 @torch.no_grad()
-def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: int, seed: int, sampling: dict,
-              decoders: list[str], windows: list[int], reps: int, real_features: torch.Tensor | None = None,
-              features: torch.nn.Module | None = None) -> list[dict]:
-    """One row per (decoder, window); AR is re-run next to every configuration for paired timing."""
+def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: int, seeds: list[int],
+              sampling: dict, decoders: list[str], windows: list[int], reps: int, pjd: list[dict] | None = None,
+              real_features: torch.Tensor | None = None, features: torch.nn.Module | None = None) -> list[dict]:
+    """One row per (decoder, window[, pjd options]); AR is re-run next to every configuration for paired timing.
+    Every seed in ``seeds`` samples all prompts (GenEval per seed: ``row["geneval_seeds"]``)."""
     n = pipe.generator.seq_len
     chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
     conds = [pipe.condition(c) for c in chunks]
-    configs = [("ar", None)] + [(d, w) for d in decoders if d != "ar" for w in windows]
+    configs = [("ar", None, {})] + [(d, w, extra) for d in decoders if d != "ar" for w in windows
+                                    for extra in ((pjd or [{}]) if d == "pjd" else [{}])]
     # warm-up (allocations, lazy init, neighbour tables): one small call per configuration
-    for d, w in configs:
-        timed(pipe, conds[0], 1, seed, sampling, d, decoder_options(pipe, d, w))
+    for d, w, extra in configs:
+        timed(pipe, conds[0], 1, seeds[0], sampling, d, decoder_options(pipe, d, w, extra))
     ar_tokens: list[torch.Tensor] = []
     rows = []
-    for d, w in configs:
-        opts = decoder_options(pipe, d, w)
+    for d, w, extra in configs:
+        opts = decoder_options(pipe, d, w, extra)
         t_ar = t_dec = 0.0
         nfe_batch, nfe_sample, hist, tokens = [], [], None, []
         for rep in range(reps):
-            for i, cond in enumerate(conds):
+            for seed, (i, cond) in ((sd, ic) for sd in seeds for ic in enumerate(conds)):
                 s = seed + 1000 * i
                 ar_out, ta = timed(pipe, cond, num_samples, s, sampling, "ar", {})
                 out, td = timed(pipe, cond, num_samples, s, sampling, d, opts)
@@ -112,44 +127,50 @@ def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: i
                 nfe_batch.append(out.nfe)
                 nfe_sample += out.extras.get("nfe_per_sample", [out.nfe] * len(out.tokens))
                 h = out.extras.get("accepted_hist", [0, out.nfe * len(out.tokens)])
-                hist = h if hist is None else [a + b for a, b in zip(hist, h)]
-        rows.append(dict(decoder=d, window=w or 1, tokens=torch.cat(tokens), nfe_batch=sum(nfe_batch) / len(nfe_batch),
+                hist = h if hist is None else [a + b for a, b in zip_longest(hist, h, fillvalue=0)]
+        label = " ".join(f"{k}={v}" for k, v in extra.items())
+        rows.append(dict(decoder=d, window=w or 1, options=label, tokens=torch.cat(tokens),
+                         nfe_batch=sum(nfe_batch) / len(nfe_batch),
                          nfe_sample=sum(nfe_sample) / len(nfe_sample), t_ar=t_ar, t_dec=t_dec,
                          ms_fwd=1e3 * t_dec / (reps * sum(nfe_batch)), hist=hist, n=n))
-    # GenEval-lite on the images of the first repetition
+    # GenEval-lite on the images of the first repetition, per seed
     rep_captions = [c for c in captions for _ in range(num_samples)]
     for row in rows:
         images = torch.cat([pipe.tokenizer.decode(t) for t in row["tokens"].split(64)])
-        row["geneval"] = score_batch(images, rep_captions)["overall"]
+        row["geneval_seeds"] = [score_batch(im, rep_captions)["overall"] for im in images.chunk(len(seeds))]
+        row["geneval"] = sum(row["geneval_seeds"]) / len(seeds)
         if real_features is not None:
             fake = torch.cat([features(b) for b in images.split(32)])
             row["fid"] = fid_from_features(real_features, fake)
-    ar_score = rows[0]["geneval"]
+    ar_score, ar_seeds = rows[0]["geneval"], rows[0]["geneval_seeds"]
     for row in rows:
         row["geneval_delta"] = row["geneval"] - ar_score
+        row["delta_seeds"] = [a - b for a, b in zip(row["geneval_seeds"], ar_seeds)]
         row["same_as_ar"] = float((row["tokens"] == torch.cat(ar_tokens)).all(1).float().mean())
     return rows
 
 
 def table(rows: list[dict], title: str) -> str:
     out = [f"### {title}", "",
-           "| decoder | W | NFE/sample | NFE/batch | step compression | AR s | decoder s | speed-up | ms/fwd | "
-           "accepted/fwd | fwd accepting 1 | GenEval overall | vs AR | FID |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| decoder | W | options | NFE/sample | NFE/batch | step compression | AR s | decoder s | speed-up | "
+           "ms/fwd | accepted/fwd | fwd accepting 1 | GenEval overall | vs AR | vs AR per seed | FID |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hist = r["hist"]
         fwd = max(1, sum(hist))
         mean_acc = sum(k * c for k, c in enumerate(hist)) / fwd
-        out.append(f"| {r['decoder']} | {r['window']} | {r['nfe_sample']:.1f} | {r['nfe_batch']:.1f} | "
+        per_seed = " / ".join(f"{d:+.3f}" for d in r["delta_seeds"])
+        out.append(f"| {r['decoder']} | {r['window']} | {r['options'] or '-'} | {r['nfe_sample']:.1f} | "
+                   f"{r['nfe_batch']:.1f} | "
                    f"{r['n'] / r['nfe_sample']:.2f}x | {r['t_ar']:.2f} | {r['t_dec']:.2f} | "
                    f"{r['t_ar'] / r['t_dec']:.2f}x | {r['ms_fwd']:.1f} | {mean_acc:.2f} | {hist[1] / fwd:.0%} | "
-                   f"{r['geneval']:.3f} | {r['geneval_delta']:+.3f} | "
+                   f"{r['geneval']:.3f} | {r['geneval_delta']:+.3f} | {per_seed} | "
                    + (f"{r['fid']:.1f} |" if "fid" in r else "- |"))
     out += ["", "Accepted tokens per forward pass (share of (sample, forward) pairs accepting k = 1, 2, ...):", ""]
     for r in rows[1:]:
         fwd = max(1, sum(r["hist"]))
         shares = " ".join(f"{k}:{c / fwd:.0%}" for k, c in enumerate(r["hist"]) if c)
-        out.append(f"* {r['decoder']} W={r['window']}: {shares}")
+        out.append(f"* {r['decoder']} W={r['window']} {r['options']}: {shares}")
     return "\n".join(out)
 
 
@@ -163,7 +184,8 @@ def plot(results: dict[str, list[dict]], path: str) -> None:
     for ax, (title, rows) in zip(axes[0], results.items()):
         for r in rows:
             ax.scatter(r["t_ar"] / r["t_dec"], r["geneval"], s=20 + 8 * r["window"])
-            ax.annotate(f"{r['decoder']} {r['window']}", (r["t_ar"] / r["t_dec"], r["geneval"]), fontsize=7)
+            ax.annotate(f"{r['decoder']} {r['window']} {r['options']}", (r["t_ar"] / r["t_dec"], r["geneval"]),
+                        fontsize=7)
         ax.set_xlabel("wall-clock speed-up vs AR")
         ax.set_ylabel("GenEval-lite overall")
         ax.set_title(title, fontsize=9)
@@ -176,12 +198,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--num-prompts", type=int, default=16)
     p.add_argument("--num-samples", type=int, default=2)
-    p.add_argument("--batch", type=int, default=16, help="prompts per generate call")
+    p.add_argument("--batch", "--batch-size", type=int, default=16,
+                   help="prompts per generate call (x --num-samples images per call)")
     p.add_argument("--reps", type=int, default=1, help="timing repetitions (GenEval uses the first)")
     p.add_argument("--prompt-seed", type=int, default=12345, help="held out: training used seeds 0 and 1")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
+                   help="sampling seeds; each samples every prompt (GenEval reported per seed)")
     p.add_argument("--decoders", nargs="+", default=list(DECODERS), choices=DECODERS)
     p.add_argument("--windows", nargs="+", type=int, default=[4, 8, 16])
+    p.add_argument("--pjd-lags", nargs="+", type=int, default=[2], help="pjd: lags to run (one row each)")
+    p.add_argument("--pjd-rows", type=int, default=None, help="pjd: rows iterated per pass (default all)")
+    p.add_argument("--pjd-init", default="vertical", choices=("vertical", "random"))
+    p.add_argument("--pjd-row-mask", nargs="+", type=int, default=[1], choices=(0, 1),
+                   help="pjd: 1 = row-causal mask (default), 0 = rows also see the drafts the other rows feed")
+    p.add_argument("--pjd-follow", nargs="+", type=int, default=[1], choices=(0, 1),
+                   help="pjd: 1 = rows stay lag columns behind the row above (default), 0 = free-running rows")
+    p.add_argument("--pjd-grid", nargs=2, type=int, default=None, help="pjd: grid H W (default tokenizer.grid)")
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
@@ -205,10 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     sampling = {**pipe.defaults, **{k: v for k, v in dict(cfg_scale=args.cfg_scale, top_k=args.top_k,
                                                          temperature=args.temperature).items() if v is not None}}
     sampling = {k: v for k, v in sampling.items() if k in ("cfg_scale", "top_k", "top_p", "temperature")}
-    print(f"{len(captions)} prompts x {args.num_samples} samples, N = {pipe.generator.seq_len} tokens, "
-          f"sampling {sampling}, {torch.get_num_threads()} threads\n")
-    kw = dict(num_samples=args.num_samples, batch=args.batch, seed=args.seed, sampling=sampling,
-              decoders=args.decoders, windows=args.windows, reps=args.reps)
+    print(f"{len(captions)} prompts x {args.num_samples} samples x {len(args.seeds)} seeds, batch {args.batch} "
+          f"prompts, N = {pipe.generator.seq_len} tokens, sampling {sampling}, {torch.get_num_threads()} threads\n")
+    pjd = [{"lag": lag, **({"rows": args.pjd_rows} if args.pjd_rows else {}),
+            **({"init": args.pjd_init} if args.pjd_init != "vertical" else {}), **({} if follow else {"follow": False}),
+            **({} if mask else {"row_mask": False}), **({"grid": tuple(args.pjd_grid)} if args.pjd_grid else {})}
+           for mask in args.pjd_row_mask for follow in args.pjd_follow for lag in args.pjd_lags]
+    kw = dict(num_samples=args.num_samples, batch=args.batch, seeds=args.seeds, sampling=sampling,
+              decoders=args.decoders, windows=args.windows, reps=args.reps, pjd=pjd)
     if args.fid_reference:
         from vistok.evaluation import InceptionFeatures
 
@@ -218,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             kw.update(features=feats, real_features=torch.cat([feats(b) for b in real.split(32)]))
         print(f"FID: each row's images vs {len(ref)} real renders (small sets: compare rows, not papers)\n")
+    size = pipe.tokenizer.decode(torch.zeros(1, pipe.generator.seq_len, dtype=torch.long)).shape[-1]
+    disc = score_batch(disc_baseline(captions, image_size=size), captions)["overall"]
+    print(f"trivial baseline (a disc of the prompted colour at the prompted place): GenEval-lite overall {disc:.3f}\n")
     results = {}
     title = "trained model" if trained else "random tiny model (ARTEFACT: no trained model found)"
     results[title] = benchmark(pipe, captions, **kw)

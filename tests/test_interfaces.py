@@ -53,6 +53,19 @@ def test_kvcache_truncate_and_mask():
         cache.truncate(4)
 
 
+def test_kvcache_visible_narrows_each_query_position():
+    cache = KVCache(1, 1, 1, 4, prefix_len=1, max_tokens=4)
+    cache.advance(torch.tensor([[0, 1, 2, 3]]))
+    cache.visible = torch.ones(1, 4, 4, dtype=torch.bool)
+    cache.visible[0, 3, 1] = False  # position 3 may not see token slot 1; position 2 may
+    m = cache.attention_mask(torch.tensor([[2, 3]]))[0, 0]  # (L, S)
+    assert m[0].tolist() == [True, True, True, True, False]
+    assert m[1].tolist() == [True, True, False, True, True]
+    assert cache.clone().visible is not cache.visible
+    cache.visible = None
+    assert cache.attention_mask(torch.tensor([[3]]))[0, 0, 0].all()
+
+
 def test_kvcache_with_prefix_puts_the_real_prefix_slots_first():
     cache = KVCache(1, 2, 1, 4, prefix_len=2, max_tokens=3)
     cache.prefix_mask[0, 1] = False

@@ -272,3 +272,15 @@ def test_video_and_image_outputs_are_checked(tiny_video_pipeline, tiny_pipeline,
     with pytest.raises(SystemExit):
         cli(["a red circle", "--out", str(tmp_path / "g.mp4"), "--model", str(tiny_video_pipeline), "--fps", "0"])
     assert "--fps" in capsys.readouterr().err
+
+
+def test_pjd_gets_the_tokenizers_grid(tiny_pipeline):
+    """decoder="pjd" runs over ``tokenizer.grid`` when the tokenizer has one (a 1-D tokenizer needs grid=)."""
+    pipe = Pipeline.from_folder(tiny_pipeline)
+    with pytest.raises(ValueError, match="8 tokens is not a square, pass grid="):
+        pipe(["a red circle"], num_samples=1, decoder="pjd")
+    pipe.tokenizer.grid = (2, 4)
+    _, out = pipe(["a red circle"], num_samples=2, decoder="pjd", lag=1)
+    assert out.extras["grid"] == (2, 4) and out.tokens.shape == (2, 8)
+    _, out = pipe(["a red circle"], num_samples=1, decoder="pjd", grid=(4, 2), lag=2)
+    assert out.extras["grid"] == (4, 2)

@@ -448,6 +448,9 @@ class KVCache:
         prefix_mask: ``(B, prefix_len)`` bool, which prefix slots (e.g. text tokens) are real.
         start: ``(B, D)`` the input embedding for token position 0 (set by the generator).
         group: how many stacked copies of the user's batch the cache holds (2 under CFG).
+        visible: None, or ``(B, max_tokens, max_tokens)`` bool set by a decoder to narrow causal attention: a query
+            at token position ``p`` then also needs ``visible[b, p, t]`` to see token slot ``t`` (row-parallel
+            Jacobi hides other rows' drafts this way).  Prefix slots are not affected.
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_heads: int, head_dim: int, prefix_len: int,
@@ -461,6 +464,7 @@ class KVCache:
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.start: Tensor | None = None
         self.group = 1  # stacked copies of the batch (2 under classifier-free guidance)
+        self.visible: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -504,10 +508,13 @@ class KVCache:
 
     def attention_mask(self, positions: Tensor) -> Tensor:
         """Boolean mask ``(B, 1, L, S)``: token queries at ``positions`` see valid prefix slots and
-        token slots ``<= position`` below the cache length (after this step's writes)."""
+        token slots ``<= position`` below the cache length (after this step's writes) and, when set, ``visible``."""
         tok = torch.arange(self.max_tokens, device=positions.device)  # token position of each token slot
         valid_len = torch.maximum(self.lengths, positions.max(dim=1).values + 1)  # (B,)
-        return self.with_prefix((tok <= positions[:, :, None]) & (tok < valid_len[:, None, None]))
+        seen = (tok <= positions[:, :, None]) & (tok < valid_len[:, None, None])
+        if self.visible is not None:  # a decoder's narrower view per query position
+            seen = seen & self.visible.gather(1, positions[..., None].expand(-1, -1, self.max_tokens))
+        return self.with_prefix(seen)
 
     def with_prefix(self, seen: Tensor) -> Tensor:
         """The attention mask ``(B, 1, L, S)`` of queries that see the real prefix slots and the token slots where
@@ -524,6 +531,7 @@ class KVCache:
         new.k = [t.clone() for t in self.k]
         new.v = [t.clone() for t in self.v]
         new.prefix_mask, new.lengths = self.prefix_mask.clone(), self.lengths.clone()
+        new.visible = None if self.visible is None else self.visible.clone()
         return new
 
 

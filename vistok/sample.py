@@ -185,6 +185,8 @@ class Pipeline:
         temperature = opts.pop("temperature", 1.0)
         sampling = SamplingArgs(temperature, opts.pop("top_k", None), opts.pop("top_p", None))
         cfg_scale = opts.pop("cfg_scale", 1.0)
+        if decoder == "pjd" and "grid" not in opts and getattr(self.tokenizer, "grid", None) is not None:
+            opts["grid"] = tuple(self.tokenizer.grid)  # row-parallel Jacobi runs over the tokenizer's 2-D grid
         if decoder == "ar" and getattr(gen, "kind", "discrete") == "discrete" and not sampling.greedy:
             noisy = PerImageNoise(gen, sampling, seeds, cfg_scale)
             return generate(noisy, cond, decoder="ar", temperature=0.0, **opts)

@@ -127,6 +127,19 @@ def test_jacobi_at_temperature_zero_is_greedy_ar(gen, window, init, seed, decode
 
 
 @MODEL
+@given(grid=st.sampled_from([(1, 10), (2, 5), (5, 2), (10, 1)]), window=st.integers(1, 6), seed=st.integers(0, 2**31),
+       rows=st.sampled_from([None, 1, 2]), init=st.sampled_from(["vertical", "random"]), coupled=st.booleans(),
+       cfg=st.sampled_from([1.0, 3.0]), labels=st.lists(st.integers(-1, 3), min_size=1, max_size=3))
+def test_row_parallel_jacobi_at_full_lag_and_temperature_zero_is_greedy_ar(gen, grid, window, seed, rows, init,
+                                                                          coupled, cfg, labels):
+    cond = Conditioning(labels=torch.tensor(labels))
+    ar = generate(gen, cond, decoder="ar", temperature=0.0, cfg_scale=cfg)
+    pjd = generate(gen, cond, decoder="pjd", temperature=0.0, cfg_scale=cfg, grid=grid, lag=grid[1], window=window,
+                   rows=rows, init=init, coupled=coupled, seed=seed)
+    assert torch.equal(pjd.tokens, ar.tokens) and pjd.nfe <= ar.nfe
+
+
+@MODEL
 @given(seed=st.integers(0, 2**31), window=st.integers(1, 6), batch=st.integers(1, 4))
 def test_cache_rollback_equals_teacher_forcing(gen, seed, window, batch):
     """Feed windows whose inputs turn to garbage at a random column, keep a random number of the correct ones with

@@ -23,6 +23,7 @@ from vistok.decoding.guidance import Guidance
 from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
 from vistok.decoding.neighboring import decode_nar
+from vistok.decoding.parallel import decode_pjd
 from vistok.decoding.sampling import SamplingArgs
 from vistok.interfaces import Conditioning, check_count
 
@@ -31,6 +32,7 @@ DECODERS: dict[str, Callable] = {
     "ar": decode_ar,  # one token per pass (discrete ids, or continuous tokens through the head)
     "sjd": decode_sjd, "mcsjd": decode_mcsjd,  # speculative Jacobi decoding, lossless
     "gsd": decode_gsd, "lantern": decode_lantern,  # relaxed acceptance, lossy
+    "pjd": decode_pjd,  # row-parallel Jacobi over the 2-D grid, lossy (lossless at lag = row length)
     "nar": decode_nar,  # one anti-diagonal per pass (NeighbourGenerator)
     "masked": decode_masked,  # MAR's random-order masked decoding (MaskedGenerator)
     "cells": decode_cells,  # xAR next-cell flow decoding (CellGenerator)
