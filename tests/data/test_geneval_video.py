@@ -65,7 +65,7 @@ def test_class_ids_score_like_captions(clips):
 
 def test_motion_reads_each_direction_and_refuses_small_or_diagonal_motion():
     for (dx, dy), name in (((0.28, 0), "right"), ((-0.28, 0), "left"), ((0, -0.28), "up"), ((0, 0.28), "down")):
-        assert score_clip(moving(dx, dy), "a red square moving %s from the center" % name)["directions"] == [name]
+        assert score_clip(moving(dx, dy), f"a red square moving {name} from the center")["directions"] == [name]
     prompt = "a red square moving right from the center"
     assert score_clip(moving(0.15, 0), prompt)["motion"] == 1  # half the rendered speed still counts
     assert score_clip(moving(0.15, 0.05), prompt)["motion"] == 1  # a little drift across

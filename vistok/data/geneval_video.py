@@ -34,8 +34,8 @@ from vistok.data.geneval import Region, detect
 from vistok.data.shapes import POSITIONS, draw_shape, to_tensor
 from vistok.data.videos import MOTIONS, Clip, MovingObject, parse_video_caption, video_class_name
 
-__all__ = ["VIDEO_ATTRIBUTES", "centroid_track", "fit_direction", "per_frame_scores", "prompt_objects", "reverse_clips", "score_clip",
-           "score_clips", "static_disc_baseline"]
+__all__ = ["VIDEO_ATTRIBUTES", "centroid_track", "fit_direction", "per_frame_scores", "prompt_objects",
+           "reverse_clips", "score_clip", "score_clips", "static_disc_baseline"]
 
 VIDEO_ATTRIBUTES = ("color", "shape", "motion", "overall")
 Prompt = Clip | str | int
@@ -74,8 +74,9 @@ def _match(regions: list[Region], objects: tuple[MovingObject, ...],
     out: list[Region | None] = []
     for obj, (px, py) in zip(objects, prev):
         cands = [r for r in main if r.color == obj.color and not any(r is u for u in out)]
-        key = lambda r: (r.shape == obj.shape, r.size == obj.size, -np.hypot(r.centroid[0] - px, r.centroid[1] - py))
-        out.append(max(cands, key=key) if cands else None)
+        agree = [(r.shape == obj.shape, r.size == obj.size, -np.hypot(r.centroid[0] - px, r.centroid[1] - py))
+                 for r in cands]
+        out.append(cands[max(range(len(cands)), key=agree.__getitem__)] if cands else None)
     return out
 
 
