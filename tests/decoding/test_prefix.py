@@ -88,4 +88,5 @@ def test_bad_prefixes_raise():
     with pytest.raises(ValueError, match=r"prefix length must be in \[1, 8\]"):
         generate(gen, cond, prefix=torch.zeros(2, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="causal generator"):
-        ForcedPrefix(type("Masked", (), {"kind": "discrete", "is_causal": False})(), torch.zeros(1, 1, dtype=torch.long))
+        masked = type("Masked", (), {"kind": "discrete", "is_causal": False})()
+        ForcedPrefix(masked, torch.zeros(1, 1, dtype=torch.long))

@@ -13,6 +13,6 @@ from vistok.decoding.neighboring import decode_nar
 from vistok.decoding.prefix import ForcedPrefix
 from vistok.decoding.sampling import SamplingArgs, sample_probs
 
-__all__ = ["DECODERS", "ForcedPrefix", "GenerationOutput", "Guidance", "SamplingArgs", "decode_ar", "decode_car", "decode_cells",
-           "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd", "decode_nar", "decode_sjd",
-           "generate", "sample_probs"]
+__all__ = ["DECODERS", "ForcedPrefix", "GenerationOutput", "Guidance", "SamplingArgs", "decode_ar", "decode_car",
+           "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd", "decode_nar",
+           "decode_sjd", "generate", "sample_probs"]

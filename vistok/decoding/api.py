@@ -22,8 +22,8 @@ from vistok.decoding.grouped import decode_gsd, decode_lantern
 from vistok.decoding.guidance import Guidance
 from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
-from vistok.decoding.prefix import ForcedPrefix
 from vistok.decoding.neighboring import decode_nar
+from vistok.decoding.prefix import ForcedPrefix
 from vistok.decoding.sampling import SamplingArgs
 from vistok.interfaces import Conditioning, check_count
 
@@ -95,8 +95,9 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
     rng = torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int) else seed
     if prefix is not None:
         if not isinstance(prefix, Tensor) or prefix.ndim != 2 or len(prefix) * num_samples != cond.batch_size:
+            got = tuple(prefix.shape) if isinstance(prefix, Tensor) else type(prefix).__name__
             raise ValueError(f"prefix must be (B, K) token ids with one row per condition (B = "
-                             f"{cond.batch_size // num_samples}), got {getattr(prefix, 'shape', type(prefix).__name__)}")
+                             f"{cond.batch_size // num_samples}), got {got}")
         model = ForcedPrefix(model, prefix.to(device).repeat_interleave(num_samples, 0))
     was_training = getattr(model, "training", False)
     if was_training:

@@ -33,7 +33,8 @@ class ForcedPrefix:
     def __init__(self, generator: CausalGenerator, prefix: Tensor):
         if getattr(generator, "kind", "discrete") != "discrete" or not getattr(generator, "is_causal", False):
             raise ValueError(f"a forced prefix needs a causal generator of token ids, got {type(generator).__name__} "
-                             f"(kind={getattr(generator, 'kind', None)!r}, causal={getattr(generator, 'is_causal', None)})")
+                             f"(kind={getattr(generator, 'kind', None)!r}, "
+                             f"causal={getattr(generator, 'is_causal', None)})")
         check_token_ids(prefix, generator.vocab_size, generator.seq_len, allow_prefix=True)
         self.model, self.prefix = generator, prefix
 
