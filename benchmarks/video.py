@@ -3,6 +3,10 @@
     python benchmarks/video.py geneval --tokenizer runs/larp_tiny/export --generator runs/ar_larp_tiny_c2i/export \
         [--samples-per-class 2] [--frame-prediction 4]
     python benchmarks/video.py decoding --generator runs/ar_larp_tiny_c2i/export [--windows 4 8 16 32 64]
+    python benchmarks/video.py analyser [--num-clips 192]
+
+``analyser``: the video GenEval-lite analyser on ground-truth clips (held-out seed), one- and two-object, beside the
+same clips played backwards and the static disc: the analyser's own validation.
 
 ``geneval``: video GenEval-lite (:mod:`vistok.data.geneval_video`: per-frame colour and shape of the object, motion
 direction from its centroid track) of samples for every class (colour x shape x motion), printed beside reference
@@ -197,9 +201,32 @@ def decoding(args) -> dict:
     return result
 
 
+def analyser(args) -> dict:
+    rows = {}
+    print("| objects | clips | row | " + " | ".join(VIDEO_ATTRIBUTES) + " |")
+    print("|---" * (len(VIDEO_ATTRIBUTES) + 3) + "|")
+    for objects, n in ((1, args.num_clips), (2, args.num_clips // 2)):
+        ds = MovingShapesDataset(n, image_size=args.image_size, num_frames=args.num_frames, seed=args.data_seed,
+                                 min_objects=objects, max_objects=objects)
+        clips = torch.stack([ds[i]["pixels"] for i in range(n)])
+        captions = [ds[i]["caption"] for i in range(n)]
+        for name, x in (("ground truth", clips), ("ground truth reversed", reverse_clips(clips)),
+                        ("static disc", static_disc_baseline(captions, args.num_frames, args.image_size))):
+            r = rows[f"{objects} object(s), {name}"] = score_clips(x, captions)
+            print(f"| {objects} | {n} | {name} | " + " | ".join(f"{r[k]:.3f}" for k in VIDEO_ATTRIBUTES) + " |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("analyser", help="the analyser on ground-truth, reversed and static clips")
+    a.add_argument("--num-clips", type=int, default=192, help="one-object clips (half as many two-object ones)")
+    a.add_argument("--image-size", type=int, default=32)
+    a.add_argument("--num-frames", type=int, default=16)
+    a.add_argument("--data-seed", type=int, default=12345)
+    a.add_argument("--out", default=None)
+    a.add_argument("--threads", type=int, default=1)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--generator", required=True, help="class-conditional generator folder (vistok fit export)")
     common.add_argument("--batch", type=int, default=32)
@@ -227,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     d.add_argument("--skip-random", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = geneval(args) if args.what == "geneval" else decoding(args)
+    result = {"geneval": geneval, "decoding": decoding, "analyser": analyser}[args.what](args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -125,3 +125,15 @@ def test_video_decoding_benchmark_rows(video_benchmark, tiny_video_models, capsy
     for r in result["trained"] + result["random_init"]:
         assert 1 <= r["step_compression"] <= 8 and r["speedup"] > 0
     assert "random-init generator (artefact" in capsys.readouterr().out
+
+
+def test_video_analyser_rows(video_benchmark):
+    threads = torch.get_num_threads()
+    try:
+        rows = video_benchmark.main(["analyser", "--num-clips", "8", "--num-frames", "8"])
+    finally:
+        torch.set_num_threads(threads)
+    for objects in (1, 2):
+        assert rows[f"{objects} object(s), ground truth"]["overall"] == 1
+        assert rows[f"{objects} object(s), ground truth reversed"]["motion"] == 0
+        assert rows[f"{objects} object(s), static disc"]["motion"] == 0
