@@ -38,7 +38,9 @@ class ForcedPrefix:
         check_token_ids(prefix, generator.vocab_size, generator.seq_len, allow_prefix=True)
         self.model, self.prefix = generator, prefix
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str):  # only called for attributes the wrapper itself lacks
+        if "model" not in self.__dict__:
+            raise AttributeError(name)
         return getattr(self.__dict__["model"], name)
 
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
