@@ -15,7 +15,8 @@ tokenizer (what the generator's tokens can at best show), the ground truth playe
 prompted colour (both must score 0 on motion).  ``--frame-prediction M`` adds frame prediction: the tokens of the
 first M frames of each held-out clip (rest = frame M repeated) are forced as the prefix
 (:func:`vistok.sample.frame_prefix`) and the generator continues with the clip's class; reported with the PSNR of
-the first M generated frames against the given ones, beside unconditioned samples of the same classes.
+the first M generated frames against the given ones and of the later frames against the clip's own, beside
+unconditioned samples of the same classes and (later frames) frame M frozen.
 
 ``decoding``: step compression (``N / NFE per sample``) and wall-clock speed-up of the lossless speculative decoders
 (sjd, mcsjd) against AR on the class-conditional generator, over a sweep of windows (up to ``N``).  AR and each
@@ -108,7 +109,11 @@ def geneval(args) -> dict:
             "num_cond_frames": m, "prefix_tokens": prefix.shape[1],
             "psnr_given_frames": float(psnr_per_frame(fp[:, :, :m], real[:, :, :m]).mean()),
             "psnr_given_frames_unconditioned": float(psnr_per_frame(clips[:, :, :m], real[:, :, :m]).mean()),
-            "psnr_given_frames_tokenizer": float(psnr_per_frame(recon[:, :, :m], real[:, :, :m]).mean())}
+            "psnr_given_frames_tokenizer": float(psnr_per_frame(recon[:, :, :m], real[:, :, :m]).mean()),
+            "psnr_later_frames": float(psnr_per_frame(fp[:, :, m:], real[:, :, m:]).mean()),
+            "psnr_later_frames_unconditioned": float(psnr_per_frame(clips[:, :, m:], real[:, :, m:]).mean()),
+            "psnr_later_frames_frozen": float(psnr_per_frame(real[:, :, m - 1 : m].expand_as(real[:, :, m:]),
+                                                             real[:, :, m:]).mean())}
     print(f"{len(labels)} clips ({args.samples_per_class} per class), {result['seconds_per_clip']:.3f} s per clip, "
           f"sampling {opts}")
     print("| row | " + " | ".join(VIDEO_ATTRIBUTES) + " |")
@@ -123,7 +128,9 @@ def geneval(args) -> dict:
         print(f"frame prediction ({f['num_cond_frames']} frames given, {f['prefix_tokens']} tokens forced): PSNR of "
               f"the given frames {f['psnr_given_frames']:.2f} dB (unconditioned samples "
               f"{f['psnr_given_frames_unconditioned']:.2f}, tokenizer reconstruction "
-              f"{f['psnr_given_frames_tokenizer']:.2f})")
+              f"{f['psnr_given_frames_tokenizer']:.2f}); of the later frames {f['psnr_later_frames']:.2f} dB "
+              f"(unconditioned {f['psnr_later_frames_unconditioned']:.2f}, frame {f['num_cond_frames']} frozen "
+              f"{f['psnr_later_frames_frozen']:.2f})")
     return result
 
 
