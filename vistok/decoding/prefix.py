@@ -7,6 +7,9 @@ given token, elsewhere they are the generator's.  Every decoder then samples fro
 itself a causal model.  The forced positions still cost forward passes (AR: one each; Jacobi decoders accept a whole
 window of them per pass).
 
+Frame prediction in LARP (Wang et al., arXiv 2410.21264; github.com/hywang66/LARP) conditions a separately trained
+generator on the conditioning clip's tokens; this wrapper is the training-free counterpart for any causal generator.
+
 Legend: b batch, k prefix length, l step length, v vocab.
 """
 
