@@ -4,6 +4,7 @@
 
 A pipeline whose tokenizer decodes clips (a video tokenizer such as LARP: ``(B, 3, T, H, W)``) writes videos instead:
 ``--out grid.mp4`` (or ``.gif``) holds every sample tiled in one clip, ``--out-dir`` one ``.mp4`` per sample.
+``--first-frames clip.mp4 --num-cond-frames M`` continues a given clip (frame prediction, :func:`frame_prefix`).
 
 With no ``--model``, the shipped default (tiny TiTok + tiny LlamaGen-style T2I generator + MiniLM text
 encoder, in ``vistok/assets/default``) is used.  A model folder holds ``tokenizer/`` and ``generator/`` (each
