@@ -66,3 +66,74 @@ def test_bad_arguments_are_refused(vs_official):
         vs_official.main(["--repeats", "0"])
     with pytest.raises(SystemExit):
         vs_official.main(["--models", "dit"])
+
+
+@pytest.fixture(scope="module")
+def video_benchmark():
+    spec = importlib.util.spec_from_file_location("video_benchmark", ROOT / "benchmarks" / "video.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_video_models(tmp_path_factory):
+    """A random tiny LARP (4 frames of 32x32, 8 tokens) and a class-conditional AR (96 classes) over its ids."""
+    from conftest import tiny_ar, tiny_larp
+
+    from vistok import save_pretrained
+
+    folder = tmp_path_factory.mktemp("video_models")
+    torch.manual_seed(0)
+    tok = tiny_larp(image_size=32, prior_depth=0)
+    torch.nn.init.normal_(tok.head.weight, std=0.5)
+    gen = tiny_ar(num_classes=96)
+    torch.nn.init.normal_(gen.output.weight, std=0.5)
+    save_pretrained(tok, folder / "tok", dtype=None)
+    save_pretrained(gen, folder / "gen", dtype=None)
+    return folder
+
+
+def test_video_geneval_benchmark_rows(video_benchmark, tiny_video_models, tmp_path, capsys):
+    threads = torch.get_num_threads()
+    try:
+        result = video_benchmark.main(["geneval", "--tokenizer", str(tiny_video_models / "tok"), "--generator",
+                                       str(tiny_video_models / "gen"), "--frame-prediction", "2", "--out",
+                                       str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
+    rows = result["rows"]
+    assert result["num_clips"] == 96 and json.loads((tmp_path / "r.json").read_text())["rows"] == rows
+    assert rows["ground truth"] == {"color": 1.0, "shape": 1.0, "motion": 1.0, "overall": 1.0}
+    assert rows["ground truth reversed"]["motion"] == 0 and rows["static disc"]["motion"] == 0
+    assert rows["generator"]["motion"] < 0.2  # random weights: noise clips
+    fp = result["frame_prediction"]
+    assert fp["num_cond_frames"] == 2 and fp["prefix_tokens"] == 4 and "frame prediction" in rows
+    assert len(result["generator_per_frame"]["color"]) == 4
+    assert "| static disc |" in capsys.readouterr().out
+
+
+def test_video_decoding_benchmark_rows(video_benchmark, tiny_video_models, capsys):
+    threads = torch.get_num_threads()
+    try:
+        result = video_benchmark.main(["decoding", "--generator", str(tiny_video_models / "gen"), "--windows", "4",
+                                       "8", "64", "--num-labels", "4", "--batch", "2"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["decoder"], r["window"]) for r in result["trained"]] == [("sjd", 4), ("sjd", 8), ("mcsjd", 4),
+                                                                        ("mcsjd", 8)]  # 64 > N = 8: dropped
+    for r in result["trained"] + result["random_init"]:
+        assert 1 <= r["step_compression"] <= 8 and r["speedup"] > 0
+    assert "random-init generator (artefact" in capsys.readouterr().out
+
+
+def test_video_analyser_rows(video_benchmark):
+    threads = torch.get_num_threads()
+    try:
+        rows = video_benchmark.main(["analyser", "--num-clips", "8", "--num-frames", "8"])
+    finally:
+        torch.set_num_threads(threads)
+    for objects in (1, 2):
+        assert rows[f"{objects} object(s), ground truth"]["overall"] == 1
+        assert rows[f"{objects} object(s), ground truth reversed"]["motion"] == 0
+        assert rows[f"{objects} object(s), static disc"]["motion"] == 0

@@ -284,3 +284,80 @@ def test_pjd_gets_the_tokenizers_grid(tiny_pipeline):
     assert out.extras["grid"] == (2, 4) and out.tokens.shape == (2, 8)
     _, out = pipe(["a red circle"], num_samples=1, decoder="pjd", grid=(4, 2), lag=2)
     assert out.extras["grid"] == (4, 2)
+
+
+def test_frame_prediction_forces_the_tokens_of_the_first_frames(tiny_video_pipeline):
+    from vistok.sample import frame_prefix
+
+    pipe = Pipeline.from_folder(tiny_video_pipeline)
+    torch.manual_seed(1)
+    clip = torch.rand(3, 4, 16, 16)
+    prompts = ["a red circle moving right from the left", "a blue star moving down from the top"]
+    # the prefix: tokens of the first 2 frames, frame 2 repeated to fill the clip; K = 8 tokens * 2 / 4 frames
+    padded = torch.cat([clip[:, :2], clip[:, 1:2], clip[:, 1:2]], dim=1)
+    want = pipe.tokenizer.encode(padded[None])[:, :4]
+    assert torch.equal(frame_prefix(pipe.tokenizer, clip[None], 2), want)
+    for decoder in ("ar", "mcsjd"):
+        clips, out = pipe(prompts, num_samples=3, seed=0, first_frames=clip, num_cond_frames=2, decoder=decoder)
+        assert clips.shape == (6, 3, 4, 16, 16) and torch.equal(out.tokens[:, :4], want.expand(6, -1)), decoder
+        assert len({tuple(t) for t in out.tokens[:, 4:].tolist()}) > 1  # the rest is sampled
+    free, _ = pipe(prompts, num_samples=3, seed=0)
+    # the whole sequence forced: the samples are the tokenizer's reconstruction of the padded clip
+    full, _ = pipe(prompts[:1], num_samples=2, first_frames=clip, num_cond_frames=2, num_prefix_tokens=8)
+    recon = pipe.tokenizer.decode(pipe.tokenizer.encode(padded[None]))
+    assert torch.allclose(full, recon.expand(2, -1, -1, -1, -1), atol=1e-5)
+    assert not torch.allclose(free[:2], full, atol=1e-3)
+    # one clip per prompt
+    two = torch.stack([clip, clip.flip(-1)])
+    _, out = pipe(prompts, num_samples=1, first_frames=two, num_cond_frames=3, num_prefix_tokens=5)
+    assert torch.equal(out.tokens[:, :5], frame_prefix(pipe.tokenizer, two, 3, 5))
+
+
+def test_frame_prediction_bad_inputs(tiny_video_pipeline, tiny_pipeline, tmp_path, capsys):
+    from vistok.data.videos import write_video
+
+    pipe = Pipeline.from_folder(tiny_video_pipeline)
+    clip = torch.rand(3, 4, 16, 16)
+    for kw, match in ((dict(num_cond_frames=4), r"num_cond_frames must be an int in \[1, 3\]"),
+                      (dict(num_cond_frames=0), r"in \[1, 3\]"),
+                      (dict(num_cond_frames=2, num_prefix_tokens=9), r"num_prefix_tokens must be an int in \[1, 8\]"),
+                      (dict(first_frames=clip[:, :1], num_cond_frames=2), "has 1 frames but num_cond_frames is 2"),
+                      (dict(first_frames=torch.rand(3, 4, 32, 32), num_cond_frames=2), "16x16"),
+                      (dict(first_frames=clip.permute(1, 2, 3, 0), num_cond_frames=2), "3 channels"),
+                      (dict(first_frames=torch.rand(3, 3, 4, 16, 16), num_cond_frames=2), "3 clips for 2 prompts")):
+        with pytest.raises(ValueError, match=match):
+            pipe(["a", "b"], num_samples=1, **{"first_frames": clip, **kw})
+    with pytest.raises(ValueError, match="need first_frames"):
+        pipe(["a"], num_samples=1, num_cond_frames=2)
+    image_pipe = Pipeline.from_folder(tiny_pipeline)
+    with pytest.raises(ValueError, match="video tokenizer"):
+        image_pipe(["a"], num_samples=1, first_frames=clip, num_cond_frames=2)
+    path = write_video(clip, tmp_path / "first.mp4")
+    for args, match in ((["--first-frames", str(tmp_path / "none.mp4")], "no such video file"),
+                        (["--num-cond-frames", "2"], "need --first-frames"),
+                        (["--first-frames", str(path), "--num-cond-frames", "7"], "num_cond_frames"),
+                        (["--first-frames", str(path), "--model", str(tiny_pipeline)], "needs a video pipeline")):
+        with pytest.raises(SystemExit):
+            cli(["a red circle", "--out", str(tmp_path / "g.mp4"), "--model", str(tiny_video_pipeline), *args])
+        assert match in capsys.readouterr().err, match
+
+
+def test_frame_prediction_cli_writes_clips_and_records_the_clip(tiny_video_pipeline, tmp_path, capsys):
+    import json
+
+    from vistok.data.videos import read_video, write_video
+
+    torch.manual_seed(2)
+    path = write_video(torch.rand(3, 4, 16, 16), tmp_path / "first.mp4")
+    grid = tmp_path / "grid.mp4"
+    cli(["a red circle", "--num-samples", "2", "--out", str(grid), "--model", str(tiny_video_pipeline),
+         "--first-frames", str(path), "--num-cond-frames", "2", "--scale", "1"])
+    assert "(2 clips" in capsys.readouterr().out and read_video(grid).shape[1] == 4
+    out = tmp_path / "clips"
+    args = ["a red circle", "--num-samples", "1", "--out-dir", str(out), "--model", str(tiny_video_pipeline),
+            "--first-frames", str(path), "--num-cond-frames", "2"]
+    cli(args)
+    assert json.loads((out / "run.json").read_text())["num_cond_frames"] == 2
+    with pytest.raises(SystemExit):  # another number of conditioning frames is another run
+        cli([*args[:-1], "3"])
+    assert "different run" in capsys.readouterr().err

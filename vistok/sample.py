@@ -4,6 +4,7 @@
 
 A pipeline whose tokenizer decodes clips (a video tokenizer such as LARP: ``(B, 3, T, H, W)``) writes videos instead:
 ``--out grid.mp4`` (or ``.gif``) holds every sample tiled in one clip, ``--out-dir`` one ``.mp4`` per sample.
+``--first-frames clip.mp4 --num-cond-frames M`` continues a given clip (frame prediction, :func:`frame_prefix`).
 
 With no ``--model``, the shipped default (tiny TiTok + tiny LlamaGen-style T2I generator + MiniLM text
 encoder, in ``vistok/assets/default``) is used.  A model folder holds ``tokenizer/`` and ``generator/`` (each
@@ -29,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.decoding import DECODERS, GenerationOutput, Guidance, SamplingArgs, generate
+from vistok.decoding import DECODERS, ForcedPrefix, GenerationOutput, Guidance, SamplingArgs, generate
 from vistok.hub import from_pretrained
-from vistok.interfaces import Conditioning
+from vistok.interfaces import Conditioning, check_pixels
 from vistok.progress import progress_bar
 from vistok.text import check_prompts, load_text_encoder
 
@@ -127,7 +128,9 @@ class Pipeline:
 
     @torch.no_grad()
     def __call__(self, prompts: list[str] | str, num_samples: int = 4, seed: int | None = 0, *,
-                 batch_size: int | None = None, progress: bool = False, **overrides) -> tuple[Tensor, GenerationOutput]:
+                 batch_size: int | None = None, progress: bool = False, first_frames: Tensor | None = None,
+                 num_cond_frames: int | None = None, num_prefix_tokens: int | None = None,
+                 **overrides) -> tuple[Tensor, GenerationOutput]:
         """prompts (P) -> images (P * num_samples, 3, H, W) in [0, 1] (clips (P * num_samples, 3, T, H, W) for a video
         tokenizer; each prompt's samples in a row) and the
         GenerationOutput (tokens of every image; ``nfe`` summed over batches; ``extras`` of the last batch).
@@ -136,13 +139,23 @@ class Pipeline:
         with the default AR decoder it does not depend on ``batch_size`` or on the other prompts.
         ``batch_size`` (None = all at once) bounds memory.  ``overrides``: decoder, temperature, top_k, top_p,
         cfg_scale and decoder options, on top of the pipeline's defaults.
+
+        Frame prediction (video tokenizers, causal generators): ``first_frames`` ``(3, T', H, W)`` (one clip for
+        every prompt) or ``(P, 3, T', H, W)`` (one per prompt) in [0, 1]; its first ``num_cond_frames`` frames are
+        tokenized (:func:`frame_prefix`) and the first ``num_prefix_tokens`` of those tokens are forced as the
+        prefix every sample continues (:class:`vistok.decoding.ForcedPrefix`).
         """
         prompts = check_prompts(prompts)
         check_options(num_samples=num_samples, batch_size=batch_size, seed=seed)
         jobs = [(i, j) for i in range(len(prompts)) for j in range(num_samples)]
         images, tokens, nfe, out = [], [], 0, None
+        prefix = None
+        if first_frames is not None:
+            prefix = self.frame_prefix(first_frames, len(prompts), num_cond_frames, num_prefix_tokens)
+        elif num_cond_frames is not None or num_prefix_tokens is not None:
+            raise ValueError("num_cond_frames / num_prefix_tokens need first_frames (the clip to continue)")
         for _, imgs, out in self.batches(prompts, jobs, seed=seed, batch_size=batch_size, progress=progress,
-                                         **overrides):
+                                         prefix=prefix, **overrides):
             images.append(imgs)
             tokens.append(out.tokens)
             nfe += out.nfe
@@ -151,6 +164,7 @@ class Pipeline:
     @torch.no_grad()
     def batches(self, prompts: list[str], jobs: list[tuple[int, int]], *, seed: int | None = 0,
                 batch_size: int | None = None, progress: bool = False, precision: Precision = "fp32",
+                prefix: Tensor | None = None,
                 **overrides) -> Iterator[tuple[list[tuple[int, int]], Tensor, GenerationOutput]]:
         """Sample the images ``jobs`` (``(prompt index, sample index)`` pairs) ``batch_size`` at a time.
 
@@ -158,6 +172,8 @@ class Pipeline:
         ``batch_size`` whatever the number of jobs.  A progress bar counts images when ``progress``.
         ``precision="bf16"`` runs the generator and the tokenizer's decoder under bfloat16 autocast (CPUs with
         AVX512-BF16/AMX, and GPUs); sampling probabilities and acceptance tests stay float32.
+        ``prefix`` ``(P, K)`` token ids (one row per prompt, e.g. from :meth:`frame_prefix`): every sample of prompt
+        ``i`` starts with row ``i``.
         """
         autocast = precision_context(precision, self.tokenizer)
         opts = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
@@ -169,17 +185,20 @@ class Pipeline:
                 chunk = jobs[k : k + step]
                 cond = self.condition([prompts[i] for i, _ in chunk])
                 seeds = None if seed is None else [image_seed(seed, i, j) for i, j in chunk]
+                rows = None if prefix is None else prefix[[i for i, _ in chunk]]
                 with autocast():
-                    out = self._generate(cond, seeds, dict(opts))
+                    out = self._generate(cond, seeds, dict(opts), rows)
                     images = self.tokenizer.decode(out.tokens).float()
                 yield chunk, images, out
                 bar.update(len(chunk))
         finally:
             bar.close()
 
-    def _generate(self, cond: Conditioning, seeds: list[int] | None, opts: dict) -> GenerationOutput:
+    def _generate(self, cond: Conditioning, seeds: list[int] | None, opts: dict,
+                  prefix: Tensor | None = None) -> GenerationOutput:
         """One batch.  Discrete generators under the AR decoder draw each image from its own seed (Gumbel-max
-        on the processed distribution, see :class:`PerImageNoise`); other decoders get one stream per batch."""
+        on the processed distribution, see :class:`PerImageNoise`); other decoders get one stream per batch.
+        ``prefix`` ``(b, K)``: the tokens each sample must start with."""
         gen = self.generator
         decoder = opts.pop("decoder", None) or getattr(gen, "default_decoder", "ar")
         temperature = opts.pop("temperature", 1.0)
@@ -188,10 +207,68 @@ class Pipeline:
         if decoder == "pjd" and "grid" not in opts and getattr(self.tokenizer, "grid", None) is not None:
             opts["grid"] = tuple(self.tokenizer.grid)  # row-parallel Jacobi runs over the tokenizer's 2-D grid
         if decoder == "ar" and getattr(gen, "kind", "discrete") == "discrete" and not sampling.greedy:
-            noisy = PerImageNoise(gen, sampling, seeds, cfg_scale)
+            noisy = PerImageNoise(gen if prefix is None else ForcedPrefix(gen, prefix), sampling, seeds, cfg_scale)
             return generate(noisy, cond, decoder="ar", temperature=0.0, **opts)
         return generate(gen, cond, decoder=decoder, temperature=temperature, top_k=sampling.top_k,
-                        top_p=sampling.top_p, cfg_scale=cfg_scale, seed=None if seeds is None else seeds[0], **opts)
+                        top_p=sampling.top_p, cfg_scale=cfg_scale, seed=None if seeds is None else seeds[0],
+                        prefix=prefix, **opts)
+
+    @torch.no_grad()
+    def frame_prefix(self, first_frames: Tensor, num_prompts: int = 1, num_cond_frames: int | None = None,
+                     num_prefix_tokens: int | None = None) -> Tensor:
+        """The token prefix ``(num_prompts, K)`` of frame prediction: :func:`frame_prefix` with this pipeline's
+        tokenizer; one clip ``(3, T', H, W)`` is shared by every prompt, ``(P, 3, T', H, W)`` gives one per prompt."""
+        if not getattr(self.generator, "is_causal", False) or getattr(self.generator, "kind", "") != "discrete":
+            raise ValueError(f"frame prediction forces a token prefix: it needs a causal generator of token ids (an "
+                             f"AR), got {type(self.generator).__name__}")
+        if isinstance(first_frames, Tensor) and first_frames.ndim == 4:
+            first_frames = first_frames[None]
+        if isinstance(first_frames, Tensor) and first_frames.ndim == 5 and len(first_frames) not in (1, num_prompts):
+            raise ValueError(f"first_frames holds {len(first_frames)} clips for {num_prompts} prompts; give one clip "
+                             "(3, T, H, W) for all of them or one per prompt (P, 3, T, H, W)")
+        prefix = frame_prefix(self.tokenizer, first_frames, num_cond_frames, num_prefix_tokens)
+        return prefix.expand(num_prompts, -1) if len(prefix) == 1 else prefix
+
+
+#: conditioning frames of frame prediction when none are given (LARP's K600 setting uses 5 of 16; 4 here keeps
+#: whole temporal patches of the tiny LARP)
+NUM_COND_FRAMES = 4
+
+
+@torch.no_grad()
+def frame_prefix(tokenizer: nn.Module, first_frames: Tensor, num_cond_frames: int | None = None,
+                 num_prefix_tokens: int | None = None) -> Tensor:
+    """Tokens of the conditioning frames for frame prediction: ``(B, K)`` ids.
+
+    The first ``m = num_cond_frames`` frames of ``first_frames`` ``(B, 3, T', H, W)`` in [0, 1] are kept, the clip is
+    filled up to the tokenizer's ``num_frames`` by repeating frame ``m`` (the last one given), encoded, and the first
+    ``K`` ids are returned; ``K`` defaults to ``round(N * m / T)`` (the share of the clip that is given).  A 1D video
+    tokenizer (LARP) reads the clip holistically, so its first ids are not "the first frames": the prefix is the part
+    of the given clip's code the generator continues from, and how much of the frames survives is measured, not
+    assumed (``docs/video.md``).
+
+    Raises:
+        ValueError: not a discrete video tokenizer, a bad ``m`` / ``K``, too few frames, or the wrong frame size.
+    """
+    frames_per_clip = getattr(tokenizer, "num_frames", None)
+    if not frames_per_clip or getattr(tokenizer, "kind", "discrete") != "discrete":
+        raise ValueError(f"frame prediction needs a discrete video tokenizer (one with num_frames, e.g. LARP), got "
+                         f"{type(tokenizer).__name__}")
+    check_pixels(first_frames, video=True, size=tokenizer.image_size)
+    m = NUM_COND_FRAMES if num_cond_frames is None else num_cond_frames
+    if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m < frames_per_clip:
+        raise ValueError(f"num_cond_frames must be an int in [1, {frames_per_clip - 1}] (the tokenizer's clips have "
+                         f"{frames_per_clip} frames), got {m!r}")
+    if first_frames.shape[2] < m:
+        raise ValueError(f"the conditioning clip has {first_frames.shape[2]} frames but num_cond_frames is {m}")
+    n = tokenizer.num_tokens
+    k = max(1, round(n * m / frames_per_clip)) if num_prefix_tokens is None else num_prefix_tokens
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"num_prefix_tokens must be an int in [1, {n}], got {k!r}")
+    given = first_frames[:, :, :m].float()
+    clip = torch.cat([given, given[:, :, -1:].expand(-1, -1, frames_per_clip - m, -1, -1)], dim=2)
+    device = next(tokenizer.parameters()).device
+    return tokenizer.encode(clip.to(device))[:, :k]
 
 
 def precision_context(precision: Precision, model: nn.Module) -> Callable[[], contextlib.AbstractContextManager]:
@@ -489,6 +566,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=None,
                    help="nearest-neighbour upscaling of saved images (default 4 for a grid, 1 for --out-dir)")
     p.add_argument("--fps", type=int, default=8, help="frames per second of written videos (video pipelines)")
+    p.add_argument("--first-frames", default=None, metavar="CLIP",
+                   help="frame prediction (video pipelines, AR generators): an .mp4/.gif whose first --num-cond-frames "
+                        "frames every sample continues (their tokens are forced as the generator's prefix)")
+    p.add_argument("--num-cond-frames", type=int, default=None,
+                   help=f"frames of --first-frames to condition on (default {NUM_COND_FRAMES})")
+    p.add_argument("--prefix-tokens", type=int, default=None,
+                   help="tokens of the conditioning clip forced as the prefix (default: N * frames given / T)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
 
@@ -511,6 +595,15 @@ def _run(args: argparse.Namespace) -> str:
     model = resolve_pipeline_folder(args.model)
     video = makes_video(model)
     suffix = ".mp4" if video else ".png"
+    first_frames = None
+    if args.first_frames:
+        if not video:
+            raise ValueError("--first-frames (frame prediction) needs a video pipeline (its tokenizer decodes clips)")
+        from vistok.data.videos import read_video
+
+        first_frames = read_video(args.first_frames)
+    elif args.num_cond_frames is not None or args.prefix_tokens is not None:
+        raise ValueError("--num-cond-frames / --prefix-tokens need --first-frames CLIP (the clip to continue)")
     if args.generator and not (Path(args.generator) / "config.json").is_file():
         raise FileNotFoundError(f"--generator {args.generator} is not a model folder (no config.json); give a folder "
                                 "written by vistok.hub.save_pretrained (a vistok fit export)")
@@ -522,6 +615,9 @@ def _run(args: argparse.Namespace) -> str:
             raise ValueError(f"--out-dir {out_dir} is a file; give a folder (created if missing)")
         _check_writable_dir(out_dir, "--out-dir")
         opts = {k: getattr(args, k) for k in ("decoder", *SAMPLING_OPTIONS)}
+        if args.first_frames:  # frame prediction: a different conditioning clip is a different run
+            opts |= {"first_frames": str(Path(args.first_frames).resolve()), "num_cond_frames": args.num_cond_frames,
+                     "prefix_tokens": args.prefix_tokens}
         _check_run_record(out_dir, {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
                                     "num_prompts": len(prompts), "seed": args.seed, "model": str(model),
                                     "generator": args.generator, **opts})
@@ -538,11 +634,15 @@ def _run(args: argparse.Namespace) -> str:
     pipe = Pipeline.from_folder(model)
     if args.generator:
         pipe.swap_generator(args.generator)
+    prefix = None
+    if first_frames is not None:
+        prefix = pipe.frame_prefix(first_frames, len(prompts), args.num_cond_frames, args.prefix_tokens)
     t1 = time.time()
     images, nfe = [], 0
     for chunk, imgs, out in pipe.batches(prompts, jobs, seed=args.seed, batch_size=args.batch_size, progress=True,
                                          decoder=args.decoder, temperature=args.temperature, top_k=args.top_k,
-                                         top_p=args.top_p, cfg_scale=args.cfg_scale, precision=args.precision):
+                                         top_p=args.top_p, cfg_scale=args.cfg_scale, precision=args.precision,
+                                         prefix=prefix):
         nfe += out.nfe
         if args.out_dir:
             for (i, j), img in zip(chunk, imgs, strict=True):

@@ -11,8 +11,9 @@ from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
 from vistok.decoding.neighboring import decode_nar
 from vistok.decoding.parallel import decode_pjd
+from vistok.decoding.prefix import ForcedPrefix
 from vistok.decoding.sampling import SamplingArgs, sample_probs
 
-__all__ = ["DECODERS", "GenerationOutput", "Guidance", "SamplingArgs", "decode_ar", "decode_car", "decode_cells",
-           "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd", "decode_nar", "decode_pjd",
-           "decode_sjd", "generate", "sample_probs"]
+__all__ = ["DECODERS", "ForcedPrefix", "GenerationOutput", "Guidance", "SamplingArgs", "decode_ar", "decode_car",
+           "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd", "decode_nar",
+           "decode_pjd", "decode_sjd", "generate", "sample_probs"]

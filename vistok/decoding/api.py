@@ -24,6 +24,7 @@ from vistok.decoding.jacobi import decode_mcsjd, decode_sjd
 from vistok.decoding.masked import decode_masked
 from vistok.decoding.neighboring import decode_nar
 from vistok.decoding.parallel import decode_pjd
+from vistok.decoding.prefix import ForcedPrefix
 from vistok.decoding.sampling import SamplingArgs
 from vistok.interfaces import Conditioning, check_count
 
@@ -52,7 +53,8 @@ class GenerationOutput:
 def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = None, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              cfg_scale: float = 1.0, seed: int | torch.Generator | None = None,
-             generator: torch.Generator | None = None, progress: bool = False, **decoder_kwargs) -> GenerationOutput:
+             generator: torch.Generator | None = None, progress: bool = False, prefix: Tensor | None = None,
+             **decoder_kwargs) -> GenerationOutput:
     """Sample tokens from ``model`` for each condition in ``cond`` (``num_samples`` each, in a row).
 
     Args:
@@ -66,6 +68,8 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         seed: an int or a ``torch.Generator`` for reproducible sampling.
         generator: a ``torch.Generator`` (the same as passing it as ``seed``; the model itself is positional).
         progress: show a progress bar.
+        prefix: ``(B, K)`` token ids the samples must start with (causal discrete generators: :class:`ForcedPrefix`;
+            each condition's row is used for all its ``num_samples``); the output holds them at positions ``< K``.
         decoder_kwargs: decoder-specific options (e.g. ``window`` for Jacobi decoders).
     """
     if generator is not None:
@@ -91,6 +95,12 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     cond = cond.to(device).repeat_interleave(num_samples) if num_samples > 1 else cond.to(device)
     rng = torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int) else seed
+    if prefix is not None:
+        if not isinstance(prefix, Tensor) or prefix.ndim != 2 or len(prefix) * num_samples != cond.batch_size:
+            got = tuple(prefix.shape) if isinstance(prefix, Tensor) else type(prefix).__name__
+            raise ValueError(f"prefix must be (B, K) token ids with one row per condition (B = "
+                             f"{cond.batch_size // num_samples}), got {got}")
+        model = ForcedPrefix(model, prefix.to(device).repeat_interleave(num_samples, 0))
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
