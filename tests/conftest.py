@@ -31,6 +31,26 @@ def tiny_ar(**kw):
     return ARGenerator(**{**cfg, **kw})
 
 
+def peaked_ar(text=False, seq_len=16, **kw):
+    """``tiny_ar`` with 4 classes (or 8-d text in 4 slots) and a peaked output head (N(0, 0.5)), in eval mode: a
+    context-sensitive random model for decoder tests."""
+    cond = {"text_dim": 8, "max_text_len": 4} if text else {"num_classes": 4}
+    gen = tiny_ar(seq_len=seq_len, **cond, **kw).eval()
+    torch.nn.init.normal_(gen.output.weight, std=0.5)
+    return gen
+
+
+def ar_conditioning(text, b=3):
+    """Conditions for :func:`peaked_ar`: labels ``arange(b) % 4``, or random text with one padded slot."""
+    from vistok.interfaces import Conditioning
+
+    if text:
+        mask = torch.ones(b, 3, dtype=torch.bool)
+        mask[0, 2] = False
+        return Conditioning(text=torch.randn(b, 3, 8), text_mask=mask)
+    return Conditioning(labels=torch.arange(b) % 4)
+
+
 def tiny_larp(**kw):
     from vistok.tokenizers import LARP
 

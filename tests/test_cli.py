@@ -77,21 +77,7 @@ def test_validate_tokenizer_reports_quality(tmp_path):
     cli_args = ["validate", "--config", str(config), f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
                 "--data.init_args.val_size=4", "--data.init_args.batch_size=4", "--trainer.limit_val_batches=1",
                 f"--model.init_args.pretrained={tmp_path / 'tok'}"]
-    import lightning.pytorch as pl
-
-    results = {}
-    original = pl.Trainer.validate
-
-    def capture(self, *a, **k):
-        out = original(self, *a, **k)
-        results.update(out[0])
-        return out
-
-    pl.Trainer.validate = capture
-    try:
-        main(cli_args)
-    finally:
-        pl.Trainer.validate = original
+    results = _validate_results(cli_args)
     for key in ("val/psnr", "val/ssim", "val/rfid", "val/codebook_usage", "val/codebook_perplexity"):
         assert key in results, f"{key} missing from {sorted(results)}"
     assert 0 < results["val/psnr"] < 60 and -1 <= results["val/ssim"] <= 1 and results["val/rfid"] >= 0

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_ar
+from conftest import ar_conditioning, peaked_ar
 
 from vistok.decoding import DECODERS, SamplingArgs, decode_gsd, decode_mcsjd, decode_sjd, generate
 from vistok.decoding.grouped import gsd_ratio, lantern_neighbours, lantern_ratio
@@ -51,18 +51,7 @@ def _stub(*kinds, v=40, n=24):
     return Stub(torch.stack([t for t, _ in made]), torch.stack([s for _, s in made]), n)
 
 
-def _ar(text=False, **kw):
-    gen = tiny_ar(seq_len=16, **({"text_dim": 8, "max_text_len": 4} if text else {"num_classes": 4}), **kw).eval()
-    torch.nn.init.normal_(gen.output.weight, std=0.5)
-    return gen
-
-
-def _cond(text, b=3):
-    if text:
-        mask = torch.ones(b, 3, dtype=torch.bool)
-        mask[0, 2] = False
-        return Conditioning(text=torch.randn(b, 3, 8), text_mask=mask)
-    return Conditioning(labels=torch.arange(b) % 4)
+_ar, _cond = peaked_ar, ar_conditioning
 
 
 # ------------------------------------------------------------------------------------------------------------

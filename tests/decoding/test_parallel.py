@@ -4,7 +4,7 @@ against an enumerated law (with broken controls and the relaxed lags failing the
 
 import pytest
 import torch
-from conftest import tiny_ar
+from conftest import ar_conditioning, peaked_ar, tiny_ar
 from exactness import PrefixTable, joint_pvalue
 from test_jacobi import Stub, _chain, _const, _stub
 
@@ -17,17 +17,10 @@ ALPHA = 1e-3
 
 def _ar(text=False, n=16):
     torch.manual_seed(0)
-    gen = tiny_ar(seq_len=n, **({"text_dim": 8, "max_text_len": 4} if text else {"num_classes": 4})).eval()
-    torch.nn.init.normal_(gen.output.weight, std=0.5)
-    return gen
+    return peaked_ar(text, seq_len=n)
 
 
-def _cond(text, b=3):
-    if text:
-        mask = torch.ones(b, 3, dtype=torch.bool)
-        mask[0, 2] = False
-        return Conditioning(text=torch.randn(b, 3, 8), text_mask=mask)
-    return Conditioning(labels=torch.arange(b) % 4)
+_cond = ar_conditioning
 
 
 def _check_accounting(out, b, n, window, rows):
