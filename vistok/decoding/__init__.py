@@ -3,6 +3,7 @@
 
 from vistok.decoding.api import DECODERS, GenerationOutput, generate
 from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.budget import TokenBudget
 from vistok.decoding.cells import decode_cells
 from vistok.decoding.continuous import decode_car, decode_csd
 from vistok.decoding.grouped import decode_gsd, decode_lantern
@@ -12,6 +13,6 @@ from vistok.decoding.masked import decode_masked
 from vistok.decoding.neighboring import decode_nar
 from vistok.decoding.sampling import SamplingArgs, sample_probs
 
-__all__ = ["DECODERS", "GenerationOutput", "Guidance", "SamplingArgs", "decode_ar", "decode_car", "decode_cells",
-           "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd", "decode_nar", "decode_sjd",
-           "generate", "sample_probs"]
+__all__ = ["DECODERS", "GenerationOutput", "Guidance", "SamplingArgs", "TokenBudget", "decode_ar", "decode_car",
+           "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd", "decode_nar",
+           "decode_sjd", "generate", "sample_probs"]

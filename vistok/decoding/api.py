@@ -2,6 +2,7 @@
 
     out = vistok.decoding.generate(generator, cond, decoder="sjd", num_samples=4, cfg_scale=3.0, seed=0, window=16)
     out.tokens, out.nfe  # (B * num_samples, N) ids or (B * num_samples, N, D) vectors; generator forward passes
+    generate(generator, cond, num_tokens=8).tokens  # (B, 8): only the first 8 tokens (a token budget)
 
 Every decoder is a free function ``decoder(generator, cond, sampling, rng, progress, *, guidance, **options) ->
 (tokens, nfe, extras)`` over the protocols of :mod:`vistok.interfaces`; :data:`DECODERS` maps names to them.
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.budget import NON_CAUSAL_DECODERS, TokenBudget
 from vistok.decoding.cells import decode_cells
 from vistok.decoding.continuous import decode_csd
 from vistok.decoding.grouped import decode_gsd, decode_lantern
@@ -50,7 +52,8 @@ class GenerationOutput:
 def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = None, num_samples: int = 1,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              cfg_scale: float = 1.0, seed: int | torch.Generator | None = None,
-             generator: torch.Generator | None = None, progress: bool = False, **decoder_kwargs) -> GenerationOutput:
+             generator: torch.Generator | None = None, num_tokens: int | None = None, progress: bool = False,
+             **decoder_kwargs) -> GenerationOutput:
     """Sample tokens from ``model`` for each condition in ``cond`` (``num_samples`` each, in a row).
 
     Args:
@@ -63,6 +66,8 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         cfg_scale: classifier-free guidance scale (1 = off).
         seed: an int or a ``torch.Generator`` for reproducible sampling.
         generator: a ``torch.Generator`` (the same as passing it as ``seed``; the model itself is positional).
+        num_tokens: a token budget ``k`` in ``[1, N]``: stop after the first ``k`` tokens (tokens ``(B, k)``; causal
+            generators and their decoders only, see :mod:`vistok.decoding.budget`).  None: all ``N``.
         progress: show a progress bar.
         decoder_kwargs: decoder-specific options (e.g. ``window`` for Jacobi decoders).
     """
@@ -75,6 +80,9 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         seed = generator
     if decoder is None:
         decoder = getattr(model, "default_decoder", "ar")
+    if num_tokens is not None and decoder in NON_CAUSAL_DECODERS:
+        raise ValueError(f"num_tokens (a token budget) needs a causal decoder (ar, sjd, mcsjd, gsd, lantern, csd); "
+                         f"decoder {decoder!r} does not make tokens in order")
     if isinstance(decoder, str):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")
@@ -86,6 +94,7 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         raise TypeError(f"seed must be an int or a torch.Generator, got {type(seed).__name__}")
     sampling = SamplingArgs(temperature, top_k, top_p)
     guidance = Guidance(cfg_scale, model)
+    runs = model if num_tokens is None else TokenBudget(model, num_tokens)
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     cond = cond.to(device).repeat_interleave(num_samples) if num_samples > 1 else cond.to(device)
     rng = torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int) else seed
@@ -93,7 +102,7 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
     if was_training:
         model.eval()
     try:
-        out = decoder(model, cond, sampling, rng, progress, guidance=guidance, **decoder_kwargs)
+        out = decoder(runs, cond, sampling, rng, progress, guidance=guidance, **decoder_kwargs)
     finally:
         if was_training:
             model.train()
