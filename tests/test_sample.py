@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -272,3 +274,58 @@ def test_video_and_image_outputs_are_checked(tiny_video_pipeline, tiny_pipeline,
     with pytest.raises(SystemExit):
         cli(["a red circle", "--out", str(tmp_path / "g.mp4"), "--model", str(tiny_video_pipeline), "--fps", "0"])
     assert "--fps" in capsys.readouterr().err
+
+
+# -- token budgets (num_tokens / --tokens) on an ordered tokenizer ---------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_flextok_pipeline(tmp_path_factory):
+    """A random tiny FlexTok (16x16, 8 registers, FSQ [5, 5] = 25 codes, 2 flow steps) + text AR over its ids."""
+    from vistok.tokenizers import FlexTok
+
+    folder = tmp_path_factory.mktemp("flextok_pipe")
+    torch.manual_seed(0)
+    tok = FlexTok(image_size=16, patch_size=4, width=32, depth=2, head_dim=16, num_registers=8, levels=(5, 5),
+                  num_steps=2)
+    gen = tiny_ar(vocab_size=25, seq_len=8, text_dim=384, max_text_len=16)
+    torch.nn.init.normal_(gen.output.weight, std=0.5)  # AR's zero-init head would sample uniformly
+    Pipeline(tok, gen, MiniLMTextEncoder(max_length=16), {"top_k": 10}).save(folder, dtype=None)
+    return folder
+
+
+def test_token_budget_samples_and_decodes_the_prefix_of_the_full_sample(tiny_flextok_pipeline):
+    pipe = Pipeline.from_folder(tiny_flextok_pipeline)
+    prompts = ["a red circle on the left", "a blue star at the top"]
+    _, full = pipe(prompts, num_samples=2, seed=5)
+    assert full.tokens.shape == (4, 8) and len({tuple(t) for t in full.tokens.tolist()}) == 4
+    for k in (1, 3, 8):
+        images, out = pipe(prompts, num_samples=2, seed=5, num_tokens=k)
+        assert images.shape == (4, 3, 16, 16) and 0 <= float(images.min()) and float(images.max()) <= 1
+        assert out.nfe == k and torch.equal(out.tokens, full.tokens[:, :k])
+    for decoder in ("sjd", "mcsjd"):
+        images, out = pipe(prompts, num_samples=2, seed=5, num_tokens=3, decoder=decoder, window=4)
+        assert images.shape == (4, 3, 16, 16) and out.tokens.shape == (4, 3) and out.nfe <= 3
+
+
+def test_token_budget_bad_input(tiny_flextok_pipeline, tiny_pipeline):
+    pipe = Pipeline.from_folder(tiny_flextok_pipeline)
+    for k in (0, 9, 2.5):
+        with pytest.raises(ValueError, match="num_tokens"):
+            pipe(["a red circle"], num_samples=1, num_tokens=k)
+    titok = Pipeline.from_folder(tiny_pipeline)  # no tail drop: decodes all 8 tokens only
+    with pytest.raises(ValueError, match="decodes prefixes"):
+        titok(["a red circle"], num_samples=1, num_tokens=4)
+    assert titok(["a red circle"], num_samples=1, num_tokens=8)[1].tokens.shape == (1, 8)
+
+
+def test_sample_cli_token_budget(tiny_flextok_pipeline, tiny_pipeline, tmp_path, capsys):
+    out = tmp_path / "g.png"
+    cli(["a red circle", "--model", str(tiny_flextok_pipeline), "--num-samples", "2", "--tokens", "3", "--out",
+         str(out), "--scale", "1"])
+    assert "3 generator passes" in capsys.readouterr().out and Image.open(out).size == (2 + 2 * 18, 2 + 18)
+    for model, k, match in ((tiny_flextok_pipeline, "0", "--tokens must be >= 1"),
+                            (tiny_flextok_pipeline, "9", r"num_tokens must be in \[1, 8\]"),
+                            (tiny_pipeline, "4", "decodes prefixes")):
+        with pytest.raises(SystemExit):
+            cli(["a red circle", "--model", str(model), "--tokens", k, "--out", str(tmp_path / "bad.png")])
+        assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "bad.png").exists()
