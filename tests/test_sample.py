@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_ar, tiny_larp, tiny_titok
+from conftest import save_tiny_flextok_pipeline, tiny_ar, tiny_larp, tiny_titok
 from PIL import Image
 
 from vistok.sample import DEFAULT_MODEL, Pipeline, cli
@@ -279,17 +279,7 @@ def test_video_and_image_outputs_are_checked(tiny_video_pipeline, tiny_pipeline,
 # -- token budgets (num_tokens / --tokens) on an ordered tokenizer ---------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_flextok_pipeline(tmp_path_factory):
-    """A random tiny FlexTok (16x16, 8 registers, FSQ [5, 5] = 25 codes, 2 flow steps) + text AR over its ids."""
-    from vistok.tokenizers import FlexTok
-
-    folder = tmp_path_factory.mktemp("flextok_pipe")
-    torch.manual_seed(0)
-    tok = FlexTok(image_size=16, patch_size=4, width=32, depth=2, head_dim=16, num_registers=8, levels=(5, 5),
-                  num_steps=2)
-    gen = tiny_ar(vocab_size=25, seq_len=8, text_dim=384, max_text_len=16)
-    torch.nn.init.normal_(gen.output.weight, std=0.5)  # AR's zero-init head would sample uniformly
-    Pipeline(tok, gen, MiniLMTextEncoder(max_length=16), {"top_k": 10}).save(folder, dtype=None)
-    return folder
+    return save_tiny_flextok_pipeline(tmp_path_factory.mktemp("flextok_pipe"))
 
 
 def test_token_budget_samples_and_decodes_the_prefix_of_the_full_sample(tiny_flextok_pipeline):
@@ -299,11 +289,11 @@ def test_token_budget_samples_and_decodes_the_prefix_of_the_full_sample(tiny_fle
     assert full.tokens.shape == (4, 8) and len({tuple(t) for t in full.tokens.tolist()}) == 4
     for k in (1, 3, 8):
         images, out = pipe(prompts, num_samples=2, seed=5, num_tokens=k)
-        assert images.shape == (4, 3, 16, 16) and 0 <= float(images.min()) and float(images.max()) <= 1
+        assert images.shape == (4, 3, 32, 32) and 0 <= float(images.min()) and float(images.max()) <= 1
         assert out.nfe == k and torch.equal(out.tokens, full.tokens[:, :k])
     for decoder in ("sjd", "mcsjd"):
         images, out = pipe(prompts, num_samples=2, seed=5, num_tokens=3, decoder=decoder, window=4)
-        assert images.shape == (4, 3, 16, 16) and out.tokens.shape == (4, 3) and out.nfe <= 3
+        assert images.shape == (4, 3, 32, 32) and out.tokens.shape == (4, 3) and out.nfe <= 3
 
 
 def test_token_budget_bad_input(tiny_flextok_pipeline, tiny_pipeline):
@@ -321,7 +311,7 @@ def test_sample_cli_token_budget(tiny_flextok_pipeline, tiny_pipeline, tmp_path,
     out = tmp_path / "g.png"
     cli(["a red circle", "--model", str(tiny_flextok_pipeline), "--num-samples", "2", "--tokens", "3", "--out",
          str(out), "--scale", "1"])
-    assert "3 generator passes" in capsys.readouterr().out and Image.open(out).size == (2 + 2 * 18, 2 + 18)
+    assert "3 generator passes" in capsys.readouterr().out and Image.open(out).size == (2 + 2 * 34, 2 + 34)
     for model, k, match in ((tiny_flextok_pipeline, "0", "--tokens must be >= 1"),
                             (tiny_flextok_pipeline, "9", r"num_tokens must be in \[1, 8\]"),
                             (tiny_pipeline, "4", "decodes prefixes")):
