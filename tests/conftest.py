@@ -60,6 +60,21 @@ def tiny_larp(**kw):
     return LARP(**{**cfg, **kw})
 
 
+def save_tiny_flextok_pipeline(folder):
+    """Save a random tiny FlexTok (32x32, 8x8 patches, 8 registers, FSQ [5, 5] = 25 codes, 2 flow steps) + a text AR
+    over its ids (MiniLM, top-k 10) as a pipeline folder; returns the folder."""
+    from vistok.sample import Pipeline
+    from vistok.text import MiniLMTextEncoder
+    from vistok.tokenizers import FlexTok
+
+    torch.manual_seed(0)
+    tok = FlexTok(image_size=32, patch_size=8, width=32, depth=2, head_dim=16, num_registers=8, levels=(5, 5),
+                  num_steps=2)
+    gen = tiny_ar(vocab_size=25, seq_len=8, text_dim=384, max_text_len=16)
+    torch.nn.init.normal_(gen.output.weight, std=0.5)  # AR's zero-init head would sample uniformly
+    return Pipeline(tok, gen, MiniLMTextEncoder(max_length=16), {"top_k": 10}).save(folder, dtype=None)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of many tiny forward passes: extra threads only add overhead (and contention).

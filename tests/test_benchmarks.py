@@ -137,3 +137,33 @@ def test_video_analyser_rows(video_benchmark):
         assert rows[f"{objects} object(s), ground truth"]["overall"] == 1
         assert rows[f"{objects} object(s), ground truth reversed"]["motion"] == 0
         assert rows[f"{objects} object(s), static disc"]["motion"] == 0
+
+
+def test_flextok_budget_benchmark_on_a_tiny_random_pipeline(tmp_path, capsys):
+    """benchmarks/flextok_budget.py end to end (no FID): one row per reference, per k (reconstruction and sample),
+    the untrained generator and each speculative decoder; AR makes k passes, SJD / MC-SJD at most N."""
+    from conftest import save_tiny_flextok_pipeline
+
+    spec = importlib.util.spec_from_file_location("flextok_budget", ROOT / "benchmarks" / "flextok_budget.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = save_tiny_flextok_pipeline(tmp_path / "pipe")
+    threads = torch.get_num_threads()
+    try:
+        result = module.main(["--model", str(folder), "--num-prompts", "6", "--ks", "1", "8", "--batch", "4",
+                              "--fid-reference", "0", "--window", "4", "--grid", str(tmp_path / "g.png"),
+                              "--out", str(tmp_path / "r.json")])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {r["row"]: r for r in result["rows"]}
+    assert len(rows) == 3 + 2 * 2 + 1 + 2 and json.loads((tmp_path / "r.json").read_text()) == result
+    assert rows["flat fill of the prompted colour (trivial baseline)"]["color"] == 1.0
+    assert rows["real renders of the prompts (scorer ceiling)"]["overall"] == 1.0
+    for k in (1, 8):
+        assert rows[f"AR, budget k = {k}"]["nfe_per_image"] == k and rows[f"AR, budget k = {k}"]["compression"] == 1
+    for decoder in ("sjd", "mcsjd"):
+        row = rows[f"{decoder} (W = 4), k = 8"]
+        assert 2 <= row["nfe_per_image"] <= 8 and row["compression"] == 8 / row["nfe_per_image"]
+    assert "| AR, budget k = 8 | 8 |" in capsys.readouterr().out and (tmp_path / "g.png").is_file()
+    with pytest.raises(ValueError, match="num_tokens"):
+        module.main(["--model", str(folder), "--ks", "9", "--fid-reference", "0"])

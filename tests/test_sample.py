@@ -1,7 +1,9 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_ar, tiny_larp, tiny_titok
+from conftest import save_tiny_flextok_pipeline, tiny_ar, tiny_larp, tiny_titok
 from PIL import Image
 
 from vistok.sample import DEFAULT_MODEL, Pipeline, cli
@@ -361,3 +363,48 @@ def test_frame_prediction_cli_writes_clips_and_records_the_clip(tiny_video_pipel
     with pytest.raises(SystemExit):  # another number of conditioning frames is another run
         cli([*args[:-1], "3"])
     assert "different run" in capsys.readouterr().err
+
+
+# -- token budgets (num_tokens / --tokens) on an ordered tokenizer ---------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_flextok_pipeline(tmp_path_factory):
+    return save_tiny_flextok_pipeline(tmp_path_factory.mktemp("flextok_pipe"))
+
+
+def test_token_budget_samples_and_decodes_the_prefix_of_the_full_sample(tiny_flextok_pipeline):
+    pipe = Pipeline.from_folder(tiny_flextok_pipeline)
+    prompts = ["a red circle on the left", "a blue star at the top"]
+    _, full = pipe(prompts, num_samples=2, seed=5)
+    assert full.tokens.shape == (4, 8) and len({tuple(t) for t in full.tokens.tolist()}) == 4
+    for k in (1, 3, 8):
+        images, out = pipe(prompts, num_samples=2, seed=5, num_tokens=k)
+        assert images.shape == (4, 3, 32, 32) and 0 <= float(images.min()) and float(images.max()) <= 1
+        assert out.nfe == k and torch.equal(out.tokens, full.tokens[:, :k])
+    for decoder in ("sjd", "mcsjd"):
+        images, out = pipe(prompts, num_samples=2, seed=5, num_tokens=3, decoder=decoder, window=4)
+        assert images.shape == (4, 3, 32, 32) and out.tokens.shape == (4, 3) and out.nfe <= 3
+
+
+def test_token_budget_bad_input(tiny_flextok_pipeline, tiny_pipeline):
+    pipe = Pipeline.from_folder(tiny_flextok_pipeline)
+    for k in (0, 9, 2.5):
+        with pytest.raises(ValueError, match="num_tokens"):
+            pipe(["a red circle"], num_samples=1, num_tokens=k)
+    titok = Pipeline.from_folder(tiny_pipeline)  # no tail drop: decodes all 8 tokens only
+    with pytest.raises(ValueError, match="decodes prefixes"):
+        titok(["a red circle"], num_samples=1, num_tokens=4)
+    assert titok(["a red circle"], num_samples=1, num_tokens=8)[1].tokens.shape == (1, 8)
+
+
+def test_sample_cli_token_budget(tiny_flextok_pipeline, tiny_pipeline, tmp_path, capsys):
+    out = tmp_path / "g.png"
+    cli(["a red circle", "--model", str(tiny_flextok_pipeline), "--num-samples", "2", "--tokens", "3", "--out",
+         str(out), "--scale", "1"])
+    assert "3 generator passes" in capsys.readouterr().out and Image.open(out).size == (2 + 2 * 34, 2 + 34)
+    for model, k, match in ((tiny_flextok_pipeline, "0", "--tokens must be >= 1"),
+                            (tiny_flextok_pipeline, "9", r"num_tokens must be in \[1, 8\]"),
+                            (tiny_pipeline, "4", "decodes prefixes")):
+        with pytest.raises(SystemExit):
+            cli(["a red circle", "--model", str(model), "--tokens", k, "--out", str(tmp_path / "bad.png")])
+        assert re.search(match, capsys.readouterr().err)
+    assert not (tmp_path / "bad.png").exists()

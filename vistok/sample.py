@@ -1,6 +1,10 @@
 """Text-to-image (and text-to-video) sampling: prompt(s) in, PNG grid (or mp4 / gif) out.
 
     vistok-sample "a red circle on the left" --num-samples 4 --seed 0 --out grid.png
+    vistok-sample "a red circle" --model runs/pipelines/flextok --tokens 4   # a token budget: the first 4 tokens
+
+``--tokens K`` (``Pipeline(..., num_tokens=K)``) generates only the first K tokens and decodes that prefix; it needs
+a causal generator and a tokenizer that decodes prefixes (FlexTok, TiTok trained with tail drop).
 
 A pipeline whose tokenizer decodes clips (a video tokenizer such as LARP: ``(B, 3, T, H, W)``) writes videos instead:
 ``--out grid.mp4`` (or ``.gif``) holds every sample tiled in one clip, ``--out-dir`` one ``.mp4`` per sample.
@@ -30,7 +34,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vistok.decoding import DECODERS, ForcedPrefix, GenerationOutput, Guidance, SamplingArgs, generate
+from vistok.decoding import (
+    DECODERS,
+    ForcedPrefix,
+    GenerationOutput,
+    Guidance,
+    SamplingArgs,
+    TokenBudget,
+    generate,
+)
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning, check_pixels
 from vistok.progress import progress_bar
@@ -121,6 +133,15 @@ class Pipeline:
             self.defaults = {k: v for k, v in self.defaults.items() if k in ("cfg_scale", "temperature")}
         return self
 
+    def check_budget(self, num_tokens: int) -> None:
+        """Raise ``ValueError`` unless ``num_tokens`` is a token budget this pipeline can sample and decode: an int in
+        ``[1, N]``, a causal generator, and (for ``num_tokens < N``) a tokenizer that decodes prefixes."""
+        TokenBudget(self.generator, num_tokens)  # range and causality
+        if num_tokens < self.generator.seq_len and not decodes_prefixes(self.tokenizer):
+            raise ValueError(f"num_tokens={num_tokens} < {self.generator.seq_len} needs a tokenizer that decodes "
+                             f"prefixes (FlexTok, or TiTok trained with tail_drop); {type(self.tokenizer).__name__} "
+                             "decodes all of its tokens only")
+
     def condition(self, prompts: list[str]) -> Conditioning:
         if self.text_encoder is None:
             raise ValueError("this pipeline has no text encoder; build a Conditioning(labels=...) yourself")
@@ -130,6 +151,7 @@ class Pipeline:
     def __call__(self, prompts: list[str] | str, num_samples: int = 4, seed: int | None = 0, *,
                  batch_size: int | None = None, progress: bool = False, first_frames: Tensor | None = None,
                  num_cond_frames: int | None = None, num_prefix_tokens: int | None = None,
+                 num_tokens: int | None = None,
                  **overrides) -> tuple[Tensor, GenerationOutput]:
         """prompts (P) -> images (P * num_samples, 3, H, W) in [0, 1] (clips (P * num_samples, 3, T, H, W) for a video
         tokenizer; each prompt's samples in a row) and the
@@ -137,8 +159,10 @@ class Pipeline:
 
         Image ``(i, j)`` (prompt ``i``, sample ``j``) is drawn with its own seed :func:`image_seed` ``(seed, i, j)``;
         with the default AR decoder it does not depend on ``batch_size`` or on the other prompts.
-        ``batch_size`` (None = all at once) bounds memory.  ``overrides``: decoder, temperature, top_k, top_p,
-        cfg_scale and decoder options, on top of the pipeline's defaults.
+        ``batch_size`` (None = all at once) bounds memory.  ``num_tokens=k`` (a token budget, 1 <= k <= N) generates
+        only the first k tokens and decodes that prefix (tokens ``(B, k)``; see :meth:`check_budget`).
+        ``overrides``: decoder, temperature, top_k, top_p, cfg_scale and decoder options, on top of the pipeline's
+        defaults.
 
         Frame prediction (video tokenizers, causal generators): ``first_frames`` ``(3, T', H, W)`` (one clip for
         every prompt) or ``(P, 3, T', H, W)`` (one per prompt) in [0, 1]; its first ``num_cond_frames`` frames are
@@ -155,7 +179,7 @@ class Pipeline:
         elif num_cond_frames is not None or num_prefix_tokens is not None:
             raise ValueError("num_cond_frames / num_prefix_tokens need first_frames (the clip to continue)")
         for _, imgs, out in self.batches(prompts, jobs, seed=seed, batch_size=batch_size, progress=progress,
-                                         prefix=prefix, **overrides):
+                                         prefix=prefix, num_tokens=num_tokens, **overrides):
             images.append(imgs)
             tokens.append(out.tokens)
             nfe += out.nfe
@@ -164,7 +188,7 @@ class Pipeline:
     @torch.no_grad()
     def batches(self, prompts: list[str], jobs: list[tuple[int, int]], *, seed: int | None = 0,
                 batch_size: int | None = None, progress: bool = False, precision: Precision = "fp32",
-                prefix: Tensor | None = None,
+                prefix: Tensor | None = None, num_tokens: int | None = None,
                 **overrides) -> Iterator[tuple[list[tuple[int, int]], Tensor, GenerationOutput]]:
         """Sample the images ``jobs`` (``(prompt index, sample index)`` pairs) ``batch_size`` at a time.
 
@@ -174,10 +198,14 @@ class Pipeline:
         AVX512-BF16/AMX, and GPUs); sampling probabilities and acceptance tests stay float32.
         ``prefix`` ``(P, K)`` token ids (one row per prompt, e.g. from :meth:`frame_prefix`): every sample of prompt
         ``i`` starts with row ``i``.
+        ``num_tokens``: a token budget, as in :meth:`__call__`.
         """
         autocast = precision_context(precision, self.tokenizer)
         opts = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
         check_options(batch_size=batch_size, seed=seed, **{k: opts.get(k) for k in SAMPLING_OPTIONS})
+        if num_tokens is not None:
+            self.check_budget(num_tokens)
+            opts["num_tokens"] = num_tokens
         step = batch_size or max(1, len(jobs))
         bar = progress_bar(progress, total=len(jobs), desc="vistok-sample", leave=True, unit="img")
         try:
@@ -269,6 +297,12 @@ def frame_prefix(tokenizer: nn.Module, first_frames: Tensor, num_cond_frames: in
     clip = torch.cat([given, given[:, :, -1:].expand(-1, -1, frames_per_clip - m, -1, -1)], dim=2)
     device = next(tokenizer.parameters()).device
     return tokenizer.encode(clip.to(device))[:, :k]
+
+
+def decodes_prefixes(tokenizer: nn.Module) -> bool:
+    """Whether ``tokenizer.decode`` takes a prefix ``(B, k)``, ``k < N``, of its ordered tokens: FlexTok (nested
+    dropout, any prefix) and TiTok trained with tail drop (One-D-Piece)."""
+    return bool(getattr(tokenizer, "tail_drop", False)) or hasattr(tokenizer, "nested_dropout")
 
 
 def precision_context(precision: Precision, model: nn.Module) -> Callable[[], contextlib.AbstractContextManager]:
@@ -560,6 +594,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--tokens", type=int, default=None, metavar="K",
+                   help="token budget: generate only the first K tokens and decode that prefix (1 <= K <= the "
+                        "generator's tokens; causal generators and prefix-decoding tokenizers such as FlexTok)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: bfloat16 autocast for the networks (faster on CPUs with AVX512-BF16/AMX and on GPUs; "
                         "sampling maths stays float32); the speed and quality cost are measured in docs/speed.md")
@@ -592,6 +629,8 @@ def _run(args: argparse.Namespace) -> str:
         raise ValueError(f"--scale must be >= 1, got {scale}")
     if args.fps < 1:
         raise ValueError(f"--fps must be >= 1, got {args.fps}")
+    if args.tokens is not None and args.tokens < 1:
+        raise ValueError(f"--tokens must be >= 1 (the number of tokens to generate), got {args.tokens}")
     model = resolve_pipeline_folder(args.model)
     video = makes_video(model)
     suffix = ".mp4" if video else ".png"
@@ -614,7 +653,7 @@ def _run(args: argparse.Namespace) -> str:
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"--out-dir {out_dir} is a file; give a folder (created if missing)")
         _check_writable_dir(out_dir, "--out-dir")
-        opts = {k: getattr(args, k) for k in ("decoder", *SAMPLING_OPTIONS)}
+        opts = {k: getattr(args, k) for k in ("decoder", *SAMPLING_OPTIONS, "tokens")}
         if args.first_frames:  # frame prediction: a different conditioning clip is a different run
             opts |= {"first_frames": str(Path(args.first_frames).resolve()), "num_cond_frames": args.num_cond_frames,
                      "prefix_tokens": args.prefix_tokens}
@@ -634,6 +673,8 @@ def _run(args: argparse.Namespace) -> str:
     pipe = Pipeline.from_folder(model)
     if args.generator:
         pipe.swap_generator(args.generator)
+    if args.tokens is not None:
+        pipe.check_budget(args.tokens)
     prefix = None
     if first_frames is not None:
         prefix = pipe.frame_prefix(first_frames, len(prompts), args.num_cond_frames, args.prefix_tokens)
@@ -642,7 +683,7 @@ def _run(args: argparse.Namespace) -> str:
     for chunk, imgs, out in pipe.batches(prompts, jobs, seed=args.seed, batch_size=args.batch_size, progress=True,
                                          decoder=args.decoder, temperature=args.temperature, top_k=args.top_k,
                                          top_p=args.top_p, cfg_scale=args.cfg_scale, precision=args.precision,
-                                         prefix=prefix):
+                                         prefix=prefix, num_tokens=args.tokens):
         nfe += out.nfe
         if args.out_dir:
             for (i, j), img in zip(chunk, imgs, strict=True):

@@ -3,6 +3,7 @@
 
 from vistok.decoding.api import DECODERS, GenerationOutput, generate
 from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.budget import TokenBudget
 from vistok.decoding.cells import decode_cells
 from vistok.decoding.continuous import decode_car, decode_csd
 from vistok.decoding.grouped import decode_gsd, decode_lantern
@@ -14,6 +15,6 @@ from vistok.decoding.parallel import decode_pjd
 from vistok.decoding.prefix import ForcedPrefix
 from vistok.decoding.sampling import SamplingArgs, sample_probs
 
-__all__ = ["DECODERS", "ForcedPrefix", "GenerationOutput", "Guidance", "SamplingArgs", "decode_ar", "decode_car",
-           "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd", "decode_nar",
-           "decode_pjd", "decode_sjd", "generate", "sample_probs"]
+__all__ = ["DECODERS", "ForcedPrefix", "GenerationOutput", "Guidance", "SamplingArgs", "TokenBudget", "decode_ar",
+           "decode_car", "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd",
+           "decode_nar", "decode_pjd", "decode_sjd", "generate", "sample_probs"]

@@ -2,6 +2,7 @@
 
     out = vistok.decoding.generate(generator, cond, decoder="sjd", num_samples=4, cfg_scale=3.0, seed=0, window=16)
     out.tokens, out.nfe  # (B * num_samples, N) ids or (B * num_samples, N, D) vectors; generator forward passes
+    generate(generator, cond, num_tokens=8).tokens  # (B, 8): only the first 8 tokens (a token budget)
 
 Every decoder is a free function ``decoder(generator, cond, sampling, rng, progress, *, guidance, **options) ->
 (tokens, nfe, extras)`` over the protocols of :mod:`vistok.interfaces`; :data:`DECODERS` maps names to them.
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from vistok.decoding.autoregressive import decode_ar
+from vistok.decoding.budget import NON_CAUSAL_DECODERS, TokenBudget
 from vistok.decoding.cells import decode_cells
 from vistok.decoding.continuous import decode_csd
 from vistok.decoding.grouped import decode_gsd, decode_lantern
@@ -54,6 +56,7 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              cfg_scale: float = 1.0, seed: int | torch.Generator | None = None,
              generator: torch.Generator | None = None, progress: bool = False, prefix: Tensor | None = None,
+             num_tokens: int | None = None,
              **decoder_kwargs) -> GenerationOutput:
     """Sample tokens from ``model`` for each condition in ``cond`` (``num_samples`` each, in a row).
 
@@ -67,6 +70,8 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         cfg_scale: classifier-free guidance scale (1 = off).
         seed: an int or a ``torch.Generator`` for reproducible sampling.
         generator: a ``torch.Generator`` (the same as passing it as ``seed``; the model itself is positional).
+        num_tokens: a token budget ``k`` in ``[1, N]``: stop after the first ``k`` tokens (tokens ``(B, k)``; causal
+            generators and their decoders only, see :mod:`vistok.decoding.budget`).  None: all ``N``.
         progress: show a progress bar.
         prefix: ``(B, K)`` token ids the samples must start with (causal discrete generators: :class:`ForcedPrefix`;
             each condition's row is used for all its ``num_samples``); the output holds them at positions ``< K``.
@@ -81,6 +86,9 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
         seed = generator
     if decoder is None:
         decoder = getattr(model, "default_decoder", "ar")
+    if num_tokens is not None and decoder in NON_CAUSAL_DECODERS:
+        raise ValueError(f"num_tokens (a token budget) needs a causal decoder (ar, sjd, mcsjd, gsd, lantern, csd); "
+                         f"decoder {decoder!r} does not make tokens in order")
     if isinstance(decoder, str):
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; available: {sorted(DECODERS)}")
@@ -101,11 +109,12 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
             raise ValueError(f"prefix must be (B, K) token ids with one row per condition (B = "
                              f"{cond.batch_size // num_samples}), got {got}")
         model = ForcedPrefix(model, prefix.to(device).repeat_interleave(num_samples, 0))
+    runs = model if num_tokens is None else TokenBudget(model, num_tokens)
     was_training = getattr(model, "training", False)
     if was_training:
         model.eval()
     try:
-        out = decoder(model, cond, sampling, rng, progress, guidance=guidance, **decoder_kwargs)
+        out = decoder(runs, cond, sampling, rng, progress, guidance=guidance, **decoder_kwargs)
     finally:
         if was_training:
             model.train()
