@@ -16,13 +16,33 @@ from __future__ import annotations
 
 from vistok.interfaces import Conditioning, KVCache, check_count
 
-__all__ = ["NON_CAUSAL_DECODERS", "TokenBudget"]
+__all__ = ["NON_CAUSAL_DECODERS", "GeneratorView", "TokenBudget"]
 
 #: decoders that do not make tokens in order: a budget means nothing to them
 NON_CAUSAL_DECODERS = ("nar", "masked", "cells")
 
 
-class TokenBudget:
+class GeneratorView:
+    """A causal generator seen through a wrapper (a budget, a forced prefix): every attribute the wrapper does not
+    set itself is the wrapped ``model``'s, and ``new_cache`` / ``step`` pass through unless a subclass changes them."""
+
+    def __init__(self, generator):
+        self.model = generator
+
+    def __getattr__(self, name: str):  # only called for attributes the view itself lacks
+        if "model" not in self.__dict__:  # not set yet (e.g. during unpickling): do not recurse
+            raise AttributeError(name)
+        return getattr(self.__dict__["model"], name)
+
+    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
+        """The generator's cache (full length unless ``max_tokens``), so forward passes match a full decode."""
+        return self.model.new_cache(cond, max_tokens)
+
+    def step(self, inputs, positions, cache: KVCache):
+        return self.model.step(inputs, positions, cache)
+
+
+class TokenBudget(GeneratorView):
     """``generator`` seen through a budget of its first ``num_tokens`` tokens (``seq_len = num_tokens``).
 
     Everything but ``seq_len`` is the generator's own (attributes are looked up on it).
@@ -40,17 +60,5 @@ class TokenBudget:
         check_count("num_tokens", num_tokens, hint=f" (tokens to generate, at most seq_len = {n})")
         if num_tokens > n:
             raise ValueError(f"num_tokens must be in [1, {n}] (this generator makes {n} tokens), got {num_tokens}")
-        self.model, self.seq_len = generator, num_tokens
-        self.kind, self.is_causal = generator.kind, generator.is_causal
-
-    def __getattr__(self, name: str):
-        if name == "model":  # not set yet (e.g. during unpickling): do not recurse
-            raise AttributeError(name)
-        return getattr(self.model, name)
-
-    def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
-        """The generator's cache (full length unless ``max_tokens``), so forward passes match a full decode."""
-        return self.model.new_cache(cond, max_tokens)
-
-    def step(self, inputs, positions, cache: KVCache):
-        return self.model.step(inputs, positions, cache)
+        super().__init__(generator)
+        self.seq_len = num_tokens

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vistok.decoding.budget import GeneratorView
 from vistok.interfaces import CausalGenerator, Conditioning, KVCache, check_token_ids
 
 __all__ = ["FORCED_LOGIT", "ForcedPrefix"]
@@ -26,7 +27,7 @@ __all__ = ["FORCED_LOGIT", "ForcedPrefix"]
 FORCED_LOGIT = -1e9
 
 
-class ForcedPrefix:
+class ForcedPrefix(GeneratorView):
     """A causal discrete generator whose first ``K`` tokens are ``prefix`` ``(b, K)`` long ids, one row per sample.
 
     Under classifier-free guidance the stacked batch ``(2b, ...)`` (conditional rows first) gets the same prefix in
@@ -39,12 +40,8 @@ class ForcedPrefix:
                              f"(kind={getattr(generator, 'kind', None)!r}, "
                              f"causal={getattr(generator, 'is_causal', None)})")
         check_token_ids(prefix, generator.vocab_size, generator.seq_len, allow_prefix=True)
-        self.model, self.prefix = generator, prefix
-
-    def __getattr__(self, name: str):  # only called for attributes the wrapper itself lacks
-        if "model" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.__dict__["model"], name)
+        super().__init__(generator)
+        self.prefix = prefix
 
     def new_cache(self, cond: Conditioning, max_tokens: int | None = None) -> KVCache:
         if cond.batch_size not in (len(self.prefix), 2 * len(self.prefix)):
