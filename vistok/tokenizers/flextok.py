@@ -369,9 +369,10 @@ class FlexTok(nn.Module, Configurable):
         n = self.num_tokens
         for part in (self.encoder, self.decoder):
             table = part.pos_embed.view(-1, part.pos_embed.shape[-1])
-            owner = (1 + torch.arange(len(table)) * (n - 1) // len(table)) if n > 1 else torch.zeros(len(table))
+            owner = (1 + torch.arange(len(table)) * (n - 1) // len(table) if n > 1
+                     else torch.zeros(len(table), dtype=torch.long))  # register 0 global unless it is the only one
             groups = part.registers if part is self.encoder else part.register_pos
-            route_attention([blk.attn for blk in part.blocks], table, groups.data, owner.long(),
+            route_attention([blk.attn for blk in part.blocks], table, groups.data, owner,
                             groups_ask=part is self.encoder)
 
     def train(self, mode: bool = True):
@@ -473,11 +474,11 @@ class FlexTok(nn.Module, Configurable):
         if self.ae_prob:
             t = torch.where(torch.rand(b, device=dev) < self.ae_prob, torch.ones_like(t), t)
         noise = torch.randn_like(x0)
-        x_t = t[:, None, None, None] * noise + (1 - t[:, None, None, None]) * x0
-        out, hidden = self.decoder(x_t, t, registers, return_layer)
         tt = t[:, None, None, None]
+        x_t = tt * noise + (1 - tt) * x0
+        out, hidden = self.decoder(x_t, t, registers, return_layer)
         if self.prediction == "x":
-            x0_hat, v = out, (x_t - out) / tt.clamp(min=self.t_min)
+            x0_hat, v = out, self._x0_to_velocity(x_t, out, tt)
         else:
             x0_hat, v = x_t - tt * out, out
         if self.loss_target == "v":
@@ -504,8 +505,12 @@ class FlexTok(nn.Module, Configurable):
         """
         out, hidden = self.decoder(x_t, t, registers, return_layer)
         if self.prediction == "x":
-            out = (x_t - out) / t.clamp(min=self.t_min).view(-1, 1, 1, 1).to(out.dtype)
+            out = self._x0_to_velocity(x_t, out, t.view(-1, 1, 1, 1).to(out.dtype))
         return out, hidden
+
+    def _x0_to_velocity(self, x_t: Tensor, x0: Tensor, t: Tensor) -> Tensor:
+        """JiT's conversion of an x0 estimate into the velocity, ``(x_t - x0) / max(t, t_min)``; ``t`` broadcasts."""
+        return (x_t - x0) / t.clamp(min=self.t_min)
 
     def reconstruct(self, pixels: Tensor, prefix_len: int | None = None, **decode_kwargs) -> Tensor:
         """encode -> (prefix) -> decode, in [0, 1]."""

@@ -285,8 +285,9 @@ class LARP(nn.Module, Configurable):
         self._check_video(video)
         z = self.project(video)
         codes, ids, parts = self.quantizer(z)  # straight-through unit vectors, b n d
-        vq_loss = self.quantizer.loss(parts)
-        if not quantize:
+        if quantize:
+            vq_loss = self.quantizer.loss(parts)
+        else:
             codes = F.normalize(z, dim=-1)
             vq_loss = self.quantizer.codebook_weight * parts["codebook"]
         recon = self.decode_codes(codes)
