@@ -49,12 +49,17 @@ def check_image_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
                          "resize one with torch.nn.functional.interpolate(..., size=target.shape[-2:]) first")
 
 
+def _decibels(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB (peak 1) of mean squared errors (floored at 1e-10: identical images give 100 dB)."""
+    return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-image (per-clip for video) PSNR in dB, shape ``(B,)``, for ``(B, 3, H, W)`` / ``(B, 3, T, H, W)`` pixels in
     ``[0, 1]`` (``pred`` is clamped)."""
     check_image_pair(pred, target)
     mse = F.mse_loss(pred.clamp(0, 1), target, reduction="none").flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))
+    return _decibels(mse)
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,7 +84,7 @@ def psnr_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """PSNR in dB of every frame of clips ``(B, 3, T, H, W)`` in ``[0, 1]``: shape ``(B, T)`` (``pred`` clamped)."""
     _check_video_pair(pred, target)
     mse = F.mse_loss(pred.clamp(0, 1), target, reduction="none").mean(dim=(1, 3, 4))
-    return -10 * torch.log10(mse.clamp_min(1e-10))
+    return _decibels(mse)
 
 
 def ssim_per_frame(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -100,7 +105,7 @@ def temporal_consistency(pred: torch.Tensor, target: torch.Tensor) -> torch.Tens
         raise ValueError(f"temporal consistency needs at least 2 frames, got {target.shape[2]}")
     d_pred, d_target = pred.clamp(0, 1).diff(dim=2), target.diff(dim=2)
     mse = F.mse_loss(d_pred, d_target, reduction="none").flatten(1).mean(1)
-    return -10 * torch.log10(mse.clamp_min(1e-10))
+    return _decibels(mse)
 
 
 def i3d_features(videos: torch.Tensor, i3d_path: str | Path | None, *, batch_size: int = 16) -> torch.Tensor:
