@@ -673,8 +673,6 @@ def _run(args: argparse.Namespace) -> str:
     pipe = Pipeline.from_folder(model)
     if args.generator:
         pipe.swap_generator(args.generator)
-    if args.tokens is not None:
-        pipe.check_budget(args.tokens)
     prefix = None
     if first_frames is not None:
         prefix = pipe.frame_prefix(first_frames, len(prompts), args.num_cond_frames, args.prefix_tokens)
