@@ -4,16 +4,13 @@ decoder learn to read them?  Prints one-step x0 PSNR at t in {0.99, 0.8, 0.5} wi
 
     PRED=x LT=x SHIFT=1 STEPS=400 python benchmarks/flextok_debug/decoder_only.py
 
-Verbatim diagnostic script of the 2026-12-06 FlexTok debugging (numbers quoted in docs/flextok.md); run from the
-worktree root with PYTHONPATH=. so this checkout's vistok is imported."""
+Diagnostic script of the 2026-12-06 FlexTok debugging (numbers quoted in docs/flextok.md; the shared setup is
+scenes.py); run from the worktree root with PYTHONPATH=. so this checkout's vistok is imported."""
 import os, time, torch
-torch.set_num_threads(1)
-from vistok.data.shapes import ShapesDataset
+from scenes import eight_scenes  # same folder: one thread, seed 0, the 8 scenes
 from vistok.tokenizers.flextok import FlexTok
 from vistok.evaluation import psnr
-torch.manual_seed(0)
-ds = ShapesDataset(8, seed=0, image_size=64, min_objects=1, max_objects=2)
-x = torch.stack([ds[i]["pixels"] for i in range(8)])
+x = eight_scenes()
 pred = os.environ.get("PRED", "x")
 tok = FlexTok(image_size=64, patch_size=8, width=128, depth=4, head_dim=32, num_registers=32, levels=(8,5,5,5),
               nested_dropout="none", null_prob=0.0, prediction=pred, num_steps=10, loss_target=os.environ.get("LT","v"), time_shift=float(os.environ.get("SHIFT", 1)))

@@ -4,16 +4,13 @@
     python benchmarks/flextok_debug/overfit.py LEVELS LR PRED PATCH WIDTH STEPS   (defaults: (8,8,8,5,5,5) 1e-3 v 8 128 600)
     CODEINIT=1 ... : Xavier-initialise the code head instead of the official zero init.
 
-Verbatim diagnostic script of the 2026-12-06 FlexTok debugging (numbers quoted in docs/flextok.md); run from the
-worktree root with PYTHONPATH=. so this checkout's vistok is imported."""
+Diagnostic script of the 2026-12-06 FlexTok debugging (numbers quoted in docs/flextok.md; the shared setup is
+scenes.py); run from the worktree root with PYTHONPATH=. so this checkout's vistok is imported."""
 import sys, time, torch
-torch.set_num_threads(1)
-from vistok.data.shapes import ShapesDataset
+from scenes import eight_scenes  # same folder: one thread, seed 0, the 8 scenes
 from vistok.tokenizers.flextok import FlexTok
 from vistok.evaluation import psnr
-torch.manual_seed(0)
-ds = ShapesDataset(8, seed=0, image_size=64, min_objects=1, max_objects=2)
-x = torch.stack([ds[i]["pixels"] for i in range(8)])
+x = eight_scenes()
 levels = eval(sys.argv[1]) if len(sys.argv) > 1 else (8,8,8,5,5,5)
 lr = float(sys.argv[2]) if len(sys.argv) > 2 else 1e-3
 pred = sys.argv[3] if len(sys.argv) > 3 else "v"

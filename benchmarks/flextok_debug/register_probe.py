@@ -4,16 +4,13 @@ the output change when the registers of another image are swapped in, at t = 0.9
 
     python benchmarks/flextok_debug/register_probe.py
 
-Verbatim diagnostic script of the 2026-12-06 FlexTok debugging (numbers quoted in docs/flextok.md); run from the
-worktree root with PYTHONPATH=. so this checkout's vistok is imported."""
+Diagnostic script of the 2026-12-06 FlexTok debugging (numbers quoted in docs/flextok.md; the shared setup is
+scenes.py); run from the worktree root with PYTHONPATH=. so this checkout's vistok is imported."""
 import os, torch, torch.nn.functional as F
-torch.set_num_threads(1)
-from vistok.data.shapes import ShapesDataset
+from scenes import eight_scenes  # same folder: one thread, seed 0, the 8 scenes
 from vistok.tokenizers.flextok import FlexTok, patchify, _norm
 from einops import rearrange
-torch.manual_seed(0)
-ds = ShapesDataset(8, seed=0, image_size=64, min_objects=1, max_objects=2)
-x = torch.stack([ds[i]["pixels"] for i in range(8)])
+x = eight_scenes()
 tok = FlexTok(image_size=64, patch_size=8, width=128, depth=4, head_dim=32, num_registers=32, levels=(8,5,5,5),
               nested_dropout="none", null_prob=0.0, prediction="x", loss_target="x", time_shift=4.0)
 zfix = torch.randn(8, 32, 4) * 3
