@@ -9,7 +9,9 @@
 same clips played backwards and the static disc: the analyser's own validation.
 
 ``geneval``: video GenEval-lite (:mod:`vistok.data.geneval_video`: per-frame colour and shape of the object, motion
-direction from its centroid track) of samples for every class (colour x shape x motion), printed beside reference
+direction from its centroid track) of samples for every class (colour x shape x motion), drawn through
+:class:`vistok.sample.Pipeline` with the class ids as prompts (what ``vistok-sample`` does; each clip has its own
+seed, :func:`vistok.sample.image_seed`), printed beside reference
 rows on held-out clips of the same classes: the ground truth (the analyser's ceiling), the ground truth through the
 tokenizer (what the generator's tokens can at best show), the ground truth played backwards and a static disc of the
 prompted colour (both must score 0 on motion).  ``--frame-prediction M`` adds frame prediction: the tokens of the
@@ -45,7 +47,7 @@ from vistok.decoding import generate
 from vistok.evaluation import psnr_per_frame
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.sample import frame_prefix
+from vistok.sample import Pipeline
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,30 +68,19 @@ def held_out_clips(labels: list[int], num_frames: int, image_size: int, seed: in
     return torch.stack([ds[next(taken[lab])]["pixels"] for lab in labels])
 
 
-@torch.no_grad()
-def sample(tokenizer, generator, labels: list[int], *, batch: int, seed: int, prefix: torch.Tensor | None = None,
-           **opts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips ``(B, 3, T, H, W)`` and ids ``(B, N)`` for ``labels``, ``batch`` at a time."""
-    clips, ids = [], []
-    for i in range(0, len(labels), batch):
-        cond = Conditioning(labels=torch.tensor(labels[i : i + batch]))
-        rows = None if prefix is None else prefix[i : i + batch]
-        out = generate(generator, cond, seed=seed + i, prefix=rows, **opts)
-        ids.append(out.tokens)
-        clips.append(tokenizer.decode(out.tokens).float().clamp(0, 1))
-    return torch.cat(clips), torch.cat(ids)
-
-
 def geneval(args) -> dict:
     tok = from_pretrained(args.tokenizer, expect="tokenizer").eval()
     gen = from_pretrained(args.generator, expect="generator").eval()
-    if not getattr(gen, "num_classes", 0):
-        raise ValueError("this benchmark samples a class-conditional generator (num_classes > 0)")
+    pipe = Pipeline(tok, gen, None, classes="moving_shapes").check_compatible()  # every class id is a prompt
     frames, size = tok.num_frames, tok.image_size
-    labels = [c for c in range(min(NUM_VIDEO_CLASSES, gen.num_classes)) for _ in range(args.samples_per_class)]
+    labels = [c for c in range(NUM_VIDEO_CLASSES) for _ in range(args.samples_per_class)]
     opts = dict(decoder=args.decoder, cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
+
+    def sample(**prefix) -> torch.Tensor:  # one prompt per clip: clip i of a class gets its own seed and prefix
+        return pipe(labels, num_samples=1, seed=args.seed, batch_size=args.batch, **opts, **prefix)[0].clamp(0, 1)
+
     t0 = time.perf_counter()
-    clips, _ = sample(tok, gen, labels, batch=args.batch, seed=args.seed, **opts)
+    clips = sample()
     secs = time.perf_counter() - t0
     real = held_out_clips(labels, frames, size, args.data_seed)
     with torch.no_grad():
@@ -102,11 +93,10 @@ def geneval(args) -> dict:
               "seconds_per_clip": secs / len(labels), "sampling": opts}
     if args.frame_prediction:
         m = args.frame_prediction
-        prefix = frame_prefix(tok, real, m, args.prefix_tokens)
-        fp, _ = sample(tok, gen, labels, batch=args.batch, seed=args.seed, prefix=prefix, **opts)
+        fp = sample(first_frames=real, num_cond_frames=m, num_prefix_tokens=args.prefix_tokens)
         rows["frame prediction"] = score_clips(fp, labels)
         result["frame_prediction"] = {
-            "num_cond_frames": m, "prefix_tokens": prefix.shape[1],
+            "num_cond_frames": m, "prefix_tokens": pipe.frame_prefix(real[:1], 1, m, args.prefix_tokens).shape[1],
             "psnr_given_frames": float(psnr_per_frame(fp[:, :, :m], real[:, :, :m]).mean()),
             "psnr_given_frames_unconditioned": float(psnr_per_frame(clips[:, :, :m], real[:, :, :m]).mean()),
             "psnr_given_frames_tokenizer": float(psnr_per_frame(recon[:, :, :m], real[:, :, :m]).mean()),
