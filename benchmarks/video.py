@@ -4,6 +4,7 @@
         [--samples-per-class 2] [--frame-prediction 4]
     python benchmarks/video.py decoding --generator runs/ar_larp_tiny_c2i/export [--windows 4 8 16 32 64]
     python benchmarks/video.py analyser [--num-clips 192]
+    python benchmarks/video.py clips --prompts-file prompts.txt --dir OUT_DIR [--num-samples 1]
 
 ``analyser``: the video GenEval-lite analyser on ground-truth clips (held-out seed), one- and two-object, beside the
 same clips played backwards and the static disc: the analyser's own validation.
@@ -20,6 +21,10 @@ first M frames of each held-out clip (rest = frame M repeated) are forced as the
 the first M generated frames against the given ones and of the later frames against the clip's own, beside
 unconditioned samples of the same classes and (later frames) frame M frozen.
 
+``clips``: video GenEval-lite of the ``.mp4`` files a ``vistok-sample --prompts-file P --out-dir DIR`` run wrote
+(read back from the files, H.264 included), beside a static disc of each prompted colour.  Prompts are class names or
+ids of the moving-shapes classes, or moving-shapes captions.
+
 ``decoding``: step compression (``N / NFE per sample``) and wall-clock speed-up of the lossless speculative decoders
 (sjd, mcsjd) against AR on the class-conditional generator, over a sweep of windows (up to ``N``).  AR and each
 decoder run alternately on the same labels and seeds in this process (``--threads``, default 1); only ``generate``
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -214,6 +220,34 @@ def analyser(args) -> dict:
     return rows
 
 
+def clips(args) -> dict:
+    from vistok.data.videos import read_video
+    from vistok.sample import class_of, image_name, read_prompts_file
+
+    prompts, folder, scored, videos = read_prompts_file(args.prompts_file), Path(args.dir), [], []
+    for i, prompt in enumerate(prompts):
+        try:
+            target = class_of(prompt, "moving_shapes")
+        except ValueError:
+            target = prompt  # a multi-object caption
+        for j in range(args.num_samples):
+            path = folder / image_name(i, j, ".mp4")
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: write the clips first with vistok-sample --prompts-file "
+                                        f"{args.prompts_file} --num-samples {args.num_samples} --out-dir {folder}")
+            videos.append(read_video(path))
+            scored.append(target)
+    x = torch.stack(videos)
+    rows = {"clips": score_clips(x, scored),
+            "static disc": score_clips(static_disc_baseline(scored, x.shape[2], x.shape[-1]), scored)}
+    print(f"{len(scored)} clips of {folder} ({len(prompts)} prompts x {args.num_samples})")
+    print("| row | " + " | ".join(VIDEO_ATTRIBUTES) + " |")
+    print("|---" * (len(VIDEO_ATTRIBUTES) + 1) + "|")
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in VIDEO_ATTRIBUTES) + " |")
+    return {"num_clips": len(scored), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -224,6 +258,12 @@ def main(argv: list[str] | None = None) -> dict:
     a.add_argument("--data-seed", type=int, default=12345)
     a.add_argument("--out", default=None)
     a.add_argument("--threads", type=int, default=1)
+    c = sub.add_parser("clips", help="GenEval-lite of the mp4 files of a vistok-sample --out-dir run")
+    c.add_argument("--prompts-file", required=True, help="the prompts file given to vistok-sample")
+    c.add_argument("--dir", required=True, help="the --out-dir of that run")
+    c.add_argument("--num-samples", type=int, default=1, help="its --num-samples")
+    c.add_argument("--out", default=None)
+    c.add_argument("--threads", type=int, default=1)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--generator", required=True, help="class-conditional generator folder (vistok fit export)")
     common.add_argument("--batch", type=int, default=32)
@@ -251,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     d.add_argument("--skip-random", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"geneval": geneval, "decoding": decoding, "analyser": analyser}[args.what](args)
+    result = {"geneval": geneval, "decoding": decoding, "analyser": analyser, "clips": clips}[args.what](args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
