@@ -4,12 +4,15 @@
         [--samples-per-class 2] [--frame-prediction 4]
     python benchmarks/video.py decoding --generator runs/ar_larp_tiny_c2i/export [--windows 4 8 16 32 64]
     python benchmarks/video.py analyser [--num-clips 192]
+    python benchmarks/video.py clips --prompts-file prompts.txt --dir OUT_DIR [--num-samples 1]
 
 ``analyser``: the video GenEval-lite analyser on ground-truth clips (held-out seed), one- and two-object, beside the
 same clips played backwards and the static disc: the analyser's own validation.
 
 ``geneval``: video GenEval-lite (:mod:`vistok.data.geneval_video`: per-frame colour and shape of the object, motion
-direction from its centroid track) of samples for every class (colour x shape x motion), printed beside reference
+direction from its centroid track) of samples for every class (colour x shape x motion), drawn through
+:class:`vistok.sample.Pipeline` with the class ids as prompts (what ``vistok-sample`` does; each clip has its own
+seed, :func:`vistok.sample.image_seed`), printed beside reference
 rows on held-out clips of the same classes: the ground truth (the analyser's ceiling), the ground truth through the
 tokenizer (what the generator's tokens can at best show), the ground truth played backwards and a static disc of the
 prompted colour (both must score 0 on motion).  ``--frame-prediction M`` adds frame prediction: the tokens of the
@@ -17,6 +20,10 @@ first M frames of each held-out clip (rest = frame M repeated) are forced as the
 (:func:`vistok.sample.frame_prefix`) and the generator continues with the clip's class; reported with the PSNR of
 the first M generated frames against the given ones and of the later frames against the clip's own, beside
 unconditioned samples of the same classes and (later frames) frame M frozen.
+
+``clips``: video GenEval-lite of the ``.mp4`` files a ``vistok-sample --prompts-file P --out-dir DIR`` run wrote
+(read back from the files, H.264 included), beside a static disc of each prompted colour.  Prompts are class names or
+ids of the moving-shapes classes, or moving-shapes captions.
 
 ``decoding``: step compression (``N / NFE per sample``) and wall-clock speed-up of the lossless speculative decoders
 (sjd, mcsjd) against AR on the class-conditional generator, over a sweep of windows (up to ``N``).  AR and each
@@ -30,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -45,7 +53,7 @@ from vistok.decoding import generate
 from vistok.evaluation import psnr_per_frame
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
-from vistok.sample import frame_prefix
+from vistok.sample import Pipeline
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -66,30 +74,19 @@ def held_out_clips(labels: list[int], num_frames: int, image_size: int, seed: in
     return torch.stack([ds[next(taken[lab])]["pixels"] for lab in labels])
 
 
-@torch.no_grad()
-def sample(tokenizer, generator, labels: list[int], *, batch: int, seed: int, prefix: torch.Tensor | None = None,
-           **opts) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clips ``(B, 3, T, H, W)`` and ids ``(B, N)`` for ``labels``, ``batch`` at a time."""
-    clips, ids = [], []
-    for i in range(0, len(labels), batch):
-        cond = Conditioning(labels=torch.tensor(labels[i : i + batch]))
-        rows = None if prefix is None else prefix[i : i + batch]
-        out = generate(generator, cond, seed=seed + i, prefix=rows, **opts)
-        ids.append(out.tokens)
-        clips.append(tokenizer.decode(out.tokens).float().clamp(0, 1))
-    return torch.cat(clips), torch.cat(ids)
-
-
 def geneval(args) -> dict:
     tok = from_pretrained(args.tokenizer, expect="tokenizer").eval()
     gen = from_pretrained(args.generator, expect="generator").eval()
-    if not getattr(gen, "num_classes", 0):
-        raise ValueError("this benchmark samples a class-conditional generator (num_classes > 0)")
+    pipe = Pipeline(tok, gen, None, classes="moving_shapes").check_compatible()  # every class id is a prompt
     frames, size = tok.num_frames, tok.image_size
-    labels = [c for c in range(min(NUM_VIDEO_CLASSES, gen.num_classes)) for _ in range(args.samples_per_class)]
+    labels = [c for c in range(NUM_VIDEO_CLASSES) for _ in range(args.samples_per_class)]
     opts = dict(decoder=args.decoder, cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k)
+
+    def sample(**prefix) -> torch.Tensor:  # one prompt per clip: clip i of a class gets its own seed and prefix
+        return pipe(labels, num_samples=1, seed=args.seed, batch_size=args.batch, **opts, **prefix)[0].clamp(0, 1)
+
     t0 = time.perf_counter()
-    clips, _ = sample(tok, gen, labels, batch=args.batch, seed=args.seed, **opts)
+    clips = sample()
     secs = time.perf_counter() - t0
     real = held_out_clips(labels, frames, size, args.data_seed)
     with torch.no_grad():
@@ -102,11 +99,10 @@ def geneval(args) -> dict:
               "seconds_per_clip": secs / len(labels), "sampling": opts}
     if args.frame_prediction:
         m = args.frame_prediction
-        prefix = frame_prefix(tok, real, m, args.prefix_tokens)
-        fp, _ = sample(tok, gen, labels, batch=args.batch, seed=args.seed, prefix=prefix, **opts)
+        fp = sample(first_frames=real, num_cond_frames=m, num_prefix_tokens=args.prefix_tokens)
         rows["frame prediction"] = score_clips(fp, labels)
         result["frame_prediction"] = {
-            "num_cond_frames": m, "prefix_tokens": prefix.shape[1],
+            "num_cond_frames": m, "prefix_tokens": pipe.frame_prefix(real[:1], 1, m, args.prefix_tokens).shape[1],
             "psnr_given_frames": float(psnr_per_frame(fp[:, :, :m], real[:, :, :m]).mean()),
             "psnr_given_frames_unconditioned": float(psnr_per_frame(clips[:, :, :m], real[:, :, :m]).mean()),
             "psnr_given_frames_tokenizer": float(psnr_per_frame(recon[:, :, :m], real[:, :, :m]).mean()),
@@ -224,6 +220,34 @@ def analyser(args) -> dict:
     return rows
 
 
+def clips(args) -> dict:
+    from vistok.data.videos import read_video
+    from vistok.sample import class_of, image_name, read_prompts_file
+
+    prompts, folder, scored, videos = read_prompts_file(args.prompts_file), Path(args.dir), [], []
+    for i, prompt in enumerate(prompts):
+        try:
+            target = class_of(prompt, "moving_shapes")
+        except ValueError:
+            target = prompt  # a multi-object caption
+        for j in range(args.num_samples):
+            path = folder / image_name(i, j, ".mp4")
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} is missing: write the clips first with vistok-sample --prompts-file "
+                                        f"{args.prompts_file} --num-samples {args.num_samples} --out-dir {folder}")
+            videos.append(read_video(path))
+            scored.append(target)
+    x = torch.stack(videos)
+    rows = {"clips": score_clips(x, scored),
+            "static disc": score_clips(static_disc_baseline(scored, x.shape[2], x.shape[-1]), scored)}
+    print(f"{len(scored)} clips of {folder} ({len(prompts)} prompts x {args.num_samples})")
+    print("| row | " + " | ".join(VIDEO_ATTRIBUTES) + " |")
+    print("|---" * (len(VIDEO_ATTRIBUTES) + 1) + "|")
+    for name, r in rows.items():
+        print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in VIDEO_ATTRIBUTES) + " |")
+    return {"num_clips": len(scored), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -234,6 +258,12 @@ def main(argv: list[str] | None = None) -> dict:
     a.add_argument("--data-seed", type=int, default=12345)
     a.add_argument("--out", default=None)
     a.add_argument("--threads", type=int, default=1)
+    c = sub.add_parser("clips", help="GenEval-lite of the mp4 files of a vistok-sample --out-dir run")
+    c.add_argument("--prompts-file", required=True, help="the prompts file given to vistok-sample")
+    c.add_argument("--dir", required=True, help="the --out-dir of that run")
+    c.add_argument("--num-samples", type=int, default=1, help="its --num-samples")
+    c.add_argument("--out", default=None)
+    c.add_argument("--threads", type=int, default=1)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--generator", required=True, help="class-conditional generator folder (vistok fit export)")
     common.add_argument("--batch", type=int, default=32)
@@ -261,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     d.add_argument("--skip-random", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = {"geneval": geneval, "decoding": decoding, "analyser": analyser}[args.what](args)
+    result = {"geneval": geneval, "decoding": decoding, "analyser": analyser, "clips": clips}[args.what](args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -139,6 +139,44 @@ def test_video_analyser_rows(video_benchmark):
         assert rows[f"{objects} object(s), static disc"]["motion"] == 0
 
 
+def test_video_clips_scores_the_files_of_a_vistok_sample_run(video_benchmark, tiny_video_models, tmp_path, capsys):
+    """`clips` reads PROMPT_SAMPLE.mp4 back in prompt order: real clips written under their class names score 1 on
+    motion, the same files under the reversed motions 0; a class pipeline's samples (random weights) are scored."""
+    from vistok import from_pretrained
+    from vistok.data.videos import MOTIONS, MovingShapesDataset, write_video
+    from vistok.sample import Pipeline, cli, image_name
+
+    ds = MovingShapesDataset(6, image_size=32, num_frames=8, seed=5, max_objects=1)
+    real, names, flipped = tmp_path / "real", tmp_path / "names.txt", tmp_path / "flipped.txt"
+    real.mkdir()
+    opposite = dict(zip(MOTIONS, ("left", "right", "down", "up"), strict=True))
+    rows = []
+    for i in range(len(ds)):
+        o = ds.clip(i).objects[0]
+        write_video(ds[i]["pixels"], real / image_name(i, 0, ".mp4"))
+        rows.append((f"{o.color} {o.shape} moving {o.motion}", f"{o.color} {o.shape} moving {opposite[o.motion]}"))
+    names.write_text("\n".join(n for n, _ in rows))
+    flipped.write_text("\n".join(f for _, f in rows))
+    score = lambda *a: video_benchmark.main(["clips", "--prompts-file", *a])
+    threads = torch.get_num_threads()
+    try:
+        right = score(str(names), "--dir", str(real))["rows"]
+        assert right["clips"]["motion"] == 1 and right["static disc"]["motion"] == 0
+        assert score(str(flipped), "--dir", str(real))["rows"]["clips"]["motion"] == 0
+        pipe = tmp_path / "pipe"
+        Pipeline(from_pretrained(tiny_video_models / "tok"), from_pretrained(tiny_video_models / "gen"), None,
+                 classes="moving_shapes").save(pipe, dtype=None)
+        cli(["--prompts-file", str(names), "--num-samples", "2", "--model", str(pipe), "--out-dir",
+             str(tmp_path / "samples")])
+        result = score(str(names), "--dir", str(tmp_path / "samples"), "--num-samples", "2")
+        assert result["num_clips"] == 12 and result["rows"]["clips"]["motion"] < 0.5  # random weights
+        with pytest.raises(FileNotFoundError, match="--num-samples 3"):
+            score(str(names), "--dir", str(real), "--num-samples", "3")
+    finally:
+        torch.set_num_threads(threads)
+    assert "| static disc |" in capsys.readouterr().out
+
+
 def test_flextok_budget_benchmark_on_a_tiny_random_pipeline(tmp_path, capsys):
     """benchmarks/flextok_budget.py end to end (no FID): one row per reference, per k (reconstruction and sample),
     the untrained generator and each speculative decoder; AR makes k passes, SJD / MC-SJD at most N."""

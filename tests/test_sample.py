@@ -408,3 +408,145 @@ def test_sample_cli_token_budget(tiny_flextok_pipeline, tiny_pipeline, tmp_path,
             cli(["a red circle", "--model", str(model), "--tokens", k, "--out", str(tmp_path / "bad.png")])
         assert re.search(match, capsys.readouterr().err)
     assert not (tmp_path / "bad.png").exists()
+
+
+# -- class-conditional pipelines: class ids / names as prompts ---------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_class_video_pipeline(tmp_path_factory):
+    """A random tiny LARP (4 frames of 16x16, 8 tokens) + a 96-class AR over its ids (moving-shapes classes), with a
+    peaked head so that the class changes the samples."""
+    folder = tmp_path_factory.mktemp("class_video_pipe")
+    torch.manual_seed(0)
+    tok = tiny_larp(prior_depth=0)
+    torch.nn.init.normal_(tok.head.weight, std=0.5)
+    gen = tiny_ar(vocab_size=64, seq_len=8, num_classes=96)
+    torch.nn.init.normal_(gen.output.weight, std=0.5)  # AR's zero-init head would sample uniformly
+    torch.nn.init.normal_(gen.class_embed.weight, std=2.0)  # and make the classes far apart
+    Pipeline(tok, gen, None, {"top_k": 20}, classes="moving_shapes").save(folder, dtype=None)
+    return folder
+
+
+def test_class_names_and_ids_round_trip_through_the_datasets_own_naming():
+    from vistok.data.shapes import ShapesDataset, class_name
+    from vistok.data.videos import MovingShapesDataset, video_class_id, video_class_name
+    from vistok.sample import class_names, class_of
+
+    names = class_names("moving_shapes")
+    assert len(names) == 96 and names[17] == video_class_name(17) and len(set(names)) == 96
+    for k, name in enumerate(names):
+        assert class_of(name, "moving_shapes") == class_of(k, "moving_shapes") == class_of(str(k), "moving_shapes") == k
+    assert [class_of(class_name(k), "shapes") for k in range(24)] == list(range(24))
+    assert class_of("  A Purple  star moving down. ", "moving_shapes") == video_class_id("purple", "star", "down")
+    assert class_of(" 7 ", "shapes") == 7 and class_of(torch.tensor(5).numpy()[()], "shapes") == 5
+    # a one-object dataset caption names its clip's class (start and size dropped)
+    ds = MovingShapesDataset(24, image_size=32, num_frames=4, seed=3, max_objects=1)
+    assert all(class_of(ds.clip(i).caption, "moving_shapes") == ds.clip(i).class_label for i in range(24))
+    images = ShapesDataset(24, image_size=32, seed=3, max_objects=1)
+    assert all(class_of(images.scene(i).caption, "shapes") == images.scene(i).class_label for i in range(24))
+
+
+def test_class_prompts_reach_the_generator_and_cfg_uses_the_null_class(tiny_class_video_pipeline, monkeypatch):
+    from vistok.data.videos import video_class_id
+
+    pipe = Pipeline.from_folder(tiny_class_video_pipeline)
+    assert pipe.classes == "moving_shapes" and pipe.text_encoder is None and pipe.defaults == {"top_k": 20}
+    assert pipe.condition(["red circle moving right", 17, "5", "a blue star moving up"]).labels.tolist() == [
+        0, 17, 5, video_class_id("blue", "star", "up")]
+    seen = []
+    real = pipe.generator.new_cache
+    monkeypatch.setattr(pipe.generator, "new_cache", lambda cond, *a, **k: seen.append(cond.labels.tolist()) or
+                        real(cond, *a, **k))
+    clips, out = pipe(["red circle moving right", 17], num_samples=2, seed=0, cfg_scale=2.0)
+    assert clips.shape == (4, 3, 4, 16, 16) and out.tokens.shape == (4, 8)
+    assert seen == [[0, 0, 17, 17, -1, -1, -1, -1]]  # the batch's classes, then the null class of CFG
+    seen.clear()
+    by_id, _ = pipe([0], num_samples=2, seed=0, cfg_scale=2.0)
+    assert torch.equal(by_id, clips[:2]) and seen == [[0, 0, -1, -1]]  # the name and the id: one class
+    _, other = pipe([50, 0], num_samples=2, seed=0)
+    _, same = pipe([0], num_samples=2, seed=0)
+    assert not torch.equal(other.tokens[:2], same.tokens)  # the class changes the samples (same seeds)
+    assert torch.equal(other.tokens[2:], pipe([0, 0], num_samples=2, seed=0)[1].tokens[2:])
+
+
+def test_class_video_pipeline_cli_writes_an_mp4_and_lists_its_classes(tiny_class_video_pipeline, tmp_path, capsys):
+    import json
+
+    from vistok.data.videos import read_video, video_class_name
+
+    spec = json.loads((tiny_class_video_pipeline / "pipeline.json").read_text())
+    assert spec["conditioning"] == "class" and spec["classes"] == "moving_shapes" and "text_encoder" not in spec
+    out = tmp_path / "x.mp4"
+    cli(["--prompt", "red circle moving right", "--prompt", "17", "--num-samples", "2", "--out", str(out),
+         "--model", str(tiny_class_video_pipeline), "--scale", "2"])
+    assert "(4 clips" in capsys.readouterr().out
+    assert read_video(out).shape == (3, 4, 2 + 2 * (32 + 2), 2 + 2 * (32 + 2))  # 2 prompts x 2 samples of 32x32
+    cli(["17", "--num-samples", "1", "--out-dir", str(tmp_path / "d"), "--model", str(tiny_class_video_pipeline)])
+    assert read_video(tmp_path / "d" / "000000_000.mp4").shape == (3, 4, 16, 16)
+    capsys.readouterr()
+    cli(["--list-classes", "--model", str(tiny_class_video_pipeline)])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 97 and lines[17] == f"17\t{video_class_name(17)}" and "96 moving_shapes classes" in lines[-1]
+
+
+def test_class_image_pipeline_samples_pngs(tmp_path, capsys):
+    from vistok.sample import pack
+
+    torch.manual_seed(0)
+    from vistok.hub import save_pretrained
+
+    save_pretrained(tiny_titok(codebook_size=64), tmp_path / "tok")
+    save_pretrained(tiny_ar(vocab_size=64, seq_len=8, num_classes=24), tmp_path / "gen")
+    with pytest.raises(ValueError, match="class-conditional .24 classes.*classes="):
+        pack(tmp_path / "tok", tmp_path / "gen", tmp_path / "pipe")  # which dataset named its classes?
+    pack(tmp_path / "tok", tmp_path / "gen", tmp_path / "pipe", classes="shapes", cfg_scale=2.0)
+    cli(["red circle", "a blue star on the left", "23", "--num-samples", "2", "--out", str(tmp_path / "g.png"),
+         "--model", str(tmp_path / "pipe"), "--scale", "1"])
+    assert Image.open(tmp_path / "g.png").size == (2 + 2 * 34, 2 + 3 * 34)
+    assert "(6 images" in capsys.readouterr().out
+
+
+def test_class_prompt_errors_name_the_valid_choices(tiny_class_video_pipeline, tiny_pipeline, tmp_path, capsys):
+    pipe = Pipeline.from_folder(tiny_class_video_pipeline)
+    bad = [("red circel moving right", r"not a class name.*'<red\|orange\|yellow\|green\|blue\|purple> "
+                                       r"<circle\|square\|triangle\|star> moving <right\|left\|up\|down>'"),
+           (96, r"class id 96 is out of range: the moving_shapes classes are 0..95"),
+           ("-1", r"class id -1 is out of range"),
+           ("a red circle on the left", "not a class name.*class-conditional"),  # a text prompt (image caption)
+           ("a red circle moving right from the left and a blue star moving up from the bottom", "several objects")]
+    for prompt, match in bad:
+        with pytest.raises(ValueError, match=match):
+            pipe([prompt], num_samples=1)
+        with pytest.raises(SystemExit):  # the CLI refuses it before loading anything
+            cli([str(prompt), "--model", str(tiny_class_video_pipeline), "--out", str(tmp_path / "x.mp4")])
+        assert "--list-classes" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="class id .int. or a class name"):
+        pipe([1.5], num_samples=1)
+    # a class id to a text pipeline
+    text_pipe = Pipeline.from_folder(tiny_pipeline)
+    for prompt in (17, "17"):
+        with pytest.raises(ValueError, match="is a class id, but this pipeline is text-conditioned"):
+            text_pipe([prompt], num_samples=1)
+    with pytest.raises(SystemExit):
+        cli(["17", "--model", str(tiny_pipeline), "--out", str(tmp_path / "x.png")])
+    assert "text-conditioned" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli(["--list-classes", "--model", str(tiny_pipeline)])
+    assert "text-conditioned pipeline" in capsys.readouterr().err
+    # class sets that do not fit the generator, or a malformed pipeline.json
+    gen, tok = pipe.generator, pipe.tokenizer
+    with pytest.raises(ValueError, match="'shapes' class set has 24 classes but the generator .* num_classes=96"):
+        Pipeline(tok, gen, None, classes="shapes")
+    with pytest.raises(ValueError, match=r"unknown class set 'imagenet'; choose one of \['moving_shapes', 'shapes'\]"):
+        Pipeline(tok, gen, None, classes="imagenet")
+    with pytest.raises(ValueError, match="text_encoder=None"):
+        Pipeline(tok, gen, MiniLMTextEncoder(max_length=16), classes="moving_shapes")
+    with pytest.raises(ValueError, match=r"no class set, but its generator is class-conditional .96 classes.*classes="):
+        Pipeline(tok, gen, None)(["17"], num_samples=1)
+    import json
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_class_video_pipeline, broken)
+    (broken / "pipeline.json").write_text(json.dumps({"conditioning": "class", "classes": "cifar"}))
+    with pytest.raises(ValueError, match="must name its class set"):
+        Pipeline.from_folder(broken)

@@ -1,7 +1,16 @@
-"""Text-to-image (and text-to-video) sampling: prompt(s) in, PNG grid (or mp4 / gif) out.
+"""Text- or class-to-image (and -to-video) sampling: prompt(s) in, PNG grid (or mp4 / gif) out.
 
     vistok-sample "a red circle on the left" --num-samples 4 --seed 0 --out grid.png
     vistok-sample "a red circle" --model runs/pipelines/flextok --tokens 4   # a token budget: the first 4 tokens
+    vistok-sample "red circle moving right" 17 --model CLASS_PIPELINE --out grid.mp4  # class names or ids
+    vistok-sample --list-classes --model CLASS_PIPELINE
+
+A pipeline whose generator is class-conditional (``num_classes``, no text encoder) names its class set in
+``pipeline.json`` (``"conditioning": "class"``, ``"classes": "moving_shapes"`` or ``"shapes"``; written by
+``pack(..., classes=...)`` / :meth:`Pipeline.save`).  Its prompts are class ids (ints or digit strings) or the
+dataset's own class names (``vistok.data.videos.video_class_name``: "red circle moving right";
+``vistok.data.shapes.class_name``: "red circle"); a one-object dataset caption names its class too (start position
+and size are not part of a class and are ignored).  CFG uses the generator's null class.
 
 ``--tokens K`` (``Pipeline(..., num_tokens=K)``) generates only the first K tokens and decodes that prefix; it needs
 a causal generator and a tokenizer that decodes prefixes (FlexTok, TiTok trained with tail drop).
@@ -12,7 +21,7 @@ A pipeline whose tokenizer decodes clips (a video tokenizer such as LARP: ``(B, 
 
 With no ``--model``, the shipped default (tiny TiTok + tiny LlamaGen-style T2I generator + MiniLM text
 encoder, in ``vistok/assets/default``) is used.  A model folder holds ``tokenizer/`` and ``generator/`` (each
-written by :func:`vistok.hub.save_pretrained`) and ``pipeline.json`` (text encoder and sampling defaults).
+written by :func:`vistok.hub.save_pretrained`) and ``pipeline.json`` (text encoder or class set, sampling defaults).
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vistok.data.shapes import NUM_CLASSES, class_name, parse_caption
+from vistok.data.videos import NUM_VIDEO_CLASSES, parse_video_caption, video_class_name
 from vistok.decoding import (
     DECODERS,
     ForcedPrefix,
@@ -56,16 +68,41 @@ Precision = Literal["fp32", "bf16"]
 GOLDEN = 0x9E3779B97F4A7C15  # odd 64-bit constant spreading (seed, position) pairs over the seed space
 MAX_GRID = 1024  # images in one --out grid; more need --out-dir (one file per image)
 VIDEO_SUFFIXES = (".mp4", ".gif")  # what a video pipeline writes (PyAV: vistok.data.videos.write_video)
+#: class sets a class-conditional pipeline names its ids with (``pipeline.json``'s ``"classes"``): number of classes,
+#: the dataset's id -> name function and its caption parser (whose one-object scenes have a ``class_label``)
+CLASS_SETS: dict[str, tuple[int, Callable[[int], str], Callable]] = {
+    "moving_shapes": (NUM_VIDEO_CLASSES, video_class_name, parse_video_caption),
+    "shapes": (NUM_CLASSES, class_name, parse_caption),
+}
+Prompt = str | int
 
 
 @dataclass
 class Pipeline:
-    """Tokenizer + generator + text encoder, with the sampling defaults the model was tuned for."""
+    """Tokenizer + generator + text encoder (or class set), with the sampling defaults the model was tuned for.
+
+    ``classes`` (a key of :data:`CLASS_SETS`) makes a class pipeline: the generator is class-conditional with that
+    set's number of classes, there is no text encoder, and prompts are class ids or names (:func:`class_of`).
+    """
 
     tokenizer: nn.Module
     generator: nn.Module
     text_encoder: nn.Module | None
     defaults: dict = field(default_factory=dict)
+    classes: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.classes is None:
+            return
+        if self.classes not in CLASS_SETS:
+            raise ValueError(f"unknown class set {self.classes!r}; choose one of {sorted(CLASS_SETS)}")
+        if self.text_encoder is not None:
+            raise ValueError("a class pipeline (classes=...) conditions on class ids: give it text_encoder=None")
+        n, have = CLASS_SETS[self.classes][0], getattr(self.generator, "num_classes", 0)
+        if have != n:
+            raise ValueError(f"the {self.classes!r} class set has {n} classes but the generator "
+                             f"({type(self.generator).__name__}) has num_classes={have}; train it on that dataset's "
+                             "class labels (GeneratorModule conditioning: class)")
 
     @classmethod
     def from_folder(cls, folder: str | Path = DEFAULT_MODEL) -> Pipeline:
@@ -84,19 +121,27 @@ class Pipeline:
         enc_spec = spec.get("text_encoder")
         if isinstance(enc_spec, dict) and "path" in enc_spec:  # clip / t5 folders may be given relative to here
             enc_spec = {**enc_spec, "path": str(folder / enc_spec["path"])}
+        classes = spec_classes(spec, folder)
+        if classes is not None:
+            return cls(tokenizer, generator, None, spec.get("sampling", {}), classes)
         text_encoder = load_text_encoder(enc_spec, spec.get("text_max_length", 32 if enc_spec == "minilm" else None))
         return cls(tokenizer, generator, text_encoder, spec.get("sampling", {}))
 
     def save(self, folder: str | Path, *, dtype: torch.dtype | None = torch.float16) -> Path:
-        """Write ``tokenizer/``, ``generator/`` and ``pipeline.json`` (what :meth:`from_folder` reads)."""
+        """Write ``tokenizer/``, ``generator/`` and ``pipeline.json`` (what :meth:`from_folder` reads); a class
+        pipeline's ``pipeline.json`` records ``"conditioning": "class"`` and its ``"classes"``."""
         from vistok.hub import save_pretrained
 
         folder = Path(folder)
         save_pretrained(self.tokenizer, folder / "tokenizer", dtype=dtype)
         save_pretrained(self.generator, folder / "generator", dtype=dtype)
         enc = self.text_encoder
-        spec = {"text_encoder": None if enc is None else enc.spec() if hasattr(enc, "spec") else "minilm",
-                "text_max_length": getattr(self.text_encoder, "max_length", None), "sampling": self.defaults}
+        if self.classes is not None:
+            spec = {"conditioning": "class", "classes": self.classes, "sampling": self.defaults}
+        else:
+            spec = {"conditioning": "text",
+                    "text_encoder": None if enc is None else enc.spec() if hasattr(enc, "spec") else "minilm",
+                    "text_max_length": getattr(self.text_encoder, "max_length", None), "sampling": self.defaults}
         (folder / "pipeline.json").write_text(json.dumps(spec, indent=2))
         return folder
 
@@ -142,13 +187,44 @@ class Pipeline:
                              f"prefixes (FlexTok, or TiTok trained with tail_drop); {type(self.tokenizer).__name__} "
                              "decodes all of its tokens only")
 
-    def condition(self, prompts: list[str]) -> Conditioning:
+    def check_prompts(self, prompts: Sequence[Prompt] | Prompt) -> list[Prompt]:
+        """A non-empty list of prompts this pipeline understands (a single prompt is wrapped): class ids or names
+        of its class set for a class pipeline (each is resolved, :func:`class_of`), text otherwise (a class id given
+        to a text pipeline is refused)."""
+        if isinstance(prompts, (str, int, np.integer)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if self.classes is None:
+            if self.text_encoder is None:
+                self._check_has_conditioning()
+            return check_text_prompts(prompts)
+        if not prompts:
+            raise ValueError(f"no prompts given: pass class ids or names of the {self.classes} classes, e.g. "
+                             f"{class_names(self.classes)[0]!r}")
+        for p in prompts:
+            class_of(p, self.classes)
+        return prompts
+
+    def condition(self, prompts: Sequence[Prompt]) -> Conditioning:
+        """Prompts (B) -> the generator's condition: class ids ``labels (B,)`` for a class pipeline, the text
+        encoder's states otherwise."""
+        if self.classes is not None:
+            device = next(self.generator.parameters()).device
+            return Conditioning(labels=torch.tensor([class_of(p, self.classes) for p in prompts], device=device))
         if self.text_encoder is None:
-            raise ValueError("this pipeline has no text encoder; build a Conditioning(labels=...) yourself")
-        return self.text_encoder(check_prompts(prompts))
+            self._check_has_conditioning()
+            raise ValueError("this pipeline has no text encoder and no class set; build a Conditioning yourself")
+        return self.text_encoder(check_text_prompts(prompts))
+
+    def _check_has_conditioning(self) -> None:
+        """Raise the fix for a class-conditional generator packed without its class set."""
+        if n := getattr(self.generator, "num_classes", 0):
+            raise ValueError(f"this pipeline has no text encoder and no class set, but its generator is "
+                             f"class-conditional ({n} classes): give it the class set its labels come from, "
+                             f"Pipeline(..., classes=...) with one of {sorted(CLASS_SETS)}")
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str] | str, num_samples: int = 4, seed: int | None = 0, *,
+    def __call__(self, prompts: Sequence[Prompt] | Prompt, num_samples: int = 4, seed: int | None = 0, *,
                  batch_size: int | None = None, progress: bool = False, first_frames: Tensor | None = None,
                  num_cond_frames: int | None = None, num_prefix_tokens: int | None = None,
                  num_tokens: int | None = None,
@@ -156,6 +232,7 @@ class Pipeline:
         """prompts (P) -> images (P * num_samples, 3, H, W) in [0, 1] (clips (P * num_samples, 3, T, H, W) for a video
         tokenizer; each prompt's samples in a row) and the
         GenerationOutput (tokens of every image; ``nfe`` summed over batches; ``extras`` of the last batch).
+        Prompts are text, or class ids / names for a class pipeline (:meth:`check_prompts`).
 
         Image ``(i, j)`` (prompt ``i``, sample ``j``) is drawn with its own seed :func:`image_seed` ``(seed, i, j)``;
         with the default AR decoder it does not depend on ``batch_size`` or on the other prompts.
@@ -169,7 +246,7 @@ class Pipeline:
         tokenized (:func:`frame_prefix`) and the first ``num_prefix_tokens`` of those tokens are forced as the
         prefix every sample continues (:class:`vistok.decoding.ForcedPrefix`).
         """
-        prompts = check_prompts(prompts)
+        prompts = self.check_prompts(prompts)
         check_options(num_samples=num_samples, batch_size=batch_size, seed=seed)
         jobs = [(i, j) for i in range(len(prompts)) for j in range(num_samples)]
         images, tokens, nfe, out = [], [], 0, None
@@ -186,7 +263,7 @@ class Pipeline:
         return torch.cat(images), GenerationOutput(torch.cat(tokens), nfe, out.extras)
 
     @torch.no_grad()
-    def batches(self, prompts: list[str], jobs: list[tuple[int, int]], *, seed: int | None = 0,
+    def batches(self, prompts: Sequence[Prompt], jobs: list[tuple[int, int]], *, seed: int | None = 0,
                 batch_size: int | None = None, progress: bool = False, precision: Precision = "fp32",
                 prefix: Tensor | None = None, num_tokens: int | None = None,
                 **overrides) -> Iterator[tuple[list[tuple[int, int]], Tensor, GenerationOutput]]:
@@ -335,6 +412,99 @@ def resolve_pipeline_folder(folder: str | Path) -> Path:
     return folder
 
 
+def class_names(classes: str) -> list[str]:
+    """The names of a class set's ids in id order, from the dataset's own naming (``class_names("moving_shapes")[17]``
+    is ``video_class_name(17)``)."""
+    if classes not in CLASS_SETS:
+        raise ValueError(f"unknown class set {classes!r}; choose one of {sorted(CLASS_SETS)}")
+    n, name, _ = CLASS_SETS[classes]
+    return [name(k) for k in range(n)]
+
+
+def _name_pattern(names: list[str]) -> str:
+    """``"<red|orange|...> <circle|...> moving <right|...>"``: the words each position of the names takes."""
+    columns = zip(*(n.split() for n in names), strict=True)
+    return " ".join(c[0] if len(set(c)) == 1 else "<" + "|".join(dict.fromkeys(c)) + ">" for c in columns)
+
+
+def is_class_id(prompt: object) -> bool:
+    """An int (not a bool) or a string of digits (optionally signed): what a class pipeline reads as a class id."""
+    if isinstance(prompt, (int, np.integer)):
+        return not isinstance(prompt, bool)
+    return isinstance(prompt, str) and re.fullmatch(r"\s*[+-]?\d+\s*", prompt) is not None
+
+
+def class_of(prompt: Prompt, classes: str) -> int:
+    """The class id a prompt names in the class set ``classes`` (a key of :data:`CLASS_SETS`).
+
+    A prompt is a class id (an int or a digit string, ``"17"``), a class name (``"red circle moving right"``, with an
+    optional leading "a"; case and spacing are ignored) or a one-object caption of the dataset ("a small red circle
+    moving right from the left": start position and size are not part of a class and are dropped).
+
+    Raises:
+        ValueError: an id out of range, or a name that is no class of the set (the message names the valid ones).
+        TypeError: a prompt that is neither a string nor an int.
+    """
+    names = class_names(classes)
+    hint = f"`vistok-sample --list-classes --model PIPELINE` lists the {len(names)}"
+    if is_class_id(prompt):
+        k = int(prompt)
+        if not 0 <= k < len(names):
+            raise ValueError(f"class id {k} is out of range: the {classes} classes are 0..{len(names) - 1} ({hint})")
+        return k
+    if not isinstance(prompt, str):
+        raise TypeError(f"a class prompt is a class id (int) or a class name (str), got {type(prompt).__name__}")
+    text = " ".join(prompt.lower().split()).rstrip(".").strip()
+    for candidate in (text, re.sub(r"^an? ", "", text)):
+        if candidate in names:
+            return names.index(candidate)
+    try:
+        scene = CLASS_SETS[classes][2](text)
+    except ValueError:
+        scene = None
+    if scene is not None and len(scene.objects) == 1:
+        return scene.class_label
+    what = "names several objects, but a class is one object" if scene is not None else "is not a class name"
+    raise ValueError(f"{prompt!r} {what}: this pipeline is class-conditional on the {classes} classes; give a class "
+                     f"id in [0, {len(names) - 1}] or a name '{_name_pattern(names)}' such as {names[0]!r} ({hint})")
+
+
+def check_text_prompts(prompts: Sequence[str] | str) -> list[str]:
+    """:func:`vistok.text.check_prompts`, refusing class ids (a text pipeline has no classes)."""
+    prompts = [prompts] if isinstance(prompts, (str, int, np.integer)) else list(prompts)
+    for p in prompts:
+        if is_class_id(p):
+            raise ValueError(f"prompt {p!r} is a class id, but this pipeline is text-conditioned (no classes): "
+                             "describe the image in words, e.g. 'a red circle on the left', or use a class "
+                             "pipeline (pack(..., classes=...))")
+    return check_prompts(prompts)
+
+
+def spec_classes(spec: dict, folder: str | Path = "") -> str | None:
+    """The class set a ``pipeline.json`` spec names (None for a text pipeline); ``ValueError`` if it is malformed."""
+    where = Path(folder) / "pipeline.json"
+    conditioning = spec.get("conditioning", "text")
+    if conditioning == "text":
+        return None
+    if conditioning != "class":
+        raise ValueError(f"{where}: conditioning must be 'text' or 'class', got {conditioning!r}")
+    classes = spec.get("classes")
+    if classes not in CLASS_SETS:
+        raise ValueError(f"{where}: a class pipeline must name its class set, 'classes': one of {sorted(CLASS_SETS)}; "
+                         f"got {classes!r}")
+    return classes
+
+
+def pipeline_classes(model: str | Path) -> str | None:
+    """The class set of a pipeline folder (None for a text pipeline), read from ``pipeline.json`` without loading any
+    model; an unreadable file gives None (:meth:`Pipeline.from_folder` reports it)."""
+    try:
+        spec = json.loads((Path(model) / "pipeline.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return spec_classes(spec, model) if isinstance(spec, dict) else None
+
+
 def _load_part(folder: Path, expect: str) -> nn.Module:
     """``from_pretrained(folder, expect=...)``; an unreadable config.json / model.safetensors raises ``ValueError``
     naming it."""
@@ -423,18 +593,29 @@ class PerImageNoise:
 
 
 def pack(tokenizer_dir: str | Path, generator_dir: str | Path, out: str | Path = DEFAULT_MODEL,
-         text_encoder: str | None = "minilm", **sampling) -> Path:
+         text_encoder: str | None = "minilm", *, classes: str | None = None, **sampling) -> Path:
     """Bundle two trained hub folders (``vistok fit`` exports) into a pipeline folder with sampling defaults.
 
-    Example: ``pack("runs/titok_tiny/export", "runs/ar_tiny_t2i/export", cfg_scale=3.0, top_k=100)``.
+    ``classes`` (a key of :data:`CLASS_SETS`) packs a class-conditional generator: no text encoder, and
+    ``pipeline.json`` records the class set its ids are named by.  It is required for a class-conditional
+    generator (the exports do not say which dataset's labels it was trained on).
+
+    Examples: ``pack("runs/titok_tiny/export", "runs/ar_tiny_t2i/export", cfg_scale=3.0, top_k=100)``;
+    ``pack("runs/larp_tiny/export", "runs/ar_larp_tiny_c2i/export", "c2i_pipe", classes="moving_shapes")``.
     """
     gen = from_pretrained(generator_dir, expect="generator")
+    tok = from_pretrained(tokenizer_dir, expect="tokenizer")
+    if classes is not None:
+        return Pipeline(tok, gen, None, sampling, classes).check_compatible().save(out)
+    if getattr(gen, "num_classes", 0) and not getattr(gen, "text_dim", 0):
+        raise ValueError(f"{generator_dir} is class-conditional ({gen.num_classes} classes, no text input): pass "
+                         f"classes=, the class set its labels come from, one of {sorted(CLASS_SETS)}")
     enc = None
     if text_encoder == "minilm":
         from vistok.text import MiniLMTextEncoder
 
         enc = MiniLMTextEncoder(max_length=getattr(gen, "prefix_len", None) or getattr(gen, "max_text_len", None) or 32)
-    return Pipeline(from_pretrained(tokenizer_dir, expect="tokenizer"), gen, enc, sampling).save(out)
+    return Pipeline(tok, gen, enc, sampling).save(out)
 
 
 def save_grid(images: Tensor, path: str | Path, nrow: int, scale: int = 4) -> Path:
@@ -567,9 +748,15 @@ def _save_video(clip: Tensor, path: Path, scale: int, fps: int) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vistok-sample", description="Sample images for text prompts: one grid (--out), or one PNG per image "
-        "(--out-dir; rerunning the same command resumes, skipping images already written).")
-    p.add_argument("prompts", nargs="*", help="one or more prompts, e.g. 'a red circle on the left'")
+        prog="vistok-sample", description="Sample images (or clips) for text prompts, or for class ids / names with "
+        "a class-conditional pipeline: one grid (--out), or one file per image (--out-dir; rerunning the same "
+        "command resumes, skipping images already written).")
+    p.add_argument("prompts", nargs="*", help="one or more prompts, e.g. 'a red circle on the left'; for a class "
+                   "pipeline class ids or names, e.g. 17 or 'red circle moving right' (see --list-classes)")
+    p.add_argument("--prompt", action="append", default=[], dest="prompt_flags", metavar="PROMPT",
+                   help="a prompt given as an option (repeatable); same as a positional prompt")
+    p.add_argument("--list-classes", action="store_true",
+                   help="print the class ids and names of a class-conditional pipeline (--model) and exit")
     p.add_argument("--prompts-file", default=None, help="UTF-8 text file, one prompt per line (blank lines skipped)")
     p.add_argument("--num-samples", type=int, default=4, help="images per prompt (one grid row per prompt)")
     p.add_argument("--batch-size", type=int, default=16,
@@ -617,11 +804,27 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> str:
     """Validate everything, then load and sample; returns the summary line."""
     # -- inputs and options: all checked before anything is loaded
-    if args.prompts and args.prompts_file:
+    model = resolve_pipeline_folder(args.model)
+    classes = pipeline_classes(model)
+    if args.list_classes:
+        if classes is None:
+            raise ValueError(f"--list-classes: {model} is a text-conditioned pipeline (its pipeline.json names no "
+                             "class set); give it text prompts such as 'a red circle on the left'")
+        names = class_names(classes)
+        return "\n".join([f"{k}\t{name}" for k, name in enumerate(names)]
+                         + [f"# {len(names)} {classes} classes of {model}: give an id or a name as the prompt"])
+    cli_prompts = [*args.prompts, *args.prompt_flags]
+    if cli_prompts and args.prompts_file:
         raise ValueError("give prompts on the command line or --prompts-file, not both")
-    if not args.prompts and not args.prompts_file:
-        raise ValueError("no prompts: give one or more prompts, e.g. vistok-sample 'a red circle', or --prompts-file")
-    prompts = read_prompts_file(args.prompts_file) if args.prompts_file else check_prompts(args.prompts)
+    if not cli_prompts and not args.prompts_file:
+        example = f"{class_names(classes)[0]!r} or 0" if classes else "'a red circle'"
+        raise ValueError(f"no prompts: give one or more prompts, e.g. vistok-sample {example}, or --prompts-file")
+    prompts = read_prompts_file(args.prompts_file) if args.prompts_file else cli_prompts
+    if classes is None:
+        prompts = check_text_prompts(prompts)
+    else:
+        for prompt in prompts:
+            class_of(prompt, classes)
     check_options(num_samples=args.num_samples, batch_size=args.batch_size, seed=args.seed,
                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
     scale = args.scale if args.scale is not None else (1 if args.out_dir else 4)
@@ -631,7 +834,6 @@ def _run(args: argparse.Namespace) -> str:
         raise ValueError(f"--fps must be >= 1, got {args.fps}")
     if args.tokens is not None and args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1 (the number of tokens to generate), got {args.tokens}")
-    model = resolve_pipeline_folder(args.model)
     video = makes_video(model)
     suffix = ".mp4" if video else ".png"
     first_frames = None
