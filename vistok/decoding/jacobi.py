@@ -3,7 +3,11 @@
 * :func:`decode_sjd` -- SJD, Teng et al., "Accelerating Auto-regressive Text-to-Image Generation with
   Training-free Speculative Jacobi Decoding", arXiv 2410.01699.  **Lossless.**
 * :func:`decode_mcsjd` -- MC-SJD / speculative coupled decoding, So et al., arXiv 2510.24211: SJD whose
-  drafts are redrawn by a *maximal coupling* at every window position.  **Lossless.**
+  drafts are redrawn by a *maximal coupling* at every window position (this is also SJD-PAC's "adaptive
+  continuation"), or with ``coupling="gumbel"`` by Gumbel-max with noise fixed per position (SCD's other coupling).
+  ``proactive=K``: proactive drafting after SJD-PAC (Kang et al., arXiv 2603.18599, code KangJialiang/SJD-PAC), K
+  candidates for the first open position as K rows of one forward pass.  **Lossless in every option** (proofs and
+  tests: ``docs/lossless.md``).
 * The relaxed (lossy) acceptance rules GSD and LANTERN live in :mod:`vistok.decoding.grouped` and share the loop.
 
 One iteration (one ``generator.step``, one NFE) per sample with ``a`` accepted tokens:
@@ -25,7 +29,8 @@ One iteration (one ``generator.step``, one NFE) per sample with ``a`` accepted t
 Samples accept ragged numbers of tokens (per-sample ``cache.truncate``), so a batch decodes as its samples would
 one by one; at temperature 0 the result is greedy AR.  NFE counts ``generator.step`` calls (CFG's doubled batch
 once, a prefilled text prefix not).  Extras: ``accepted_hist`` (index ``k``: (sample, pass) pairs that accepted
-``k`` tokens), ``nfe_per_sample``, ``mean_accepted``, ``window``, ``lossless``.
+``k`` tokens), ``nfe_per_sample``, ``mean_accepted``, ``window``, ``lossless``, ``positions_per_pass`` (per sample;
+mcsjd also ``coupling`` and ``proactive``).
 
 Legend: b batch, w window, v vocab, n tokens.
 """
