@@ -212,8 +212,8 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
     gumbel = coupled and coupling == "gumbel"
     ratio = ratio or _standard_ratio
     guidance = guidance or Guidance()
-    kr = proactive
-    cache = guidance.new_cache(generator, cond.repeat_interleave(kr) if kr > 1 else cond)
+    k = proactive  # cache rows per sample
+    cache = guidance.new_cache(generator, cond.repeat_interleave(k) if k > 1 else cond)
     b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
     win = DraftWindow(b, n, window, device, name, progress)
     w, cols, rows = win.w, win.cols, torch.arange(b, device=device)
@@ -237,18 +237,18 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         g = 0.0 if noise is None else noise.gather(1, pos[..., None].expand(-1, -1, v))  # b w v
         # -- one forward pass over [token at pos - 1] for the whole window (proactive: one row per candidate)
         inputs, step_pos = seq.gather(1, (pos - 1).clamp(min=0)), pos
-        if kr > 1:
+        if k > 1:
             c0 = (win.acc - start).clamp(max=w - 1)  # column of the first position not accepted yet
             open0 = win.acc < n
-            cand = _candidates(x[rows, c0], q[rows, c0], drafted[rows, c0], g if noise is None else g[rows, c0], kr,
+            cand = _candidates(x[rows, c0], q[rows, c0], drafted[rows, c0], g if noise is None else g[rows, c0], k,
                                gumbel, sampling, rng)
-            inputs, step_pos = _branch_inputs(inputs, cand, c0), pos.repeat_interleave(kr, 0)
+            inputs, step_pos = _branch_inputs(inputs, cand, c0), pos.repeat_interleave(k, 0)
         p = sampling.probs(guidance.mix(guidance.step(generator, inputs, step_pos, cache)))
-        if kr > 1:
-            p = p.view(b, kr, w, v)
+        if k > 1:
+            p = p.view(b, k, w, v)
         if gumbel:  # every column's token is argmax(log p + g): final where the inputs before it are
-            made = (p.log() + (g[:, None] if kr > 1 and noise is not None else g)).argmax(-1)  # (b [k]) w
-            if kr > 1:
+            made = (p.log() + (g[:, None] if k > 1 and noise is not None else g)).argmax(-1)  # (b [k]) w
+            if k > 1:
                 hits = cand == made[rows, 0, c0][:, None]  # which candidate is the token of the first open position
                 winner, hit = hits.long().argmax(1), hits.any(1)
                 p, made = p[rows, winner], made[rows, winner]
@@ -260,15 +260,15 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
             # -- verification, vectorised over batch and window
             r = (torch.full((b, w), 0.5, device=device) if sampling.greedy
                  else torch.rand(b, w, generator=rng, device=device))
-            if kr > 1:  # the first open position: multi-draft test of the candidates (row 0's is the draft)
-                r_more = (torch.full((b, kr - 1), 0.5, device=device) if sampling.greedy
-                          else torch.rand(b, kr - 1, generator=rng, device=device))
+            if k > 1:  # the first open position: multi-draft test of the candidates (row 0's is the draft)
+                r_more = (torch.full((b, k - 1), 0.5, device=device) if sampling.greedy
+                          else torch.rand(b, k - 1, generator=rng, device=device))
                 winner, hit, token = _multi_draft(p[rows, 0, c0], q[rows, c0], cand,
                                                   torch.cat([r[rows, c0][:, None], r_more], 1), sampling, rng)
                 p = p[rows, winner]  # the row whose candidate was accepted carries on
                 x[rows, c0] = torch.where(open0, token, x[rows, c0])
             passed = has & (r < ratio(p, q, x))
-            if kr > 1:
+            if k > 1:
                 passed[rows, c0] = hit
             first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)  # first failing column, w if none
             resid = _residual(p, q)
@@ -278,16 +278,16 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
             if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
                 new = torch.where(after & passed if ratio is _standard_ratio
                                   else after & has & (r < _standard_ratio(p, q, x)), x, new)
-            if kr > 1:
+            if k > 1:
                 new[rows, c0] = x[rows, c0]  # the token of the multi-draft test (accepted or drawn)
         seq.scatter_(1, pos, torch.where(cols >= first[:, None], new, x))
-        if kr > 1:  # every row of a sample continues from the winning row's cache
-            src = (rows * kr + winner).repeat_interleave(kr)
-            cache.take_rows(torch.cat([src + i * b * kr for i in range(cache.group)]))
-        win.accept(start, first, cache, copies=kr)
+        if k > 1:  # every row of a sample continues from the winning row's cache
+            src = (rows * k + winner).repeat_interleave(k)
+            cache.take_rows(torch.cat([src + i * b * k for i in range(cache.group)]))
+        win.accept(start, first, cache, copies=k)
         s_prev, p_prev = start, p
-    extras = {"coupling": coupling, "proactive": kr} if coupled else {}
-    return seq, win.nfe, win.extras(lossless=lossless, **extras, positions_per_pass=kr * w)
+    extras = {"coupling": coupling, "proactive": k} if coupled else {}
+    return seq, win.nfe, win.extras(lossless=lossless, **extras, positions_per_pass=k * w)
 
 
 def _candidates(x0: Tensor, q0: Tensor, drafted0: Tensor, g0: Tensor | float, k: int, gumbel: bool,
