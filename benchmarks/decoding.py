@@ -21,7 +21,9 @@ Reported per row:
   seed's difference (the per-seed spread).
 
 ``pjd`` (row-parallel Jacobi) runs over the tokenizer's ``grid`` (``--pjd-grid H W`` for a 1-D tokenizer), one row
-per window in ``--windows`` and lag in ``--pjd-lags``.
+per window in ``--windows`` and lag in ``--pjd-lags``.  ``mcsjd`` runs one row per window and ``--mcsjd-options``
+entry (``""`` = defaults, ``"coupling=gumbel,proactive=4"``; proactive drafting feeds ``K`` rows per sample, so its
+ms/fwd is that of a ``K``-fold batch).
 
 The same table is then printed for a random-init generator.  **That table is an artefact**: an untrained
 generator's conditionals barely depend on the context, so nearly every draft is accepted (about W/2 tokens
@@ -69,6 +71,17 @@ def randomize(pipe: Pipeline) -> Pipeline:
     return out
 
 
+def option_sets(specs: list[str]) -> list[dict]:
+    """``["", "coupling=gumbel,proactive=4"]`` -> ``[{}, {"coupling": "gumbel", "proactive": 4}]`` (ints parsed)."""
+    sets = []
+    for spec in specs:
+        items = [kv.split("=", 1) for kv in spec.split(",") if kv.strip()]
+        if any(len(kv) != 2 for kv in items):
+            raise SystemExit(f"options must be key=value[,key=value], got {spec!r}")
+        sets.append({k.strip(): int(v) if v.strip().lstrip("-").isdigit() else v.strip() for k, v in items})
+    return sets
+
+
 def decoder_options(pipe: Pipeline, decoder: str, window: int | None, extra: dict | None = None) -> dict:
     if decoder == "ar":
         return {}
@@ -96,14 +109,16 @@ def timed(pipe: Pipeline, cond, num_samples: int, seed: int, sampling: dict, dec
 @torch.no_grad()
 def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: int, seeds: list[int],
               sampling: dict, decoders: list[str], windows: list[int], reps: int, pjd: list[dict] | None = None,
-              real_features: torch.Tensor | None = None, features: torch.nn.Module | None = None) -> list[dict]:
-    """One row per (decoder, window[, pjd options]); AR is re-run next to every configuration for paired timing.
-    Every seed in ``seeds`` samples all prompts (GenEval per seed: ``row["geneval_seeds"]``)."""
+              mcsjd: list[dict] | None = None, real_features: torch.Tensor | None = None,
+              features: torch.nn.Module | None = None) -> list[dict]:
+    """One row per (decoder, window[, pjd or mcsjd options]); AR is re-run next to every configuration for paired
+    timing.  Every seed in ``seeds`` samples all prompts (GenEval per seed: ``row["geneval_seeds"]``)."""
     n = pipe.generator.seq_len
     chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
     conds = [pipe.condition(c) for c in chunks]
+    variants = {"pjd": pjd or [{}], "mcsjd": mcsjd or [{}]}
     configs = [("ar", None, {})] + [(d, w, extra) for d in decoders if d != "ar" for w in windows
-                                    for extra in ((pjd or [{}]) if d == "pjd" else [{}])]
+                                    for extra in variants.get(d, [{}])]
     # warm-up (allocations, lazy init, neighbour tables): one small call per configuration
     for d, w, extra in configs:
         timed(pipe, conds[0], 1, seeds[0], sampling, d, decoder_options(pipe, d, w, extra))
@@ -214,6 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pjd-follow", nargs="+", type=int, default=[1], choices=(0, 1),
                    help="pjd: 1 = rows stay lag columns behind the row above (default), 0 = free-running rows")
     p.add_argument("--pjd-grid", nargs=2, type=int, default=None, help="pjd: grid H W (default tokenizer.grid)")
+    p.add_argument("--mcsjd-options", nargs="+", default=[""],
+                   help='mcsjd: one row per entry, "" = defaults, e.g. "" "proactive=4" "coupling=gumbel,proactive=8"')
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
@@ -244,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
             **({} if mask else {"row_mask": False}), **({"grid": tuple(args.pjd_grid)} if args.pjd_grid else {})}
            for mask in args.pjd_row_mask for follow in args.pjd_follow for lag in args.pjd_lags]
     kw = dict(num_samples=args.num_samples, batch=args.batch, seeds=args.seeds, sampling=sampling,
-              decoders=args.decoders, windows=args.windows, reps=args.reps, pjd=pjd)
+              decoders=args.decoders, windows=args.windows, reps=args.reps, pjd=pjd,
+              mcsjd=option_sets(args.mcsjd_options))
     if args.fid_reference:
         from vistok.evaluation import InceptionFeatures
 

@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--only", default="table,network,large,csd", help="comma-separated sections")
     parser.add_argument("--laws", default="", help="csd test models to run (default: all)")
+    parser.add_argument("--names", default="", help="prefix table: only configurations whose name contains one of "
+                        "these comma-separated strings (default: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     seeds = [101 + i for i in range(args.seeds)]
@@ -99,7 +101,12 @@ def main() -> None:
         table = PrefixTable.random(3, 5, scale=1.0, sticky=1.5)
         law = table.law(1, **tl.SETTING)
         for name, (decoder, kw, m) in tl.EXACT.items():
-            for control, patch in controls.items():
+            if args.names and not any(part in name for part in args.names.split(",")):
+                continue
+            # the Gumbel coupling has no ratio or residual: its own controls; proactive drafting adds one
+            own = {"none": None, **tl.GUMBEL_BROKEN} if "gumbel" in name else controls
+            own = {**own, **tl.PROACTIVE_BROKEN} if "proactive" in name else own
+            for control, patch in own.items():
                 if name == "ar" and patch is not None:
                     continue
 

@@ -205,3 +205,13 @@ def test_flextok_budget_benchmark_on_a_tiny_random_pipeline(tmp_path, capsys):
     assert "| AR, budget k = 8 | 8 |" in capsys.readouterr().out and (tmp_path / "g.png").is_file()
     with pytest.raises(ValueError, match="num_tokens"):
         module.main(["--model", str(folder), "--ks", "9", "--fid-reference", "0"])
+
+
+def test_decoding_benchmark_parses_mcsjd_option_sets():
+    spec = importlib.util.spec_from_file_location("decoding_bench", ROOT / "benchmarks" / "decoding.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.option_sets(["", "proactive=4", "coupling=gumbel, proactive=8"]) == [
+        {}, {"proactive": 4}, {"coupling": "gumbel", "proactive": 8}]
+    with pytest.raises(SystemExit, match="key=value"):
+        module.option_sets(["proactive"])

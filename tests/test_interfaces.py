@@ -66,6 +66,24 @@ def test_kvcache_visible_narrows_each_query_position():
     assert cache.attention_mask(torch.tensor([[3]]))[0, 0, 0].all()
 
 
+def test_kvcache_take_rows_copies_every_per_sample_buffer():
+    cache = KVCache(2, 3, 1, 2, prefix_len=1, max_tokens=4)
+    for t in cache.k + cache.v:
+        t.copy_(torch.arange(3.0)[:, None, None, None].expand_as(t))
+    cache.lengths = torch.tensor([1, 2, 3])
+    cache.prefix_mask[2] = False
+    cache.start = torch.arange(3.0)[:, None].expand(3, 4).clone()
+    cache.tokens = torch.tensor([[0], [1], [2]])  # a generator's own per-sample state
+    cache.take_rows(torch.tensor([2, 2, 0]))
+    assert all(t[:, 0, 0, 0].tolist() == [2.0, 2.0, 0.0] for t in cache.k + cache.v)
+    assert cache.lengths.tolist() == [3, 3, 1] and cache.prefix_mask[:, 0].tolist() == [False, False, True]
+    assert cache.start[:, 0].tolist() == [2.0, 2.0, 0.0] and cache.tokens[:, 0].tolist() == [2, 2, 0]
+    cache.k[0][0] += 1  # rows are copies, not views of each other
+    assert cache.k[0][1, 0, 0, 0] == 2.0
+    with pytest.raises(ValueError, match=r"take_rows needs one source row per row, shape \(3,\)"):
+        cache.take_rows(torch.tensor([0, 1]))
+
+
 def test_kvcache_with_prefix_puts_the_real_prefix_slots_first():
     cache = KVCache(1, 2, 1, 4, prefix_len=2, max_tokens=3)
     cache.prefix_mask[0, 1] = False

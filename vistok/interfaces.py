@@ -525,6 +525,19 @@ class KVCache:
         """Record that token positions up to ``positions.max(1)`` now hold entries."""
         self.lengths = torch.maximum(self.lengths, positions.max(dim=1).values + 1)
 
+    def take_rows(self, index: Tensor) -> None:
+        """Row ``i`` becomes a copy of row ``index[i]`` (``index`` (B,) long) in every per-sample buffer: the key/value
+        buffers, ``lengths``, ``prefix_mask``, ``start``, ``visible`` and any tensor a generator attached whose leading
+        axis is the batch.  Used by decoders that run several candidate continuations of one sample as rows."""
+        b = self.batch_size
+        if index.shape != (b,):
+            raise ValueError(f"take_rows needs one source row per row, shape ({b},), got {tuple(index.shape)}")
+        self.k = [t.index_select(0, index) for t in self.k]
+        self.v = [t.index_select(0, index) for t in self.v]
+        for name, value in list(vars(self).items()):
+            if isinstance(value, Tensor) and value.ndim and value.shape[0] == b:
+                setattr(self, name, value.index_select(0, index))
+
     def clone(self) -> KVCache:
         new = object.__new__(KVCache)
         new.__dict__.update(self.__dict__)

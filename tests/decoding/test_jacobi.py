@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ar_conditioning, peaked_ar
 
-from vistok.decoding import DECODERS, SamplingArgs, decode_gsd, decode_mcsjd, decode_sjd, generate
+from vistok.decoding import DECODERS, SamplingArgs, decode_gsd, decode_mcsjd, decode_sjd, generate, jacobi
 from vistok.decoding.grouped import gsd_ratio, lantern_neighbours, lantern_ratio
 from vistok.decoding.guidance import Guidance
 from vistok.interfaces import Conditioning, KVCache
@@ -159,14 +159,18 @@ class Recorder:
         return self.inner.step(inputs, positions, cache)
 
 
-@pytest.mark.parametrize("decoder", [decode_sjd, decode_mcsjd])
-def test_cache_rollback_matches_ar_pass(decoder):
+@pytest.mark.parametrize("decoder,options", [(decode_sjd, {}), (decode_mcsjd, {}), (decode_mcsjd, {"proactive": 3}),
+                                             (decode_mcsjd, {"proactive": 2, "coupling": "gumbel"})])
+def test_cache_rollback_matches_ar_pass(decoder, options):
+    """The valid part of every cache row before every pass equals one teacher-forced pass over the final tokens
+    (proactive drafting: ``k`` rows per sample, each a copy of the winning row after every pass)."""
     gen = _ar(text=True)
     torch.nn.init.normal_(gen.output.weight, std=0.15)  # some drafts accepted, many rejected
     cond = _cond(True, b=3)
     rec, guidance = Recorder(gen), Guidance(2.0, gen)
     tokens, nfe, extras = decoder(rec, cond, SamplingArgs(1.0, top_k=20), torch.Generator().manual_seed(0),
-                                  window=6, guidance=guidance)
+                                  window=6, guidance=guidance, **options)
+    k = options.get("proactive", 1)
     hist = extras["accepted_hist"]
     assert hist[1] > 0 and sum(hist[2:]) > 0, hist  # a mix of accepts and rejects
     ref = guidance.new_cache(gen, cond)
@@ -176,12 +180,13 @@ def test_cache_rollback_matches_ar_pass(decoder):
     p = ref.prefix_len
     checked = 0
     for lengths, ks, vs in rec.snaps[1:]:
-        assert lengths.shape == (6,) and torch.equal(lengths[:3], lengths[3:])  # cond and null rows agree
+        assert lengths.shape == (6 * k,) and torch.equal(lengths[: 3 * k], lengths[3 * k :])  # cond and null agree
         for row, length in enumerate(lengths.tolist()):
+            sample = row // (3 * k) * 3 + row % (3 * k) // k  # the reference row (cond rows, then null rows)
             for buf, want in [(ks, ref.k), (vs, ref.v)]:
                 for layer in range(len(want)):
-                    torch.testing.assert_close(buf[layer][row, :, : p + length], want[layer][row, :, : p + length],
-                                               atol=1e-5, rtol=0)
+                    torch.testing.assert_close(buf[layer][row, :, : p + length],
+                                               want[layer][sample, :, : p + length], atol=1e-5, rtol=0)
             checked += length
     assert checked > 0 and len(rec.snaps) == nfe
 
@@ -197,6 +202,123 @@ def test_coupling_accepts_more_on_mildly_context_dependent_model():
     sjd = generate(stub, cond, decoder="sjd", window=16, seed=0)
     mc = generate(stub, cond, decoder="mcsjd", window=16, seed=0)
     assert mc.extras["mean_accepted"] > 1.1 * sjd.extras["mean_accepted"] > 1.1
+
+
+# ------------------------------------------------------------------------------------------------------------
+# mcsjd's options: Gumbel coupling and proactive drafting
+# ------------------------------------------------------------------------------------------------------------
+OPTIONS = [dict(proactive=3), dict(coupling="gumbel"), dict(coupling="gumbel", proactive=3), dict(proactive=2)]
+
+
+@pytest.mark.parametrize("options", OPTIONS)
+@pytest.mark.parametrize("text", [False, True])
+def test_mcsjd_options_at_temperature_zero_are_greedy_ar(options, text):
+    gen, cond = _ar(text), _cond(text)
+    ref = generate(gen, cond, temperature=0.0, cfg_scale=2.0)
+    for window, init in [(3, "random"), (16, "repeat"), (7, "random"), (1, "random")]:
+        out = generate(gen, cond, decoder="mcsjd", temperature=0.0, cfg_scale=2.0, window=window, init=init, seed=0,
+                       **options)
+        assert torch.equal(out.tokens, ref.tokens), (window, init)
+        hist, k = out.extras["accepted_hist"], options.get("proactive", 1)
+        assert out.nfe == max(out.extras["nfe_per_sample"]) and hist[0] == 0
+        assert sum(c * i for i, c in enumerate(hist)) == 3 * 16  # every token accepted exactly once
+        assert out.extras["positions_per_pass"] == k * window and out.extras["proactive"] == k
+        assert out.extras["coupling"] == options.get("coupling", "maximal") and out.extras["lossless"]
+
+
+@pytest.mark.parametrize("text", [False, True])
+def test_gumbel_coupling_is_ar_with_the_same_noise(text):
+    """The output is the AR sample of the noise drawn first (argmax(log p + g) position by position, written out
+    here), whatever the window, the initial drafts and the candidates; only the number of passes changes."""
+    gen, cond = _ar(text), _cond(text)
+    sampling, seed = SamplingArgs(1.0, top_k=20), 3
+    n, v, b = gen.seq_len, gen.vocab_size, cond.batch_size
+    noise = jacobi.gumbel_noise((b, n, v), torch.Generator().manual_seed(seed), torch.device("cpu"))
+    guidance = Guidance(2.0, gen)
+    cache, tokens = guidance.new_cache(gen, cond), torch.zeros(b, n, dtype=torch.long)
+    with torch.no_grad():
+        for i in range(n):
+            prev = tokens[:, i - 1 : i] if i else torch.zeros(b, 1, dtype=torch.long)
+            p = sampling.probs(guidance.mix(guidance.step(gen, prev, torch.full((b, 1), i), cache)))[:, 0]
+            tokens[:, i] = (p.log() + noise[:, i]).argmax(-1)
+    nfes = []
+    for window, init, k in [(1, "random", 1), (4, "random", 1), (16, "repeat", 1), (6, "random", 4), (16, "random", 2)]:
+        tok, nfe, extras = decode_mcsjd(gen, cond, sampling, torch.Generator().manual_seed(seed), window=window,
+                                        init=init, coupling="gumbel", proactive=k, guidance=guidance)
+        assert torch.equal(tok, tokens), (window, init, k)
+        nfes.append(nfe)
+    assert nfes[0] == n and min(nfes[1:]) < n
+
+
+@pytest.mark.parametrize("coupling", ["maximal", "gumbel"])
+def test_proactive_drafting_accepts_more(coupling):
+    """On a mildly context-dependent model, candidates for the first open position lengthen the accepted runs."""
+    torch.manual_seed(0)
+    v = 16
+    stub = Stub(2.0 * torch.randn(1, v, v), torch.zeros(1, v), 48)
+    cond = Conditioning(labels=torch.zeros(200, dtype=torch.long))
+    one = generate(stub, cond, decoder="mcsjd", window=16, seed=0, coupling=coupling)
+    four = generate(stub, cond, decoder="mcsjd", window=16, seed=0, coupling=coupling, proactive=4)
+    assert four.extras["mean_accepted"] > 1.1 * one.extras["mean_accepted"], (one.extras, four.extras)
+
+
+def test_multi_draft_test_is_exact_by_enumeration():
+    """The multi-draft test of the first open position, enumerated: with the draft drawn from q and the other
+    candidates drawn from q without replacement, the token's law is p (and it is not with a biased ratio)."""
+    torch.manual_seed(0)
+    v, k = 4, 3
+    p = torch.tensor([[0.5, 0.3, 0.2, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    law = torch.zeros(v, dtype=torch.float64)
+    for cand in torch.cartesian_prod(*[torch.arange(v)] * k):
+        if len(set(cand.tolist())) < k:
+            continue
+        prob, left = 1.0, q[0].clone()  # probability of this ordered draw without replacement
+        for c in cand.tolist():
+            prob, left = prob * float(left[c] / left.sum()), left.index_fill(0, torch.tensor([c]), 0.0)
+        # integrate the uniforms: each candidate's test is passed with probability min(1, ratio)
+        target, left, reach = p[0], q[0].clone(), 1.0
+        for c in cand.tolist():
+            qj = left / left.sum()
+            accept = min(1.0, float(target[c] / qj[c]))
+            law[c] += prob * reach * accept
+            reach *= 1 - accept
+            target = jacobi._residual(target[None], qj[None])[0]
+            left = left.index_fill(0, torch.tensor([c]), 0.0)
+        law += prob * reach * target
+    torch.testing.assert_close(law, p[0], atol=1e-12, rtol=0)
+    # and the implementation draws from it: 40,000 tests of one fixed candidate triple per row
+    m = 40_000
+    cand = torch.tensor([[3, 1, 0]]).expand(m, -1)
+    g = torch.Generator().manual_seed(0)
+    winner, hit, token = jacobi._multi_draft(p.float().expand(m, -1), q.float().expand(m, -1), cand,
+                                             torch.rand(m, k, generator=g), SamplingArgs(), g)
+    assert bool((token == cand.gather(1, winner[:, None])[:, 0])[hit].all())
+    # its own exact law for these candidates, enumerated the same way
+    target, left, reach, want = p[0], q[0].clone(), 1.0, torch.zeros(v, dtype=torch.float64)
+    for c in [3, 1, 0]:
+        qj = left / left.sum()
+        accept = min(1.0, float(target[c] / qj[c]))
+        want[c] += reach * accept
+        reach *= 1 - accept
+        target, left = jacobi._residual(target[None], qj[None])[0], left.index_fill(0, torch.tensor([c]), 0.0)
+    want += reach * target
+    freq = torch.bincount(token, minlength=v).double() / m
+    assert float((freq - want).abs().max()) < 0.015, (freq, want)
+
+
+def test_bad_mcsjd_options():
+    gen, cond = _ar(), _cond(False, b=1)
+    with pytest.raises(ValueError, match="coupling must be one of"):
+        generate(gen, cond, decoder="mcsjd", coupling="exact")
+    for k in (0, -2, 2.5, True):
+        with pytest.raises(ValueError, match="proactive must be an int >= 1"):
+            generate(gen, cond, decoder="mcsjd", proactive=k)
+    with pytest.raises(ValueError, match=r"proactive must be <= vocab_size \(64\)"):
+        generate(gen, cond, decoder="mcsjd", proactive=65)
+    for name in ("sjd", "gsd"):
+        with pytest.raises(ValueError, match=r"unknown option\(s\) \['proactive'\]"):
+            generate(gen, cond, decoder=name, proactive=2)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -39,6 +39,11 @@ EXACT = {
     "mcsjd-random-w4": ("mcsjd", dict(window=4), 150_000),
     "sjd-repeat-w3": ("sjd", dict(window=3, init="repeat"), 60_000),
     "mcsjd-repeat-w5": ("mcsjd", dict(window=5, init="repeat"), 60_000),
+    "mcsjd-proactive2-random-w4": ("mcsjd", dict(window=4, proactive=2), 150_000),
+    "mcsjd-proactive3-repeat-w3": ("mcsjd", dict(window=3, init="repeat", proactive=3), 60_000),
+    "mcsjd-gumbel-random-w4": ("mcsjd", dict(window=4, coupling="gumbel"), 60_000),
+    "mcsjd-gumbel-proactive3-repeat-w4": ("mcsjd", dict(window=4, init="repeat", coupling="gumbel", proactive=3),
+                                          60_000),
     "gsd-group0": ("gsd", dict(window=4, group_rank=0), 60_000),
     "lantern-delta0": ("lantern", dict(window=4, latents=torch.eye(3), delta=0.0), 60_000),
 }
@@ -66,7 +71,35 @@ def mix_residual(weight: float):
     return patch
 
 
+def scale_noise(factor: float):
+    """Broken control of ``coupling="gumbel"``: the Gumbel noise times ``factor`` (sampling from ``p ** (1 / factor)``
+    renormalised, a slightly flatter law)."""
+
+    def patch(monkeypatch):
+        real = jacobi.gumbel_noise
+        monkeypatch.setattr(jacobi, "gumbel_noise", lambda *a: factor * real(*a))
+
+    return patch
+
+
+def share_noise(monkeypatch):
+    """Broken control of ``coupling="gumbel"``: every position reuses the noise of position 0 (tokens become
+    dependent through the noise)."""
+    real = jacobi.gumbel_noise
+    monkeypatch.setattr(jacobi, "gumbel_noise", lambda shape, *a: real(shape, *a)[:, :1].expand(shape)
+                        if len(shape) == 3 else real(shape, *a))
+
+
+def unfed_candidates(monkeypatch):
+    """Broken control of ``proactive``: every row feeds the draft, not its own candidate, so the row of an accepted
+    candidate verifies the rest of the window against conditionals of the wrong prefix."""
+    monkeypatch.setattr(jacobi, "_branch_inputs", lambda inputs, cand, c0: inputs.repeat_interleave(cand.shape[1], 0))
+
+
 BROKEN = {"ratio x1.1": scale_ratio(1.1), "ratio x1.05": scale_ratio(1.05), "residual + 10% p": mix_residual(0.1)}
+#: the controls of the Gumbel coupling (it has no acceptance ratio or residual) and of proactive drafting
+GUMBEL_BROKEN = {"noise x1.1": scale_noise(1.1), "noise x1.05": scale_noise(1.05), "noise shared": share_noise}
+PROACTIVE_BROKEN = {"candidates not fed": unfed_candidates}
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +137,15 @@ def test_exact_decoders_follow_the_exact_law(table, law, name):
     assert pvalue >= ALPHA, pvalue
 
 
-CONTROLS = [(name, broken) for name in EXACT if name != "ar" for broken in BROKEN
+CONTROLS = [(name, broken) for name in EXACT if name != "ar" and "gumbel" not in name for broken in BROKEN
             if broken == "ratio x1.1" or name.startswith(("sjd", "mcsjd"))]
+CONTROLS += [(name, broken) for name in EXACT if "gumbel" in name for broken in GUMBEL_BROKEN]
+CONTROLS += [(name, broken) for name in EXACT if "proactive" in name for broken in PROACTIVE_BROKEN]
 
 
 @pytest.mark.parametrize("name,broken", CONTROLS)
 def test_broken_controls_fail_the_same_test(table, law, monkeypatch, name, broken):
-    BROKEN[broken](monkeypatch)
+    {**BROKEN, **GUMBEL_BROKEN, **PROACTIVE_BROKEN}[broken](monkeypatch)
     decoder, kw, m = EXACT[name]
     pvalue = joint_pvalue(table_samples(table, decoder, m, **kw).tokens, law)
     assert pvalue < ALPHA, pvalue
@@ -164,7 +199,9 @@ def network_pvalues(gen, decoder: str, setting: dict, **kw) -> list[float]:
 
 
 @pytest.mark.parametrize("setting", list(NET_SETTINGS))
-@pytest.mark.parametrize("decoder,kw", [("ar", {}), ("sjd", {"window": 4}), ("mcsjd", {"window": 5, "init": "repeat"})])
+@pytest.mark.parametrize("decoder,kw", [("ar", {}), ("sjd", {"window": 4}), ("mcsjd", {"window": 5, "init": "repeat"}),
+                                        ("mcsjd", {"window": 4, "proactive": 2}),
+                                        ("mcsjd", {"window": 4, "coupling": "gumbel", "proactive": 2})])
 def test_exact_decoders_follow_the_law_of_a_network(model, setting, decoder, kw):
     pvalues = network_pvalues(model, decoder, NET_SETTINGS[setting], **kw)
     assert min(pvalues) >= ALPHA, pvalues

@@ -117,11 +117,14 @@ def gen():
 @MODEL
 @given(window=st.integers(1, 12), init=st.sampled_from(["random", "repeat"]), seed=st.integers(0, 2**31),
        decoder=st.sampled_from(["sjd", "mcsjd"]), cfg=st.sampled_from([1.0, 3.0]),
-       labels=st.lists(st.integers(-1, 3), min_size=1, max_size=3))
-def test_jacobi_at_temperature_zero_is_greedy_ar(gen, window, init, seed, decoder, cfg, labels):
+       labels=st.lists(st.integers(-1, 3), min_size=1, max_size=3),
+       options=st.sampled_from([{}, {"proactive": 3}, {"coupling": "gumbel"}, {"coupling": "gumbel", "proactive": 2}]))
+def test_jacobi_at_temperature_zero_is_greedy_ar(gen, window, init, seed, decoder, cfg, labels, options):
     cond = Conditioning(labels=torch.tensor(labels))
     ar = generate(gen, cond, decoder="ar", temperature=0.0, cfg_scale=cfg)
-    jac = generate(gen, cond, decoder=decoder, temperature=0.0, cfg_scale=cfg, window=window, init=init, seed=seed)
+    options = options if decoder == "mcsjd" else {}
+    jac = generate(gen, cond, decoder=decoder, temperature=0.0, cfg_scale=cfg, window=window, init=init, seed=seed,
+                   **options)
     assert torch.equal(jac.tokens, ar.tokens)
     assert jac.nfe <= ar.nfe
 

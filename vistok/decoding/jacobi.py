@@ -3,7 +3,11 @@
 * :func:`decode_sjd` -- SJD, Teng et al., "Accelerating Auto-regressive Text-to-Image Generation with
   Training-free Speculative Jacobi Decoding", arXiv 2410.01699.  **Lossless.**
 * :func:`decode_mcsjd` -- MC-SJD / speculative coupled decoding, So et al., arXiv 2510.24211: SJD whose
-  drafts are redrawn by a *maximal coupling* at every window position.  **Lossless.**
+  drafts are redrawn by a *maximal coupling* at every window position (this is also SJD-PAC's "adaptive
+  continuation"), or with ``coupling="gumbel"`` by Gumbel-max with noise fixed per position (SCD's other coupling).
+  ``proactive=K``: proactive drafting after SJD-PAC (Kang et al., arXiv 2603.18599, code KangJialiang/SJD-PAC), K
+  candidates for the first open position as K rows of one forward pass.  **Lossless in every option** (proofs and
+  tests: ``docs/lossless.md``).
 * The relaxed (lossy) acceptance rules GSD and LANTERN live in :mod:`vistok.decoding.grouped` and share the loop.
 
 One iteration (one ``generator.step``, one NFE) per sample with ``a`` accepted tokens:
@@ -25,7 +29,8 @@ One iteration (one ``generator.step``, one NFE) per sample with ``a`` accepted t
 Samples accept ragged numbers of tokens (per-sample ``cache.truncate``), so a batch decodes as its samples would
 one by one; at temperature 0 the result is greedy AR.  NFE counts ``generator.step`` calls (CFG's doubled batch
 once, a prefilled text prefix not).  Extras: ``accepted_hist`` (index ``k``: (sample, pass) pairs that accepted
-``k`` tokens), ``nfe_per_sample``, ``mean_accepted``, ``window``, ``lossless``.
+``k`` tokens), ``nfe_per_sample``, ``mean_accepted``, ``window``, ``lossless``, ``positions_per_pass`` (per sample;
+mcsjd also ``coupling`` and ``proactive``).
 
 Legend: b batch, w window, v vocab, n tokens.
 """
@@ -46,6 +51,7 @@ from vistok.progress import progress_bar
 __all__ = ["DraftWindow", "accept_ratio", "decode_mcsjd", "decode_sjd", "jacobi_decode"]
 
 INITS = ("random", "repeat")
+COUPLINGS = ("maximal", "gumbel")
 
 
 def accept_ratio(p_x: Tensor, q_x: Tensor) -> Tensor:
@@ -68,6 +74,43 @@ def _residual(p: Tensor, q: Tensor) -> Tensor:
 
 def _standard_ratio(p: Tensor, q: Tensor, x: Tensor) -> Tensor:
     return accept_ratio(p.gather(-1, x[..., None])[..., 0], q.gather(-1, x[..., None])[..., 0])
+
+
+def gumbel_noise(shape: tuple[int, ...], rng: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard Gumbel noise ``-log(-log U)`` of ``shape``: ``coupling="gumbel"`` draws one per (sample, position,
+    id) before decoding and keeps it for every pass.
+
+    Module-level so that tests can swap in deliberately wrong noise and check that the exactness test fails.
+    """
+    u = torch.rand(shape, generator=rng, device=device).clamp_min(1e-30)
+    return -torch.log(-torch.log(u))
+
+
+def _multi_draft(p: Tensor, q: Tensor, cand: Tensor, r: Tensor, sampling: SamplingArgs,
+                 rng: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Recursive rejection sampling of ``k`` candidates drawn from ``q`` one after the other *without replacement*
+    (multi-draft speculative sampling: Miao et al., SpecInfer, arXiv 2305.09781; without replacement: Jeon et al.,
+    arXiv 2402.14160).  With ``q_j`` = ``q`` without the candidates before ``j``, renormalised, candidate ``j`` is
+    accepted with probability ``min(1, t_j(c) / q_j(c))`` (``uniform r[:, j] < ratio``), where ``t_1 = p`` and
+    ``t_{j+1} = norm(max(t_j - q_j, 0))``; when all ``k`` are rejected the token is drawn from ``t_{k+1}``.  A
+    candidate outside the support of ``q_j`` (``q`` exhausted) is skipped.  The token is distributed as ``p``.
+
+    p, q (b, v); cand, r (b, k) -> ``(winner (b,), hit (b,), token (b,))``: the index of the accepted candidate (0 if
+    none), whether one was accepted, and the token.
+    """
+    hit = torch.zeros(len(cand), dtype=torch.bool, device=cand.device)
+    winner = torch.zeros_like(cand[:, 0])
+    target, left = p, q
+    for j in range(cand.shape[1]):
+        c = cand[:, j : j + 1]
+        mass = left.sum(1, keepdim=True)
+        qj = left / mass.clamp_min(1e-30)
+        valid = (mass[:, 0] > 1e-12) & (qj.gather(1, c)[:, 0] > 0)
+        ok = ~hit & valid & (r[:, j] < accept_ratio(target.gather(1, c)[:, 0], qj.gather(1, c)[:, 0]))
+        winner, hit = torch.where(ok, j, winner), hit | ok
+        target = torch.where(valid[:, None], _residual(target, qj), target)
+        left = left.scatter(1, c, 0.0)
+    return winner, hit, torch.where(hit, cand.gather(1, winner[:, None])[:, 0], draw(target, sampling, rng))
 
 
 def check_generator(generator, name: str, *, continuous: bool = False) -> int | None:
@@ -126,15 +169,15 @@ class DraftWindow:
             yield start, pos, fresh, (pos >= self.acc[:, None]) & (pos < self.front[:, None])
         self.bar.close()
 
-    def accept(self, start: Tensor, first: Tensor, cache: KVCache) -> None:
+    def accept(self, start: Tensor, first: Tensor, cache: KVCache, copies: int = 1) -> None:
         """Accept the columns before ``first`` (b,) (the first failing one, ``w`` if none) and the token drawn there;
-        roll ``cache`` back to the accepted lengths."""
+        roll ``cache`` back to the accepted lengths (``copies`` consecutive cache rows per sample)."""
         new_acc = torch.where(first < self.w, start + first + 1, start + self.w)
         self.hist += torch.bincount((new_acc - self.acc)[self.active], minlength=self.w + 1)
         if self.progress:
             self.bar.update(int(new_acc.min()) - int(self.acc.min()))
         self.acc, self.front = new_acc, start + self.w
-        cache.truncate(new_acc)
+        cache.truncate(new_acc.repeat_interleave(copies) if copies > 1 else new_acc)
 
     def extras(self, **more) -> dict:
         counts = self.hist.tolist()
@@ -147,25 +190,37 @@ class DraftWindow:
 def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: torch.Generator | None, *,
                   name: str, window: int, init: str, coupled: bool,
                   ratio: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, lossless: bool = True,
-                  progress: bool = False, guidance: Guidance | None = None) -> tuple[Tensor, int, dict]:
+                  progress: bool = False, guidance: Guidance | None = None, coupling: str = "maximal",
+                  proactive: int = 1) -> tuple[Tensor, int, dict]:
     """The shared speculative Jacobi loop (see the module docstring).
 
     Args:
-        coupled: MC-SJD's maximal coupling of the drafts after the first rejection.
+        coupled: redraw the drafts after the first rejection by a coupling (MC-SJD) instead of independently (SJD).
         ratio: ``(p, q, x) -> (b, w)`` acceptance ratio of drafts ``x`` (``b, w``) under target ``p`` and draft
             distribution ``q`` (``b, w, v``); default ``p(x) / q(x)``.  Relaxed rules (GSD, LANTERN) plug in here.
         lossless: only recorded in the extras.
+        coupling: with ``coupled``, ``"maximal"`` (accept/resample at every position) or ``"gumbel"`` (Gumbel-max
+            with noise fixed per position: Jacobi iteration of a deterministic map).
+        proactive: candidates for the first position not accepted yet, each fed as its own cache row (``proactive``
+            rows per sample, one forward pass); 1 = none.
     """
     v = check_generator(generator, name)
+    if proactive > 1 and (ratio is not None or not coupled):
+        raise ValueError("proactive drafting is implemented for the exact coupled rule only (decoder='mcsjd')")
+    if proactive > v:
+        raise ValueError(f"proactive must be <= vocab_size ({v}) candidates, got {proactive}")
+    gumbel = coupled and coupling == "gumbel"
     ratio = ratio or _standard_ratio
     guidance = guidance or Guidance()
-    cache = guidance.new_cache(generator, cond)
+    k = proactive  # cache rows per sample
+    cache = guidance.new_cache(generator, cond.repeat_interleave(k) if k > 1 else cond)
     b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
     win = DraftWindow(b, n, window, device, name, progress)
-    w, cols = win.w, win.cols
+    w, cols, rows = win.w, win.cols, torch.arange(b, device=device)
     seq = torch.zeros(b, n, dtype=torch.long, device=device)  # accepted tokens below `acc`, drafts above
     s_prev = torch.zeros(b, dtype=torch.long, device=device)  # window start of the previous step
     p_prev = torch.zeros(b, w, v, device=device)  # the distributions the drafts were drawn from (b w v)
+    noise = gumbel_noise((b, n, v), rng, device) if gumbel and not sampling.greedy else None
     for start, pos, fresh, drafted in win.passes():
         if bool(fresh.any()):  # initial drafts
             if init == "random":
@@ -173,31 +228,93 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
             else:  # repeat the token before them (token 0 before position 0)
                 fill = (seq.gather(1, (win.front - 1).clamp(min=0)[:, None]) * (win.front > 0)[:, None]).expand(b, w)
             seq.scatter_(1, pos, torch.where(fresh, fill, seq.gather(1, pos)))
-        # -- one forward pass over [token at pos - 1] for the whole window
-        inputs = seq.gather(1, (pos - 1).clamp(min=0))
-        p = sampling.probs(guidance.mix(guidance.step(generator, inputs, pos, cache)))
         # -- the distribution q each draft was drawn from: model outputs of the previous step, one-hot for inits
         x = seq.gather(1, pos)
         idx = (pos - s_prev[:, None]).clamp(0, w - 1)
         q = p_prev.gather(1, idx[..., None].expand(-1, -1, v)) * drafted[..., None]
         q.scatter_add_(-1, x[..., None], fresh[..., None].to(q.dtype))  # one-hot q for initial drafts
         has = drafted | fresh
-        # -- verification, vectorised over batch and window
-        r = (torch.full((b, w), 0.5, device=device) if sampling.greedy
-             else torch.rand(b, w, generator=rng, device=device))
-        passed = has & (r < ratio(p, q, x))
-        first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)  # first failing column, w if none
-        resid = _residual(p, q)
-        after = cols > first[:, None]
-        use_resid = (cols == first[:, None]) | (after if coupled else torch.zeros_like(after))
-        new = draw(torch.where(use_resid[..., None], resid, p), sampling, rng)
-        if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
-            new = torch.where(after & passed if ratio is _standard_ratio
-                              else after & has & (r < _standard_ratio(p, q, x)), x, new)
+        g = 0.0 if noise is None else noise.gather(1, pos[..., None].expand(-1, -1, v))  # b w v
+        # -- one forward pass over [token at pos - 1] for the whole window (proactive: one row per candidate)
+        inputs, step_pos = seq.gather(1, (pos - 1).clamp(min=0)), pos
+        if k > 1:
+            c0 = (win.acc - start).clamp(max=w - 1)  # column of the first position not accepted yet
+            open0 = win.acc < n
+            cand = _candidates(x[rows, c0], q[rows, c0], drafted[rows, c0], g if noise is None else g[rows, c0], k,
+                               gumbel, sampling, rng)
+            inputs, step_pos = _branch_inputs(inputs, cand, c0), pos.repeat_interleave(k, 0)
+        p = sampling.probs(guidance.mix(guidance.step(generator, inputs, step_pos, cache)))
+        if k > 1:
+            p = p.view(b, k, w, v)
+        if gumbel:  # every column's token is argmax(log p + g): final where the inputs before it are
+            made = (p.log() + (g[:, None] if k > 1 and noise is not None else g)).argmax(-1)  # (b [k]) w
+            if k > 1:
+                hits = cand == made[rows, 0, c0][:, None]  # which candidate is the token of the first open position
+                winner, hit = hits.long().argmax(1), hits.any(1)
+                p, made = p[rows, winner], made[rows, winner]
+                x[rows, c0] = torch.where(hit & open0, cand[rows, winner], x[rows, c0])
+            passed = has & (x == made)
+            first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)
+            new = made
+        else:
+            # -- verification, vectorised over batch and window
+            r = (torch.full((b, w), 0.5, device=device) if sampling.greedy
+                 else torch.rand(b, w, generator=rng, device=device))
+            if k > 1:  # the first open position: multi-draft test of the candidates (row 0's is the draft)
+                r_more = (torch.full((b, k - 1), 0.5, device=device) if sampling.greedy
+                          else torch.rand(b, k - 1, generator=rng, device=device))
+                winner, hit, token = _multi_draft(p[rows, 0, c0], q[rows, c0], cand,
+                                                  torch.cat([r[rows, c0][:, None], r_more], 1), sampling, rng)
+                p = p[rows, winner]  # the row whose candidate was accepted carries on
+                x[rows, c0] = torch.where(open0, token, x[rows, c0])
+            passed = has & (r < ratio(p, q, x))
+            if k > 1:
+                passed[rows, c0] = hit
+            first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)  # first failing column, w if none
+            resid = _residual(p, q)
+            after = cols > first[:, None]
+            use_resid = (cols == first[:, None]) | (after if coupled else torch.zeros_like(after))
+            new = draw(torch.where(use_resid[..., None], resid, p), sampling, rng)
+            if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
+                new = torch.where(after & passed if ratio is _standard_ratio
+                                  else after & has & (r < _standard_ratio(p, q, x)), x, new)
+            if k > 1:
+                new[rows, c0] = x[rows, c0]  # the token of the multi-draft test (accepted or drawn)
         seq.scatter_(1, pos, torch.where(cols >= first[:, None], new, x))
-        win.accept(start, first, cache)
+        if k > 1:  # every row of a sample continues from the winning row's cache
+            src = (rows * k + winner).repeat_interleave(k)
+            cache.take_rows(torch.cat([src + i * b * k for i in range(cache.group)]))
+        win.accept(start, first, cache, copies=k)
         s_prev, p_prev = start, p
-    return seq, win.nfe, win.extras(lossless=lossless)
+    extras = {"coupling": coupling, "proactive": k} if coupled else {}
+    return seq, win.nfe, win.extras(lossless=lossless, **extras, positions_per_pass=k * w)
+
+
+def _candidates(x0: Tensor, q0: Tensor, drafted0: Tensor, g0: Tensor | float, k: int, gumbel: bool,
+                sampling: SamplingArgs, rng: torch.Generator | None) -> Tensor:
+    """``k`` candidates (b, k) for the first open position, the current draft ``x0`` (b,) first.
+
+    Maximal coupling: the others are drawn from the draft's ``q0`` (b, v) one after the other without replacement
+    (what the multi-draft test needs; ids outside the support of ``q0`` once it is exhausted).
+    Gumbel: the next best ids of the stale scores ``log q0 + g0`` (the noise alone for initial drafts), any of which
+    the exact-match test may use.
+    """
+    if gumbel:
+        scores = torch.where(drafted0[:, None], q0.log(), torch.zeros_like(q0)) + g0
+    elif sampling.greedy:  # q is one-hot: no other candidate has a chance
+        scores = q0
+    else:  # Gumbel-top-k: the ids after x0 are draws from q without replacement (x0 excluded)
+        scores = q0.log() + gumbel_noise(q0.shape, rng, q0.device)
+    return scores.scatter(1, x0[:, None], float("inf")).topk(k, dim=1).indices
+
+
+def _branch_inputs(inputs: Tensor, cand: Tensor, c0: Tensor) -> Tensor:
+    """Inputs (b, w) -> (b * k, w): row ``j`` of a sample feeds candidate ``j`` as the input after column ``c0``."""
+    b, w = inputs.shape
+    out = inputs[:, None].repeat(1, cand.shape[1], 1)
+    ok = c0 + 1 < w
+    out[ok.nonzero()[:, 0], :, (c0 + 1)[ok]] = cand[ok]
+    return out.flatten(0, 1)
 
 
 def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
@@ -219,11 +336,30 @@ def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
 
 def decode_mcsjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                  rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
-                 window: int = 16, init: Literal["random", "repeat"] = "random", **unknown) -> tuple[Tensor, int, dict]:
-    """SJD with maximally coupled drafts (MC-SJD / speculative coupled decoding, arXiv 2510.24211).  Lossless.
+                 window: int = 16, init: Literal["random", "repeat"] = "random",
+                 coupling: Literal["maximal", "gumbel"] = "maximal", proactive: int = 1,
+                 **unknown) -> tuple[Tensor, int, dict]:
+    """SJD with coupled drafts (MC-SJD / speculative coupled decoding, arXiv 2510.24211).  Lossless in every option.
 
-    :func:`decode_sjd` but for the drafts after the first rejection (step 4 of the module docstring); same options
-    and returns."""
-    check_options("mcsjd", window, init, INITS, unknown, "window=, init=")
+    :func:`decode_sjd` but for the drafts after the first rejection (step 4 of the module docstring); same ``window``,
+    ``init`` and returns.
+
+    Args:
+        coupling: ``"maximal"`` (default): a draft is kept when it passes the accept test against the new ``p``, else
+            redrawn from the residual.  ``"gumbel"``: one Gumbel noise ``g`` per (position, id) is drawn before
+            decoding; every pass sets each position to ``argmax(log p + g)``, and a position is accepted when the
+            tokens before it equal their outputs (Jacobi iteration of a deterministic map whose fixed point is the AR
+            sample with that noise).
+        proactive: ``K >= 1`` candidates for the first position not accepted yet (proactive drafting, SJD-PAC, arXiv
+            2603.18599).  The sample's batch row is run ``K`` times in the same forward pass, row ``j`` feeding
+            candidate ``j`` there, so the row whose candidate is accepted verifies the rest of the window after it.
+            Maximal coupling: candidates 2..K are drawn from the draft's ``q`` without replacement and tested by
+            recursive rejection (multi-draft speculative sampling); Gumbel: they are the next best ids of the stale
+            scores ``log q + g``.  NFE is unchanged; the positions fed per pass grow ``K``-fold
+            (``extras["positions_per_pass"]``).  1 = off.
+    """
+    check_options("mcsjd", window, init, INITS, unknown, "window=, init=, coupling=, proactive=")
+    check_choice("coupling", coupling, COUPLINGS)
+    check_count("proactive", proactive, hint=" (candidates for the first open position; 1 = off)")
     return jacobi_decode(generator, cond, sampling, rng, name="mcsjd", window=window, init=init, coupled=True,
-                         progress=progress, guidance=guidance)
+                         progress=progress, guidance=guidance, coupling=coupling, proactive=proactive)
