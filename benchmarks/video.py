@@ -50,6 +50,7 @@ from vistok.data.geneval_video import (
 )
 from vistok.data.videos import NUM_VIDEO_CLASSES, MovingShapesDataset
 from vistok.decoding import generate
+from vistok.eval_cli import parse_set_options
 from vistok.evaluation import psnr_per_frame
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning
@@ -135,12 +136,14 @@ def geneval(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def decoding_rows(gen, labels: list[int], *, batch: int, seed: int, sampling: dict, windows: list[int],
-                  decoders: list[str], reps: int) -> list[dict]:
-    """One row per (decoder, window); AR re-runs beside every configuration for paired timing."""
+                  decoders: list[str], reps: int, options: dict | None = None) -> list[dict]:
+    """One row per (decoder, window); AR re-runs beside every configuration for paired timing.  ``options`` go to
+    every speculative decoder (e.g. mcsjd's ``coupling`` / ``proactive``)."""
+    options = options or {}
     conds = [Conditioning(labels=torch.tensor(labels[i : i + batch])) for i in range(0, len(labels), batch)]
     configs = [(d, w) for d in decoders for w in windows]
     for d, w in [("ar", None), *configs]:  # warm-up
-        generate(gen, conds[0], decoder=d, seed=seed, **sampling, **({} if w is None else {"window": w}))
+        generate(gen, conds[0], decoder=d, seed=seed, **sampling, **({} if w is None else {"window": w, **options}))
     rows = []
     for d, w in configs:
         t_ar = t_dec = 0.0
@@ -150,7 +153,7 @@ def decoding_rows(gen, labels: list[int], *, batch: int, seed: int, sampling: di
                 t0 = time.perf_counter()
                 generate(gen, cond, decoder="ar", seed=seed + i, **sampling)
                 t1 = time.perf_counter()
-                out = generate(gen, cond, decoder=d, seed=seed + i, window=w, **sampling)
+                out = generate(gen, cond, decoder=d, seed=seed + i, window=w, **sampling, **options)
                 t_ar, t_dec = t_ar + t1 - t0, t_dec + time.perf_counter() - t1
                 if rep == 0:
                     nfe_sample += out.extras["nfe_per_sample"]
@@ -159,7 +162,7 @@ def decoding_rows(gen, labels: list[int], *, batch: int, seed: int, sampling: di
                     hist = h if hist is None else [a + b for a, b in zip(hist, h)]
         n = gen.seq_len
         fwd = sum(hist)
-        rows.append({"decoder": d, "window": w, "nfe_per_sample": sum(nfe_sample) / len(nfe_sample),
+        rows.append({"decoder": d, "window": w, "options": options, "nfe_per_sample": sum(nfe_sample) / len(nfe_sample),
                      "nfe_per_batch": sum(nfe_batch) / len(nfe_batch),
                      "step_compression": n / (sum(nfe_sample) / len(nfe_sample)),
                      "batch_step_compression": n / (sum(nfe_batch) / len(nfe_batch)),
@@ -190,10 +193,11 @@ def decoding(args) -> dict:
     labels = torch.randint(0, gen.num_classes, (args.num_labels,), generator=g).tolist()
     sampling = dict(temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg_scale)
     kw = dict(batch=args.batch, seed=args.seed, sampling=sampling, windows=windows, decoders=args.decoders,
-              reps=args.reps)
+              reps=args.reps, options=parse_set_options(args.set))
     result = {"seq_len": n, "num_labels": len(labels), "sampling": sampling,
               "trained": decoding_rows(gen, labels, **kw)}
-    print(decoding_table(result["trained"], f"{args.generator}: {len(labels)} samples, N = {n}, {sampling}"))
+    print(decoding_table(result["trained"], f"{args.generator}: {len(labels)} samples, N = {n}, {sampling}, "
+                                            f"decoder options {kw['options']}"))
     if not args.skip_random:
         torch.manual_seed(args.seed)
         rand = type(gen)(**gen.config).eval()
@@ -288,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
     d.add_argument("--num-labels", type=int, default=32)
     d.add_argument("--label-seed", type=int, default=0)
     d.add_argument("--reps", type=int, default=1)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help='decoder options of every sjd/mcsjd row, e.g. --set coupling=gumbel --set proactive=8')
     d.add_argument("--skip-random", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
