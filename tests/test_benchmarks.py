@@ -127,6 +127,22 @@ def test_video_decoding_benchmark_rows(video_benchmark, tiny_video_models, capsy
     assert "random-init generator (artefact" in capsys.readouterr().out
 
 
+def test_video_decoding_benchmark_passes_decoder_options(video_benchmark, tiny_video_models, capsys):
+    threads = torch.get_num_threads()
+    try:
+        result = video_benchmark.main(["decoding", "--generator", str(tiny_video_models / "gen"), "--windows", "4",
+                                       "--num-labels", "2", "--batch", "1", "--decoders", "mcsjd", "--skip-random",
+                                       "--set", "coupling=gumbel", "--set", "proactive=2"])
+        with pytest.raises(ValueError, match="proactive"):  # reaches the decoder: a bad value is refused there
+            video_benchmark.main(["decoding", "--generator", str(tiny_video_models / "gen"), "--windows", "4",
+                                  "--num-labels", "1", "--decoders", "mcsjd", "--skip-random", "--set", "proactive=0"])
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = result["trained"]
+    assert row["options"] == {"coupling": "gumbel", "proactive": 2} and 1 <= row["step_compression"] <= 8
+    assert "decoder options {'coupling': 'gumbel', 'proactive': 2}" in capsys.readouterr().out
+
+
 def test_video_analyser_rows(video_benchmark):
     threads = torch.get_num_threads()
     try:
