@@ -213,7 +213,8 @@ class Pipeline:
             return Conditioning(labels=torch.tensor([class_of(p, self.classes) for p in prompts], device=device))
         if self.text_encoder is None:
             self._check_has_conditioning()
-            raise ValueError("this pipeline has no text encoder and no class set; build a Conditioning yourself")
+            raise ValueError("this pipeline has no text encoder and no class set: give it a text encoder, or call "
+                             "vistok.decoding.generate with a Conditioning(labels=...) yourself")
         return self.text_encoder(check_text_prompts(prompts))
 
     def _check_has_conditioning(self) -> None:
