@@ -3,6 +3,7 @@ which are never vendored: it is exercised by hand, see docs/speed.md)."""
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -141,6 +142,31 @@ def test_video_decoding_benchmark_passes_decoder_options(video_benchmark, tiny_v
     (row,) = result["trained"]
     assert row["options"] == {"coupling": "gumbel", "proactive": 2} and 1 <= row["step_compression"] <= 8
     assert "decoder options {'coupling': 'gumbel', 'proactive': 2}" in capsys.readouterr().out
+
+
+def test_larp_prior_benchmark(tiny_video_models, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("larp_prior", ROOT / "benchmarks" / "larp_prior.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # the unigram baselines on a hand-checked case: vocab 2, train ids [[0, 0], [0, 1]], add-one smoothing
+    train, ids = torch.tensor([[0, 0], [0, 1]]), torch.tensor([[0, 1]])
+    nll = bench.unigram_nll
+    assert nll(train, ids, 2, per_position=False) == pytest.approx(-(math.log(4 / 6) + math.log(2 / 6)) / 2)
+    assert nll(train, ids, 2, per_position=True) == pytest.approx(-(math.log(3 / 4) + math.log(2 / 4)) / 2)
+    threads = torch.get_num_threads()
+    try:
+        arm = f"a={tiny_video_models / 'tok'}:{tiny_video_models / 'gen'}"
+        rows = bench.main(["--arm", arm, "--num-clips", "4", "--train-clips", "4", "--batch", "2",
+                           "--out", str(tmp_path / "r.json")])
+        with pytest.raises(SystemExit):
+            bench.main(["--arm", "no-generator-given"])
+    finally:
+        torch.set_num_threads(threads)
+    (row,) = rows
+    assert json.loads((tmp_path / "r.json").read_text()) == rows
+    assert row["uniform_nll"] == pytest.approx(math.log(bench.from_pretrained(tiny_video_models / "tok").codebook_size))
+    assert row["ar_nll"] > 0 and 1 <= row["distinct_ids"] <= 4 * 8 and row["psnr"] > 0
+    assert "| a |" in capsys.readouterr().out
 
 
 def test_video_analyser_rows(video_benchmark):
