@@ -8,8 +8,10 @@ first,last`` (``step_schedule=(first, last)``: head/flow steps fall linearly ove
 :func:`vistok.decoding.sampling.annealed_steps`).  For every seed, all rows sample the same held-out single-object
 captions one after the other (so slow and fast rows see the same machine load), and report:
 
-* GenEval-lite overall, mean and spread over the seeds (the disc baseline beside it);
-* FID against ``--fid-reference`` real renders, pooled over seeds (optional; Inception on CPU is slow);
+* GenEval-lite overall, mean and spread over the seeds (the disc baseline beside it), and the paired difference to
+  the first row (same prompt, same seed; mean over images with a 95 % normal interval), the comparison with power;
+* FID against ``--fid-reference`` real renders, per seed (mean and min..max: the seed noise a row's FID is read
+  against) and pooled over seeds (optional; Inception on CPU is slow);
 * seconds per image (sum over seeds) and the speed-up over the first row; mean generator passes per batch (NFE).
 """
 
@@ -23,9 +25,18 @@ from pathlib import Path
 import torch
 
 from vistok.data import ShapesDataset
-from vistok.data.geneval import disc_baseline, score_batch
+from vistok.data.geneval import disc_baseline, score_batch, score_image
 from vistok.eval_cli import parse_set_options, sample_prompts
 from vistok.sample import Pipeline
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired per-image scores and the half-width of its 95 % normal interval."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired scores need equal, non-zero lengths, got {len(a)} and {len(b)}")
+    d = [x - y for x, y in zip(a, b)]
+    half = 1.96 * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return statistics.mean(d), half
 
 
 def main() -> None:
@@ -48,13 +59,15 @@ def main() -> None:
     ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=1)
     captions = [ds.scene(i).caption for i in range(len(ds))]
     disc = score_batch(disc_baseline(captions, image_size=pipe.tokenizer.image_size), captions)["overall"]
-    stats = {name: {"overall": [], "seconds": 0.0, "nfe": [], "images": []} for name, _ in rows}
+    stats = {name: {"overall": [], "seconds": 0.0, "nfe": [], "images": [], "per_image": []} for name, _ in rows}
     for seed in args.seeds:
         for name, extra in rows:
             images, secs, nfe = sample_prompts(pipe, captions, batch=args.batch, seed=seed * 100_003, progress=False,
                                                **opts, **extra)
             st = stats[name]
-            st["overall"].append(score_batch(images, captions)["overall"])
+            per_image = [score_image(img, c)["overall"] for img, c in zip(images, captions)]
+            st["per_image"] += per_image
+            st["overall"].append(statistics.mean(per_image))
             st["seconds"] += secs
             st["nfe"] += nfe
             st["images"].append(images)
@@ -72,20 +85,32 @@ def main() -> None:
             return torch.cat([feats(b) for b in images.split(32)])
 
         real = features(torch.stack([ref[i]["pixels"] for i in range(len(ref))]))
-        fids = {name: fid_from_features(real, features(torch.cat(st["images"]))) for name, st in stats.items()}
+        for name, st in stats.items():
+            per_seed = [features(images) for images in st["images"]]
+            fids[name] = {"pooled": fid_from_features(real, torch.cat(per_seed)),
+                          "per_seed": [fid_from_features(real, f) for f in per_seed]}
     base = stats["plain"]["seconds"]
     table = []
     n_img = len(captions) * len(args.seeds)
     print(f"\n{args.model}: {len(captions)} prompts x {len(args.seeds)} seeds, options {opts}")
-    print(f"{'row':>10} {'GenEval-lite':>14} {'min..max':>12} {'FID':>7} {'s/image':>8} {'speed-up':>8} {'NFE':>7}")
+    print(f"{'row':>10} {'GenEval-lite':>14} {'min..max':>12} {'vs first (95 %)':>18} {'FID pooled':>10} "
+          f"{'FID per seed':>18} {'s/image':>8} {'speed-up':>8} {'NFE':>7}")
+    first = stats[rows[0][0]]["per_image"]
     for name, st in stats.items():
         o = st["overall"]
+        diff, half = paired_difference(st["per_image"], first)
+        fid = fids.get(name)
         row = {"row": name, "overall_mean": statistics.mean(o), "overall_per_seed": o,
+               "diff_vs_first": diff, "diff_ci95_half": half,
                "seconds_per_image": st["seconds"] / n_img, "speedup": base / st["seconds"],
-               "nfe": statistics.mean(st["nfe"]), "fid": fids.get(name)}
+               "nfe": statistics.mean(st["nfe"]), "fid": fid["pooled"] if fid else None,
+               "fid_per_seed": fid["per_seed"] if fid else None}
         table.append(row)
-        fid = f"{row['fid']:.1f}" if row["fid"] is not None else "-"
-        print(f"{name:>10} {row['overall_mean']:>14.3f} {min(o):>5.3f}..{max(o):.3f} {fid:>7} "
+        pooled = f"{fid['pooled']:.1f}" if fid else "-"
+        seeds = (f"{statistics.mean(fid['per_seed']):.1f} ({min(fid['per_seed']):.1f}..{max(fid['per_seed']):.1f})"
+                 if fid else "-")
+        print(f"{name:>10} {row['overall_mean']:>14.3f} {min(o):>5.3f}..{max(o):.3f} "
+              f"{100 * diff:>+8.1f} +- {100 * half:.1f} pt {pooled:>10} {seeds:>18} "
               f"{row['seconds_per_image']:>8.3f} {row['speedup']:>7.2f}x {row['nfe']:>7.1f}")
     print(f"disc baseline overall: {disc:.3f}")
     if args.out:

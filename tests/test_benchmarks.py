@@ -257,3 +257,16 @@ def test_decoding_benchmark_parses_mcsjd_option_sets():
         {}, {"proactive": 4}, {"coupling": "gumbel", "proactive": 8}]
     with pytest.raises(SystemExit, match="key=value"):
         module.option_sets(["proactive"])
+
+
+def test_step_annealing_paired_difference():
+    spec = importlib.util.spec_from_file_location("step_annealing", ROOT / "benchmarks" / "step_annealing.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # per-image differences [1, 0, -1, 0]: mean 0, sample stdev sqrt(2/3), half-width 1.96 * stdev / 2
+    diff, half = bench.paired_difference([1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0])
+    assert diff == 0 and half == pytest.approx(1.96 * math.sqrt(2 / 3) / 2)
+    diff, _ = bench.paired_difference([1.0, 1.0, 1.0], [0.0, 1.0, 1.0])
+    assert diff == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="equal"):
+        bench.paired_difference([1.0], [1.0, 0.0])

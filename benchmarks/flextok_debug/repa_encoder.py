@@ -1,0 +1,85 @@
+"""Train a small frozen feature encoder on the shapes data and save it as TorchScript, as a local REPA target.
+
+FlexTok aligns an early decoder layer with DINOv2-L patch features (REPA); its first tokens become semantic because
+the decoder, seeing almost nothing of the image at high noise, must predict those features from the registers.
+DINOv2 cannot be downloaded here, so this script builds a stand-in for the shapes world: a 4-layer CNN trained to
+name the colour x shape class (24 classes) of single-object scenes from a global max-pool over an 8 x 8 feature
+map.  Its (B, 128, 8, 8) map is the REPA target, so it carries labels the renderer knows: a supervised stand-in,
+not a self-supervised one (docs/flextok.md says so beside the runs that use it).
+
+    python benchmarks/flextok_debug/repa_encoder.py --out runs/repa/shapes_cnn.pt [--steps 600] [--image-size 64]
+
+Then ``--model.init_args.repa_encoder runs/repa/shapes_cnn.pt`` on ``vistok fit --config
+configs/tokenizers/flextok_tiny.yaml``.  Prints held-out class accuracy (chance 1/24) so a broken target shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vistok.data.shapes import NUM_CLASSES, ShapesDataset
+
+
+class ShapesCNN(nn.Module):
+    """Pixels in [0, 1] ``(B, 3, S, S)`` -> feature map ``(B, width, S / 8, S / 8)``."""
+
+    def __init__(self, width: int = 128):
+        super().__init__()
+        chans = [3, 32, 64, 128, width]
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, stride=1 if i == 0 else 2, padding=1), nn.GELU()]
+        self.features = nn.Sequential(*layers[:-1])  # the map ends linear, before the last activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(2 * x - 1)
+
+
+def scenes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = ShapesDataset(n, image_size=size, seed=seed, min_objects=1, max_objects=1)
+    items = [ds[i] for i in range(n)]
+    return torch.stack([it["pixels"] for it in items]), torch.tensor([it["label"] for it in items])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--train", type=int, default=8000)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    x, y = scenes(args.train, args.image_size, seed=4242)  # not a FlexTok training / validation seed
+    xt, yt = scenes(1000, args.image_size, seed=4243)
+    net = ShapesCNN()
+    head = nn.Linear(128, NUM_CLASSES)
+    opt = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=2e-3)
+    for step in range(args.steps):
+        i = torch.randint(0, len(x), (args.batch,))
+        logits = head(net(x[i]).amax(dim=(2, 3)))
+        loss = F.cross_entropy(logits, y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            with torch.no_grad():
+                acc = (head(net(xt).amax(dim=(2, 3))).argmax(1) == yt).float().mean().item()
+            print(f"step {step}: loss {loss.item():.3f}, held-out accuracy {acc:.3f} (chance {1 / NUM_CLASSES:.3f})")
+    net.eval()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(torch.jit.trace(net, x[:2]), str(out))
+    print(f"saved {out}: (B, 3, {args.image_size}, {args.image_size}) -> {tuple(net(x[:2]).shape[1:])} per image")
+
+
+if __name__ == "__main__":
+    main()
