@@ -9,10 +9,10 @@ first,last`` (``step_schedule=(first, last)``: head/flow steps fall linearly ove
 captions one after the other (so slow and fast rows see the same machine load), and report:
 
 * GenEval-lite overall, mean and spread over the seeds (the disc baseline beside it), and the paired difference to
-  the first row (same prompt, same seed; mean over images with a 95 % normal interval), the comparison with power;
+  the ``--reference`` row (same prompt, same seed; mean over images with a 95 % normal interval);
 * FID against ``--fid-reference`` real renders, per seed (mean and min..max: the seed noise a row's FID is read
   against) and pooled over seeds (optional; Inception on CPU is slow);
-* seconds per image (sum over seeds) and the speed-up over the first row; mean generator passes per batch (NFE).
+* seconds per image (sum over seeds) and the speed-up over the reference row; mean generator passes per batch (NFE).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--prompt-seed", type=int, default=12345)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="sampling options of every row")
+    p.add_argument("--reference", default="plain", help="row the speed-up and the paired difference are taken against "
+                   "(\"plain\" or one of the --schedule values)")
     p.add_argument("--fid-reference", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
@@ -55,6 +57,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     opts = parse_set_options(args.set)
     rows = [("plain", {})] + [(s, {"step_schedule": tuple(int(v) for v in s.split(","))}) for s in args.schedule]
+    if args.reference not in dict(rows):
+        p.error(f"--reference {args.reference!r} is not a row: choose from {[name for name, _ in rows]}")
     pipe = Pipeline.from_folder(args.model)
     ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=1)
     captions = [ds.scene(i).caption for i in range(len(ds))]
@@ -89,19 +93,19 @@ def main() -> None:
             per_seed = [features(images) for images in st["images"]]
             fids[name] = {"pooled": fid_from_features(real, torch.cat(per_seed)),
                           "per_seed": [fid_from_features(real, f) for f in per_seed]}
-    base = stats["plain"]["seconds"]
+    base = stats[args.reference]["seconds"]
     table = []
     n_img = len(captions) * len(args.seeds)
     print(f"\n{args.model}: {len(captions)} prompts x {len(args.seeds)} seeds, options {opts}")
-    print(f"{'row':>10} {'GenEval-lite':>14} {'min..max':>12} {'vs first (95 %)':>18} {'FID pooled':>10} "
+    print(f"{'row':>10} {'GenEval-lite':>14} {'min..max':>12} {'vs ref (95 %)':>18} {'FID pooled':>10} "
           f"{'FID per seed':>18} {'s/image':>8} {'speed-up':>8} {'NFE':>7}")
-    first = stats[rows[0][0]]["per_image"]
+    first = stats[args.reference]["per_image"]
     for name, st in stats.items():
         o = st["overall"]
         diff, half = paired_difference(st["per_image"], first)
         fid = fids.get(name)
         row = {"row": name, "overall_mean": statistics.mean(o), "overall_per_seed": o,
-               "diff_vs_first": diff, "diff_ci95_half": half,
+               "reference": args.reference, "diff_vs_reference": diff, "diff_ci95_half": half,
                "seconds_per_image": st["seconds"] / n_img, "speedup": base / st["seconds"],
                "nfe": statistics.mean(st["nfe"]), "fid": fid["pooled"] if fid else None,
                "fid_per_seed": fid["per_seed"] if fid else None}
