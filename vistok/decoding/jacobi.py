@@ -38,7 +38,7 @@ Legend: b batch, w window, v vocab, n tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -236,50 +236,21 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         has = drafted | fresh
         g = 0.0 if noise is None else noise.gather(1, pos[..., None].expand(-1, -1, v))  # b w v
         # -- one forward pass over [token at pos - 1] for the whole window (proactive: one row per candidate)
-        inputs, step_pos = seq.gather(1, (pos - 1).clamp(min=0)), pos
+        inputs, step_pos, branch = seq.gather(1, (pos - 1).clamp(min=0)), pos, None
         if k > 1:
             c0 = (win.acc - start).clamp(max=w - 1)  # column of the first position not accepted yet
-            open0 = win.acc < n
             cand = _candidates(x[rows, c0], q[rows, c0], drafted[rows, c0], g if noise is None else g[rows, c0], k,
                                gumbel, sampling, rng)
             inputs, step_pos = _branch_inputs(inputs, cand, c0), pos.repeat_interleave(k, 0)
+            branch = _Branches(cand, c0, win.acc < n, rows)
         p = sampling.probs(guidance.mix(guidance.step(generator, inputs, step_pos, cache)))
-        if k > 1:
+        if branch is not None:
             p = p.view(b, k, w, v)
-        if gumbel:  # every column's token is argmax(log p + g): final where the inputs before it are
-            made = (p.log() + (g[:, None] if k > 1 and noise is not None else g)).argmax(-1)  # (b [k]) w
-            if k > 1:
-                hits = cand == made[rows, 0, c0][:, None]  # which candidate is the token of the first open position
-                winner, hit = hits.long().argmax(1), hits.any(1)
-                p, made = p[rows, winner], made[rows, winner]
-                x[rows, c0] = torch.where(hit & open0, cand[rows, winner], x[rows, c0])
-            passed = has & (x == made)
-            first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)
-            new = made
+        if gumbel:
+            p, new, first, winner = _verify_gumbel(p, g[:, None] if branch and noise is not None else g, x, has,
+                                                   pos, win.acc, branch)
         else:
-            # -- verification, vectorised over batch and window
-            r = (torch.full((b, w), 0.5, device=device) if sampling.greedy
-                 else torch.rand(b, w, generator=rng, device=device))
-            if k > 1:  # the first open position: multi-draft test of the candidates (row 0's is the draft)
-                r_more = (torch.full((b, k - 1), 0.5, device=device) if sampling.greedy
-                          else torch.rand(b, k - 1, generator=rng, device=device))
-                winner, hit, token = _multi_draft(p[rows, 0, c0], q[rows, c0], cand,
-                                                  torch.cat([r[rows, c0][:, None], r_more], 1), sampling, rng)
-                p = p[rows, winner]  # the row whose candidate was accepted carries on
-                x[rows, c0] = torch.where(open0, token, x[rows, c0])
-            passed = has & (r < ratio(p, q, x))
-            if k > 1:
-                passed[rows, c0] = hit
-            first = ((pos < win.acc[:, None]) | passed).long().cumprod(1).sum(1)  # first failing column, w if none
-            resid = _residual(p, q)
-            after = cols > first[:, None]
-            use_resid = (cols == first[:, None]) | (after if coupled else torch.zeros_like(after))
-            new = draw(torch.where(use_resid[..., None], resid, p), sampling, rng)
-            if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
-                new = torch.where(after & passed if ratio is _standard_ratio
-                                  else after & has & (r < _standard_ratio(p, q, x)), x, new)
-            if k > 1:
-                new[rows, c0] = x[rows, c0]  # the token of the multi-draft test (accepted or drawn)
+            p, new, first, winner = _verify_ratio(p, q, x, has, pos, win.acc, sampling, rng, ratio, coupled, branch)
         seq.scatter_(1, pos, torch.where(cols >= first[:, None], new, x))
         if k > 1:  # every row of a sample continues from the winning row's cache
             src = (rows * k + winner).repeat_interleave(k)
@@ -288,6 +259,79 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         s_prev, p_prev = start, p
     extras = {"coupling": coupling, "proactive": k} if coupled else {}
     return seq, win.nfe, win.extras(lossless=lossless, **extras, positions_per_pass=k * w)
+
+
+class _Branches(NamedTuple):
+    """Proactive drafting: ``cand`` (b, k) candidates for column ``c0`` (b,) of each sample's window, ``open0`` (b,)
+    whether that position is still open, ``rows`` = ``arange(b)``."""
+    cand: Tensor
+    c0: Tensor
+    open0: Tensor
+    rows: Tensor
+
+
+def _first_failure(passed: Tensor, pos: Tensor, acc: Tensor) -> Tensor:
+    """(b,) first window column that is neither accepted before this pass nor passed now (``w`` if none)."""
+    return ((pos < acc[:, None]) | passed).long().cumprod(1).sum(1)
+
+
+def _verify_gumbel(p: Tensor, g: Tensor | float, x: Tensor, has: Tensor, pos: Tensor, acc: Tensor,
+                   branch: _Branches | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Gumbel coupling: every column's token is ``argmax(log p + g)``, final where the inputs before it are.
+
+    ``p`` is (b, w, v), or (b, k, w, v) with ``branch``; ``x`` (b, w) are the drafts (the winning candidate is
+    written into column ``c0``).  Returns ``(p of the carried-on row (b, w, v), new tokens (b, w), first failing
+    column (b,), winning row (b,) or None)``.
+    """
+    made = (p.log() + g).argmax(-1)  # (b [k]) w
+    winner = None
+    if branch is not None:
+        cand, c0, open0, rows = branch
+        hits = cand == made[rows, 0, c0][:, None]  # which candidate is the token of the first open position
+        winner, hit = hits.long().argmax(1), hits.any(1)
+        p, made = p[rows, winner], made[rows, winner]
+        x[rows, c0] = torch.where(hit & open0, cand[rows, winner], x[rows, c0])
+    return p, made, _first_failure(has & (x == made), pos, acc), winner
+
+
+def _verify_ratio(p: Tensor, q: Tensor, x: Tensor, has: Tensor, pos: Tensor, acc: Tensor, sampling: SamplingArgs,
+                  rng: torch.Generator | None, ratio: Callable[[Tensor, Tensor, Tensor], Tensor], coupled: bool,
+                  branch: _Branches | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Accept drafts ``x`` drawn from ``q`` where ``r < ratio(p, q, x)``; the first failure draws from the residual,
+    the columns after it from ``p`` (SJD) or by maximal coupling (MC-SJD: a draft that passes against the new ``p``
+    is kept, else the residual).  With ``branch``, column ``c0`` is a multi-draft test of the ``k`` candidates.
+    Shapes and returns as :func:`_verify_gumbel`.  Vectorised over batch and window.
+    """
+    b, w = x.shape
+    device = x.device
+
+    def uniforms(n: int) -> Tensor:
+        return (torch.full((b, n), 0.5, device=device) if sampling.greedy
+                else torch.rand(b, n, generator=rng, device=device))
+
+    r = uniforms(w)
+    winner = None
+    if branch is not None:  # the first open position: multi-draft test of the candidates (row 0's is the draft)
+        cand, c0, open0, rows = branch
+        r_more = uniforms(cand.shape[1] - 1)
+        winner, hit, token = _multi_draft(p[rows, 0, c0], q[rows, c0], cand,
+                                          torch.cat([r[rows, c0][:, None], r_more], 1), sampling, rng)
+        p = p[rows, winner]  # the row whose candidate was accepted carries on
+        x[rows, c0] = torch.where(open0, token, x[rows, c0])
+    passed = has & (r < ratio(p, q, x))
+    if branch is not None:
+        passed[rows, c0] = hit
+    first = _first_failure(passed, pos, acc)
+    cols = torch.arange(w, device=device)
+    after = cols > first[:, None]
+    use_resid = (cols == first[:, None]) | (after if coupled else torch.zeros_like(after))
+    new = draw(torch.where(use_resid[..., None], _residual(p, q), p), sampling, rng)
+    if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
+        new = torch.where(after & passed if ratio is _standard_ratio
+                          else after & has & (r < _standard_ratio(p, q, x)), x, new)
+    if branch is not None:
+        new[rows, c0] = x[rows, c0]  # the token of the multi-draft test (accepted or drawn)
+    return p, new, first, winner
 
 
 def _candidates(x0: Tensor, q0: Tensor, drafted0: Tensor, g0: Tensor | float, k: int, gumbel: bool,
