@@ -16,9 +16,7 @@ class MD(str):
     """A markdown cell (plain strings are code cells)."""
 
 
-SETUP = """import time
-
-import matplotlib.pyplot as plt
+SETUP = """import matplotlib.pyplot as plt
 import torch
 from torchvision.utils import make_grid
 
@@ -94,7 +92,9 @@ for k in (1, 4, 32):
         "LlamaGen-style AR, 32 passes) and xAR (next-cell flow matching on the same tokenizer's code vectors).  "
         "Then classifier-free guidance and temperature sweeps."),
         SETUP,
-        """from vistok.sample import Pipeline
+        """import time
+
+from vistok.sample import Pipeline
 
 prompts = ["a red circle on the left", "a large blue square at the top right", "a small green triangle at the bottom",
            "a purple star in the center"]
@@ -128,7 +128,9 @@ show(torch.cat(rows), nrow=len(prompts), title="rows: " + ", ".join(labels))""",
         "acceptance test (lossy, more tokens per pass).  We compare images, generator passes (NFE), wall-clock, "
         "accepted-length histograms and GenEval-lite."),
         SETUP,
-        """from vistok.data import ShapesDataset
+        """import time
+
+from vistok.data import ShapesDataset
 from vistok.data.geneval import score_batch
 from vistok.decoding import generate
 from vistok.sample import Pipeline
