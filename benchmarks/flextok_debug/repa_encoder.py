@@ -41,16 +41,20 @@ class ShapesCNN(nn.Module):
 
 
 class Standardised(nn.Module):
-    """``(net(x) - mean) / std`` per channel; mean and std are buffers measured on training scenes."""
+    """``(net(x) - mean) / std`` per channel (after a global max-pool if ``pooled``); mean and std are buffers
+    measured on training scenes."""
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, pooled: bool = False):
         super().__init__()
-        self.net = net
+        self.net, self.pooled = net, pooled
         self.register_buffer("mean", mean[:, None, None])
         self.register_buffer("std", std[:, None, None])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.net(x) - self.mean) / self.std
+        f = self.net(x)
+        if self.pooled:
+            f = f.amax(dim=(2, 3), keepdim=True)
+        return (f - self.mean) / self.std
 
 
 def scenes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,6 +73,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--raw", action="store_true", help="save the map without per-channel standardisation")
+    p.add_argument("--pooled", action="store_true", help="save the standardised global max-pool (B, C, 1, 1)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -89,11 +94,16 @@ def main() -> None:
                 acc = (head(net(xt).amax(dim=(2, 3))).argmax(1) == yt).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}, held-out accuracy {acc:.3f} (chance {1 / NUM_CLASSES:.3f})")
     net.eval()
+    if args.raw and args.pooled:
+        p.error("--raw and --pooled exclude each other")
     if not args.raw:
         with torch.no_grad():
             ref, _ = scenes(2000, args.image_size, seed=4244)
-            f = torch.cat([net(b) for b in ref.split(250)]).transpose(0, 1).flatten(1)  # (C, N * h * w)
-        net = Standardised(net, f.mean(1), f.std(1).clamp(min=1e-3)).eval()
+            f = torch.cat([net(b) for b in ref.split(250)])
+            if args.pooled:
+                f = f.amax(dim=(2, 3), keepdim=True)
+            f = f.transpose(0, 1).flatten(1)  # (C, N * h * w)
+        net = Standardised(net, f.mean(1), f.std(1).clamp(min=1e-3), pooled=args.pooled).eval()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(torch.jit.trace(net, x[:2]), str(out))
