@@ -99,10 +99,10 @@ def main() -> None:
     print(f"\n{args.model}: {len(captions)} prompts x {len(args.seeds)} seeds, options {opts}")
     print(f"{'row':>10} {'GenEval-lite':>14} {'min..max':>12} {'vs ref (95 %)':>18} {'FID pooled':>10} "
           f"{'FID per seed':>18} {'s/image':>8} {'speed-up':>8} {'NFE':>7}")
-    first = stats[args.reference]["per_image"]
+    ref_scores = stats[args.reference]["per_image"]
     for name, st in stats.items():
         o = st["overall"]
-        diff, half = paired_difference(st["per_image"], first)
+        diff, half = paired_difference(st["per_image"], ref_scores)
         fid = fids.get(name)
         row = {"row": name, "overall_mean": statistics.mean(o), "overall_per_seed": o,
                "reference": args.reference, "diff_vs_reference": diff, "diff_ci95_half": half,

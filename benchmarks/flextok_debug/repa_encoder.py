@@ -75,6 +75,8 @@ def main() -> None:
     p.add_argument("--raw", action="store_true", help="save the map without per-channel standardisation")
     p.add_argument("--pooled", action="store_true", help="save the standardised global max-pool (B, C, 1, 1)")
     args = p.parse_args()
+    if args.raw and args.pooled:
+        p.error("--raw and --pooled exclude each other")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     x, y = scenes(args.train, args.image_size, seed=4242)  # not a FlexTok training / validation seed
@@ -94,8 +96,6 @@ def main() -> None:
                 acc = (head(net(xt).amax(dim=(2, 3))).argmax(1) == yt).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}, held-out accuracy {acc:.3f} (chance {1 / NUM_CLASSES:.3f})")
     net.eval()
-    if args.raw and args.pooled:
-        p.error("--raw and --pooled exclude each other")
     if not args.raw:
         with torch.no_grad():
             ref, _ = scenes(2000, args.image_size, seed=4244)
