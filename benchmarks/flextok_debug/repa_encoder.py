@@ -5,7 +5,11 @@ the decoder, seeing almost nothing of the image at high noise, must predict thos
 DINOv2 cannot be downloaded here, so this script builds a stand-in for the shapes world: a 4-layer CNN trained to
 name the colour x shape class (24 classes) of single-object scenes from a global max-pool over an 8 x 8 feature
 map.  Its (B, 128, 8, 8) map is the REPA target, so it carries labels the renderer knows: a supervised stand-in,
-not a self-supervised one (docs/flextok.md says so beside the runs that use it).
+not a self-supervised one (docs/flextok.md says so beside the runs that use it).  ``--untrained`` skips the
+training and saves the randomly initialised CNN (seed ``--seed``): a label-free target, random features.
+
+Both print a nearest-centroid colour probe on the saved features of held-out scenes (chance 1/6), the diagnostic of
+whether the target carries the colour at all; the labels are used for that print only.
 
     python benchmarks/flextok_debug/repa_encoder.py --out runs/repa/shapes_cnn.pt [--steps 600] [--image-size 64]
 
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vistok.data.shapes import NUM_CLASSES, ShapesDataset
+from vistok.data.shapes import COLORS, NUM_CLASSES, SHAPES, ShapesDataset
 
 
 class ShapesCNN(nn.Module):
@@ -63,6 +67,16 @@ def scenes(n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([it["pixels"] for it in items]), torch.tensor([it["label"] for it in items])
 
 
+def colour_probe(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Nearest-centroid colour accuracy of the spatially pooled features: centroids from the first half of the
+    scenes, accuracy on the second half."""
+    f = torch.cat([net(b) for b in x.split(250)]).mean(dim=(2, 3))
+    c = y // len(SHAPES)
+    n = len(f) // 2
+    cents = torch.stack([f[:n][c[:n] == k].mean(0) for k in range(len(COLORS))])
+    return (torch.cdist(f[n:], cents).argmin(1) == c[n:]).float().mean().item()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
@@ -74,6 +88,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--raw", action="store_true", help="save the map without per-channel standardisation")
     p.add_argument("--pooled", action="store_true", help="save the standardised global max-pool (B, C, 1, 1)")
+    p.add_argument("--untrained", action="store_true", help="save the random-init CNN: no labels used (label-free)")
     args = p.parse_args()
     if args.raw and args.pooled:
         p.error("--raw and --pooled exclude each other")
@@ -84,7 +99,7 @@ def main() -> None:
     net = ShapesCNN()
     head = nn.Linear(128, NUM_CLASSES)
     opt = torch.optim.AdamW([*net.parameters(), *head.parameters()], lr=2e-3)
-    for step in range(args.steps):
+    for step in range(0 if args.untrained else args.steps):
         i = torch.randint(0, len(x), (args.batch,))
         logits = head(net(x[i]).amax(dim=(2, 3)))
         loss = F.cross_entropy(logits, y[i])
@@ -104,6 +119,9 @@ def main() -> None:
                 f = f.amax(dim=(2, 3), keepdim=True)
             f = f.transpose(0, 1).flatten(1)  # (C, N * h * w)
         net = Standardised(net, f.mean(1), f.std(1).clamp(min=1e-3), pooled=args.pooled).eval()
+    with torch.no_grad():
+        print(f"colour probe on the saved features (nearest centroid, 1,000 held-out scenes): "
+              f"{colour_probe(net, xt, yt):.3f} (chance {1 / len(COLORS):.3f})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(torch.jit.trace(net, x[:2]), str(out))
