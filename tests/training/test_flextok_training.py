@@ -117,3 +117,33 @@ def test_bad_options_raise(tmp_path):
         FlexTokModule(tiny(), encoder_lr_scale=0.0)
     with pytest.raises(ValueError, match=r"val_prefixes must lie in \[1, 8\]"):
         FlexTokModule(tiny(), val_prefixes=(0, 9))
+
+
+def test_repa_until_switches_repa_off_for_the_rest_of_training(tmp_path):
+    encoder = torch.jit.script(nn.Sequential(nn.Conv2d(3, 12, 4, stride=4)))  # (B, 12, 4, 4)
+    torch.jit.save(encoder, str(tmp_path / "enc.pt"))
+    module = FlexTokModule(tiny(), repa_encoder=str(tmp_path / "enc.pt"), repa_until=0.5, repa_hidden=16,
+                           val_prefixes=(1,), lr=1e-3, warmup_steps=1, total_steps=4)
+    calls, logged = [], []
+    frozen = module._frozen["repa"]
+
+    class Counting(nn.Module):
+        def forward(self, x):
+            calls.append(len(x))
+            return frozen(x)
+
+    module._frozen["repa"] = Counting()
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            logged.append({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[Record()])
+    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=4))
+    assert len(calls) == 2  # steps 0 and 1 of a 4-step schedule; the encoder is not run afterwards
+    assert logged[1]["train/loss"] != pytest.approx(logged[1]["train/flow"])  # REPA in the loss before the cut
+    assert logged[3]["train/loss"] == pytest.approx(logged[3]["train/flow"])  # the flow loss alone after it
+    with pytest.raises(ValueError, match="repa_until"):
+        FlexTokModule(tiny(), repa_until=0.0)

@@ -60,6 +60,8 @@ class FlexTokModule(TrainingModule):
             None = the trainer's length).
         repa_encoder: local TorchScript feature encoder for REPA (None = REPA off).
         repa_weight: weight of the REPA term.
+        repa_until: fraction of the LR schedule (``total_steps``) after which REPA is off: the rest of training is
+            the flow loss alone, and the frozen encoder is no longer run (1.0 = REPA throughout).
         repa_layer: decoder block whose patch features are aligned (None = ``decoder_depth // 3``).
         repa_hidden: hidden width of the projector MLP.
         val_steps: flow steps when decoding in validation (None = the tokenizer's ``num_steps``).
@@ -79,7 +81,7 @@ class FlexTokModule(TrainingModule):
                  final_lr_ratio: float = 0.1, repa_encoder: str | None = None, repa_weight: float = 0.5,
                  repa_layer: int | None = None, repa_hidden: int = 512, val_steps: int | None = None,
                  val_prefixes: tuple[int, ...] = (1, 4), encoder_lr_scale: float = 1.0, nested_warmup_steps: int = 0,
-                 export_dir: str | None = None, export_fp16: bool = False):
+                 export_dir: str | None = None, export_fp16: bool = False, repa_until: float = 1.0):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
@@ -90,6 +92,8 @@ class FlexTokModule(TrainingModule):
         if not encoder_lr_scale > 0 or nested_warmup_steps < 0:
             raise ValueError(f"encoder_lr_scale must be > 0 and nested_warmup_steps >= 0, got {encoder_lr_scale}, "
                              f"{nested_warmup_steps}")
+        if not 0 < repa_until <= 1:
+            raise ValueError(f"repa_until is a fraction of training in (0, 1], got {repa_until}")
         bad = [k for k in val_prefixes if not 1 <= k <= tokenizer.num_tokens]
         if bad:
             raise ValueError(f"val_prefixes must lie in [1, {tokenizer.num_tokens}], got {bad}")
@@ -108,10 +112,13 @@ class FlexTokModule(TrainingModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = batch["pixels"]
         nested = self.global_step >= self.hparams.nested_warmup_steps
-        out = self.tokenizer(x, return_layer=self.repa_layer if self.projector is not None else None, nested=nested)
+        repa_on = self.projector is not None and self.global_step < self.hparams.repa_until * self._schedule_length()
+        out = self.tokenizer(x, return_layer=self.repa_layer if repa_on else None, nested=nested)
         loss = out.loss
         logs = {"train/flow": out.loss.detach()}
-        if self.projector is not None:
+        if self.projector is not None and not repa_on:  # zero-gradient link: DDP expects every parameter used
+            loss = loss + 0.0 * sum(p.sum() for p in self.projector.parameters())
+        if repa_on:
             enc = self._frozen["repa"].to(x.device)
             hidden = out.extras["hidden"]  # b P c
             with torch.no_grad():
@@ -122,6 +129,11 @@ class FlexTokModule(TrainingModule):
         logs["train/loss"] = loss.detach()
         self.log_dict(logs, prog_bar=True)
         return loss
+
+    def _schedule_length(self) -> int:
+        if getattr(self, "_length", None) is None:
+            self._length = self.schedule_steps()
+        return self._length
 
     def configure_optimizers(self):
         return adamw_warmup_cosine(self, self.hparams, self.schedule_steps(),
