@@ -16,6 +16,19 @@ def _seed():
     torch.manual_seed(0)
 
 
+class RandomPixels(torch.utils.data.Dataset):
+    """``n`` random ``(3, side, side)`` images as ``{"pixels": ...}`` items: a training stream for smoke tests."""
+
+    def __init__(self, n: int, side: int):
+        self.x = torch.rand(n, 3, side, side)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"pixels": self.x[i]}
+
+
 def tiny_titok(**kw):
     from vistok.tokenizers import TiTok
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import RandomPixels
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch.utils.data import DataLoader
 
@@ -16,17 +17,6 @@ from vistok.training.flextok_module import FlexTokModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CONFIG = str(Path(__file__).parents[2] / "configs/tokenizers/flextok_tiny.yaml")
-
-
-class _Pixels(torch.utils.data.Dataset):
-    def __init__(self, n: int, side: int):
-        self.x = torch.rand(n, 3, side, side)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"pixels": self.x[i]}
 
 
 class _Snapshots(L.Callback):
@@ -47,7 +37,7 @@ def _fit(tmp_path, callbacks) -> tuple[dict, _Snapshots]:
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         callbacks=[*callbacks, snaps])
-    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=4))
+    trainer.fit(module, DataLoader(RandomPixels(4, 16), batch_size=4))
     return from_pretrained(tmp_path / "export").state_dict(), snaps
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import RandomPixels
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -33,17 +34,6 @@ def test_vistok_fit_two_steps(tmp_path, monkeypatch):
     assert isinstance(model, FlexTok) and model.num_tokens == 32 and len(model.encoder.blocks) == 1
 
 
-class _Pixels(torch.utils.data.Dataset):
-    def __init__(self, n: int, side: int):
-        self.x = torch.rand(n, 3, side, side)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"pixels": self.x[i]}
-
-
 def test_repa_aligns_decoder_features_with_a_torchscript_encoder(tmp_path):
     encoder = torch.jit.script(nn.Sequential(nn.Conv2d(3, 12, 8, stride=8), nn.Flatten(2)))  # (B, 12, 4)
     torch.jit.save(encoder, str(tmp_path / "enc.pt"))
@@ -64,7 +54,7 @@ def test_repa_aligns_decoder_features_with_a_torchscript_encoder(tmp_path):
     before = [p.detach().clone() for p in module.projector.parameters()]
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=4))
+    trainer.fit(module, DataLoader(RandomPixels(4, 16), batch_size=4))
     metrics = trainer.callback_metrics
     assert -1.0 <= float(metrics["train/repa"]) <= 1.0
     assert float(metrics["train/loss"]) == pytest.approx(float(metrics["train/flow"]) + 0.5 * float(
@@ -96,7 +86,7 @@ def test_encoder_lr_scale_and_nested_warmup():
     module.tokenizer.forward = lambda x, return_layer=None, nested=True: keeps.append(nested) or _Out()
     trainer = L.Trainer(max_steps=5, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=1))
+    trainer.fit(module, DataLoader(RandomPixels(4, 16), batch_size=1))
     assert keeps == [False, False, False, True, True]
 
 
@@ -141,7 +131,7 @@ def test_repa_until_switches_repa_off_for_the_rest_of_training(tmp_path):
     trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         callbacks=[Record()])
-    trainer.fit(module, DataLoader(_Pixels(4, 16), batch_size=4))
+    trainer.fit(module, DataLoader(RandomPixels(4, 16), batch_size=4))
     assert len(calls) == 2  # steps 0 and 1 of a 4-step schedule; the encoder is not run afterwards
     assert logged[1]["train/loss"] != pytest.approx(logged[1]["train/flow"])  # REPA in the loss before the cut
     assert logged[3]["train/loss"] == pytest.approx(logged[3]["train/flow"])  # the flow loss alone after it
