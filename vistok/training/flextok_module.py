@@ -112,7 +112,7 @@ class FlexTokModule(TrainingModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         x = batch["pixels"]
         nested = self.global_step >= self.hparams.nested_warmup_steps
-        repa_on = self.projector is not None and self.global_step < self.hparams.repa_until * self._schedule_length()
+        repa_on = self.projector is not None and self.global_step < self._repa_stop
         out = self.tokenizer(x, return_layer=self.repa_layer if repa_on else None, nested=nested)
         loss = out.loss
         logs = {"train/flow": out.loss.detach()}
@@ -130,13 +130,10 @@ class FlexTokModule(TrainingModule):
         self.log_dict(logs, prog_bar=True)
         return loss
 
-    def _schedule_length(self) -> int:
-        if getattr(self, "_length", None) is None:
-            self._length = self.schedule_steps()
-        return self._length
-
     def configure_optimizers(self):
-        return adamw_warmup_cosine(self, self.hparams, self.schedule_steps(),
+        steps = self.schedule_steps()
+        self._repa_stop = self.hparams.repa_until * steps  # the optimizer step from which REPA is off
+        return adamw_warmup_cosine(self, self.hparams, steps,
                                    lr_scales={"tokenizer.encoder.": self.hparams.encoder_lr_scale})
 
     # -- validation ------------------------------------------------------------------------------------------
