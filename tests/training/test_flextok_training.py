@@ -5,6 +5,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import RandomPixels
 from torch import nn
 from torch.utils.data import DataLoader
@@ -137,3 +138,34 @@ def test_repa_until_switches_repa_off_for_the_rest_of_training(tmp_path):
     assert logged[3]["train/loss"] == pytest.approx(logged[3]["train/flow"])  # the flow loss alone after it
     with pytest.raises(ValueError, match="repa_until"):
         FlexTokModule(tiny(), repa_until=0.0)
+
+
+def test_repa_on_tokens_aligns_the_first_codes_with_the_image_mean_feature(tmp_path):
+    encoder = torch.jit.script(nn.Sequential(nn.Conv2d(3, 12, 4, stride=4)))  # (B, 12, 4, 4)
+    torch.jit.save(encoder, str(tmp_path / "enc.pt"))
+    tok = tiny()
+    module = FlexTokModule(tok, repa_encoder=str(tmp_path / "enc.pt"), repa_target="tokens", repa_tokens=2,
+                           repa_hidden=16, repa_weight=0.5, val_prefixes=(1,), total_steps=4)
+    code_dim = tok.decoder.from_codes.in_features
+    assert module.projector[0].in_features == 2 * code_dim and module.projector[-1].out_features == 12
+    module.configure_optimizers()
+    layers, logged = [], {}
+    decoder_forward = tok.decoder.forward
+    tok.decoder.forward = lambda *a, **k: layers.append(a[3] if len(a) > 3 else k.get("return_layer")) or \
+        decoder_forward(*a, **k)
+    module.log_dict = lambda d, **k: logged.update({n: float(v) for n, v in d.items()})
+    x = torch.rand(4, 3, 16, 16)
+    loss = module.training_step({"pixels": x}, 0)
+    assert layers == [None]  # the decoder's features are not asked for
+    with torch.no_grad():  # the same term by hand: codes are deterministic given the image
+        codes, _ = tok.quantizer(tok.encoder(tok.to_latents(x)))
+        target = encoder(x).flatten(2).mean(-1)
+        repa = -F.cosine_similarity(module.projector(codes[:, :2].flatten(1)), target, dim=-1).mean()
+    assert logged["train/repa"] == pytest.approx(float(repa), abs=1e-6)
+    assert float(loss) == pytest.approx(logged["train/flow"] + 0.5 * float(repa), rel=1e-5)
+    loss.backward()  # the straight-through codes carry the REPA gradient into the encoder
+    assert tok.encoder.to_codes.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="repa_target"):
+        FlexTokModule(tiny(), repa_target="encoder")
+    with pytest.raises(ValueError, match=r"repa_tokens must lie in \[1, 8\]"):
+        FlexTokModule(tiny(), repa_tokens=9)

@@ -459,8 +459,9 @@ class FlexTok(nn.Module, Configurable):
         Per image: a kept prefix ``k`` (nested dropout), the null condition with probability ``null_prob``, a time
         ``t = sigmoid(N(0, 1))`` (logit-normal), ``x_t = t noise + (1 - t) x0``; the loss is the MSE between the
         predicted and the true velocity ``noise - x0``.  ``reconstruction`` is the one-step estimate
-        ``x_t - t v`` decoded to pixels (no gradient); ``extras`` hold ``keep`` (b,), ``t`` (b,) and, with
-        ``return_layer``, the decoder's patch features ``hidden`` (b, P, c) after that block (for REPA).
+        ``x_t - t v`` decoded to pixels (no gradient); ``extras`` hold ``keep`` (b,), ``t`` (b,), the quantized
+        register codes ``codes`` (b, N, d) with their straight-through gradient and, with ``return_layer``, the
+        decoder's patch features ``hidden`` (b, P, c) after that block (for REPA).
         ``nested=False`` keeps every register (no nested dropout, e.g. for a warm-up).
         """
         check_pixels(pixels, video=False, size=self.image_size)
@@ -487,7 +488,7 @@ class FlexTok(nn.Module, Configurable):
             loss = F.mse_loss(x0_hat.float(), x0.float())
         with torch.no_grad():
             recon = self.from_latents(x0_hat.detach())
-        extras = {"keep": keep, "t": t}
+        extras = {"keep": keep, "t": t, "codes": codes}
         if hidden is not None:
             extras["hidden"] = hidden
         return TokenizerOutput(recon, ids, loss, extras)

@@ -6,6 +6,11 @@ decoder layer with DINOv2-L features): a small MLP projects the decoder's patch 
 ``repa_layer`` and the loss is ``-cos(projection, frozen features)`` averaged over patches.  The frozen encoder is
 any local TorchScript file mapping pixels in [0, 1] ``(B, 3, H, W)`` to ``(B, T, D)`` tokens (square ``T``) or a
 ``(B, D, h, w)`` map; features are resized to the decoder's patch grid.  Nothing is downloaded.
+
+``repa_target="tokens"`` is a vistok variant, not in FlexTok: the projector reads the quantized codes of the first
+``repa_tokens`` registers (straight-through FSQ values, so the gradient reaches the encoder) and is aligned with the
+frozen features averaged over the image.  It asks the first tokens to carry what the frozen encoder sees globally,
+without constraining the decoder's features (docs/flextok.md, "Thirteenth run").
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ class FlexTokModule(TrainingModule):
             the flow loss alone, and the frozen encoder is no longer run (1.0 = REPA throughout).
         repa_layer: decoder block whose patch features are aligned (None = ``decoder_depth // 3``).
         repa_hidden: hidden width of the projector MLP.
+        repa_target: ``"decoder"`` (FlexTok's REPA: the decoder's patch features after ``repa_layer``, one target per
+            patch) or ``"tokens"`` (the codes of the first ``repa_tokens`` registers, one image-mean target).
+        repa_tokens: how many leading registers the ``"tokens"`` projector reads.
         val_steps: flow steps when decoding in validation (None = the tokenizer's ``num_steps``).
         val_prefixes: prefix lengths decoded in validation besides the full sequence (``val/psnr_k{K}``).
         encoder_lr_scale: factor on ``lr`` for the tokenizer's encoder (a slower encoder keeps FSQ codes from
@@ -81,7 +89,8 @@ class FlexTokModule(TrainingModule):
                  final_lr_ratio: float = 0.1, repa_encoder: str | None = None, repa_weight: float = 0.5,
                  repa_layer: int | None = None, repa_hidden: int = 512, val_steps: int | None = None,
                  val_prefixes: tuple[int, ...] = (1, 4), encoder_lr_scale: float = 1.0, nested_warmup_steps: int = 0,
-                 export_dir: str | None = None, export_fp16: bool = False, repa_until: float = 1.0):
+                 export_dir: str | None = None, export_fp16: bool = False, repa_until: float = 1.0,
+                 repa_target: str = "decoder", repa_tokens: int = 1):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer"])
         self.tokenizer = tokenizer
@@ -94,6 +103,10 @@ class FlexTokModule(TrainingModule):
                              f"{nested_warmup_steps}")
         if not 0 < repa_until <= 1:
             raise ValueError(f"repa_until is a fraction of training in (0, 1], got {repa_until}")
+        if repa_target not in ("decoder", "tokens"):
+            raise ValueError(f"repa_target must be 'decoder' or 'tokens', got {repa_target!r}")
+        if not 1 <= repa_tokens <= tokenizer.num_tokens:
+            raise ValueError(f"repa_tokens must lie in [1, {tokenizer.num_tokens}], got {repa_tokens}")
         bad = [k for k in val_prefixes if not 1 <= k <= tokenizer.num_tokens]
         if bad:
             raise ValueError(f"val_prefixes must lie in [1, {tokenizer.num_tokens}], got {bad}")
@@ -105,6 +118,8 @@ class FlexTokModule(TrainingModule):
             with torch.no_grad():
                 dim = features_on_grid(enc(torch.full((1, 3, side, side), 0.5)), 1).shape[-1]
             width = tokenizer.decoder.patch_embed.out_features
+            if repa_target == "tokens":
+                width = tokenizer.decoder.from_codes.in_features * repa_tokens
             self.projector = nn.Sequential(nn.Linear(width, repa_hidden), nn.SiLU(), nn.Linear(repa_hidden, dim))
             self._frozen["repa"] = enc
 
@@ -113,16 +128,23 @@ class FlexTokModule(TrainingModule):
         x = batch["pixels"]
         nested = self.global_step >= self.hparams.nested_warmup_steps
         repa_on = self.projector is not None and self.global_step < self._repa_stop
-        out = self.tokenizer(x, return_layer=self.repa_layer if repa_on else None, nested=nested)
+        on_decoder = repa_on and self.hparams.repa_target == "decoder"
+        out = self.tokenizer(x, return_layer=self.repa_layer if on_decoder else None, nested=nested)
         loss = out.loss
         logs = {"train/flow": out.loss.detach()}
         if self.projector is not None and not repa_on:  # zero-gradient link: DDP expects every parameter used
             loss = loss + 0.0 * sum(p.sum() for p in self.projector.parameters())
         if repa_on:
             enc = self._frozen["repa"].to(x.device)
-            hidden = out.extras["hidden"]  # b P c
             with torch.no_grad():
-                target = features_on_grid(enc(x), math.isqrt(hidden.shape[1]))
+                feats = enc(x)
+            if on_decoder:
+                hidden = out.extras["hidden"]  # b P c
+                target = features_on_grid(feats, math.isqrt(hidden.shape[1]))  # b P D
+            else:  # the first registers' codes -> the features' image mean
+                hidden = out.extras["codes"][:, :self.hparams.repa_tokens].flatten(1)  # b (k d)
+                target = features_on_grid(feats, math.isqrt(feats.shape[1]) if feats.ndim == 3 else feats.shape[-1])
+                target = target.mean(1)  # b D
             repa = -F.cosine_similarity(self.projector(hidden).float(), target.float(), dim=-1).mean()
             loss = loss + self.hparams.repa_weight * repa
             logs["train/repa"] = repa.detach()
