@@ -6,7 +6,7 @@
 
 ``--model`` is a folder written by ``vistok.hub.save_pretrained`` (e.g. the export of ``vistok fit --config
 configs/tokenizers/flextok_tiny.yaml``) or an official FlexTok release folder (``vistok.hub.load_official``).
-Images are held-out shapes scenes (seed 777) at the model's resolution.  For every prefix length ``k`` the tokens
+Images are held-out shapes scenes (seed 777, ``--scene-seed``) at the model's resolution.  For every prefix length ``k`` the tokens
 ``[:k]`` are decoded with the same seeded noise; the table lists PSNR and SSIM against the input (mean over
 images) and the seconds the decodes took, under a trivial baseline row: every image replaced by its own flat mean
 colour.  ``--plot`` writes PSNR vs k (log-2 axis, baseline dashed) and a grid: one row per k.
@@ -48,7 +48,10 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--apg", action="store_true", help="adaptive projected guidance instead of plain CFG")
     p.add_argument("--ks", type=int, nargs="*", default=None, help="prefix lengths (default: powers of two)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling-noise seed")
+    p.add_argument("--scene-seed", type=int, default=777,
+                   help="seed of the held-out scenes (the colour scenes use scene-seed + 1): change it to confirm a "
+                        "decode setting chosen on the default scenes on others")
     p.add_argument("--plot", default=None, help="write PSNR-vs-k and a reconstruction grid to this PNG")
     p.add_argument("--colour-images", type=int, default=0, help="single-object scenes for GenEval-lite (0 = skip)")
     p.add_argument("--out", default=None, help="write the numbers to this JSON file")
@@ -58,7 +61,7 @@ def main() -> None:
     model = load(args.model).eval()
     n = model.num_tokens
     ks = args.ks or [2**i for i in range(n.bit_length()) if 2**i <= n]
-    data = ShapesDataset(args.num_images, image_size=model.image_size, seed=777)
+    data = ShapesDataset(args.num_images, image_size=model.image_size, seed=args.scene_seed)
     pixels = torch.stack([data[i]["pixels"] for i in range(len(data))])
     rows, grids = [], []
     ids = torch.cat([model.encode(b) for b in pixels.split(args.batch_size)])
@@ -103,7 +106,8 @@ def flat_mean(pixels: torch.Tensor) -> torch.Tensor:
 
 def colour_scores(model: torch.nn.Module, ks: list[int], args) -> dict:
     """GenEval-lite scores of decodes at each k on single-object scenes, with the references."""
-    data = ShapesDataset(args.colour_images, image_size=model.image_size, seed=778, min_objects=1, max_objects=1)
+    data = ShapesDataset(args.colour_images, image_size=model.image_size, seed=args.scene_seed + 1, min_objects=1,
+                         max_objects=1)
     items = [data[i] for i in range(len(data))]
     pixels, captions = torch.stack([it["pixels"] for it in items]), [it["caption"] for it in items]
     ids = torch.cat([model.encode(b) for b in pixels.split(args.batch_size)])

@@ -63,6 +63,10 @@ def test_fit_fast_dev_run(config, tmp_path):
         if path and not (ROOT / path).is_dir():  # not trained on this machine: an untrained stand-in
             save_pretrained(untrained_tokenizer_for(path), tmp_path / key)
             args.append(f"--model.init_args.{key}={tmp_path / key}")
+    repa = init_args.get("repa_encoder")
+    if repa and not (ROOT / repa).is_file():  # made by benchmarks/flextok_debug/repa_encoder.py: a stand-in encoder
+        torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 8, 8, stride=8)), str(tmp_path / "repa.pt"))
+        args.append(f"--model.init_args.repa_encoder={tmp_path / 'repa.pt'}")
     main(args)
     assert (tmp_path / "export" / "model.safetensors").is_file()
 
