@@ -6,15 +6,15 @@
 
 ``--model`` is a folder written by ``vistok.hub.save_pretrained`` (e.g. the export of ``vistok fit --config
 configs/tokenizers/flextok_tiny.yaml``) or an official FlexTok release folder (``vistok.hub.load_official``).
-Images are held-out shapes scenes (seed 777, ``--scene-seed``) at the model's resolution.  For every prefix length ``k`` the tokens
-``[:k]`` are decoded with the same seeded noise; the table lists PSNR and SSIM against the input (mean over
-images) and the seconds the decodes took, under a trivial baseline row: every image replaced by its own flat mean
-colour.  ``--plot`` writes PSNR vs k (log-2 axis, baseline dashed) and a grid: one row per k.
+Images are held-out shapes scenes (seed 777, ``--scene-seed``) at the model's resolution.  For every prefix length
+``k`` the tokens ``[:k]`` are decoded with the same seeded noise; the table lists PSNR and SSIM against the input
+(mean over images) and the seconds the decodes took, under a trivial baseline row: every image replaced by its own
+flat mean colour.  ``--plot`` writes PSNR vs k (log-2 axis, baseline dashed) and a grid: one row per k.
 
 ``--colour-images N`` adds the GenEval-lite scores (:mod:`vistok.data.geneval`) of the decodes at every k on N
-single-object scenes (seed 778) against their captions, beside three references: the inputs themselves (the
-scorer's ceiling on real scenes), the flat mean-colour images (trivial baseline) and ``disc_baseline`` (a disc of the
-prompted colour at the prompted place: knows colour and position, nothing else).
+single-object scenes (seed 778 = scene seed + 1) against their captions, beside three references: the inputs
+themselves (the scorer's ceiling on real scenes), the flat mean-colour images (trivial baseline) and
+``disc_baseline`` (a disc of the prompted colour at the prompted place: knows colour and position, nothing else).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The trained tiny FlexToks (fifth CPU run; fourteenth run, with label-free REPA on the first token) and LARP (fifth run) whose numbers
-docs/flextok.md, docs/larp.md and the README quote, shipped in fp16 under tests/assets: they still reconstruct
-held-out data as reported."""
+"""The trained tiny FlexToks (fifth CPU run; fourteenth run, label-free REPA on the first token) and LARP (fifth
+run) whose numbers docs/flextok.md, docs/larp.md and the README quote, shipped in fp16 under tests/assets: they still
+reconstruct held-out data as reported."""
 
 from pathlib import Path
 

@@ -10,7 +10,7 @@ any local TorchScript file mapping pixels in [0, 1] ``(B, 3, H, W)`` to ``(B, T,
 ``repa_target="tokens"`` is a vistok variant, not in FlexTok: the projector reads the quantized codes of the first
 ``repa_tokens`` registers (straight-through FSQ values, so the gradient reaches the encoder) and is aligned with the
 frozen features averaged over the image.  It asks the first tokens to carry what the frozen encoder sees globally,
-without constraining the decoder's features (docs/flextok.md, "Thirteenth run").
+without constraining the decoder's features (docs/flextok.md, "Thirteenth and fourteenth runs").
 """
 
 from __future__ import annotations
