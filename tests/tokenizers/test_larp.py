@@ -260,3 +260,37 @@ def test_prior_ramp_and_vq_warmup_follow_progress(monkeypatch):
     for bad in (dict(prior_ramp=1.5), dict(vq_warmup=-0.1)):
         with pytest.raises(ValueError, match="fractions of training"):
             _module(tiny(), **bad)
+
+
+def test_pixel_refiner_starts_as_identity_works_frame_by_frame_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    plain = tiny().eval()
+    torch.manual_seed(0)
+    refined = tiny(pixel_refine=8, pixel_refine_blocks=1, pixel_refine_features=2).eval()
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith(("refine.", "feature_head.")) for k in missing)
+    x = video()
+    ids = plain.encode(x)
+    assert torch.equal(refined.encode(x), ids)
+    assert torch.allclose(refined.decode(ids, clamp=False), plain.decode(ids, clamp=False), atol=1e-6)  # zero out-conv
+    # once trained, frame f of the output depends only on frame f of the head's output (a per-frame 2-D refiner)
+    with torch.no_grad():
+        for p in refined.refine.parameters():
+            p.normal_(0, 0.1)
+    t, p = refined.temporal_patch_size, refined.patch_size
+    assert refined.feature_head.out_features == t * p * p * 2
+    out = refined.decode(ids, clamp=False)
+    assert not torch.allclose(out, plain.decode(ids, clamp=False), atol=1e-3)
+    frames = plain.decode(ids, clamp=False)  # the same head output, refined by hand frame by frame
+    z = refined.code_out(refined.quantizer.lookup(ids)) + refined.decoder_latent_pos
+    q = (refined.decoder_patch_pos + refined.decoder_patch_type).expand(len(ids), -1, -1)
+    feats = refined.feature_head(refined.head_norm(refined.decoder(z, q)))
+    gt, gh, gw = refined.grid
+    feats = feats.reshape(len(ids), gt, gh, gw, t, p, p, 2).permute(0, 1, 4, 7, 2, 5, 3, 6)
+    feats = feats.reshape(len(ids), gt * t, 2, gh * p, gw * p)
+    for f in (0, frames.shape[2] - 1):
+        assert torch.allclose(out[:, :, f], refined.refine(frames[:, :, f], feats[:, f]), atol=1e-5)
+    vistok.save_pretrained(refined, tmp_path)
+    assert torch.equal(vistok.from_pretrained(tmp_path).decode(ids), refined.decode(ids))
+    with pytest.raises(ValueError, match="PixelRefiner"):
+        tiny(pixel_refine=8, pixel_refine_blocks=-1)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vistok.layers.sampling import sample_categorical
+
 
 class VectorQuantizer(nn.Module):
     """Nearest-code quantiser.
@@ -176,7 +178,7 @@ class StochasticVectorQuantizer(VectorQuantizer):
         with torch.autocast(z.device.type, enabled=False):
             cos = F.normalize(z.float(), dim=-1) @ self.codebook().float().t()
             probs = (cos / self.temperature).softmax(-1)
-            return torch.multinomial(probs.reshape(-1, self.codebook_size), 1).reshape(cos.shape[:-1])
+            return sample_categorical(probs)
 
     def loss(self, parts: dict[str, Tensor]) -> Tensor:
         """The official VQ loss from :meth:`forward`'s parts: ``commitment * commit + codebook_weight * codebook``."""

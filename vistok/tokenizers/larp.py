@@ -42,6 +42,8 @@ from vistok.interfaces import Configurable, TokenizerOutput, check_pixels, check
 from vistok.layers import ViTBlock
 from vistok.layers.init import route_attention
 from vistok.layers.quantizers import StochasticVectorQuantizer
+from vistok.layers.refine import PixelRefiner
+from vistok.layers.sampling import sample_categorical
 from vistok.layers.sincos import sincos_1d, sincos_3d
 
 __all__ = ["LARP", "LARP_PRESETS", "LARPPrior", "convert_larp_state_dict", "load_official", "official_matches"]
@@ -139,6 +141,12 @@ class LARP(nn.Module, Configurable):
             their own patches, decoder patch queries to the latent that owns them.  The sin-cos tables are then
             overwritten by routing codes.  An init only: from-scratch tiny runs otherwise sit on a flat-background
             plateau (docs/larp.md).
+        pixel_refine: width of a residual 3x3-conv refiner applied to every decoded frame (0 = none, as the
+            official models; vistok option, :class:`vistok.layers.refine.PixelRefiner` as TiTok's
+            ``pixel_refine``): the linear head paints each ``pt x p x p`` patch from its own token, the refiner
+            works across patch borders at pixel resolution; it starts as the identity.
+        pixel_refine_blocks, pixel_refine_features: the refiner's residual blocks and the per-pixel feature
+            channels the decoder emits beside RGB for it.
 
     Attributes ``kind``, ``num_tokens``, ``codebook_size``, ``token_dim``, ``image_size`` and ``num_frames`` follow
     :class:`vistok.interfaces.Tokenizer`.
@@ -156,7 +164,8 @@ class LARP(nn.Module, Configurable):
                  latent_pe_base: float = 10000.0,
                  prior_width: int = 384, prior_depth: int = 12, prior_num_heads: int = 6, prior_max_len: int = 1024,
                  prior_rounds: int = 2, ss_max_ratio: float = 0.5, ss_peak: float = 0.3,
-                 prior_temperature: float = 1.0, prior_avg_rounds: bool = True, spatial_init: bool = False):
+                 prior_temperature: float = 1.0, prior_avg_rounds: bool = True, spatial_init: bool = False,
+                 pixel_refine: int = 0, pixel_refine_blocks: int = 1, pixel_refine_features: int = 4):
         super().__init__()
         dwidth, ddepth, dheads = decoder_width or width, decoder_depth or depth, decoder_num_heads or num_heads
         if image_size % patch_size or num_frames % temporal_patch_size:
@@ -199,6 +208,11 @@ class LARP(nn.Module, Configurable):
         self.decoder = QueryTransformer(dwidth, ddepth, dheads)
         self.head_norm = nn.LayerNorm(dwidth, eps=1e-6)
         self.head = nn.Linear(dwidth, pt * p * p * 3)
+        # optional per-frame conv refiner (vistok option; the head keeps its official shape, features come apart)
+        self.refine = (PixelRefiner(pixel_refine, pixel_refine_blocks, pixel_refine_features)
+                       if pixel_refine else None)
+        self.feature_head = (nn.Linear(dwidth, pt * p * p * pixel_refine_features)
+                             if pixel_refine and pixel_refine_features else None)
         self.prior = (LARPPrior(token_size, prior_width, prior_depth, prior_num_heads, prior_max_len)
                       if prior_depth else None)
         self._init_weights()
@@ -247,10 +261,14 @@ class LARP(nn.Module, Configurable):
         b = codes.shape[0]
         z = self.code_out(codes) + self.decoder_latent_pos
         queries = (self.decoder_patch_pos + self.decoder_patch_type).expand(b, -1, -1)
-        cells = self.head(self.head_norm(self.decoder(z, queries)))  # b (t h w) (pt p p 3)
+        out = self.head_norm(self.decoder(z, queries))
         t, h, w = self.grid
-        return rearrange(cells, "b (t h w) (pt p q c) -> b c (t pt) (h p) (w q)", t=t, h=h, w=w,
-                         pt=self.temporal_patch_size, p=self.patch_size, q=self.patch_size)
+        unpatch = lambda cells: rearrange(cells, "b (t h w) (pt p q c) -> (b t pt) c (h p) (w q)", t=t, h=h, w=w,
+                                          pt=self.temporal_patch_size, p=self.patch_size, q=self.patch_size)
+        frames = unpatch(self.head(out))  # (b T) 3 H W
+        if self.refine is not None:  # frame by frame, across patch borders
+            frames = self.refine(frames, unpatch(self.feature_head(out)) if self.feature_head is not None else None)
+        return rearrange(frames, "(b T) c H W -> b c T H W", b=b)
 
     # -- public API ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -331,7 +349,7 @@ class LARP(nn.Module, Configurable):
             if r < self.prior_rounds - 1:
                 with torch.no_grad():
                     probs = logits.float().softmax(-1).reshape(-1, self.codebook_size)
-                    sampled = self.quantizer.lookup(torch.multinomial(probs, 1).reshape(b, n - 1))
+                    sampled = self.quantizer.lookup(sample_categorical(probs).reshape(b, n - 1))
                 inputs = torch.cat([codes[:, :1], torch.where(mask, sampled, codes[:, 1:])], dim=1)
         used = all_logits if self.prior_avg_rounds else all_logits[-1:]
         target = ids[:, 1:]
