@@ -270,3 +270,36 @@ def test_step_annealing_paired_difference():
     assert diff == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="equal"):
         bench.paired_difference([1.0], [1.0, 0.0])
+
+
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_video_edge_error_marks_the_pixels_beside_a_colour_change():
+    bench = _load_benchmark("video_edge_error")
+    video = torch.zeros(1, 3, 2, 6, 6)
+    video[:, 0, :, 2:4, 2:4] = 1.0  # a red 2x2 square: every pixel of it and its 4-neighbours lie on an edge
+    edge = bench.edge_mask(video)[0, 0]
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[2:4, 1:5] = True
+    expected[1:5, 2:4] = True
+    assert torch.equal(edge, expected)
+    assert not bench.edge_mask(torch.full((1, 3, 2, 6, 6), 0.5)).any()
+
+
+def test_ab_sampler_runs_both_draws_and_restores_the_decoders_draw(capsys, monkeypatch):
+    import vistok.decoding.sampling as sampling_module
+
+    bench = _load_benchmark("ab_sampler")
+    before = sampling_module.sample_probs
+    monkeypatch.setattr(sys, "argv", ["ab_sampler.py", "--model", "vistok/assets/vq256", "--num-prompts", "1",
+                                      "--rounds", "1", "--threads", "1", "--configs", "sjd:4"])
+    monkeypatch.chdir(ROOT)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "| sjd | 4 |" in out and "draw alone, (64, 1024)" in out
+    assert sampling_module.sample_probs is before

@@ -74,3 +74,6 @@ def test_sample_categorical_law_and_a_biased_control():
     assert abs((out[:, 0] == 2).float().mean().item() - 0.75) < 0.03
     with pytest.raises(ValueError, match="at least one"):
         sample_categorical(torch.ones(3, 0))
+    for bad in ([1.0, -0.5, 1.0], [0.0, 0.0, 0.0], [1.0, float("nan"), 1.0], [1.0, float("inf"), 1.0]):
+        with pytest.raises(ValueError, match="non-negative"):
+            sample_categorical(torch.tensor([[0.2, 0.3, 0.5], bad]))

@@ -16,6 +16,8 @@ from numbers import Integral, Real
 import torch
 from torch import Tensor
 
+from vistok.layers.sampling import sample_categorical
+
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Keep the ``k`` largest logits per row, set the rest to -inf."""
@@ -96,9 +98,9 @@ class SamplingArgs:
 
 
 def sample_probs(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Draw one id per row from probabilities (..., v) -> (...)."""
-    flat = probs.reshape(-1, probs.shape[-1])
-    return torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+    """Draw one id per row from probabilities (..., v) -> (...) (inverse CDF: one uniform per row,
+    :func:`vistok.layers.sampling.sample_categorical`)."""
+    return sample_categorical(probs, generator)
 
 
 def draw(probs: Tensor, sampling: SamplingArgs, generator: torch.Generator | None = None) -> Tensor:

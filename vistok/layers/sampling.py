@@ -13,15 +13,23 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vistok.interfaces import validating
+
 
 def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Draw one id per row from non-negative weights ``probs`` (..., v) -> long ids (...).
 
     Rows need not be normalised (each is scaled by its own sum); weights are accumulated in float32 or wider.
+    A row with a negative, NaN or infinite weight, or summing to 0, raises ``ValueError`` as ``torch.multinomial``
+    would (one host read per call, skipped under ``torch.compile``).
     """
     if probs.shape[-1] == 0:
         raise ValueError("sample_categorical needs at least one category")
     cdf = probs.to(torch.promote_types(probs.dtype, torch.float32)).cumsum(-1)
+    if validating() and probs.numel():
+        total = cdf[..., -1]
+        if not bool(((total > 0) & torch.isfinite(total)).all() & (probs.amin() >= 0)):
+            raise ValueError("sample_categorical needs finite, non-negative weights with a positive sum in every row")
     u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[..., -1:]
     # the first index whose cumulative weight exceeds u; zero-weight categories repeat the previous value, so they
     # are never the first to exceed it.  The clamp only guards u == total after rounding.
