@@ -348,8 +348,7 @@ class LARP(nn.Module, Configurable):
             all_logits.append(logits)
             if r < self.prior_rounds - 1:
                 with torch.no_grad():
-                    probs = logits.float().softmax(-1).reshape(-1, self.codebook_size)
-                    sampled = self.quantizer.lookup(sample_categorical(probs).reshape(b, n - 1))
+                    sampled = self.quantizer.lookup(sample_categorical(logits.float().softmax(-1)))  # b n-1 d
                 inputs = torch.cat([codes[:, :1], torch.where(mask, sampled, codes[:, 1:])], dim=1)
         used = all_logits if self.prior_avg_rounds else all_logits[-1:]
         target = ids[:, 1:]
