@@ -13,6 +13,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def vs_official():
     spec = importlib.util.spec_from_file_location("vs_official", ROOT / "benchmarks" / "vs_official.py")
@@ -71,10 +78,7 @@ def test_bad_arguments_are_refused(vs_official):
 
 @pytest.fixture(scope="module")
 def video_benchmark():
-    spec = importlib.util.spec_from_file_location("video_benchmark", ROOT / "benchmarks" / "video.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load_benchmark("video")
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +149,7 @@ def test_video_decoding_benchmark_passes_decoder_options(video_benchmark, tiny_v
 
 
 def test_larp_prior_benchmark(tiny_video_models, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("larp_prior", ROOT / "benchmarks" / "larp_prior.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("larp_prior")
     # the unigram baselines on a hand-checked case: vocab 2, train ids [[0, 0], [0, 1]], add-one smoothing
     train, ids = torch.tensor([[0, 0], [0, 1]]), torch.tensor([[0, 1]])
     nll = bench.unigram_nll
@@ -224,9 +226,7 @@ def test_flextok_budget_benchmark_on_a_tiny_random_pipeline(tmp_path, capsys):
     the untrained generator and each speculative decoder; AR makes k passes, SJD / MC-SJD at most N."""
     from conftest import save_tiny_flextok_pipeline
 
-    spec = importlib.util.spec_from_file_location("flextok_budget", ROOT / "benchmarks" / "flextok_budget.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_benchmark("flextok_budget")
     folder = save_tiny_flextok_pipeline(tmp_path / "pipe")
     threads = torch.get_num_threads()
     try:
@@ -250,9 +250,7 @@ def test_flextok_budget_benchmark_on_a_tiny_random_pipeline(tmp_path, capsys):
 
 
 def test_decoding_benchmark_parses_mcsjd_option_sets():
-    spec = importlib.util.spec_from_file_location("decoding_bench", ROOT / "benchmarks" / "decoding.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load_benchmark("decoding")
     assert module.option_sets(["", "proactive=4", "coupling=gumbel, proactive=8"]) == [
         {}, {"proactive": 4}, {"coupling": "gumbel", "proactive": 8}]
     with pytest.raises(SystemExit, match="key=value"):
@@ -260,9 +258,7 @@ def test_decoding_benchmark_parses_mcsjd_option_sets():
 
 
 def test_step_annealing_paired_difference():
-    spec = importlib.util.spec_from_file_location("step_annealing", ROOT / "benchmarks" / "step_annealing.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_benchmark("step_annealing")
     # per-image differences [1, 0, -1, 0]: mean 0, sample stdev sqrt(2/3), half-width 1.96 * stdev / 2
     diff, half = bench.paired_difference([1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0])
     assert diff == 0 and half == pytest.approx(1.96 * math.sqrt(2 / 3) / 2)
@@ -270,13 +266,6 @@ def test_step_annealing_paired_difference():
     assert diff == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="equal"):
         bench.paired_difference([1.0], [1.0, 0.0])
-
-
-def _load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_video_edge_error_marks_the_pixels_beside_a_colour_change():
