@@ -215,3 +215,52 @@ def test_run_blocks_numbers_cache_layers_from_first_layer():
     out = run_blocks(torch.nn.ModuleList([Rec(), Rec()]), torch.zeros(1), first_layer=3, cond=None)
     assert out.item() == 2 and calls == [(3, ["cond"]), (4, ["cond"])]
     assert find_multiple(int(8 * 256 / 3), 64) == 704 and find_multiple(512, 256) == 512
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_cpu_attention_matches_sdpa(dtype):
+    """``attend``'s explicit bf16/fp16 CPU path computes SDPA's law: against fp32 SDPA, within the dtype's rounding,
+    for no mask, a causal bool mask, an additive float mask and a custom scale; values and input gradients."""
+    import torch.nn.functional as F
+
+    from vistok.layers.attention import attend
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 16, generator=g) for _ in range(3))
+    causal = torch.ones(7, 7, dtype=torch.bool).tril()
+    additive = torch.randn(7, 7, generator=g)
+    for mask, scale in ((None, None), (causal, None), (additive, 0.3)):
+        ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+        low_in = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        ref = F.scaled_dot_product_attention(*ref_in, attn_mask=mask, scale=scale)
+        out = attend(*low_in, mask=None if mask is None else mask if mask.dtype == torch.bool else mask.to(dtype),
+                     scale=scale)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=3e-2)
+        ref.backward(v)
+        out.backward(v.to(dtype))
+        for a, b in zip(low_in, ref_in):
+            torch.testing.assert_close(a.grad.float(), b.grad, atol=6e-2, rtol=6e-2)
+    # a broken control the tolerance catches: a softmax scale 10 % off
+    wrong = attend(q.to(dtype), k.to(dtype), v.to(dtype), scale=1.1 * 16 ** -0.5).float()
+    assert (wrong - F.scaled_dot_product_attention(q, k, v)).abs().max() > 3e-2
+    # a row with every key masked averages the values instead of giving NaN
+    none = torch.zeros(7, 7, dtype=torch.bool)
+    torch.testing.assert_close(attend(q.to(dtype), k.to(dtype), v.to(dtype), mask=none).float(),
+                               v.to(dtype).float().mean(-2, keepdim=True).expand_as(v), atol=2e-2, rtol=2e-2)
+    # fp32 still goes through SDPA unchanged
+    assert torch.equal(attend(q, k, v, mask=causal), F.scaled_dot_product_attention(q, k, v, attn_mask=causal))
+
+
+def test_pixel_refiner_channels_last_path_keeps_the_output_and_layout():
+    from vistok.layers.refine import PixelRefiner
+
+    torch.manual_seed(0)
+    ref = PixelRefiner(8, 1, 2)
+    nn.init.normal_(ref.conv_out.weight, std=0.1)
+    rgb, feats = torch.rand(3, 3, 12, 12), torch.randn(3, 2, 12, 12)
+    out = ref(rgb, feats)
+    assert out.is_contiguous()
+    h = ref.conv_in(torch.cat([rgb, feats], 1))  # the same stack in the default layout, by hand
+    h = h + ref.blocks[0](h)
+    torch.testing.assert_close(out, rgb + ref.conv_out(torch.nn.functional.gelu(h)), atol=1e-5, rtol=1e-5)

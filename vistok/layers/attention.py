@@ -1,7 +1,9 @@
 """Attention and transformer blocks used by the tokenizers (ViT, pre-LN) and generators (Llama, RMSNorm).
 
-All attention goes through ``F.scaled_dot_product_attention``.  Legend: b batch, l queries, s keys,
-h heads, d head dim, c channels.
+All attention goes through :func:`attend`: ``F.scaled_dot_product_attention``, except for bf16/fp16 tensors on the
+CPU, where two explicit matmuls around a softmax run ~2x faster than the CPU flash kernel (forward and backward,
+docs/speed.md "Reduced-precision attention on the CPU").  Legend: b batch, l queries, s keys, h heads, d head dim,
+c channels.
 """
 
 from __future__ import annotations
@@ -34,6 +36,28 @@ def run_blocks(blocks: nn.ModuleList, x: Tensor, mask: Tensor | None = None, rop
     for i, blk in enumerate(blocks, start=first_layer):
         x = blk(x, mask, rope, cache, i, slots, **extra)
     return x
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0,
+           scale: float | None = None) -> Tensor:
+    """Softmax attention: ``q`` (b, h, l, d), ``k``/``v`` (b, h, s, d) -> (b, h, l, d).
+
+    ``mask``: bool, True = attend, broadcastable to (b, h, l, s).  Same law as ``F.scaled_dot_product_attention``;
+    bf16/fp16 on the CPU take the explicit path (the softmax accumulates in fp32 inside the kernel, the
+    probabilities are rounded to the input dtype as the flash kernel's are), where a row with every key masked
+    averages the values instead of giving NaN.
+    """
+    if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+    scores = (q * (q.shape[-1] ** -0.5 if scale is None else scale)) @ k.transpose(-1, -2)
+    if mask is not None and mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    elif mask is not None:  # additive float mask, as SDPA takes it
+        scores = scores + mask
+    probs = scores.softmax(-1)
+    if dropout_p > 0:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v
 
 
 class RMSNorm(nn.Module):
@@ -107,8 +131,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
         p = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, dropout_p=p,
-                                             scale=self.scale)
+        out = attend(q, k.to(q.dtype), v.to(q.dtype), mask, p, self.scale)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
