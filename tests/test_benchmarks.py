@@ -292,3 +292,21 @@ def test_ab_sampler_runs_both_draws_and_restores_the_decoders_draw(capsys, monke
     out = capsys.readouterr().out
     assert "| sjd | 4 |" in out and "draw alone, (64, 1024)" in out
     assert sampling_module.sample_probs is before
+
+
+def test_cpu_lowp_runs_both_paths_and_restores_them(capsys, monkeypatch):
+    import vistok.layers.attention as attention_module
+    import vistok.layers.refine as refine_module
+
+    bench = _load_benchmark("cpu_lowp")
+    before = attention_module.attend, refine_module.PixelRefiner.forward
+    with bench.old_paths(True):
+        assert attention_module.attend is bench.sdpa
+    assert (attention_module.attend, refine_module.PixelRefiner.forward) == before
+    monkeypatch.setattr(sys, "argv", ["cpu_lowp.py", "--threads", "1", "--rounds", "1", "--reps", "1",
+                                      "--steps", "1"])
+    monkeypatch.chdir(ROOT)
+    bench.main()
+    out = capsys.readouterr().out
+    assert "| attention bf16 fwd+bwd, (8, 4, 320, 32) |" in out and "| LARP training step" in out
+    assert (attention_module.attend, refine_module.PixelRefiner.forward) == before

@@ -1,9 +1,9 @@
 """Attention and transformer blocks used by the tokenizers (ViT, pre-LN) and generators (Llama, RMSNorm).
 
 All attention goes through :func:`attend`: ``F.scaled_dot_product_attention``, except for bf16/fp16 tensors on the
-CPU, where two explicit matmuls around a softmax run ~2x faster than the CPU flash kernel (forward and backward,
-docs/speed.md "Reduced-precision attention on the CPU").  Legend: b batch, l queries, s keys, h heads, d head dim,
-c channels.
+CPU, where two explicit matmuls around a softmax beat the CPU flash kernel (a bf16 LARP training step runs 1.4x
+faster, docs/speed.md "Reduced-precision attention on the CPU").  Legend: b batch, l queries, s keys, h heads,
+d head dim, c channels.
 """
 
 from __future__ import annotations
