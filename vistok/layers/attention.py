@@ -42,10 +42,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_
            scale: float | None = None) -> Tensor:
     """Softmax attention: ``q`` (b, h, l, d), ``k``/``v`` (b, h, s, d) -> (b, h, l, d).
 
-    ``mask``: bool, True = attend, broadcastable to (b, h, l, s).  Same law as ``F.scaled_dot_product_attention``;
-    bf16/fp16 on the CPU take the explicit path (the softmax accumulates in fp32 inside the kernel, the
-    probabilities are rounded to the input dtype as the flash kernel's are), where a row with every key masked
-    averages the values instead of giving NaN.
+    ``mask``: bool, True = attend (or an additive float mask), broadcastable to (b, h, l, s).  Same law as
+    ``F.scaled_dot_product_attention``; bf16/fp16 on the CPU take the explicit path (scores and probabilities in
+    the input dtype, as the flash kernel keeps its probabilities), where a row with every key masked averages the
+    values instead of giving NaN.
     """
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
@@ -53,7 +53,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_
     if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     elif mask is not None:  # additive float mask, as SDPA takes it
-        scores = scores + mask
+        scores = scores + mask.to(scores.dtype)
     probs = scores.softmax(-1)
     if dropout_p > 0:
         probs = F.dropout(probs, dropout_p)

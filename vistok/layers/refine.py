@@ -50,8 +50,8 @@ class PixelRefiner(nn.Module):
             x = torch.cat([rgb, feats], dim=1)
         else:
             x = rgb
-        # channels-last activations: oneDNN's 3x3 convolutions run ~1.5-2.5x faster forward + backward on the CPU
-        # (bf16 and fp32, docs/speed.md); the result comes back in the default layout
+        # channels-last activations: oneDNN's 3x3 convolutions run ~1.7-2.3x faster forward + backward on the CPU
+        # (bf16 and fp32, benchmarks/cpu_lowp.py); the result comes back in the default layout
         h = self.conv_in(x.contiguous(memory_format=torch.channels_last))
         for block in self.blocks:
             h = h + block(h)
