@@ -310,3 +310,25 @@ def test_cpu_lowp_runs_both_paths_and_restores_them(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "| attention bf16 fwd+bwd, (8, 4, 320, 32) |" in out and "| LARP training step" in out
     assert (attention_module.attend, refine_module.PixelRefiner.forward) == before
+
+
+def test_decoding_benchmark_pairs_images_with_ar_and_runs_ar_once_without_timing(monkeypatch):
+    module = _load_benchmark("decoding")
+    from vistok.sample import Pipeline
+
+    pipe = Pipeline.from_folder(ROOT / "vistok" / "assets" / "default")
+    calls = []
+    timed = module.timed
+    monkeypatch.setattr(module, "timed", lambda *a: calls.append(a[5]) or timed(*a))
+    sampling = {"cfg_scale": 2.0, "top_k": 100}
+    captions = ["a red circle in the center", "a blue square at the top left"]
+    rows = module.benchmark(pipe, captions, num_samples=1, batch=2, seeds=[0, 1], sampling=sampling,
+                            decoders=["ar", "mcsjd"], windows=[4], reps=1, time_ar=False)
+    assert calls.count("ar") == 1 + 2  # warm-up, then once per seed (one batch of 2 prompts)
+    ar, spec = rows
+    assert len(ar["per_image"]) == len(spec["per_image"]) == 4
+    assert ar["paired_delta"] == 0 and ar["paired_ci95"] == 0 and spec["t_ar"] == ar["t_ar"]
+    diff = [a - b for a, b in zip(spec["per_image"], ar["per_image"])]
+    assert spec["paired_delta"] == pytest.approx(sum(diff) / 4)
+    assert spec["geneval_seeds"] == pytest.approx([sum(spec["per_image"][:2]) / 2, sum(spec["per_image"][2:]) / 2])
+    assert "+- " in module.table(rows, "t")

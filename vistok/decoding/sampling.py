@@ -23,7 +23,9 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Keep the ``k`` largest logits per row, set the rest to -inf."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    kth = logits.topk(k, dim=-1).values[..., -1:]
+    # the k-th largest value is the smallest of the top k: an unsorted topk finds it (the same value as sorted; in
+    # the decoding loop on this CPU ~1.7x faster: docs/speed.md)
+    kth = logits.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
