@@ -72,13 +72,26 @@ def randomize(pipe: Pipeline) -> Pipeline:
 
 
 def option_sets(specs: list[str]) -> list[dict]:
-    """``["", "coupling=gumbel,proactive=4"]`` -> ``[{}, {"coupling": "gumbel", "proactive": 4}]`` (ints parsed)."""
+    """``["", "coupling=gumbel,proactive=4"]`` -> ``[{}, {"coupling": "gumbel", "proactive": 4}]`` (ints, floats and
+    ``true``/``false`` parsed)."""
+
+    def value(v: str):
+        v = v.strip()
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
     sets = []
     for spec in specs:
         items = [kv.split("=", 1) for kv in spec.split(",") if kv.strip()]
         if any(len(kv) != 2 for kv in items):
             raise SystemExit(f"options must be key=value[,key=value], got {spec!r}")
-        sets.append({k.strip(): int(v) if v.strip().lstrip("-").isdigit() else v.strip() for k, v in items})
+        sets.append({k.strip(): value(v) for k, v in items})
     return sets
 
 
@@ -109,7 +122,7 @@ def timed(pipe: Pipeline, cond, num_samples: int, seed: int, sampling: dict, dec
 @torch.no_grad()
 def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: int, seeds: list[int],
               sampling: dict, decoders: list[str], windows: list[int], reps: int, pjd: list[dict] | None = None,
-              mcsjd: list[dict] | None = None, real_features: torch.Tensor | None = None,
+              mcsjd: list[dict] | None = None, gsd: list[dict] | None = None, real_features: torch.Tensor | None = None,
               features: torch.nn.Module | None = None, time_ar: bool = True) -> list[dict]:
     """One row per (decoder, window[, pjd or mcsjd options]); AR is re-run next to every configuration for paired
     timing (``time_ar=False``: AR runs once, as the first row, and every speed-up is taken against that run).  Every
@@ -118,7 +131,7 @@ def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: i
     n = pipe.generator.seq_len
     chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
     conds = [pipe.condition(c) for c in chunks]
-    variants = {"pjd": pjd or [{}], "mcsjd": mcsjd or [{}]}
+    variants = {"pjd": pjd or [{}], "mcsjd": mcsjd or [{}], "gsd": gsd or [{}]}
     configs = [("ar", None, {})] + [(d, w, extra) for d in decoders if d != "ar" for w in windows
                                     for extra in variants.get(d, [{}])]
     # warm-up (allocations, lazy init, neighbour tables): one small call per configuration
@@ -249,6 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pjd-grid", nargs=2, type=int, default=None, help="pjd: grid H W (default tokenizer.grid)")
     p.add_argument("--mcsjd-options", nargs="+", default=[""],
                    help='mcsjd: one row per entry, "" = defaults, e.g. "" "proactive=4" "coupling=gumbel,proactive=8"')
+    p.add_argument("--gsd-options", nargs="+", default=[""],
+                   help='gsd: one row per entry, "" = defaults, e.g. "coupled=1,group_rank=15,p_thr=0.3"')
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
@@ -280,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
            for mask in args.pjd_row_mask for follow in args.pjd_follow for lag in args.pjd_lags]
     kw = dict(num_samples=args.num_samples, batch=args.batch, seeds=args.seeds, sampling=sampling,
               decoders=args.decoders, windows=args.windows, reps=args.reps, pjd=pjd,
-              mcsjd=option_sets(args.mcsjd_options), time_ar=not args.no_ar_timing)
+              mcsjd=option_sets(args.mcsjd_options), gsd=option_sets(args.gsd_options), time_ar=not args.no_ar_timing)
     if args.fid_reference:
         from vistok.evaluation import InceptionFeatures
 

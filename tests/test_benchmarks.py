@@ -253,6 +253,8 @@ def test_decoding_benchmark_parses_mcsjd_option_sets():
     module = _load_benchmark("decoding")
     assert module.option_sets(["", "proactive=4", "coupling=gumbel, proactive=8"]) == [
         {}, {"proactive": 4}, {"coupling": "gumbel", "proactive": 8}]
+    parsed = module.option_sets(["coupled=true,p_thr=0.3,group_rank=-1"])[0]
+    assert parsed == {"coupled": True, "p_thr": 0.3, "group_rank": -1} and isinstance(parsed["group_rank"], int)
     with pytest.raises(SystemExit, match="key=value"):
         module.option_sets(["proactive"])
 
@@ -332,3 +334,19 @@ def test_decoding_benchmark_pairs_images_with_ar_and_runs_ar_once_without_timing
     assert spec["paired_delta"] == pytest.approx(sum(diff) / 4)
     assert spec["geneval_seeds"] == pytest.approx([sum(spec["per_image"][:2]) / 2, sum(spec["per_image"][2:]) / 2])
     assert "+- " in module.table(rows, "t")
+
+
+def test_pass_cost_splits_forward_from_the_rest_and_unwraps_the_step(capsys):
+    bench = _load_benchmark("pass_cost")
+    from vistok.generators import ARGenerator
+
+    rows = bench.main(["--model", str(ROOT / "vistok" / "assets" / "default"), "--windows", "4", "--decoders",
+                       "mcsjd", "--num-prompts", "2", "--rounds", "1"])
+    ar, spec = rows
+    assert ar["passes"] == 2 * 32 and spec["passes"] < ar["passes"]
+    assert all(0 < r["forward"] < r["seconds"] for r in rows)
+    assert "| mcsjd | 4 |" in capsys.readouterr().out
+    gen = ARGenerator(vocab_size=8, seq_len=4, width=16, depth=1, num_heads=2, num_classes=2)
+    with bench.StepTimer(gen) as timer:
+        assert gen.step is timer
+    assert gen.step.__func__ is ARGenerator.step

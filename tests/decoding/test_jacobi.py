@@ -336,6 +336,19 @@ def test_relaxed_rules_reduce_to_sjd():
     assert not generate(gen, cond, decoder="lantern", **kw).extras["lossless"]
 
 
+def test_coupled_gsd_reduces_to_mcsjd_and_differs_from_sjd_drafts():
+    gen, cond = _ar(), _cond(False)
+    kw = dict(cfg_scale=2.0, top_k=20, window=5, seed=3)
+    mcsjd = generate(gen, cond, decoder="mcsjd", **kw)
+    coupled0 = generate(gen, cond, decoder="gsd", group_rank=0, coupled=True, **kw)
+    assert torch.equal(coupled0.tokens, mcsjd.tokens) and coupled0.nfe == mcsjd.nfe
+    assert coupled0.extras["accepted_hist"] == mcsjd.extras["accepted_hist"]
+    plain, coupled = (generate(gen, cond, decoder="gsd", coupled=c, **kw) for c in (False, True))
+    assert not torch.equal(plain.tokens, coupled.tokens)
+    with pytest.raises(ValueError, match="coupled must be True or False"):
+        generate(gen, cond, decoder="gsd", coupled="yes")
+
+
 def test_relaxed_rules_accept_more():
     gen, cond = _ar(), Conditioning(labels=torch.zeros(16, dtype=torch.long))
     torch.nn.init.normal_(gen.output.weight, std=0.1)

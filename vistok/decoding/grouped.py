@@ -68,7 +68,7 @@ def gsd_ratio(p: Tensor, q: Tensor, x: Tensor, *, group_rank: int, p_thr: float,
 def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                window: int = 16, init: Literal["random", "repeat"] = "random", group_rank: int = 7,
-               p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None,
+               p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None, coupled: bool = False,
                **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
 
@@ -83,15 +83,21 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         d_thr: squared-L2 embedding-distance filter (``> 0``).
         embeddings: ``(V, D)`` token embeddings for the distance filter; default the generator's
             ``token_embeddings()`` if it has one, else no distance filter.
+        coupled: redraw the drafts after the first rejection by MC-SJD's maximal coupling (keep a draft that passes
+            the *exact* test against the new ``p``, else draw from the residual) instead of SJD's independent
+            redraw; with ``group_rank=0`` this is ``decoder="mcsjd"``.  Not in the GSD paper (vistok's combination).
     """
-    check_options("gsd", window, init, INITS, unknown, "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=")
+    check_options("gsd", window, init, INITS, unknown,
+                  "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=")
+    if not isinstance(coupled, bool):
+        raise ValueError(f"gsd: coupled must be True or False, got {coupled!r}")
     vocab = check_generator(generator, "gsd")
     check_count("group_rank", group_rank, 0, " (0 = plain SJD)")
     if not p_thr > 0 or not d_thr > 0:
         raise ValueError(f"p_thr and d_thr must be > 0, got p_thr={p_thr}, d_thr={d_thr}")
     emb = _token_table(generator, embeddings, "embeddings", vocab, "gsd")
     ratio = partial(gsd_ratio, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
-    return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=False,
+    return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=coupled,
                          ratio=ratio, lossless=group_rank == 0, progress=progress, guidance=guidance)
 
 
