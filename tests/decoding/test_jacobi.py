@@ -316,9 +316,11 @@ def test_bad_mcsjd_options():
             generate(gen, cond, decoder="mcsjd", proactive=k)
     with pytest.raises(ValueError, match=r"proactive must be <= vocab_size \(64\)"):
         generate(gen, cond, decoder="mcsjd", proactive=65)
-    for name in ("sjd", "gsd"):
+    for name in ("sjd", "lantern"):
         with pytest.raises(ValueError, match=r"unknown option\(s\) \['proactive'\]"):
             generate(gen, cond, decoder=name, proactive=2)
+    with pytest.raises(ValueError, match="'gsd': proactive drafting needs coupled drafts"):
+        generate(gen, cond, decoder="gsd", proactive=2)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -347,6 +349,12 @@ def test_coupled_gsd_reduces_to_mcsjd_and_differs_from_sjd_drafts():
     assert not torch.equal(plain.tokens, coupled.tokens)
     with pytest.raises(ValueError, match="coupled must be True or False"):
         generate(gen, cond, decoder="gsd", coupled="yes")
+    # proactive drafting under the group rule: group_rank=0 is mcsjd's proactive drafting, token for token
+    pro = generate(gen, cond, decoder="mcsjd", proactive=3, **kw)
+    pro0 = generate(gen, cond, decoder="gsd", group_rank=0, coupled=True, proactive=3, **kw)
+    assert torch.equal(pro0.tokens, pro.tokens) and pro0.extras["accepted_hist"] == pro.extras["accepted_hist"]
+    relaxed = generate(gen, cond, decoder="gsd", coupled=True, proactive=3, **kw)
+    assert relaxed.extras["positions_per_pass"] == 3 * 5 and not relaxed.extras["lossless"]
 
 
 def test_relaxed_rules_accept_more():

@@ -69,7 +69,7 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                window: int = 16, init: Literal["random", "repeat"] = "random", group_rank: int = 7,
                p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None, coupled: bool = False,
-               **unknown) -> tuple[Tensor, int, dict]:
+               proactive: int = 1, **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
 
     A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` for the group ``G`` of
@@ -86,11 +86,15 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         coupled: redraw the drafts after the first rejection by MC-SJD's maximal coupling (keep a draft that passes
             the *exact* test against the new ``p``, else draw from the residual) instead of SJD's independent
             redraw; with ``group_rank=0`` this is ``decoder="mcsjd"``.  Not in the GSD paper (vistok's combination).
+        proactive: with ``coupled``, ``K`` candidates for the first open position as ``K`` rows of one pass, as
+            ``decoder="mcsjd"``'s ``proactive`` (SJD-PAC); that position keeps the exact multi-draft test, the group
+            rule judges the columns after it.  1 = off.
     """
     check_options("gsd", window, init, INITS, unknown,
-                  "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=")
+                  "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=, proactive=")
     if not isinstance(coupled, bool):
         raise ValueError(f"gsd: coupled must be True or False, got {coupled!r}")
+    check_count("proactive", proactive, hint=" (candidates for the first open position; 1 = off)")
     vocab = check_generator(generator, "gsd")
     check_count("group_rank", group_rank, 0, " (0 = plain SJD)")
     if not p_thr > 0 or not d_thr > 0:
@@ -98,7 +102,8 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     emb = _token_table(generator, embeddings, "embeddings", vocab, "gsd")
     ratio = partial(gsd_ratio, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
     return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=coupled,
-                         ratio=ratio, lossless=group_rank == 0, progress=progress, guidance=guidance)
+                         ratio=ratio, lossless=group_rank == 0, progress=progress, guidance=guidance,
+                         proactive=proactive)
 
 
 # ----------------------------------------------------------------------------------------------------------------

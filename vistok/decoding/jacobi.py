@@ -202,11 +202,13 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         coupling: with ``coupled``, ``"maximal"`` (accept/resample at every position) or ``"gumbel"`` (Gumbel-max
             with noise fixed per position: Jacobi iteration of a deterministic map).
         proactive: candidates for the first position not accepted yet, each fed as its own cache row (``proactive``
-            rows per sample, one forward pass); 1 = none.
+            rows per sample, one forward pass); 1 = none.  Needs ``coupled``.  With a relaxed ``ratio`` the first
+            open position is still decided by the exact multi-draft test; ``ratio`` judges the columns after it.
     """
     v = check_generator(generator, name)
-    if proactive > 1 and (ratio is not None or not coupled):
-        raise ValueError("proactive drafting is implemented for the exact coupled rule only (decoder='mcsjd')")
+    if proactive > 1 and not coupled:
+        raise ValueError(f"decoder {name!r}: proactive drafting needs coupled drafts (decoder='mcsjd', or "
+                         "decoder='gsd' with coupled=True)")
     if proactive > v:
         raise ValueError(f"proactive must be <= vocab_size ({v}) candidates, got {proactive}")
     gumbel = coupled and coupling == "gumbel"
