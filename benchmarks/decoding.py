@@ -134,9 +134,10 @@ def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: i
     variants = {"pjd": pjd or [{}], "mcsjd": mcsjd or [{}], "gsd": gsd or [{}]}
     configs = [("ar", None, {})] + [(d, w, extra) for d in decoders if d != "ar" for w in windows
                                     for extra in variants.get(d, [{}])]
-    # warm-up (allocations, lazy init, neighbour tables): one small call per configuration
+    # warm-up (allocations, lazy init, neighbour tables): one call on the first prompt per configuration
+    first = pipe.condition(captions[:1])
     for d, w, extra in configs:
-        timed(pipe, conds[0], 1, seeds[0], sampling, d, decoder_options(pipe, d, w, extra))
+        timed(pipe, first, 1, seeds[0], sampling, d, decoder_options(pipe, d, w, extra))
     ar_tokens: list[torch.Tensor] = []
     rows = []
     for d, w, extra in configs:

@@ -321,12 +321,13 @@ def test_decoding_benchmark_pairs_images_with_ar_and_runs_ar_once_without_timing
     pipe = Pipeline.from_folder(ROOT / "vistok" / "assets" / "default")
     calls = []
     timed = module.timed
-    monkeypatch.setattr(module, "timed", lambda *a: calls.append(a[5]) or timed(*a))
+    monkeypatch.setattr(module, "timed", lambda *a: calls.append((a[5], a[1].batch_size)) or timed(*a))
     sampling = {"cfg_scale": 2.0, "top_k": 100}
     captions = ["a red circle in the center", "a blue square at the top left"]
     rows = module.benchmark(pipe, captions, num_samples=1, batch=2, seeds=[0, 1], sampling=sampling,
                             decoders=["ar", "mcsjd"], windows=[4], reps=1, time_ar=False)
-    assert calls.count("ar") == 1 + 2  # warm-up, then once per seed (one batch of 2 prompts)
+    # warm-up on the first prompt, then AR once per seed (one batch of 2 prompts)
+    assert calls == [("ar", 1), ("mcsjd", 1), ("ar", 2), ("ar", 2), ("mcsjd", 2), ("mcsjd", 2)]
     ar, spec = rows
     assert len(ar["per_image"]) == len(spec["per_image"]) == 4
     assert ar["paired_delta"] == 0 and ar["paired_ci95"] == 0 and spec["t_ar"] == ar["t_ar"]
