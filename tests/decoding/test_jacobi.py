@@ -355,6 +355,38 @@ def test_coupled_gsd_reduces_to_mcsjd_and_differs_from_sjd_drafts():
     assert torch.equal(pro0.tokens, pro.tokens) and pro0.extras["accepted_hist"] == pro.extras["accepted_hist"]
     relaxed = generate(gen, cond, decoder="gsd", coupled=True, proactive=3, **kw)
     assert relaxed.extras["positions_per_pass"] == 3 * 5 and not relaxed.extras["lossless"]
+    # the Gumbel coupling under the group rule: group_rank=0 is mcsjd's Gumbel coupling, with and without proactive
+    for k in (1, 3):
+        exact = generate(gen, cond, decoder="mcsjd", coupling="gumbel", proactive=k, **kw)
+        grouped0 = generate(gen, cond, decoder="gsd", group_rank=0, coupled=True, coupling="gumbel", proactive=k, **kw)
+        assert torch.equal(grouped0.tokens, exact.tokens) and grouped0.nfe == exact.nfe
+        grouped = generate(gen, cond, decoder="gsd", group_rank=20, p_thr=1.0, d_thr=1e9, coupled=True,
+                           coupling="gumbel", proactive=k, **kw)
+        assert not grouped.extras["lossless"] and not torch.equal(grouped.tokens, exact.tokens)
+        if k == 1:  # (with proactive drafting the first open position keeps the exact test, where most runs end here)
+            assert grouped.nfe < exact.nfe
+    with pytest.raises(ValueError, match="coupling must be one of"):
+        generate(gen, cond, decoder="gsd", coupled=True, coupling="exact")
+
+
+def test_gsd_match_is_the_group_of_the_gumbel_token():
+    from vistok.decoding.grouped import gsd_match
+
+    p = torch.tensor([[[0.40, 0.30, 0.20, 0.05, 0.05]]])  # ranks 0..4; ids 3 and 4 tie (3 first)
+    made = torch.tensor([[0]])
+    kw = dict(p_thr=0.15, d_thr=0.5, embeddings=None)
+    members = [bool(gsd_match(p, torch.tensor([[x]]), made, group_rank=2, **kw)) for x in range(5)]
+    assert members == [True, True, False, False, False]  # id 2: rank 2 but |0.2 - 0.4| >= p_thr
+    loose = dict(kw, p_thr=1.0)
+    assert [bool(gsd_match(p, torch.tensor([[x]]), made, group_rank=2, **loose)) for x in range(5)] == [
+        True, True, True, False, False]
+    tie = torch.tensor([[3]])  # equal probabilities are still distinct ranks: group_rank=0 matches only itself
+    assert not gsd_match(p, torch.tensor([[4]]), tie, group_rank=0, **loose)
+    assert gsd_match(p, torch.tensor([[4]]), tie, group_rank=1, **loose)
+    emb = torch.tensor([[0.0], [5.0], [0.1], [0.0], [0.0]])  # id 1 is far from id 0 in embedding space
+    near = [bool(gsd_match(p, torch.tensor([[x]]), made, group_rank=2, **dict(loose, embeddings=emb)))
+            for x in range(5)]
+    assert near == [True, False, True, False, False]
 
 
 def test_relaxed_rules_accept_more():

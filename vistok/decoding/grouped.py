@@ -19,11 +19,11 @@ import torch
 from torch import Tensor
 
 from vistok.decoding.guidance import Guidance
-from vistok.decoding.jacobi import INITS, check_generator, check_options, jacobi_decode
+from vistok.decoding.jacobi import COUPLINGS, INITS, check_generator, check_options, jacobi_decode
 from vistok.decoding.sampling import SamplingArgs
-from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings, check_count
+from vistok.interfaces import CausalGenerator, Conditioning, TokenEmbeddings, check_choice, check_count
 
-__all__ = ["decode_gsd", "decode_lantern", "gsd_ratio", "lantern_neighbours", "lantern_ratio"]
+__all__ = ["decode_gsd", "decode_lantern", "gsd_match", "gsd_ratio", "lantern_neighbours", "lantern_ratio"]
 
 
 def _token_table(generator, given: Tensor | None, option: str, vocab: int, name: str) -> Tensor | None:
@@ -69,7 +69,8 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                window: int = 16, init: Literal["random", "repeat"] = "random", group_rank: int = 7,
                p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None, coupled: bool = False,
-               proactive: int = 1, **unknown) -> tuple[Tensor, int, dict]:
+               coupling: Literal["maximal", "gumbel"] = "maximal", proactive: int = 1,
+               **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
 
     A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` for the group ``G`` of
@@ -86,24 +87,48 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         coupled: redraw the drafts after the first rejection by MC-SJD's maximal coupling (keep a draft that passes
             the *exact* test against the new ``p``, else draw from the residual) instead of SJD's independent
             redraw; with ``group_rank=0`` this is ``decoder="mcsjd"``.  Not in the GSD paper (vistok's combination).
+        coupling: with ``coupled``, ``"maximal"`` (above) or ``"gumbel"``: ``decoder="mcsjd"``'s Gumbel coupling
+            (every position's token is ``argmax(log p + g)`` with noise fixed per position) where a draft also
+            passes when it is in the group of that token (:func:`gsd_match`) instead of only when equal to it.
         proactive: with ``coupled``, ``K`` candidates for the first open position as ``K`` rows of one pass, as
             ``decoder="mcsjd"``'s ``proactive`` (SJD-PAC); that position keeps the exact multi-draft test, the group
             rule judges the columns after it.  1 = off.
     """
     check_options("gsd", window, init, INITS, unknown,
-                  "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=, proactive=")
+                  "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=, coupling=, proactive=")
     if not isinstance(coupled, bool):
         raise ValueError(f"gsd: coupled must be True or False, got {coupled!r}")
+    check_choice("coupling", coupling, COUPLINGS)
     check_count("proactive", proactive, hint=" (candidates for the first open position; 1 = off)")
     vocab = check_generator(generator, "gsd")
     check_count("group_rank", group_rank, 0, " (0 = plain SJD)")
     if not p_thr > 0 or not d_thr > 0:
         raise ValueError(f"p_thr and d_thr must be > 0, got p_thr={p_thr}, d_thr={d_thr}")
     emb = _token_table(generator, embeddings, "embeddings", vocab, "gsd")
-    ratio = partial(gsd_ratio, group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
+    group = dict(group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
     return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=coupled,
-                         ratio=ratio, lossless=group_rank == 0, progress=progress, guidance=guidance,
-                         proactive=proactive)
+                         ratio=partial(gsd_ratio, **group), lossless=group_rank == 0, progress=progress,
+                         guidance=guidance, coupling=coupling, proactive=proactive, match=partial(gsd_match, **group))
+
+
+def gsd_match(p: Tensor, x: Tensor, made: Tensor, *, group_rank: int, p_thr: float, d_thr: float,
+              embeddings: Tensor | None) -> Tensor:
+    """GSD's group test for the Gumbel coupling: whether draft ``x`` (b, w) is in the group of the Gumbel token
+    ``made`` (b, w) under ``p`` (b, w, v): ranks in ``p`` within ``group_rank`` of each other (ties broken by id, as
+    :func:`gsd_ratio`'s stable sort), ``|p(x) - p(made)| < p_thr`` and, with ``embeddings``, squared L2 distance
+    ``< d_thr``.  ``x == made`` always matches; ``group_rank=0`` matches nothing else."""
+
+    def rank(t: Tensor) -> Tensor:  # position of t in p sorted by probability, descending, ties by lower id first
+        p_t = p.gather(-1, t[..., None])
+        ids = torch.arange(p.shape[-1], device=p.device)
+        return ((p > p_t) | ((p == p_t) & (ids < t[..., None]))).sum(-1)
+
+    keep = ((rank(x) - rank(made)).abs() <= group_rank)
+    keep &= (p.gather(-1, x[..., None]) - p.gather(-1, made[..., None]))[..., 0].abs() < p_thr
+    if embeddings is not None:
+        emb = embeddings.to(p.device)
+        keep &= (emb[x] - emb[made]).pow(2).sum(-1) < d_thr
+    return keep | (x == made)
 
 
 # ----------------------------------------------------------------------------------------------------------------

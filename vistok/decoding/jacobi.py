@@ -191,7 +191,8 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
                   name: str, window: int, init: str, coupled: bool,
                   ratio: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, lossless: bool = True,
                   progress: bool = False, guidance: Guidance | None = None, coupling: str = "maximal",
-                  proactive: int = 1) -> tuple[Tensor, int, dict]:
+                  proactive: int = 1,
+                  match: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, int, dict]:
     """The shared speculative Jacobi loop (see the module docstring).
 
     Args:
@@ -204,6 +205,9 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         proactive: candidates for the first position not accepted yet, each fed as its own cache row (``proactive``
             rows per sample, one forward pass); 1 = none.  Needs ``coupled``.  With a relaxed ``ratio`` the first
             open position is still decided by the exact multi-draft test; ``ratio`` judges the columns after it.
+        match: the Gumbel coupling's relaxed rule (``ratio`` is not used there): ``(p, x, made) -> (b, w)`` bool,
+            also accept draft ``x`` where it differs from the Gumbel token ``made``; with ``proactive`` the first
+            open position still needs the exact match.
     """
     v = check_generator(generator, name)
     if proactive > 1 and not coupled:
@@ -250,7 +254,7 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
             p = p.view(b, k, w, v)
         if gumbel:
             p, new, first, winner = _verify_gumbel(p, g[:, None] if branch and noise is not None else g, x, has,
-                                                   pos, win.acc, branch)
+                                                   pos, win.acc, branch, match)
         else:
             p, new, first, winner = _verify_ratio(p, q, x, has, pos, win.acc, sampling, rng, ratio, coupled, branch)
         seq.scatter_(1, pos, torch.where(cols >= first[:, None], new, x))
@@ -278,7 +282,8 @@ def _first_failure(passed: Tensor, pos: Tensor, acc: Tensor) -> Tensor:
 
 
 def _verify_gumbel(p: Tensor, g: Tensor | float, x: Tensor, has: Tensor, pos: Tensor, acc: Tensor,
-                   branch: _Branches | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                   branch: _Branches | None, match: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
+                   ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Gumbel coupling: every column's token is ``argmax(log p + g)``, final where the inputs before it are.
 
     ``p`` is (b, w, v), or (b, k, w, v) with ``branch``; ``x`` (b, w) are the drafts (the winning candidate is
@@ -293,7 +298,12 @@ def _verify_gumbel(p: Tensor, g: Tensor | float, x: Tensor, has: Tensor, pos: Te
         winner, hit = hits.long().argmax(1), hits.any(1)
         p, made = p[rows, winner], made[rows, winner]
         x[rows, c0] = torch.where(hit & open0, cand[rows, winner], x[rows, c0])
-    return p, made, _first_failure(has & (x == made), pos, acc), winner
+    passed = x == made
+    if match is not None:  # a relaxed rule: a draft close enough to the Gumbel token passes too (lossy)
+        passed = passed | match(p, x, made)
+        if branch is not None:
+            passed[rows, c0] = x[rows, c0] == made[rows, c0]
+    return p, made, _first_failure(has & passed, pos, acc), winner
 
 
 def _verify_ratio(p: Tensor, q: Tensor, x: Tensor, has: Tensor, pos: Tensor, acc: Tensor, sampling: SamplingArgs,
