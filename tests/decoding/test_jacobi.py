@@ -367,6 +367,8 @@ def test_coupled_gsd_reduces_to_mcsjd_and_differs_from_sjd_drafts():
             assert grouped.nfe < exact.nfe
     with pytest.raises(ValueError, match="coupling must be one of"):
         generate(gen, cond, decoder="gsd", coupled=True, coupling="exact")
+    with pytest.raises(ValueError, match="pass coupled=True with it"):
+        generate(gen, cond, decoder="gsd", coupling="gumbel")
 
 
 def test_gsd_match_is_the_group_of_the_gumbel_token():

@@ -99,6 +99,8 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     if not isinstance(coupled, bool):
         raise ValueError(f"gsd: coupled must be True or False, got {coupled!r}")
     check_choice("coupling", coupling, COUPLINGS)
+    if coupling != "maximal" and not coupled:
+        raise ValueError(f"gsd: coupling={coupling!r} couples the drafts: pass coupled=True with it")
     check_count("proactive", proactive, hint=" (candidates for the first open position; 1 = off)")
     vocab = check_generator(generator, "gsd")
     check_count("group_rank", group_rank, 0, " (0 = plain SJD)")
