@@ -43,7 +43,7 @@ import torch
 from vistok.data import ShapesDataset
 from vistok.data.geneval import disc_baseline, score_batch, score_image
 from vistok.decoding import generate
-from vistok.evaluation import fid_from_features
+from vistok.evaluation import fid_from_features, paired_difference
 from vistok.sample import DEFAULT_MODEL, Pipeline
 
 DECODERS = ("ar", "sjd", "mcsjd", "gsd", "lantern", "pjd")
@@ -185,9 +185,7 @@ def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: i
     for row in rows:
         row["geneval_delta"] = row["geneval"] - ar_score
         row["delta_seeds"] = [a - b for a, b in zip(row["geneval_seeds"], ar_seeds)]
-        d = torch.tensor(row["per_image"]) - torch.tensor(rows[0]["per_image"])
-        row["paired_delta"] = float(d.mean())
-        row["paired_ci95"] = float(1.96 * d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
+        row["paired_delta"], row["paired_ci95"] = paired_difference(row["per_image"], rows[0]["per_image"])
         row["same_as_ar"] = float((row["tokens"] == torch.cat(ar_tokens)).all(1).float().mean())
     return rows
 

@@ -27,16 +27,8 @@ import torch
 from vistok.data import ShapesDataset
 from vistok.data.geneval import disc_baseline, score_batch, score_image
 from vistok.eval_cli import parse_set_options, sample_prompts
+from vistok.evaluation import paired_difference
 from vistok.sample import Pipeline
-
-
-def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean of ``a - b`` over paired per-image scores and the half-width of its 95 % normal interval."""
-    if len(a) != len(b) or not a:
-        raise ValueError(f"paired scores need equal, non-zero lengths, got {len(a)} and {len(b)}")
-    d = [x - y for x, y in zip(a, b)]
-    half = 1.96 * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
-    return statistics.mean(d), half
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ number (compare runs on the same set); it is not comparable with published Image
 from __future__ import annotations
 
 import importlib.util
+import statistics
 from pathlib import Path
 
 import torch
@@ -24,10 +25,20 @@ from vistok.interfaces import check_pixels
 from vistok.progress import track
 
 __all__ = ["InceptionFeatures", "check_image_pair", "fid_from_features", "frechet_distance", "fvd", "i3d_features",
-           "inception_features", "inception_weights_path", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame",
-           "temporal_consistency"]
+           "inception_features", "inception_weights_path", "paired_difference", "psnr", "psnr_per_frame", "ssim",
+           "ssim_per_frame", "temporal_consistency"]
 
 _TF_RANGE = (-1.0, 0.9921875)
+
+
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired per-image scores (same prompt, same seed) and the half-width of its 95 % normal
+    interval (NaN for a single pair)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired scores need equal, non-zero lengths, got {len(a)} and {len(b)}")
+    d = [x - y for x, y in zip(a, b)]
+    half = 1.96 * statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else float("nan")
+    return statistics.mean(d), half
 
 
 def check_image_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
