@@ -73,10 +73,12 @@ def randomize(pipe: Pipeline) -> Pipeline:
 
 def option_sets(specs: list[str]) -> list[dict]:
     """``["", "coupling=gumbel,proactive=4"]`` -> ``[{}, {"coupling": "gumbel", "proactive": 4}]`` (ints, floats and
-    ``true``/``false`` parsed)."""
+    ``true``/``false`` parsed; ``8x2`` is the tuple ``(8, 2)``: a candidate tree for ``proactive``)."""
 
     def value(v: str):
         v = v.strip()
+        if "x" in v and all(part.isdigit() for part in v.split("x")):
+            return tuple(int(part) for part in v.split("x"))
         if v.lower() in ("true", "false"):
             return v.lower() == "true"
         for kind in (int, float):

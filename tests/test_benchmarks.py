@@ -255,6 +255,7 @@ def test_decoding_benchmark_parses_mcsjd_option_sets():
         {}, {"proactive": 4}, {"coupling": "gumbel", "proactive": 8}]
     parsed = module.option_sets(["coupled=true,p_thr=0.3,group_rank=-1"])[0]
     assert parsed == {"coupled": True, "p_thr": 0.3, "group_rank": -1} and isinstance(parsed["group_rank"], int)
+    assert module.option_sets(["proactive=8x2,coupling=gumbel"]) == [{"proactive": (8, 2), "coupling": "gumbel"}]
     with pytest.raises(SystemExit, match="key=value"):
         module.option_sets(["proactive"])
 

@@ -159,8 +159,15 @@ class Recorder:
         return self.inner.step(inputs, positions, cache)
 
 
+def rows_per_sample(proactive) -> int:
+    """Cache rows per sample of ``proactive=K`` or a candidate tree ``(K1, K2, ..)``."""
+    return math.prod(proactive) if isinstance(proactive, tuple | list) else proactive
+
+
 @pytest.mark.parametrize("decoder,options", [(decode_sjd, {}), (decode_mcsjd, {}), (decode_mcsjd, {"proactive": 3}),
-                                             (decode_mcsjd, {"proactive": 2, "coupling": "gumbel"})])
+                                             (decode_mcsjd, {"proactive": 2, "coupling": "gumbel"}),
+                                             (decode_mcsjd, {"proactive": (2, 3)}),
+                                             (decode_mcsjd, {"proactive": (3, 2), "coupling": "gumbel"})])
 def test_cache_rollback_matches_ar_pass(decoder, options):
     """The valid part of every cache row before every pass equals one teacher-forced pass over the final tokens
     (proactive drafting: ``k`` rows per sample, each a copy of the winning row after every pass)."""
@@ -170,7 +177,7 @@ def test_cache_rollback_matches_ar_pass(decoder, options):
     rec, guidance = Recorder(gen), Guidance(2.0, gen)
     tokens, nfe, extras = decoder(rec, cond, SamplingArgs(1.0, top_k=20), torch.Generator().manual_seed(0),
                                   window=6, guidance=guidance, **options)
-    k = options.get("proactive", 1)
+    k = rows_per_sample(options.get("proactive", 1))
     hist = extras["accepted_hist"]
     assert hist[1] > 0 and sum(hist[2:]) > 0, hist  # a mix of accepts and rejects
     ref = guidance.new_cache(gen, cond)
@@ -207,7 +214,8 @@ def test_coupling_accepts_more_on_mildly_context_dependent_model():
 # ------------------------------------------------------------------------------------------------------------
 # mcsjd's options: Gumbel coupling and proactive drafting
 # ------------------------------------------------------------------------------------------------------------
-OPTIONS = [dict(proactive=3), dict(coupling="gumbel"), dict(coupling="gumbel", proactive=3), dict(proactive=2)]
+OPTIONS = [dict(proactive=3), dict(coupling="gumbel"), dict(coupling="gumbel", proactive=3), dict(proactive=2),
+           dict(proactive=(2, 2)), dict(coupling="gumbel", proactive=(3, 2, 2))]
 
 
 @pytest.mark.parametrize("options", OPTIONS)
@@ -222,7 +230,8 @@ def test_mcsjd_options_at_temperature_zero_are_greedy_ar(options, text):
         hist, k = out.extras["accepted_hist"], options.get("proactive", 1)
         assert out.nfe == max(out.extras["nfe_per_sample"]) and hist[0] == 0
         assert sum(c * i for i, c in enumerate(hist)) == 3 * 16  # every token accepted exactly once
-        assert out.extras["positions_per_pass"] == k * window and out.extras["proactive"] == k
+        assert out.extras["proactive"] == k
+        assert out.extras["positions_per_pass"] == rows_per_sample(k) * window
         assert out.extras["coupling"] == options.get("coupling", "maximal") and out.extras["lossless"]
 
 
@@ -242,7 +251,8 @@ def test_gumbel_coupling_is_ar_with_the_same_noise(text):
             p = sampling.probs(guidance.mix(guidance.step(gen, prev, torch.full((b, 1), i), cache)))[:, 0]
             tokens[:, i] = (p.log() + noise[:, i]).argmax(-1)
     nfes = []
-    for window, init, k in [(1, "random", 1), (4, "random", 1), (16, "repeat", 1), (6, "random", 4), (16, "random", 2)]:
+    for window, init, k in [(1, "random", 1), (4, "random", 1), (16, "repeat", 1), (6, "random", 4), (16, "random", 2),
+                            (6, "random", (3, 2)), (16, "repeat", (2, 2, 2))]:
         tok, nfe, extras = decode_mcsjd(gen, cond, sampling, torch.Generator().manual_seed(seed), window=window,
                                         init=init, coupling="gumbel", proactive=k, guidance=guidance)
         assert torch.equal(tok, tokens), (window, init, k)
@@ -260,6 +270,22 @@ def test_proactive_drafting_accepts_more(coupling):
     one = generate(stub, cond, decoder="mcsjd", window=16, seed=0, coupling=coupling)
     four = generate(stub, cond, decoder="mcsjd", window=16, seed=0, coupling=coupling, proactive=4)
     assert four.extras["mean_accepted"] > 1.1 * one.extras["mean_accepted"], (one.extras, four.extras)
+    # a candidate tree: 4 for the first open position and 4 for the next decides two positions before the drafts
+    tree = generate(stub, cond, decoder="mcsjd", window=16, seed=0, coupling=coupling, proactive=(4, 4))
+    assert tree.extras["mean_accepted"] > 1.02 * four.extras["mean_accepted"], (four.extras, tree.extras)
+
+
+def test_proactive_tree_of_one_level_is_plain_proactive():
+    """``proactive=(K,)`` is ``proactive=K`` token for token; under the Gumbel coupling so is ``(K, 1)`` (a single
+    candidate at the second level is the draft itself)."""
+    gen, cond = _ar(True), _cond(True)
+    kw = dict(decoder="mcsjd", window=6, seed=2, cfg_scale=2.0, top_k=20)
+    for coupling in ["maximal", "gumbel"]:
+        ref = generate(gen, cond, coupling=coupling, proactive=3, **kw)
+        same = [(3,)] + ([(3, 1), [3, 1, 1]] if coupling == "gumbel" else [])
+        for k in same:
+            out = generate(gen, cond, coupling=coupling, proactive=k, **kw)
+            assert torch.equal(out.tokens, ref.tokens) and out.nfe == ref.nfe, (coupling, k)
 
 
 def test_multi_draft_test_is_exact_by_enumeration():
@@ -369,6 +395,29 @@ def test_coupled_gsd_reduces_to_mcsjd_and_differs_from_sjd_drafts():
         generate(gen, cond, decoder="gsd", coupled=True, coupling="exact")
     with pytest.raises(ValueError, match="pass coupled=True with it"):
         generate(gen, cond, decoder="gsd", coupling="gumbel")
+
+
+def test_gsd_group_candidates():
+    """``group_candidates``: at group_rank=0 it changes nothing (mcsjd's Gumbel proactive drafting, token for token);
+    with a wide group a candidate near the Gumbel token wins the first open position, so runs get longer."""
+    torch.manual_seed(0)
+    v = 16
+    stub = Stub(2.0 * torch.randn(1, v, v), torch.zeros(1, v), 48)
+    cond = Conditioning(labels=torch.zeros(100, dtype=torch.long))
+    kw = dict(decoder="gsd", window=16, seed=0, coupled=True, coupling="gumbel")
+    for k in (3, (3, 2)):
+        exact = generate(stub, cond, decoder="mcsjd", window=16, seed=0, coupling="gumbel", proactive=k)
+        same = generate(stub, cond, proactive=k, group_rank=0, group_candidates=True, **kw)
+        assert torch.equal(same.tokens, exact.tokens) and same.nfe == exact.nfe
+        wide = dict(group_rank=3, p_thr=1.0, d_thr=1e9, proactive=k)
+        tree_exact = generate(stub, cond, **wide, **kw)
+        tree_group = generate(stub, cond, **wide, group_candidates=True, **kw)
+        assert tree_group.extras["mean_accepted"] > 1.05 * tree_exact.extras["mean_accepted"], k
+    gen, cond = _ar(), _cond(False)
+    with pytest.raises(ValueError, match="group_candidates=True applies to the Gumbel coupling"):
+        generate(gen, cond, decoder="gsd", coupled=True, proactive=2, group_candidates=True)
+    with pytest.raises(ValueError, match="group_candidates must be True or False"):
+        generate(gen, cond, decoder="gsd", coupled=True, coupling="gumbel", group_candidates=1)
 
 
 def test_gsd_match_is_the_group_of_the_gumbel_token():

@@ -14,6 +14,8 @@ the very same test (method and measured power: ``docs/lossless.md``).
 * The relaxed decoders (GSD with a real group, LANTERN with delta > 0) are flagged as not exact by the same test.
 """
 
+import math
+
 import pytest
 import torch
 from conftest import tiny_ar
@@ -44,6 +46,9 @@ EXACT = {
     "mcsjd-gumbel-random-w4": ("mcsjd", dict(window=4, coupling="gumbel"), 60_000),
     "mcsjd-gumbel-proactive3-repeat-w4": ("mcsjd", dict(window=4, init="repeat", coupling="gumbel", proactive=3),
                                           60_000),
+    "mcsjd-proactive2x2-random-w4": ("mcsjd", dict(window=4, proactive=(2, 2)), 150_000),
+    "mcsjd-gumbel-proactive2x2-repeat-w4": ("mcsjd", dict(window=4, init="repeat", coupling="gumbel", proactive=(2, 2)),
+                                            60_000),
     "gsd-group0": ("gsd", dict(window=4, group_rank=0), 60_000),
     "lantern-delta0": ("lantern", dict(window=4, latents=torch.eye(3), delta=0.0), 60_000),
 }
@@ -93,13 +98,23 @@ def share_noise(monkeypatch):
 def unfed_candidates(monkeypatch):
     """Broken control of ``proactive``: every row feeds the draft, not its own candidate, so the row of an accepted
     candidate verifies the rest of the window against conditionals of the wrong prefix."""
-    monkeypatch.setattr(jacobi, "_branch_inputs", lambda inputs, cand, c0: inputs.repeat_interleave(cand.shape[1], 0))
+    monkeypatch.setattr(jacobi, "_branch_inputs",
+                        lambda inputs, cands, c0: inputs.repeat_interleave(math.prod(c.shape[1] for c in cands), 0))
+
+
+def unfed_second_level(monkeypatch):
+    """Broken control of a candidate tree: the rows feed their first-level candidate but the draft in place of their
+    second-level one, so the row that wins both levels verifies the columns after them against the wrong prefix."""
+    real = jacobi._branch_inputs
+    monkeypatch.setattr(jacobi, "_branch_inputs", lambda inputs, cands, c0: real(
+        inputs, cands[:1], c0).repeat_interleave(math.prod(c.shape[1] for c in cands[1:]), 0))
 
 
 BROKEN = {"ratio x1.1": scale_ratio(1.1), "ratio x1.05": scale_ratio(1.05), "residual + 10% p": mix_residual(0.1)}
 #: the controls of the Gumbel coupling (it has no acceptance ratio or residual) and of proactive drafting
 GUMBEL_BROKEN = {"noise x1.1": scale_noise(1.1), "noise x1.05": scale_noise(1.05), "noise shared": share_noise}
 PROACTIVE_BROKEN = {"candidates not fed": unfed_candidates}
+TREE_BROKEN = {"second level not fed": unfed_second_level}
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +156,12 @@ CONTROLS = [(name, broken) for name in EXACT if name != "ar" and "gumbel" not in
             if broken == "ratio x1.1" or name.startswith(("sjd", "mcsjd"))]
 CONTROLS += [(name, broken) for name in EXACT if "gumbel" in name for broken in GUMBEL_BROKEN]
 CONTROLS += [(name, broken) for name in EXACT if "proactive" in name for broken in PROACTIVE_BROKEN]
+CONTROLS += [(name, broken) for name in EXACT if "2x2" in name for broken in TREE_BROKEN]
 
 
 @pytest.mark.parametrize("name,broken", CONTROLS)
 def test_broken_controls_fail_the_same_test(table, law, monkeypatch, name, broken):
-    {**BROKEN, **GUMBEL_BROKEN, **PROACTIVE_BROKEN}[broken](monkeypatch)
+    {**BROKEN, **GUMBEL_BROKEN, **PROACTIVE_BROKEN, **TREE_BROKEN}[broken](monkeypatch)
     decoder, kw, m = EXACT[name]
     pvalue = joint_pvalue(table_samples(table, decoder, m, **kw).tokens, law)
     assert pvalue < ALPHA, pvalue

@@ -69,8 +69,8 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
                rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                window: int = 16, init: Literal["random", "repeat"] = "random", group_rank: int = 7,
                p_thr: float = 0.15, d_thr: float = 0.5, embeddings: Tensor | None = None, coupled: bool = False,
-               coupling: Literal["maximal", "gumbel"] = "maximal", proactive: int = 1,
-               **unknown) -> tuple[Tensor, int, dict]:
+               coupling: Literal["maximal", "gumbel"] = "maximal", proactive: int | tuple[int, ...] = 1,
+               group_candidates: bool = False, **unknown) -> tuple[Tensor, int, dict]:
     """Grouped speculative decoding (arXiv 2508.07747).  **NOT lossless.**
 
     A draft ``x`` drawn from ``q`` is accepted with probability ``min(1, p(G) / q(G))`` for the group ``G`` of
@@ -92,16 +92,24 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
             passes when it is in the group of that token (:func:`gsd_match`) instead of only when equal to it.
         proactive: with ``coupled``, ``K`` candidates for the first open position as ``K`` rows of one pass, as
             ``decoder="mcsjd"``'s ``proactive`` (SJD-PAC); that position keeps the exact multi-draft test, the group
-            rule judges the columns after it.  1 = off.
+            rule judges the columns after it.  1 = off; a tuple ``(K1, K2, ..)`` is ``mcsjd``'s candidate tree.
+        group_candidates: with ``coupling="gumbel"`` and ``proactive``, a candidate also wins the first open position
+            when it is in the group of the Gumbel token there (and none equals it), instead of that position
+            needing the exact match.  More lossy, more tokens per pass.
     """
     check_options("gsd", window, init, INITS, unknown,
-                  "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=, coupling=, proactive=")
+                  "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=, coupling=, proactive=, "
+                  "group_candidates=")
     if not isinstance(coupled, bool):
         raise ValueError(f"gsd: coupled must be True or False, got {coupled!r}")
     check_choice("coupling", coupling, COUPLINGS)
     if coupling != "maximal" and not coupled:
         raise ValueError(f"gsd: coupling={coupling!r} couples the drafts: pass coupled=True with it")
-    check_count("proactive", proactive, hint=" (candidates for the first open position; 1 = off)")
+    if not isinstance(group_candidates, bool):
+        raise ValueError(f"gsd: group_candidates must be True or False, got {group_candidates!r}")
+    if group_candidates and coupling != "gumbel":
+        raise ValueError("gsd: group_candidates=True applies to the Gumbel coupling's candidates: pass coupled=True, "
+                         "coupling='gumbel' (the maximal coupling's candidates keep the exact multi-draft test)")
     vocab = check_generator(generator, "gsd")
     check_count("group_rank", group_rank, 0, " (0 = plain SJD)")
     if not p_thr > 0 or not d_thr > 0:
@@ -110,7 +118,8 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
     group = dict(group_rank=group_rank, p_thr=p_thr, d_thr=d_thr, embeddings=emb)
     return jacobi_decode(generator, cond, sampling, rng, name="gsd", window=window, init=init, coupled=coupled,
                          ratio=partial(gsd_ratio, **group), lossless=group_rank == 0, progress=progress,
-                         guidance=guidance, coupling=coupling, proactive=proactive, match=partial(gsd_match, **group))
+                         guidance=guidance, coupling=coupling, proactive=proactive, match=partial(gsd_match, **group),
+                         match_candidates=group_candidates)
 
 
 def gsd_match(p: Tensor, x: Tensor, made: Tensor, *, group_rank: int, p_thr: float, d_thr: float,

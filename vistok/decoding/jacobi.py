@@ -37,6 +37,7 @@ Legend: b batch, w window, v vocab, n tokens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Literal, NamedTuple
 
@@ -191,8 +192,9 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
                   name: str, window: int, init: str, coupled: bool,
                   ratio: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None, lossless: bool = True,
                   progress: bool = False, guidance: Guidance | None = None, coupling: str = "maximal",
-                  proactive: int = 1,
-                  match: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None) -> tuple[Tensor, int, dict]:
+                  proactive: int | tuple[int, ...] = 1,
+                  match: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+                  match_candidates: bool = False) -> tuple[Tensor, int, dict]:
     """The shared speculative Jacobi loop (see the module docstring).
 
     Args:
@@ -203,22 +205,25 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         coupling: with ``coupled``, ``"maximal"`` (accept/resample at every position) or ``"gumbel"`` (Gumbel-max
             with noise fixed per position: Jacobi iteration of a deterministic map).
         proactive: candidates for the first position not accepted yet, each fed as its own cache row (``proactive``
-            rows per sample, one forward pass); 1 = none.  Needs ``coupled``.  With a relaxed ``ratio`` the first
-            open position is still decided by the exact multi-draft test; ``ratio`` judges the columns after it.
+            rows per sample, one forward pass); 1 = none.  Needs ``coupled``.  A tuple ``(K1, K2, ..)`` is a
+            candidate tree over the first open positions: ``K1`` for the first, ``K2`` for the second under each of
+            those, ...: ``K1 * K2 * ..`` rows.  With a relaxed ``ratio`` (or ``match``) the tree's positions are still
+            decided by the exact (multi-draft) test; ``ratio`` judges the columns after them.
         match: the Gumbel coupling's relaxed rule (``ratio`` is not used there): ``(p, x, made) -> (b, w)`` bool,
             also accept draft ``x`` where it differs from the Gumbel token ``made``; with ``proactive`` the first
-            open position still needs the exact match.
+            open position still needs the exact match unless ``match_candidates``.
+        match_candidates: with ``match`` and ``proactive``, a candidate that ``match`` passes wins the tree's position
+            when no candidate equals the Gumbel token (the first such candidate, in the order of the stale scores).
     """
     v = check_generator(generator, name)
-    if proactive > 1 and not coupled:
+    tree = check_proactive(proactive, v)
+    k = math.prod(tree)  # cache rows per sample
+    if k > 1 and not coupled:
         raise ValueError(f"decoder {name!r}: proactive drafting needs coupled drafts (decoder='mcsjd', or "
                          "decoder='gsd' with coupled=True)")
-    if proactive > v:
-        raise ValueError(f"proactive must be <= vocab_size ({v}) candidates, got {proactive}")
     gumbel = coupled and coupling == "gumbel"
     ratio = ratio or _standard_ratio
     guidance = guidance or Guidance()
-    k = proactive  # cache rows per sample
     cache = guidance.new_cache(generator, cond.repeat_interleave(k) if k > 1 else cond)
     b, n, device = cond.batch_size, generator.seq_len, cache.lengths.device
     win = DraftWindow(b, n, window, device, name, progress)
@@ -245,16 +250,19 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
         inputs, step_pos, branch = seq.gather(1, (pos - 1).clamp(min=0)), pos, None
         if k > 1:
             c0 = (win.acc - start).clamp(max=w - 1)  # column of the first position not accepted yet
-            cand = _candidates(x[rows, c0], q[rows, c0], drafted[rows, c0], g if noise is None else g[rows, c0], k,
-                               gumbel, sampling, rng)
-            inputs, step_pos = _branch_inputs(inputs, cand, c0), pos.repeat_interleave(k, 0)
-            branch = _Branches(cand, c0, win.acc < n, rows)
+            cands = []
+            for level, kl in enumerate(tree):  # candidates for columns c0, c0 + 1, ..
+                c = (c0 + level).clamp(max=w - 1)
+                cands.append(_candidates(x[rows, c], q[rows, c], drafted[rows, c], g if noise is None else g[rows, c],
+                                         kl, gumbel, sampling, rng))
+            inputs, step_pos = _branch_inputs(inputs, cands, c0), pos.repeat_interleave(k, 0)
+            branch = _Branches(cands, c0, win.acc < n, rows)
         p = sampling.probs(guidance.mix(guidance.step(generator, inputs, step_pos, cache)))
         if branch is not None:
             p = p.view(b, k, w, v)
         if gumbel:
             p, new, first, winner = _verify_gumbel(p, g[:, None] if branch and noise is not None else g, x, has,
-                                                   pos, win.acc, branch, match)
+                                                   pos, win.acc, branch, match, match_candidates)
         else:
             p, new, first, winner = _verify_ratio(p, q, x, has, pos, win.acc, sampling, rng, ratio, coupled, branch)
         seq.scatter_(1, pos, torch.where(cols >= first[:, None], new, x))
@@ -263,17 +271,39 @@ def jacobi_decode(generator, cond: Conditioning, sampling: SamplingArgs, rng: to
             cache.take_rows(torch.cat([src + i * b * k for i in range(cache.group)]))
         win.accept(start, first, cache, copies=k)
         s_prev, p_prev = start, p
-    extras = {"coupling": coupling, "proactive": k} if coupled else {}
+    extras = {"coupling": coupling, "proactive": tree[0] if len(tree) == 1 else tree} if coupled else {}
     return seq, win.nfe, win.extras(lossless=lossless, **extras, positions_per_pass=k * w)
 
 
 class _Branches(NamedTuple):
-    """Proactive drafting: ``cand`` (b, k) candidates for column ``c0`` (b,) of each sample's window, ``open0`` (b,)
-    whether that position is still open, ``rows`` = ``arange(b)``."""
-    cand: Tensor
+    """Proactive drafting: ``cands[l]`` (b, K_l) candidates for column ``c0 + l`` of each sample's window (``c0`` (b,)
+    the first open column), ``open0`` (b,) whether that position is still open, ``rows`` = ``arange(b)``.  Cache row
+    ``sum_l j_l * stride_l`` (``stride_l = K_{l+1} * ..``) feeds candidate ``j_l`` of every level."""
+    cands: list[Tensor]
     c0: Tensor
     open0: Tensor
     rows: Tensor
+
+    def levels(self, w: int) -> Iterator[tuple[int, Tensor, Tensor, Tensor]]:
+        """``(stride, candidates (b, K), column (b,), column inside the window (b,))`` per level."""
+        stride = math.prod(c.shape[1] for c in self.cands)
+        for level, cand in enumerate(self.cands):
+            stride //= cand.shape[1]
+            col = self.c0 + level
+            yield stride, cand, col.clamp(max=w - 1), col < w
+
+
+def check_proactive(proactive, vocab: int) -> tuple[int, ...]:
+    """``proactive`` as a tuple of candidate counts per level (an int is one level); ValueError if malformed."""
+    tree = tuple(proactive) if isinstance(proactive, (tuple, list)) else (proactive,)
+    if not tree:
+        raise ValueError("proactive must be an int >= 1 or a non-empty tuple of them, got ()")
+    for kl in tree:
+        check_count("proactive", kl, hint=" (candidates for the first open position; 1 = off; a tuple (K1, K2, ..) "
+                    "for a candidate tree over the first open positions)")
+        if kl > vocab:
+            raise ValueError(f"proactive must be <= vocab_size ({vocab}) candidates, got {kl}")
+    return tree
 
 
 def _first_failure(passed: Tensor, pos: Tensor, acc: Tensor) -> Tensor:
@@ -282,27 +312,38 @@ def _first_failure(passed: Tensor, pos: Tensor, acc: Tensor) -> Tensor:
 
 
 def _verify_gumbel(p: Tensor, g: Tensor | float, x: Tensor, has: Tensor, pos: Tensor, acc: Tensor,
-                   branch: _Branches | None, match: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
-                   ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+                   branch: _Branches | None, match: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None,
+                   match_candidates: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """Gumbel coupling: every column's token is ``argmax(log p + g)``, final where the inputs before it are.
 
-    ``p`` is (b, w, v), or (b, k, w, v) with ``branch``; ``x`` (b, w) are the drafts (the winning candidate is
-    written into column ``c0``).  Returns ``(p of the carried-on row (b, w, v), new tokens (b, w), first failing
-    column (b,), winning row (b,) or None)``.
+    ``p`` is (b, w, v), or (b, k, w, v) with ``branch``; ``x`` (b, w) are the drafts (the winning candidates are
+    written into the tree's columns).  ``match`` (relaxed rules) also passes drafts close to the Gumbel token; with
+    ``match_candidates`` it picks a tree candidate too when none equals the token.  Returns ``(p of the carried-on
+    row (b, w, v), new tokens (b, w), first failing column (b,), winning row (b,) or None)``.
     """
-    made = (p.log() + g).argmax(-1)  # (b [k]) w
-    winner = None
+    made = (p.log() + g).argmax(-1)  # b [k] w
+    winner, tree = None, []
     if branch is not None:
-        cand, c0, open0, rows = branch
-        hits = cand == made[rows, 0, c0][:, None]  # which candidate is the token of the first open position
-        winner, hit = hits.long().argmax(1), hits.any(1)
+        rows, w = branch.rows, x.shape[1]
+        winner, alive = torch.zeros_like(rows), branch.open0
+        for stride, cand, col, inside in branch.levels(w):  # walk down the tree while candidates hit
+            token = made[rows, winner, col]
+            hits = cand == token[:, None]  # which candidate is the token of this position
+            if match is not None and match_candidates:  # else the first candidate in its group (lossy)
+                near = match(p[rows, winner, col][:, None].expand(-1, cand.shape[1], -1), cand,
+                             token[:, None].expand_as(cand))
+                hits = torch.where(hits.any(1, keepdim=True), hits, near)
+            here = alive & inside
+            pick, hit = hits.long().argmax(1), hits.any(1) & here
+            x[rows, col] = torch.where(hit, cand[rows, pick], x[rows, col])
+            tree.append((col, here, hit))
+            winner, alive = winner + torch.where(hit, pick * stride, 0), hit
         p, made = p[rows, winner], made[rows, winner]
-        x[rows, c0] = torch.where(hit & open0, cand[rows, winner], x[rows, c0])
     passed = x == made
     if match is not None:  # a relaxed rule: a draft close enough to the Gumbel token passes too (lossy)
         passed = passed | match(p, x, made)
-        if branch is not None:
-            passed[rows, c0] = x[rows, c0] == made[rows, c0]
+    for col, here, hit in tree:  # the tree's positions pass where a candidate won
+        passed[branch.rows, col] = torch.where(here, hit, passed[branch.rows, col])
     return p, made, _first_failure(has & passed, pos, acc), winner
 
 
@@ -322,17 +363,22 @@ def _verify_ratio(p: Tensor, q: Tensor, x: Tensor, has: Tensor, pos: Tensor, acc
                 else torch.rand(b, n, generator=rng, device=device))
 
     r = uniforms(w)
-    winner = None
-    if branch is not None:  # the first open position: multi-draft test of the candidates (row 0's is the draft)
-        cand, c0, open0, rows = branch
-        r_more = uniforms(cand.shape[1] - 1)
-        winner, hit, token = _multi_draft(p[rows, 0, c0], q[rows, c0], cand,
-                                          torch.cat([r[rows, c0][:, None], r_more], 1), sampling, rng)
-        p = p[rows, winner]  # the row whose candidate was accepted carries on
-        x[rows, c0] = torch.where(open0, token, x[rows, c0])
+    winner, tree = None, []
+    if branch is not None:  # the tree's positions: multi-draft tests of the candidates (candidate 0 is the draft)
+        rows = branch.rows
+        winner, alive = torch.zeros_like(rows), branch.open0
+        for stride, cand, col, inside in branch.levels(w):
+            r_more = uniforms(cand.shape[1] - 1)
+            pick, hit, token = _multi_draft(p[rows, winner, col], q[rows, col], cand,
+                                            torch.cat([r[rows, col][:, None], r_more], 1), sampling, rng)
+            here = alive & inside  # decided by this test (a failed test ends the tree: its token is the draw)
+            x[rows, col] = torch.where(here, token, x[rows, col])
+            tree.append((col, here, hit))
+            winner, alive = winner + torch.where(here & hit, pick * stride, 0), here & hit
+        p = p[rows, winner]  # the row whose candidates were accepted carries on
     passed = has & (r < ratio(p, q, x))
-    if branch is not None:
-        passed[rows, c0] = hit
+    for col, here, hit in tree:
+        passed[rows, col] = torch.where(here, hit, passed[rows, col])
     first = _first_failure(passed, pos, acc)
     cols = torch.arange(w, device=device)
     after = cols > first[:, None]
@@ -341,8 +387,8 @@ def _verify_ratio(p: Tensor, q: Tensor, x: Tensor, has: Tensor, pos: Tensor, acc
     if coupled:  # maximal coupling: a draft that passes the test against the new p is kept
         new = torch.where(after & passed if ratio is _standard_ratio
                           else after & has & (r < _standard_ratio(p, q, x)), x, new)
-    if branch is not None:
-        new[rows, c0] = x[rows, c0]  # the token of the multi-draft test (accepted or drawn)
+    for col, here, _ in tree:  # the token of the multi-draft test (accepted or drawn)
+        new[rows, col] = torch.where(here, x[rows, col], new[rows, col])
     return p, new, first, winner
 
 
@@ -364,12 +410,18 @@ def _candidates(x0: Tensor, q0: Tensor, drafted0: Tensor, g0: Tensor | float, k:
     return scores.scatter(1, x0[:, None], float("inf")).topk(k, dim=1).indices
 
 
-def _branch_inputs(inputs: Tensor, cand: Tensor, c0: Tensor) -> Tensor:
-    """Inputs (b, w) -> (b * k, w): row ``j`` of a sample feeds candidate ``j`` as the input after column ``c0``."""
+def _branch_inputs(inputs: Tensor, cands: list[Tensor], c0: Tensor) -> Tensor:
+    """Inputs (b, w) -> (b * k, w): cache row ``sum_l j_l * stride_l`` of a sample feeds candidate ``j_l`` of level
+    ``l`` as the input after column ``c0 + l`` (see :class:`_Branches`)."""
     b, w = inputs.shape
-    out = inputs[:, None].repeat(1, cand.shape[1], 1)
-    ok = c0 + 1 < w
-    out[ok.nonzero()[:, 0], :, (c0 + 1)[ok]] = cand[ok]
+    k = math.prod(c.shape[1] for c in cands)
+    out = inputs[:, None].repeat(1, k, 1)
+    rows, stride = torch.arange(k, device=inputs.device), k
+    for level, cand in enumerate(cands):
+        stride //= cand.shape[1]
+        col = c0 + level + 1
+        ok = (col < w).nonzero()[:, 0]
+        out[ok[:, None], rows, col[ok][:, None]] = cand[ok][:, (rows // stride) % cand.shape[1]]
     return out.flatten(0, 1)
 
 
@@ -393,7 +445,7 @@ def decode_sjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
 def decode_mcsjd(generator: CausalGenerator, cond: Conditioning, sampling: SamplingArgs,
                  rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                  window: int = 16, init: Literal["random", "repeat"] = "random",
-                 coupling: Literal["maximal", "gumbel"] = "maximal", proactive: int = 1,
+                 coupling: Literal["maximal", "gumbel"] = "maximal", proactive: int | tuple[int, ...] = 1,
                  **unknown) -> tuple[Tensor, int, dict]:
     """SJD with coupled drafts (MC-SJD / speculative coupled decoding, arXiv 2510.24211).  Lossless in every option.
 
@@ -412,10 +464,12 @@ def decode_mcsjd(generator: CausalGenerator, cond: Conditioning, sampling: Sampl
             Maximal coupling: candidates 2..K are drawn from the draft's ``q`` without replacement and tested by
             recursive rejection (multi-draft speculative sampling); Gumbel: they are the next best ids of the stale
             scores ``log q + g``.  NFE is unchanged; the positions fed per pass grow ``K``-fold
-            (``extras["positions_per_pass"]``).  1 = off.
+            (``extras["positions_per_pass"]``).  1 = off.  A tuple ``(K1, K2, ..)`` grows a candidate tree over
+            the first open positions: ``K1`` candidates for the first, ``K2`` for the second (drawn the same way from
+            its stale ``q``) under each of those, ...; ``K1 * K2 * ..`` rows, and each level that hits decides one
+            more position before the drafts are checked.
     """
     check_options("mcsjd", window, init, INITS, unknown, "window=, init=, coupling=, proactive=")
     check_choice("coupling", coupling, COUPLINGS)
-    check_count("proactive", proactive, hint=" (candidates for the first open position; 1 = off)")
     return jacobi_decode(generator, cond, sampling, rng, name="mcsjd", window=window, init=init, coupled=True,
                          progress=progress, guidance=guidance, coupling=coupling, proactive=proactive)
