@@ -192,6 +192,27 @@ def benchmark(pipe: Pipeline, captions: list[str], *, num_samples: int, batch: i
     return rows
 
 
+def paired_rows(rows: list[dict], ref: int) -> str:
+    """Every row against row ``ref`` (0 = AR) image by image: GenEval-lite difference with its 95 % interval, and the
+    share of images whose tokens equal that row's.  Pairing two decoders that share their randomness (e.g. the Gumbel
+    noise of ``coupling="gumbel"``: a relaxed rule against the exact decoder) gives a far tighter interval than
+    pairing with AR's independent samples."""
+    if not 0 <= ref < len(rows):
+        raise SystemExit(f"--pair-row {ref}: the table has rows 0..{len(rows) - 1}")
+    base = rows[ref]
+    out = [f"Paired with row {ref} ({base['decoder']} W={base['window']} {base['options'] or '-'}):", "",
+           "| decoder | W | options | GenEval overall | vs that row, paired 95 % | same tokens |",
+           "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        if i == ref:
+            continue
+        delta, half = paired_difference(r["per_image"], base["per_image"])
+        same = float((r["tokens"] == base["tokens"]).all(1).float().mean())
+        out.append(f"| {r['decoder']} | {r['window']} | {r['options'] or '-'} | {r['geneval']:.3f} | "
+                   f"{delta:+.3f} +- {half:.3f} | {same:.0%} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict], title: str) -> str:
     out = [f"### {title}", "",
            "| decoder | W | options | NFE/sample | NFE/batch | step compression | AR s | decoder s | speed-up | "
@@ -268,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--pair-row", type=int, default=None,
+                   help="also pair every row image by image with this row of the table (0 = AR)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip-random", action="store_true", help="skip the random-init (artefact) table")
     p.add_argument("--plot", default=None, help="save a speed-vs-quality PNG here")
@@ -313,6 +336,8 @@ def main(argv: list[str] | None = None) -> None:
     title = "trained model" if trained else "random tiny model (ARTEFACT: no trained model found)"
     results[title] = benchmark(pipe, captions, **kw)
     print(table(results[title], title), "\n")
+    if args.pair_row is not None:
+        print(paired_rows(results[title], args.pair_row), "\n")
     if trained and not args.skip_random:
         title = "random-init generator (ARTEFACT: context-blind conditionals, not a result)"
         results[title] = benchmark(randomize(pipe), captions, **kw)

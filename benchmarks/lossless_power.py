@@ -106,6 +106,7 @@ def main() -> None:
             # the Gumbel coupling has no ratio or residual: its own controls; proactive drafting adds one
             own = {"none": None, **tl.GUMBEL_BROKEN} if "gumbel" in name else controls
             own = {**own, **tl.PROACTIVE_BROKEN} if "proactive" in name else own
+            own = {**own, **tl.TREE_BROKEN} if "2x2" in name else own
             for control, patch in own.items():
                 if name == "ar" and patch is not None:
                     continue

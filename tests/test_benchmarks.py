@@ -336,6 +336,14 @@ def test_decoding_benchmark_pairs_images_with_ar_and_runs_ar_once_without_timing
     assert spec["paired_delta"] == pytest.approx(sum(diff) / 4)
     assert spec["geneval_seeds"] == pytest.approx([sum(spec["per_image"][:2]) / 2, sum(spec["per_image"][2:]) / 2])
     assert "+- " in module.table(rows, "t")
+    # pairing with another row: against itself every image is the same; against AR the same numbers as above
+    paired = module.paired_rows(rows, 1)
+    assert "Paired with row 1 (mcsjd W=4 -)" in paired and f"| ar | 1 | - | {ar['geneval']:.3f} | " in paired
+    assert f"{-spec['paired_delta']:+.3f} +- {spec['paired_ci95']:.3f}" in paired
+    same = float((spec["tokens"] == ar["tokens"]).all(1).float().mean())
+    assert paired.strip().endswith(f"| {same:.0%} |")
+    with pytest.raises(SystemExit, match="--pair-row 2"):
+        module.paired_rows(rows, 2)
 
 
 def test_pass_cost_splits_forward_from_the_rest_and_unwraps_the_step(capsys):

@@ -46,7 +46,7 @@ EXACT = {
     "mcsjd-gumbel-random-w4": ("mcsjd", dict(window=4, coupling="gumbel"), 60_000),
     "mcsjd-gumbel-proactive3-repeat-w4": ("mcsjd", dict(window=4, init="repeat", coupling="gumbel", proactive=3),
                                           60_000),
-    "mcsjd-proactive2x2-random-w4": ("mcsjd", dict(window=4, proactive=(2, 2)), 150_000),
+    "mcsjd-proactive2x2-repeat-w4": ("mcsjd", dict(window=4, init="repeat", proactive=(2, 2)), 60_000),
     "mcsjd-gumbel-proactive2x2-repeat-w4": ("mcsjd", dict(window=4, init="repeat", coupling="gumbel", proactive=(2, 2)),
                                             60_000),
     "gsd-group0": ("gsd", dict(window=4, group_rank=0), 60_000),

@@ -118,7 +118,8 @@ def gen():
 @given(window=st.integers(1, 12), init=st.sampled_from(["random", "repeat"]), seed=st.integers(0, 2**31),
        decoder=st.sampled_from(["sjd", "mcsjd"]), cfg=st.sampled_from([1.0, 3.0]),
        labels=st.lists(st.integers(-1, 3), min_size=1, max_size=3),
-       options=st.sampled_from([{}, {"proactive": 3}, {"coupling": "gumbel"}, {"coupling": "gumbel", "proactive": 2}]))
+       options=st.sampled_from([{}, {"proactive": 3}, {"coupling": "gumbel"}, {"coupling": "gumbel", "proactive": 2},
+                                {"proactive": (2, 2)}, {"coupling": "gumbel", "proactive": (3, 2)}]))
 def test_jacobi_at_temperature_zero_is_greedy_ar(gen, window, init, seed, decoder, cfg, labels, options):
     cond = Conditioning(labels=torch.tensor(labels))
     ar = generate(gen, cond, decoder="ar", temperature=0.0, cfg_scale=cfg)
