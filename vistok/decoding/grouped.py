@@ -93,9 +93,10 @@ def decode_gsd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         proactive: with ``coupled``, ``K`` candidates for the first open position as ``K`` rows of one pass, as
             ``decoder="mcsjd"``'s ``proactive`` (SJD-PAC); that position keeps the exact multi-draft test, the group
             rule judges the columns after it.  1 = off; a tuple ``(K1, K2, ..)`` is ``mcsjd``'s candidate tree.
-        group_candidates: with ``coupling="gumbel"`` and ``proactive``, a candidate also wins the first open position
-            when it is in the group of the Gumbel token there (and none equals it), instead of that position
-            needing the exact match.  More lossy, more tokens per pass.
+        group_candidates: with ``coupling="gumbel"`` and ``proactive``, a candidate also wins a position of the
+            candidate tree when it is in the group of the Gumbel token there (and none equals it), instead of that
+            position needing the exact match.  More lossy; on ``vistok/assets/vq256`` it gave no measurable gain
+            (``docs/speed.md``).
     """
     check_options("gsd", window, init, INITS, unknown,
                   "window=, init=, group_rank=, p_thr=, d_thr=, embeddings=, coupled=, coupling=, proactive=, "
