@@ -329,7 +329,7 @@ def _verify_gumbel(p: Tensor, g: Tensor | float, x: Tensor, has: Tensor, pos: Te
         for stride, cand, col, inside in branch.levels(w):  # walk down the tree while candidates hit
             token = made[rows, winner, col]
             hits = cand == token[:, None]  # which candidate is the token of this position
-            if match is not None and match_candidates:  # else the first candidate in its group (lossy)
+            if match is not None and match_candidates:  # no exact hit: the first candidate in its group (lossy)
                 near = match(p[rows, winner, col][:, None].expand(-1, cand.shape[1], -1), cand,
                              token[:, None].expand_as(cand))
                 hits = torch.where(hits.any(1, keepdim=True), hits, near)
