@@ -42,7 +42,7 @@ import torch
 
 from vistok.data import ShapesDataset
 from vistok.data.geneval import disc_baseline, score_batch, score_image
-from vistok.decoding import generate
+from vistok.decoding import generate, parse_options
 from vistok.evaluation import fid_from_features, paired_difference
 from vistok.sample import DEFAULT_MODEL, Pipeline
 
@@ -74,27 +74,10 @@ def randomize(pipe: Pipeline) -> Pipeline:
 def option_sets(specs: list[str]) -> list[dict]:
     """``["", "coupling=gumbel,proactive=4"]`` -> ``[{}, {"coupling": "gumbel", "proactive": 4}]`` (ints, floats and
     ``true``/``false`` parsed; ``8x2`` is the tuple ``(8, 2)``: a candidate tree for ``proactive``)."""
-
-    def value(v: str):
-        v = v.strip()
-        if "x" in v and all(part.isdigit() for part in v.split("x")):
-            return tuple(int(part) for part in v.split("x"))
-        if v.lower() in ("true", "false"):
-            return v.lower() == "true"
-        for kind in (int, float):
-            try:
-                return kind(v)
-            except ValueError:
-                pass
-        return v
-
-    sets = []
-    for spec in specs:
-        items = [kv.split("=", 1) for kv in spec.split(",") if kv.strip()]
-        if any(len(kv) != 2 for kv in items):
-            raise SystemExit(f"options must be key=value[,key=value], got {spec!r}")
-        sets.append({k.strip(): value(v) for k, v in items})
-    return sets
+    try:
+        return [parse_options(spec) for spec in specs]
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
 
 
 def decoder_options(pipe: Pipeline, decoder: str, window: int | None, extra: dict | None = None) -> dict:

@@ -148,9 +148,10 @@ class Counter:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self._undo: list[Callable[[], None]] = []
 
     def module(self, key: str, module: nn.Module) -> None:
-        module.register_forward_pre_hook(lambda *_: self._add(key))
+        self._undo.append(module.register_forward_pre_hook(lambda *_: self._add(key)).remove)
 
     def method(self, key: str, owner: object, name: str) -> None:
         fn = getattr(owner, name)
@@ -160,6 +161,12 @@ class Counter:
             return fn(*a, **k)
 
         setattr(owner, name, wrapped)
+        self._undo.append(lambda: owner.__dict__.pop(name))
+
+    def detach(self) -> None:
+        """Remove the hooks and wrappers (before compiling: a compiled graph would not count calls)."""
+        while self._undo:
+            self._undo.pop()()
 
     def _add(self, key: str) -> None:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -192,6 +199,7 @@ class Case:
     ops: dict[str, tuple[Side, Side | None]]  # op name -> (vistok, official)
     compare: Callable[[str, object, object], str] | None = None
     params: int = 0
+    model: nn.Module | None = None  # vistok's model (``--compile`` compiles its ``inference_methods``)
 
 
 def _labels(batch: int, num_classes: int) -> Tensor:
@@ -249,7 +257,7 @@ def build_titok(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
         return _same_ids(a, b) if op == "encode" else _max_diff(a, b)
 
     return Case("titok", "TiTok-S-128" + (" tiny" if tiny else ""), ops, compare,
-                sum(p.numel() for p in ours.parameters()))
+                sum(p.numel() for p in ours.parameters()), ours)
 
 
 # -- NAR and LlamaGen (LlamaGen-fork GPTs) ---------------------------------------------------------------------
@@ -300,7 +308,7 @@ def build_nar(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
     ours.eval()
     ops = _gpt_sides(ours, ours.right_norm, official, gen_fn, "nar", a, cfg=4.0)
     return Case("nar", "NAR-B" + (" tiny" if tiny else ""), ops, lambda op, x, y: _same_ids(x, y),
-                sum(p.numel() for p in ours.parameters()))
+                sum(p.numel() for p in ours.parameters()), ours)
 
 
 def build_llamagen(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
@@ -326,7 +334,7 @@ def build_llamagen(repo: str | None, tiny: bool, args: argparse.Namespace) -> Ca
     ops = _gpt_sides(ours, ours.norm, official, gen_fn, "ar", a, cfg=4.0)
     return Case("llamagen", "LlamaGen GPT-B" + (" tiny" if tiny else ""), ops,
                 lambda op, x, y: _same_ids(x, y) + " (1D vs 2D RoPE: not expected equal)",
-                sum(p.numel() for p in ours.parameters()))
+                sum(p.numel() for p in ours.parameters()), ours)
 
 
 # -- MAR ------------------------------------------------------------------------------------------------------
@@ -389,7 +397,7 @@ def build_mar(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
 
     return Case("mar", f"MAR-B{' tiny' if tiny else ''} {iters} it x {a['num_sampling_steps']} steps",
                 {"generate": (vside, oside)}, compare if official is not None else None,
-                sum(p.numel() for p in ours.parameters()))
+                sum(p.numel() for p in ours.parameters()), ours)
 
 
 # -- xAR ------------------------------------------------------------------------------------------------------
@@ -431,7 +439,7 @@ def build_xar(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
         randomize(ours, seed=5)
     ours.eval()
     return Case("xar", f"xAR-B{' tiny' if tiny else ''} 4 cells x {steps} steps", {"generate": (vside, oside)},
-                lambda op, x, y: _max_diff(x, y), sum(p.numel() for p in ours.parameters()))
+                lambda op, x, y: _max_diff(x, y), sum(p.numel() for p in ours.parameters()), ours)
 
 
 BUILDERS: dict[str, Callable[[str | None, bool, argparse.Namespace], Case]] = dict(
@@ -490,10 +498,28 @@ def _profiled(side: Side, batch: int, path: Path | None) -> tuple[float, object,
     return result
 
 
-def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Path | None = None) -> list[dict]:
+def _agreement(a: Tensor, b: Tensor) -> str:
+    return _max_diff(a, b) if a.is_floating_point() else _same_ids(a, b)
+
+
+def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Path | None = None,
+               compile: bool = False) -> list[dict]:
     """Rows of ``{model, op, batch, vistok_s, official_s, ratio, passes, check}`` (seconds are medians);
-    ``profile_dir``: run the warm-up calls under ``torch.profiler`` and write their op tables there."""
+    ``profile_dir``: run the warm-up calls under ``torch.profiler`` and write their op tables there.
+
+    ``compile``: time vistok with :func:`vistok.compile_inference` (Inductor, frozen weights).  Every vistok cell
+    first runs once in eager mode (its pass, op and sync counts, and the reference for the ``vs eager`` column),
+    then the model is compiled and each cell warms up twice untimed (compilation; ``compile_s`` = the first)."""
     rows = []
+    eager: dict[tuple[str, int], tuple] = {}
+    if compile:
+        from vistok import compile_inference
+
+        for op, (ours, _) in case.ops.items():
+            for b in batch_sizes:
+                eager[op, b] = _profiled(ours, b, None)
+            ours.counter.detach()
+        compile_inference(case.model)
     for op, (ours, official) in case.ops.items():
         for b in batch_sizes:
             sides = [("vistok", ours)] + ([("official", official)] if official is not None else [])
@@ -501,7 +527,12 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
             outs, counts = {}, {}
             for name, side in sides:  # warm-up (untimed, profiled if asked), kept for the agreement check
                 path = profile_dir / f"{case.name}_{op}_b{b}_{name}.txt" if profile_dir else None
-                _, outs[name], counts[name] = _profiled(side, b, path)
+                if compile and name == "vistok":
+                    compile_s, outs[name], _ = _timed(side, b, seed=0)
+                    outs[name] = _timed(side, b, seed=0)[1]
+                    counts[name] = dict(eager[op, b][2])
+                else:
+                    _, outs[name], counts[name] = _profiled(side, b, path)
             for r in range(repeats):
                 order = sides if r % 2 == 0 else sides[::-1]  # A B, B A, ...: load drifts hit both alike
                 for name, side in order:
@@ -510,6 +541,8 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
             row = dict(model=case.name, preset=case.preset, op=op, batch=b, params=case.params,
                        vistok_s=statistics.median(times["vistok"]), vistok_passes=counts["vistok"],
                        vistok_sync_sites=sites["vistok"])
+            if compile:
+                row.update(compiled=True, compile_s=compile_s, vs_eager=_agreement(outs["vistok"], eager[op, b][1]))
             if official is not None:
                 row.update(official_s=statistics.median(times["official"]), official_passes=counts["official"],
                            ratio=statistics.median(times["vistok"]) / statistics.median(times["official"]))
@@ -532,6 +565,8 @@ def _format(row: dict) -> str:
     cells = [row["preset"], row["op"], str(row["batch"]), f"{row['vistok_s']:.3f}",
              "-" if off is None else f"{off:.3f}", "-" if off is None else f"{row['ratio']:.2f}",
              _passes(row["vistok_passes"]), _passes(row.get("official_passes")) or "-", row.get("check", "-")]
+    if row.get("compiled"):
+        cells += [f"{row['compile_s']:.0f}", row["vs_eager"]]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -551,15 +586,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="profile the (untimed) warm-up call of each side and cell; op tables go to DIR")
+    p.add_argument("--compile", action="store_true",
+                   help="time vistok compiled (vistok.compile_inference: Inductor, frozen weights); adds the columns "
+                        "'compile s' (first call) and 'vs eager' (agreement with vistok's eager output)")
     args = p.parse_args(argv)
     if args.repeats < 1 or any(b < 1 for b in args.batch_sizes):
         p.error("--repeats and --batch-sizes must be >= 1")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecated torch APIs the official code uses
     print(f"torch {torch.__version__}, CPU fp32, {torch.get_num_threads()} threads, median of {args.repeats} "
-          f"alternating calls; ratio = vistok / official time (< 1: vistok faster)\n")
-    print("| model | op | batch | vistok s | official s | ratio | vistok passes | official passes | check |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"alternating calls; ratio = vistok / official time (< 1: vistok faster); vistok "
+          f"{'compiled (Inductor, frozen weights)' if args.compile else 'eager'}\n")
+    extra = " compile s | vs eager |" if args.compile else ""
+    print("| model | op | batch | vistok s | official s | ratio | vistok passes | official passes | check |" + extra)
+    print("|---|---|---|---|---|---|---|---|---|" + "---|---|" * args.compile)
     rows: list[dict] = []
     for m in args.models:
         repo = getattr(args, f"{m}_repo")
@@ -568,7 +608,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except OfficialUnavailable as e:
             print(f"| {m} | official code unavailable, vistok alone: {e} |", flush=True)
             case = BUILDERS[m](None, args.tiny, args)
-        rows += bench_case(case, args.batch_sizes, args.repeats, args.profile)
+        rows += bench_case(case, args.batch_sizes, args.repeats, args.profile, compile=args.compile)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
     return rows

@@ -550,3 +550,53 @@ def test_class_prompt_errors_name_the_valid_choices(tiny_class_video_pipeline, t
     (broken / "pipeline.json").write_text(json.dumps({"conditioning": "class", "classes": "cifar"}))
     with pytest.raises(ValueError, match="must name its class set"):
         Pipeline.from_folder(broken)
+
+
+def test_sample_cli_decoder_options_reach_the_decoder(tiny_pipeline, tmp_path, capsys, monkeypatch):
+    """--decoder-options K=V[,K=V] goes to the decoder (parsed: ints, AxB tuples); options that flags own, and
+    malformed ones, are refused before anything loads; an --out-dir run records them."""
+    import vistok.sample as sample
+
+    seen = {}
+    real = sample.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sample, "generate", spy)
+    out = tmp_path / "g.png"
+    base = ["a red circle", "--num-samples", "1", "--model", str(tiny_pipeline), "--decoder", "mcsjd"]
+    cli([*base, "--decoder-options", "window=4,proactive=2x1,coupling=gumbel", "--out", str(out)])
+    assert out.is_file() and "wrote" in capsys.readouterr().out
+    assert seen["window"] == 4 and seen["proactive"] == (2, 1) and seen["coupling"] == "gumbel"
+    for bad, msg in (("window", "key=value"), ("temperature=0", "cannot set"), ("windw=4", "windw")):
+        with pytest.raises(SystemExit):
+            cli([*base, "--decoder-options", bad, "--out", str(tmp_path / "x.png")])
+        assert msg in capsys.readouterr().err
+    imgs = tmp_path / "imgs"
+    cli([*base, "--decoder-options", "window=4", "--out-dir", str(imgs)])
+    with pytest.raises(SystemExit):  # other decoder options, other images: refused in the same folder
+        cli([*base, "--decoder-options", "window=2", "--out-dir", str(imgs)])
+    assert "different run" in capsys.readouterr().err
+
+
+def test_parse_options():
+    from vistok.decoding import parse_options
+
+    assert parse_options("window=16, proactive=8x2,coupled=true,p_thr=0.3,coupling=gumbel") == {
+        "window": 16, "proactive": (8, 2), "coupled": True, "p_thr": 0.3, "coupling": "gumbel"}
+    assert parse_options(["window=4", "lag=1"]) == {"window": 4, "lag": 1} and parse_options("") == {}
+    assert parse_options("a=1,,b=x") == {"a": 1, "b": "x"}  # empty items are skipped
+    for bad in ("window", "=4", "a=1,b"):
+        with pytest.raises(ValueError, match="key=value"):
+            parse_options(bad)
+
+
+def test_pipeline_compile_samples_the_eager_images(tiny_pipeline):
+    pipe = Pipeline.from_folder(tiny_pipeline)
+    images, out = pipe(["a red circle"], num_samples=2)
+    pipe.compile()
+    images2, out2 = pipe(["a red circle"], num_samples=2)
+    assert torch.equal(out.tokens, out2.tokens)
+    torch.testing.assert_close(images2, images, atol=1e-4, rtol=1e-4)

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vistok.compiling import compile_inference
 from vistok.data.shapes import NUM_CLASSES, class_name, parse_caption
 from vistok.data.videos import NUM_VIDEO_CLASSES, parse_video_caption, video_class_name
 from vistok.decoding import (
@@ -54,6 +55,7 @@ from vistok.decoding import (
     SamplingArgs,
     TokenBudget,
     generate,
+    parse_options,
 )
 from vistok.hub import from_pretrained
 from vistok.interfaces import Conditioning, check_pixels
@@ -144,6 +146,15 @@ class Pipeline:
                     "text_max_length": getattr(self.text_encoder, "max_length", None), "sampling": self.defaults}
         (folder / "pipeline.json").write_text(json.dumps(spec, indent=2))
         return folder
+
+    def compile(self) -> Pipeline:
+        """Compile the generator's and the tokenizer's per-pass methods (:func:`vistok.compile_inference`: Inductor,
+        frozen weights; their ``inference_methods``).  In place; returns ``self``.  The first call of each method
+        compiles (a minute or more on a CPU); swap or retrain a model only after :func:`vistok.uncompile`."""
+        for model in (self.generator, self.tokenizer):
+            if hasattr(model, "inference_methods"):
+                compile_inference(model)
+        return self
 
     def check_compatible(self) -> Pipeline:
         """Raise ``ValueError`` if the generator's tokens do not fit the tokenizer (ids vs floats, count, vocab)."""
@@ -778,6 +789,12 @@ def _parser() -> argparse.ArgumentParser:
                         "trained on the same tokenizer's tokens")
     p.add_argument("--decoder", default=None, choices=sorted(DECODERS),
                    help="decoding algorithm (default: the generator's own, e.g. ar for AR, masked for MAR)")
+    p.add_argument("--decoder-options", default=None, metavar="K=V[,K=V]",
+                   help="options of the decoder, e.g. 'window=16' (mcsjd), 'window=128,coupling=gumbel,proactive=8' "
+                        "or 'num_iter=32' (masked); AxB is a tuple (proactive=8x2); see docs/sampling.md")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the generator and tokenizer (Inductor, frozen weights): the first batch "
+                        "waits for the compiler (a minute or more), later passes run faster; see docs/speed.md")
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
@@ -835,6 +852,10 @@ def _run(args: argparse.Namespace) -> str:
         raise ValueError(f"--fps must be >= 1, got {args.fps}")
     if args.tokens is not None and args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1 (the number of tokens to generate), got {args.tokens}")
+    decoder_options = parse_options(args.decoder_options or "")
+    clash = sorted(set(decoder_options) & {"decoder", *SAMPLING_OPTIONS, "num_tokens", "prefix", "seed"})
+    if clash:
+        raise ValueError(f"--decoder-options cannot set {clash}; use the flags (--decoder, --temperature, ...)")
     video = makes_video(model)
     suffix = ".mp4" if video else ".png"
     first_frames = None
@@ -857,6 +878,8 @@ def _run(args: argparse.Namespace) -> str:
             raise ValueError(f"--out-dir {out_dir} is a file; give a folder (created if missing)")
         _check_writable_dir(out_dir, "--out-dir")
         opts = {k: getattr(args, k) for k in ("decoder", *SAMPLING_OPTIONS, "tokens")}
+        if decoder_options:  # other options, other images
+            opts["decoder_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in decoder_options.items()}
         if args.first_frames:  # frame prediction: a different conditioning clip is a different run
             opts |= {"first_frames": str(Path(args.first_frames).resolve()), "num_cond_frames": args.num_cond_frames,
                      "prefix_tokens": args.prefix_tokens}
@@ -876,6 +899,8 @@ def _run(args: argparse.Namespace) -> str:
     pipe = Pipeline.from_folder(model)
     if args.generator:
         pipe.swap_generator(args.generator)
+    if args.compile:
+        pipe.compile()
     prefix = None
     if first_frames is not None:
         prefix = pipe.frame_prefix(first_frames, len(prompts), args.num_cond_frames, args.prefix_tokens)
@@ -884,7 +909,7 @@ def _run(args: argparse.Namespace) -> str:
     for chunk, imgs, out in pipe.batches(prompts, jobs, seed=args.seed, batch_size=args.batch_size, progress=True,
                                          decoder=args.decoder, temperature=args.temperature, top_k=args.top_k,
                                          top_p=args.top_p, cfg_scale=args.cfg_scale, precision=args.precision,
-                                         prefix=prefix, num_tokens=args.tokens):
+                                         prefix=prefix, num_tokens=args.tokens, **decoder_options):
         nfe += out.nfe
         if args.out_dir:
             for (i, j), img in zip(chunk, imgs, strict=True):

@@ -1,7 +1,7 @@
 """Decoders: free functions over the protocols of :mod:`vistok.interfaces`, selected by name in :func:`generate`
 (usage: :mod:`vistok.decoding.api`)."""
 
-from vistok.decoding.api import DECODERS, GenerationOutput, generate
+from vistok.decoding.api import DECODERS, GenerationOutput, generate, parse_options
 from vistok.decoding.autoregressive import decode_ar
 from vistok.decoding.budget import TokenBudget
 from vistok.decoding.cells import decode_cells
@@ -17,4 +17,4 @@ from vistok.decoding.sampling import SamplingArgs, sample_probs
 
 __all__ = ["DECODERS", "ForcedPrefix", "GenerationOutput", "Guidance", "SamplingArgs", "TokenBudget", "decode_ar",
            "decode_car", "decode_cells", "decode_csd", "decode_gsd", "decode_lantern", "decode_masked", "decode_mcsjd",
-           "decode_nar", "decode_pjd", "decode_sjd", "generate", "sample_probs"]
+           "decode_nar", "decode_pjd", "decode_sjd", "generate", "parse_options", "sample_probs"]

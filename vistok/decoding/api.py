@@ -43,6 +43,33 @@ DECODERS: dict[str, Callable] = {
 }
 
 
+def parse_options(spec: str | list[str]) -> dict:
+    """Decoder options written as text (the CLIs): ``"window=16,proactive=8x2,coupling=gumbel"`` (or a list of
+    ``key=value`` items) -> ``{"window": 16, "proactive": (8, 2), "coupling": "gumbel"}``.
+
+    Values: ints, floats, ``true``/``false``, ``AxB`` (a tuple of ints, e.g. a candidate tree), else strings."""
+
+    def value(v: str):
+        v = v.strip()
+        if "x" in v and all(part.isdigit() for part in v.split("x")):
+            return tuple(int(part) for part in v.split("x"))
+        if v.lower() in ("true", "false"):
+            return v.lower() == "true"
+        for kind in (int, float):
+            try:
+                return kind(v)
+            except ValueError:
+                pass
+        return v
+
+    items = [kv for part in ([spec] if isinstance(spec, str) else spec) for kv in part.split(",") if kv.strip()]
+    pairs = [kv.split("=", 1) for kv in items]
+    bad = [kv for kv, pair in zip(items, pairs, strict=True) if len(pair) != 2 or not pair[0].strip()]
+    if bad:
+        raise ValueError(f"decoder options must be key=value (comma-separated), got {bad[0]!r}")
+    return {k.strip(): value(v) for k, v in pairs}
+
+
 @dataclass
 class GenerationOutput:
     """Tokens ``(B, N)`` / ``(B, N, D)``, the number of generator forward passes (NFE) and decoder extras."""

@@ -46,6 +46,7 @@ class ARGenerator(nn.Module, ConditionEmbedder, Configurable):
     kind = "discrete"
     is_causal = True
     default_decoder = "ar"
+    inference_methods = ("step",)  # what vistok.compile_inference compiles
 
     def __init__(self, vocab_size: int = 1024, seq_len: int = 32, width: int = 256, depth: int = 6,
                  num_heads: int = 4, mlp_hidden: int | None = None, dropout: float = 0.1, num_classes: int = 0,

@@ -71,6 +71,7 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
 
     kind = "discrete"
     default_decoder = "nar"  # H + W - 1 passes; "ar" also works on the 1 x N grid
+    inference_methods = ("step_heads",)  # what vistok.compile_inference compiles (step calls step_heads)
 
     def __init__(self, vocab_size: int = 1024, seq_len: int = 16, grid: tuple[int, int] | None = None,
                  width: int = 256, depth: int = 6, down_depth: int = 1, num_heads: int = 4,

@@ -114,6 +114,7 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
     kind = "continuous"
     is_causal = True  # block-causal over cells
     default_decoder = "cells"
+    inference_methods = ("step",)  # what vistok.compile_inference compiles
     vocab_size = None
 
     def __init__(self, *, grid_size: int | tuple[int, int] = 16, cell_size: int | tuple[int, int] = 8,

@@ -223,6 +223,7 @@ class TiTok(nn.Module, Configurable):
     """
 
     kind = "discrete"
+    inference_methods = ("encode", "decode")  # what vistok.compile_inference compiles
 
     def __init__(self, image_size: int = 256, patch_size: int = 16, width: int = 512, depth: int = 8,
                  num_heads: int = 8, decoder_width: int | None = None, decoder_depth: int | None = None,

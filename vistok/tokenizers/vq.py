@@ -68,6 +68,7 @@ class VQTokenizer(nn.Module, Configurable):
     """
 
     kind = "discrete"
+    inference_methods = ("encode", "decode")  # what vistok.compile_inference compiles
 
     def __init__(self, image_size: int = 64, patch_size: int = 1, channels: tuple[int, ...] = (64, 128, 128),
                  num_res_blocks: int = 1,
