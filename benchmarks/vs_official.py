@@ -498,6 +498,11 @@ def _profiled(side: Side, batch: int, path: Path | None) -> tuple[float, object,
     return result
 
 
+def _in_eager(eager_mode: Callable, model: nn.Module, run: Callable, b: int, s: int) -> object:
+    with eager_mode(model):
+        return run(b, s)
+
+
 def _agreement(a: Tensor, b: Tensor) -> str:
     return _max_diff(a, b) if a.is_floating_point() else _same_ids(a, b)
 
@@ -507,18 +512,23 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
     """Rows of ``{model, op, batch, vistok_s, official_s, ratio, passes, check}`` (seconds are medians);
     ``profile_dir``: run the warm-up calls under ``torch.profiler`` and write their op tables there.
 
-    ``compile``: time vistok with :func:`vistok.compile_inference` (Inductor, frozen weights).  Every vistok cell
-    first runs once in eager mode (its pass, op and sync counts, and the reference for the ``vs eager`` column),
-    then the model is compiled and each cell warms up twice untimed (compilation; ``compile_s`` = the first)."""
+    ``compile``: also time vistok compiled (:func:`vistok.compile_inference`: Inductor, frozen weights) as a third
+    side, alternating with the other two (``vistok_s`` stays eager).  Every vistok cell first runs once in eager
+    mode (its pass, op and sync counts, and the reference for the ``vs eager`` column); then the model is compiled,
+    each cell warms its compiled side up twice untimed (``compile_s`` = the first call), and the eager side runs
+    inside :func:`vistok.compiling.eager_mode`."""
     rows = []
     eager: dict[tuple[str, int], tuple] = {}
+    compiled: dict[str, Side] = {}
     if compile:
-        from vistok import compile_inference
+        from vistok.compiling import compile_inference, eager_mode
 
         for op, (ours, _) in case.ops.items():
             for b in batch_sizes:
                 eager[op, b] = _profiled(ours, b, None)
             ours.counter.detach()
+            compiled[op] = Side(ours.run)
+            ours.run = partial(_in_eager, eager_mode, case.model, compiled[op].run)
         compile_inference(case.model)
     for op, (ours, official) in case.ops.items():
         for b in batch_sizes:
@@ -528,11 +538,15 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
             for name, side in sides:  # warm-up (untimed, profiled if asked), kept for the agreement check
                 path = profile_dir / f"{case.name}_{op}_b{b}_{name}.txt" if profile_dir else None
                 if compile and name == "vistok":
-                    compile_s, outs[name], _ = _timed(side, b, seed=0)
-                    outs[name] = _timed(side, b, seed=0)[1]
+                    _, outs[name], _ = _timed(side, b, seed=0)
                     counts[name] = dict(eager[op, b][2])
                 else:
                     _, outs[name], counts[name] = _profiled(side, b, path)
+            if compile:
+                compile_s, outs["compiled"], _ = _timed(compiled[op], b, seed=0)
+                outs["compiled"] = _timed(compiled[op], b, seed=0)[1]
+                sides.append(("compiled", compiled[op]))
+                times["compiled"] = []
             for r in range(repeats):
                 order = sides if r % 2 == 0 else sides[::-1]  # A B, B A, ...: load drifts hit both alike
                 for name, side in order:
@@ -542,13 +556,18 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
                        vistok_s=statistics.median(times["vistok"]), vistok_passes=counts["vistok"],
                        vistok_sync_sites=sites["vistok"])
             if compile:
-                row.update(compiled=True, compile_s=compile_s, vs_eager=_agreement(outs["vistok"], eager[op, b][1]))
+                row.update(compiled_s=statistics.median(times["compiled"]), compile_s=compile_s,
+                           compiled_vs_eager=statistics.median(times["compiled"]) / row["vistok_s"],
+                           vs_eager=_agreement(outs["compiled"], outs["vistok"]))
             if official is not None:
                 row.update(official_s=statistics.median(times["official"]), official_passes=counts["official"],
                            ratio=statistics.median(times["vistok"]) / statistics.median(times["official"]))
+                if compile:
+                    row["compiled_ratio"] = row["compiled_s"] / row["official_s"]
                 try:
                     with torch.no_grad():
-                        row["check"] = case.compare(op, outs["vistok"], outs["official"]) if case.compare else ""
+                        mine = outs["compiled" if compile else "vistok"]
+                        row["check"] = case.compare(op, mine, outs["official"]) if case.compare else ""
                 except Exception as e:  # noqa: BLE001 - a failed check is reported in the table, not fatal
                     row["check"] = f"check failed: {type(e).__name__}: {e}"
             rows.append(row)
@@ -565,8 +584,10 @@ def _format(row: dict) -> str:
     cells = [row["preset"], row["op"], str(row["batch"]), f"{row['vistok_s']:.3f}",
              "-" if off is None else f"{off:.3f}", "-" if off is None else f"{row['ratio']:.2f}",
              _passes(row["vistok_passes"]), _passes(row.get("official_passes")) or "-", row.get("check", "-")]
-    if row.get("compiled"):
-        cells += [f"{row['compile_s']:.0f}", row["vs_eager"]]
+    if "compiled_s" in row:
+        ratio = row.get("compiled_ratio")
+        cells += [f"{row['compiled_s']:.3f}", "-" if ratio is None else f"{ratio:.2f}",
+                  f"{row['compiled_vs_eager']:.2f}", f"{row['compile_s']:.0f}", row["vs_eager"]]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -587,19 +608,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="profile the (untimed) warm-up call of each side and cell; op tables go to DIR")
     p.add_argument("--compile", action="store_true",
-                   help="time vistok compiled (vistok.compile_inference: Inductor, frozen weights); adds the columns "
-                        "'compile s' (first call) and 'vs eager' (agreement with vistok's eager output)")
+                   help="also time vistok compiled (vistok.compile_inference: Inductor, frozen weights), alternating "
+                        "with eager vistok and the official code; adds compiled seconds, ratios, compile time (first "
+                        "call) and the agreement of the compiled output with eager mode")
     args = p.parse_args(argv)
     if args.repeats < 1 or any(b < 1 for b in args.batch_sizes):
         p.error("--repeats and --batch-sizes must be >= 1")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecated torch APIs the official code uses
     print(f"torch {torch.__version__}, CPU fp32, {torch.get_num_threads()} threads, median of {args.repeats} "
-          f"alternating calls; ratio = vistok / official time (< 1: vistok faster); vistok "
-          f"{'compiled (Inductor, frozen weights)' if args.compile else 'eager'}\n")
-    extra = " compile s | vs eager |" if args.compile else ""
+          f"alternating calls; ratio = vistok / official time (< 1: vistok faster); vistok eager"
+          f"{' and compiled (Inductor, frozen weights; check = compiled vs official)' if args.compile else ''}\n")
+    extra = " compiled s | compiled ratio | compiled / eager | compile s | compiled vs eager |" if args.compile else ""
     print("| model | op | batch | vistok s | official s | ratio | vistok passes | official passes | check |" + extra)
-    print("|---|---|---|---|---|---|---|---|---|" + "---|---|" * args.compile)
+    print("|---|---|---|---|---|---|---|---|---|" + "---|---|---|---|---|" * args.compile)
     rows: list[dict] = []
     for m in args.models:
         repo = getattr(args, f"{m}_repo")

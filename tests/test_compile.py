@@ -64,6 +64,10 @@ def test_compile_inference_gives_eager_tokens_and_undoes():
     assert "step" in model.__dict__  # the instance's step is the compiled one
     assert torch.equal(generate(model, cond, decoder="ar", temperature=0, cfg_scale=2.0).tokens, eager)
     assert torch.equal(generate(model, cond, decoder="mcsjd", window=4, temperature=0, cfg_scale=2.0).tokens, spec)
+    with vistok.compiling.eager_mode(model):  # eager inside the block, compiled again after it
+        assert "step" not in model.__dict__
+        assert torch.equal(generate(model, cond, decoder="ar", temperature=0, cfg_scale=2.0).tokens, eager)
+    assert "step" in model.__dict__
     vistok.uncompile(model)
     assert not vistok.compiling.is_compiled(model) and "step" not in model.__dict__
     # new weights: uncompile, change, compile again -> the new weights' tokens

@@ -20,8 +20,9 @@ order); greedy tokens were equal in every benchmark case.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch._inductor.config as inductor_config
@@ -87,6 +88,21 @@ def uncompile(model: nn.Module) -> nn.Module:
     if names:
         torch.compiler.reset()
     return model
+
+
+@contextlib.contextmanager
+def eager_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run a compiled ``model`` in eager mode inside the block (its compiled methods come back after; nothing is
+    recompiled): ``with eager_mode(model): ...``.  A no-op for a model that was not compiled."""
+    saved = []
+    for name in model.__dict__.get(_ATTR, ()):
+        owner, attr = _owner(model, name)
+        saved.append((owner, attr, owner.__dict__.pop(attr)))
+    try:
+        yield model
+    finally:
+        for owner, attr, fn in saved:
+            owner.__dict__[attr] = fn
 
 
 def is_compiled(model: nn.Module) -> bool:
