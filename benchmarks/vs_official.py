@@ -64,6 +64,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vistok import Conditioning
 from vistok.checkpoint import load_state_dict_strict
+from vistok.compiling import compile_inference, eager_mode
 from vistok.decoding import generate
 
 MODELS = ("titok", "nar", "llamagen", "mar", "xar")
@@ -498,7 +499,7 @@ def _profiled(side: Side, batch: int, path: Path | None) -> tuple[float, object,
     return result
 
 
-def _in_eager(eager_mode: Callable, model: nn.Module, run: Callable, b: int, s: int) -> object:
+def _in_eager(model: nn.Module, run: Callable, b: int, s: int) -> object:
     with eager_mode(model):
         return run(b, s)
 
@@ -514,21 +515,19 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
 
     ``compile``: also time vistok compiled (:func:`vistok.compile_inference`: Inductor, frozen weights) as a third
     side, alternating with the other two (``vistok_s`` stays eager).  Every vistok cell first runs once in eager
-    mode (its pass, op and sync counts, and the reference for the ``vs eager`` column); then the model is compiled,
-    each cell warms its compiled side up twice untimed (``compile_s`` = the first call), and the eager side runs
-    inside :func:`vistok.compiling.eager_mode`."""
+    mode (its warm-up: pass, op and sync counts, and the reference for the ``vs eager`` column); then the model is
+    compiled, each cell warms its compiled side up twice untimed (``compile_s`` = the first call), and the eager side
+    runs inside :func:`vistok.compiling.eager_mode`."""
     rows = []
-    eager: dict[tuple[str, int], tuple] = {}
+    eager: dict[tuple[str, int], tuple] = {}  # (op, batch) -> the eager warm-up's (seconds, output, counts)
     compiled: dict[str, Side] = {}
     if compile:
-        from vistok.compiling import compile_inference, eager_mode
-
         for op, (ours, _) in case.ops.items():
             for b in batch_sizes:
                 eager[op, b] = _profiled(ours, b, None)
             ours.counter.detach()
             compiled[op] = Side(ours.run)
-            ours.run = partial(_in_eager, eager_mode, case.model, compiled[op].run)
+            ours.run = partial(_in_eager, case.model, compiled[op].run)
         compile_inference(case.model)
     for op, (ours, official) in case.ops.items():
         for b in batch_sizes:
@@ -537,9 +536,8 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
             outs, counts = {}, {}
             for name, side in sides:  # warm-up (untimed, profiled if asked), kept for the agreement check
                 path = profile_dir / f"{case.name}_{op}_b{b}_{name}.txt" if profile_dir else None
-                if compile and name == "vistok":
-                    _, outs[name], _ = _timed(side, b, seed=0)
-                    counts[name] = dict(eager[op, b][2])
+                if compile and name == "vistok":  # warmed up before compiling
+                    outs[name], counts[name] = eager[op, b][1], dict(eager[op, b][2])
                 else:
                     _, outs[name], counts[name] = _profiled(side, b, path)
             if compile:
