@@ -4,8 +4,9 @@
         [--num-prompts 100] [--seeds 0 1 2 3] [--set num_steps=20] [--threads 2] [--out runs/disa.json]
 
 Rows: the pipeline's own sampler (``--set`` options, e.g. its default ``num_steps``), then each ``--schedule
-first,last`` (``step_schedule=(first, last)``: head/flow steps fall linearly over the generation steps; see
-:func:`vistok.decoding.sampling.annealed_steps`).  For every seed, all rows sample the same held-out single-object
+[sampler:]first,last`` (``step_schedule=(first, last)``: head/flow steps fall linearly over the generation steps; see
+:func:`vistok.decoding.sampling.annealed_steps`; ``sampler:`` = the MAR head's sampler for that row, e.g.
+``dpm:10,10`` for DPM-Solver++(2M) with 10 steps).  For every seed, all rows sample the same held-out single-object
 captions one after the other (so slow and fast rows see the same machine load), and report:
 
 * GenEval-lite overall, mean and spread over the seeds (the disc baseline beside it), and the paired difference to
@@ -31,10 +32,20 @@ from vistok.evaluation import paired_difference
 from vistok.sample import Pipeline
 
 
+def row_options(spec: str) -> dict:
+    """``"[sampler:]first,last"`` -> decoder options: ``step_schedule`` and, with a prefix, ``head_sampler``."""
+    sampler, _, steps = spec.rpartition(":")
+    try:
+        first, last = (int(v) for v in steps.split(","))
+    except ValueError:
+        raise SystemExit(f"--schedule {spec!r}: expected [sampler:]first,last (e.g. 25,5 or dpm:10,10)") from None
+    return {"step_schedule": (first, last), **({"head_sampler": sampler} if sampler else {})}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", required=True, help="pipeline folder of a continuous generator (MAR, MAR-AR, xAR)")
-    p.add_argument("--schedule", action="append", default=[], help="first,last steps (repeat)")
+    p.add_argument("--schedule", action="append", default=[], help="[sampler:]first,last steps (repeat)")
     p.add_argument("--num-prompts", type=int, default=100)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--batch", type=int, default=50)
@@ -48,7 +59,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     opts = parse_set_options(args.set)
-    rows = [("plain", {})] + [(s, {"step_schedule": tuple(int(v) for v in s.split(","))}) for s in args.schedule]
+    rows = [("plain", {})] + [(s, row_options(s)) for s in args.schedule]
     if args.reference not in dict(rows):
         p.error(f"--reference {args.reference!r} is not a row: choose from {[name for name, _ in rows]}")
     pipe = Pipeline.from_folder(args.model)

@@ -288,6 +288,15 @@ def test_step_annealing_paired_difference():
         bench.paired_difference([1.0], [1.0, 0.0])
 
 
+def test_step_annealing_row_options():
+    bench = _load_benchmark("step_annealing")
+    assert bench.row_options("25,5") == {"step_schedule": (25, 5)}
+    assert bench.row_options("dpm:10,8") == {"step_schedule": (10, 8), "head_sampler": "dpm"}
+    for bad in ["10", "dpm:10", "a,b"]:
+        with pytest.raises(SystemExit, match="first,last"):
+            bench.row_options(bad)
+
+
 def test_video_edge_error_marks_the_pixels_beside_a_colour_change():
     bench = _load_benchmark("video_edge_error")
     video = torch.zeros(1, 3, 2, 6, 6)

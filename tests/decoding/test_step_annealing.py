@@ -46,6 +46,24 @@ def test_masked_head_gets_the_annealed_steps(monkeypatch):
     assert out.extras["head_nfe"] == 2 * sum(calls)  # guided: conditional and null rows each step
 
 
+def test_masked_head_sampler_per_call():
+    """``head_sampler=`` picks the DiffLoss sampler for one call: the same as a head built with it, any step count
+    for DPM-Solver++, DDIM's divisibility rule still checked, unknown names refused."""
+    gen = _model(MARGenerator, MAR)
+    dpm = generate(gen, COND, decoder="masked", num_iter=4, cfg_scale=2.0, seed=0, head_sampler="dpm",
+                   step_schedule=(7, 3)).tokens
+    ddpm = generate(gen, COND, decoder="masked", num_iter=4, cfg_scale=2.0, seed=0, step_schedule=(7, 3)).tokens
+    assert not torch.allclose(dpm, ddpm)
+    gen.head.sampler = "dpm"
+    built = generate(gen, COND, decoder="masked", num_iter=4, cfg_scale=2.0, seed=0, step_schedule=(7, 3)).tokens
+    assert torch.equal(built, dpm)
+    gen.head.sampler = "ddpm"
+    with pytest.raises(ValueError, match="divide"):
+        generate(gen, COND, decoder="masked", num_iter=4, seed=0, head_sampler="ddim", step_schedule=(7, 3))
+    with pytest.raises(ValueError, match="sampler"):
+        generate(gen, COND, decoder="masked", num_iter=4, seed=0, head_sampler="euler")
+
+
 @pytest.mark.parametrize("decoder", ["masked", "ar"])
 def test_constant_schedule_equals_the_heads_own_steps(decoder):
     """(s, s) must reproduce the plain sampler with ``num_sampling_steps = s`` draw for draw."""

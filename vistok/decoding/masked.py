@@ -48,7 +48,8 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
                   cfg_schedule: Literal["linear", "constant"] = "linear", temperature: float = 1.0,
                   rng: torch.Generator | None = None,
                   orders: Tensor | None = None, head_noise: Callable[[int, int], Tensor] | None = None,
-                  progress: bool = False, step_schedule: tuple[int, int] | None = None) -> tuple[Tensor, dict]:
+                  progress: bool = False, step_schedule: tuple[int, int] | None = None,
+                  head_sampler: str | None = None) -> tuple[Tensor, dict]:
     """Sample continuous tokens (b, n, d) from a :class:`~vistok.interfaces.MaskedGenerator` (e.g. MAR).
 
     Args:
@@ -63,6 +64,8 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
         step_schedule: ``(first, last)`` head sampling steps, annealed linearly over the ``num_iter`` steps
             (DiSA, :func:`~vistok.decoding.sampling.annealed_steps`; the paper uses (50, 5) with 64 steps);
             None: the head's ``num_sampling_steps`` at every step.
+        head_sampler: the head's sampler for this call (DiffLoss: ``"ddpm"``, ``"ddim"``, ``"dpm"``,
+            ``"dpm_sde"``); None: the head's own.
 
     Returns:
         ``(tokens, {"orders": (b, n), "revealed": (num_iter, b, n) bool, "head_nfe": head network calls})``.
@@ -72,6 +75,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
                          f"e.g. MARGenerator); {type(generator).__name__} is not one")
     schedule = mask_schedule(generator.seq_len, num_iter)
     head_steps = annealed_steps(step_schedule, generator.head.num_sampling_steps, num_iter)
+    head_kw = {} if head_sampler is None else {"sampler": head_sampler}
     check_choice("cfg_schedule", cfg_schedule, ("linear", "constant"))
     guidance = Guidance(cfg_scale, generator)
     b, n, d = cond.batch_size, generator.seq_len, generator.token_dim
@@ -98,7 +102,7 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
             noise = head_noise(k, rows[0].numel()) if head_noise is not None else None
             tokens[rows] = generator.head.sample(z_cond[rows], z_null=None if z_null is None else z_null[rows],
                                                  cfg_scale=scale, temperature=temperature, generator=rng,
-                                                 noise=noise, num_steps=head_steps[k]).to(tokens.dtype)
+                                                 noise=noise, num_steps=head_steps[k], **head_kw).to(tokens.dtype)
             head_nfe += head_steps[k] * (2 if guidance.active and scale != 1.0 else 1)
         revealed.append(now)
         unknown = still
@@ -108,18 +112,20 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
 def decode_masked(generator: MaskedGenerator, cond: Conditioning, sampling: SamplingArgs,
                   rng: torch.Generator | None = None, progress: bool = False, *, guidance: Guidance | None = None,
                   num_iter: int = 64, cfg_schedule: Literal["linear", "constant"] = "linear",
-                  step_schedule: tuple[int, int] | None = None, **unknown) -> tuple[Tensor, int, dict]:
+                  step_schedule: tuple[int, int] | None = None, head_sampler: str | None = None,
+                  **unknown) -> tuple[Tensor, int, dict]:
     """:data:`vistok.decoding.DECODERS` entry ``"masked"``: ``(tokens (b, n, d), nfe = num_iter, extras)``.
 
     The guidance scale is applied inside the diffusion head (MAR guides eps, not the generator output), ramped by
     ``cfg_schedule``.  ``temperature`` scales the head noise; ``top_k``/``top_p`` do not apply to a continuous head.
-    ``step_schedule=(first, last)`` anneals the head's diffusion steps over the iterations (DiSA).
+    ``step_schedule=(first, last)`` anneals the head's diffusion steps over the iterations (DiSA);
+    ``head_sampler`` picks the head's sampler for this call (DiffLoss: ``"dpm"`` = DPM-Solver++(2M) for few steps).
     """
     if unknown:
         raise ValueError(f"decoder 'masked' got unknown option(s) {sorted(unknown)}; it takes num_iter, cfg_schedule, "
-                         "step_schedule")
+                         "step_schedule, head_sampler")
     no_logit_filters(sampling, "masked")
     tokens, extras = sample_masked(generator, cond, num_iter=num_iter, cfg_scale=(guidance or Guidance()).scale,
                                    cfg_schedule=cfg_schedule, temperature=sampling.temperature, rng=rng,
-                                   progress=progress, step_schedule=step_schedule)
+                                   progress=progress, step_schedule=step_schedule, head_sampler=head_sampler)
     return tokens, num_iter, extras

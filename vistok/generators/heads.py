@@ -30,7 +30,9 @@ from vistok.interfaces import Configurable, check_choice
 from vistok.layers import TimestepMLP, modulate
 from vistok.layers.init import xavier_linears
 
-__all__ = ["DiffLossHead", "DiffusionPaths"]
+__all__ = ["DiffLossHead", "DiffusionPaths", "SAMPLERS"]
+
+SAMPLERS = ("ddpm", "ddim", "dpm", "dpm_sde")
 
 
 def _mar_respacing(num_train_timesteps: int, num_steps: int) -> list[int]:
@@ -76,7 +78,10 @@ class DiffLossHead(nn.Module, Configurable):
         width, depth: w, the MLP width, and its number of adaLN residual blocks.
         num_train_timesteps: diffusion steps of the training process (MAR: 1000).
         num_sampling_steps: respaced steps used by :meth:`sample` (MAR: 100).
-        sampler: ``"ddpm"`` (MAR's ancestral sampler with the learned variance) or ``"ddim"``.
+        sampler: ``"ddpm"`` (MAR's ancestral sampler with the learned variance), ``"ddim"``, ``"dpm"``
+            (DPM-Solver++(2M), deterministic after the initial noise) or ``"dpm_sde"`` (SDE-DPM-Solver++(2M), its
+            noise times the temperature); the two DPM-Solver++ samplers are second-order multistep solvers for few
+            steps (Lu et al., arXiv 2211.01095).
         ddim_eta: DDIM's eta (0 = deterministic); only for ``sampler="ddim"``.
         clip_denoised: clamp the predicted x0 to ``[-c, c]`` at every sampling step (diffusers'
             ``clip_sample_range``); None = MAR's unclipped sampler.  A briefly trained head's first step (t = T)
@@ -85,10 +90,10 @@ class DiffLossHead(nn.Module, Configurable):
 
     def __init__(self, *, token_dim: int = 16, cond_dim: int = 1024, width: int = 1024, depth: int = 3,
                  num_train_timesteps: int = 1000, num_sampling_steps: int = 100,
-                 sampler: Literal["ddpm", "ddim"] = "ddpm", ddim_eta: float = 0.0,
+                 sampler: Literal["ddpm", "ddim", "dpm", "dpm_sde"] = "ddpm", ddim_eta: float = 0.0,
                  clip_denoised: float | None = None):
         super().__init__()
-        check_choice("sampler", sampler, ("ddpm", "ddim"))
+        check_choice("sampler", sampler, SAMPLERS)
         self.token_dim, self.cond_dim, self.sampler, self.ddim_eta = token_dim, cond_dim, sampler, ddim_eta
         if clip_denoised is not None and not clip_denoised > 0:
             raise ValueError(f"clip_denoised must be > 0 or None, got {clip_denoised}")
@@ -98,6 +103,7 @@ class DiffLossHead(nn.Module, Configurable):
                                        timestep_spacing="linspace")
         self._abar = torch.cumprod(1 - self.scheduler.betas.double(), dim=0)  # float64, CPU
         self._schedulers: dict[int, DDIMScheduler] = {}
+        self._dpm_tables: dict[tuple[int, bool], Tensor] = {}
         self.set_sampling_steps(num_sampling_steps)
         # the network (key names: see vistok.generators.mar.convert_mar_state_dict)
         self.time_mlp = TimestepMLP(width)
@@ -140,14 +146,18 @@ class DiffLossHead(nn.Module, Configurable):
         """Change the number of respaced sampling steps (e.g. 100 for MAR's reported numbers)."""
         self.num_sampling_steps = self.steps(num_sampling_steps)
 
-    def steps(self, num_steps: int | None = None) -> int:
-        """``num_steps`` checked against the schedule (None: ``num_sampling_steps``)."""
-        if num_steps is None:
+    def steps(self, num_steps: int | None = None, sampler: str | None = None) -> int:
+        """``num_steps`` checked against the schedule and ``sampler`` (None: ``num_sampling_steps``, the head's
+        sampler)."""
+        sampler = self.sampler if sampler is None else sampler
+        if num_steps is None and sampler == self.sampler:
             return self.num_sampling_steps
+        if num_steps is None:
+            num_steps = self.num_sampling_steps
         total = self.scheduler.config.num_train_timesteps
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= total:
             raise ValueError(f"num_sampling_steps must be an int in [1, {total}], got {num_steps!r}")
-        if self.sampler == "ddim" and total % num_steps:
+        if sampler == "ddim" and total % num_steps:
             raise ValueError(f"sampler='ddim' steps by {total} // num_sampling_steps, so num_sampling_steps must "
                              f"divide {total} (e.g. 25, 50, 100, 250); got {num_steps}")
         return num_steps
@@ -223,7 +233,7 @@ class DiffLossHead(nn.Module, Configurable):
     @torch.no_grad()
     def sample(self, z: Tensor, *, z_null: Tensor | None = None, cfg_scale: float | Tensor = 1.0,
                temperature: float = 1.0, generator: torch.Generator | None = None, noise: Tensor | None = None,
-               num_steps: int | None = None) -> Tensor:
+               num_steps: int | None = None, sampler: str | None = None) -> Tensor:
         """Draw one token per condition.  z (n, c) -> tokens (n, d).
 
         Args:
@@ -234,14 +244,17 @@ class DiffLossHead(nn.Module, Configurable):
             noise: ``(s, n, d)`` from :meth:`sample_noise` (or recorded), to reproduce or couple runs.
             num_steps: respaced steps for this call (None: ``num_sampling_steps``); diffusion step annealing
                 (DiSA) gives later tokens fewer.
+            sampler: one of :data:`SAMPLERS` for this call (None: the head's ``sampler``).
         """
+        sampler = self.sampler if sampler is None else sampler
+        check_choice("sampler", sampler, SAMPLERS)
         guided = torch.is_tensor(cfg_scale) or cfg_scale != 1.0
         if guided and z_null is None:
             raise ValueError("cfg_scale != 1 needs z_null, the conditions of the null (unconditional) input; "
                              "run the generator on cond.null() too, or use cfg_scale=1.0")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        s, n = self.steps(num_steps), z.shape[0]
+        s, n = self.steps(num_steps, sampler), z.shape[0]
         if noise is None:
             noise = self.sample_noise(n, generator=generator, device=z.device, dtype=z.dtype, num_steps=s)
         elif noise.shape != (s, n, self.token_dim):
@@ -249,9 +262,11 @@ class DiffLossHead(nn.Module, Configurable):
         if n == 0:
             return z.new_zeros(0, self.token_dim)
         z_null = z_null if guided else None
-        if self.sampler == "ddpm":
+        if sampler == "ddpm":
             paths = DiffusionPaths(self, final_noise=False, num_steps=s)
             return paths.path_sample(z, z_null, cfg_scale, temperature, noise, density=False)[0][-1].to(z.dtype)
+        if sampler in ("dpm", "dpm_sde"):
+            return self._dpm_sample(z, z_null, cfg_scale, temperature, noise, sde=sampler == "dpm_sde")
         scheduler = self._ddim_scheduler(s)
         x = noise[0]
         for k, t in enumerate(scheduler.timesteps.tolist()):
@@ -266,9 +281,61 @@ class DiffLossHead(nn.Module, Configurable):
         continuous speculative decoding.  ``final_noise=True`` also adds noise at the last step; ``num_steps``
         (None: ``num_sampling_steps``) sets its respaced steps."""
         if self.sampler != "ddpm":
-            raise ValueError(f"the head samples with sampler={self.sampler!r}, which is deterministic after the "
-                             "initial noise and has no step densities; build the generator with head_sampler='ddpm'")
+            raise ValueError(f"the head samples with sampler={self.sampler!r}, which has no step densities here; "
+                             "build the generator with head_sampler='ddpm'")
         return DiffusionPaths(self, final_noise=final_noise, num_steps=num_steps)
+
+    def dpm_table(self, num_steps: int, sde: bool) -> Tensor:
+        """DPM-Solver++(2M) in float64, one row per model evaluation ``k`` at timestep ``t_k`` stepping to ``t_k+1``.
+
+        Timesteps: ``num_steps`` evenly spaced from T - 1 down (diffusers' ``"linspace"``: 999, 899, ..., 100 for
+        10), then the clean end (``sigma = 0``).  With ``alpha = sqrt(abar)``, ``sigma = sqrt(1 - abar)``,
+        ``lambda = log(alpha / sigma)``, ``h = lambda' - lambda`` and the data prediction
+        ``x0 = (x - sigma eps) / alpha``, a step is ``x' = c_x x + c_d D + c_z z`` where ``D = x0 + q (x0 - x0_prev)``,
+        ``q = h / (2 h_prev)`` (0 on the first and the last step: first order there, diffusers' ``lower_order_final``).
+        ODE: ``c_x = sigma' / sigma``, ``c_d = alpha' (1 - exp(-h))``, ``c_z = 0``; SDE: ``c_x = sigma' / sigma
+        exp(-h)``, ``c_d = alpha' (1 - exp(-2h))``, ``c_z = sigma' sqrt(1 - exp(-2h))``.
+
+        Columns: ``t``, ``1 / alpha``, ``sigma / alpha``, ``c_x``, ``c_d``, ``c_z``, ``q``.
+        """
+        key = (num_steps, sde)
+        if key not in self._dpm_tables:
+            total = self.scheduler.config.num_train_timesteps
+            t = torch.linspace(0, total - 1, num_steps + 1, dtype=torch.float64).round().flip(0)[:-1].long()
+            a = self._abar[t]
+            alpha, sigma = torch.cat([a.sqrt(), a.new_ones(1)]), torch.cat([(1 - a).sqrt(), a.new_zeros(1)])
+            lam = alpha.log() - sigma.log()  # +inf at the clean end
+            h = lam[1:] - lam[:-1]
+            c_x = sigma[1:] / sigma[:-1] * (torch.exp(-h) if sde else 1)
+            c_d = alpha[1:] * (1 - torch.exp(-2 * h if sde else -h))
+            c_z = sigma[1:] * (1 - torch.exp(-2 * h)).sqrt() if sde else torch.zeros_like(h)
+            q = torch.zeros_like(h)
+            if num_steps > 2:
+                q[1:-1] = h[1:-1] / (2 * h[:-2])
+            tab = torch.stack([t.double(), 1 / alpha[:-1], sigma[:-1] / alpha[:-1], c_x, c_d, c_z, q], dim=1)
+            self._dpm_tables[key] = tab.to(self.input_proj.weight.device)
+        return self._dpm_tables[key]
+
+    def _dpm_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float | Tensor, temperature: float,
+                    noise: Tensor, sde: bool) -> Tensor:
+        """DPM-Solver++(2M) (``sampler="dpm"``) or its SDE form (``"dpm_sde"``, noise times ``temperature``);
+        float64 states, see :meth:`dpm_table`.  z (n, c), noise (s, n, d) -> (n, d)."""
+        s, n, d = noise.shape
+        table = self.dpm_table(s, sde)
+        steps = torch.tensor(table[:, 0].tolist(), dtype=torch.long, device=z.device)
+        rows = table.tolist()
+        x, x0_prev = noise[0].double(), None
+        for k, (_, inv_alpha, sig_alpha, c_x, c_d, c_z, q) in enumerate(rows):
+            eps = self.guided_net(x.to(z.dtype), steps[k].expand(n), z, z_null, cfg_scale)[:, :d].double()
+            x0 = inv_alpha * x - sig_alpha * eps
+            if self.clip_denoised is not None:
+                x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
+            dx = x0 if x0_prev is None or q == 0 else x0 + q * (x0 - x0_prev)
+            x = c_x * x + c_d * dx
+            if sde and k + 1 < s and temperature > 0:
+                x = x + (c_z * temperature) * noise[k + 1].double()
+            x0_prev = x0
+        return x.to(z.dtype)
 
     def _ddim_scheduler(self, num_steps: int) -> DDIMScheduler:
         """diffusers' DDIM scheduler for ``num_steps`` (cached: stepping leaves it unchanged)."""

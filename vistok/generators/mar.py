@@ -142,7 +142,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
                  mlp_ratio: float = 4.0, norm_eps: float = 1e-6, buffer_size: int = 64, num_classes: int = 1000,
                  text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, mask_ratio_min: float = 0.7,
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3,
-                 num_sampling_steps: int = 100, head_sampler: Literal["ddpm", "ddim"] = "ddpm",
+                 num_sampling_steps: int = 100, head_sampler: Literal["ddpm", "ddim", "dpm", "dpm_sde"] = "ddpm",
                  diffusion_batch_mul: int = 4, head_clip_denoised: float | None = None,
                  mask_ratio_dist: Literal["truncnorm", "cosine"] = "truncnorm", decoder_cond: bool = False,
                  pos_grid: tuple[int, int] | None = None, pos_init: Literal["normal", "sincos"] = "normal",
@@ -304,7 +304,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
                  num_heads: int = 16, mlp_ratio: float = 4.0, norm_eps: float = 1e-6, num_classes: int = 1000,
                  text_dim: int = 0, max_text_len: int = 32, cond_dropout: float = 0.1, attn_dropout: float = 0.1,
                  proj_dropout: float = 0.1, head_width: int = 1024, head_depth: int = 3, num_sampling_steps: int = 100,
-                 head_sampler: Literal["ddpm", "ddim"] = "ddpm", diffusion_batch_mul: int = 4,
+                 head_sampler: Literal["ddpm", "ddim", "dpm", "dpm_sde"] = "ddpm", diffusion_batch_mul: int = 4,
                  head_clip_denoised: float | None = None):
         super().__init__()
         self.token_dim, self.seq_len, self.width, self.num_heads = token_dim, seq_len, width, num_heads
