@@ -55,6 +55,8 @@ def main() -> None:
                    "(\"plain\" or one of the --schedule values)")
     p.add_argument("--fid-reference", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="Pipeline.compile() first (torch.compile with frozen "
+                   "weights); every row then samples its first batch once untimed (compiling)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,6 +67,11 @@ def main() -> None:
     pipe = Pipeline.from_folder(args.model)
     ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=1)
     captions = [ds.scene(i).caption for i in range(len(ds))]
+    if args.compile:
+        pipe.compile()
+        for name, extra in rows:  # untimed: every row's shapes compiled before any row is timed
+            sample_prompts(pipe, captions[: args.batch], batch=args.batch, seed=0, progress=False, **opts, **extra)
+            print(f"warm-up {name} done", flush=True)
     disc = score_batch(disc_baseline(captions, image_size=pipe.tokenizer.image_size), captions)["overall"]
     stats = {name: {"overall": [], "seconds": 0.0, "nfe": [], "images": [], "per_image": []} for name, _ in rows}
     for seed in args.seeds:
@@ -99,7 +106,8 @@ def main() -> None:
     base = stats[args.reference]["seconds"]
     table = []
     n_img = len(captions) * len(args.seeds)
-    print(f"\n{args.model}: {len(captions)} prompts x {len(args.seeds)} seeds, options {opts}")
+    print(f"\n{args.model}: {len(captions)} prompts x {len(args.seeds)} seeds, options {opts}"
+          f"{', compiled' if args.compile else ''}")
     print(f"{'row':>10} {'GenEval-lite':>14} {'min..max':>12} {'vs ref (95 %)':>18} {'FID pooled':>10} "
           f"{'FID per seed':>18} {'s/image':>8} {'speed-up':>8} {'NFE':>7}")
     ref_scores = stats[args.reference]["per_image"]
@@ -111,7 +119,7 @@ def main() -> None:
                "reference": args.reference, "diff_vs_reference": diff, "diff_ci95_half": half,
                "seconds_per_image": st["seconds"] / n_img, "speedup": base / st["seconds"],
                "nfe": statistics.mean(st["nfe"]), "fid": fid["pooled"] if fid else None,
-               "fid_per_seed": fid["per_seed"] if fid else None}
+               "fid_per_seed": fid["per_seed"] if fid else None, "per_image": st["per_image"]}
         table.append(row)
         pooled = f"{fid['pooled']:.1f}" if fid else "-"
         seeds = (f"{statistics.mean(fid['per_seed']):.1f} ({min(fid['per_seed']):.1f}..{max(fid['per_seed']):.1f})"
@@ -122,7 +130,8 @@ def main() -> None:
     print(f"disc baseline overall: {disc:.3f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"model": args.model, "options": opts, "rows": table,
+        Path(args.out).write_text(json.dumps({"model": args.model, "options": opts, "compiled": args.compile,
+                                              "rows": table,
                                               "disc_baseline": disc}, indent=1))
 
 
