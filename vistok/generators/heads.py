@@ -296,7 +296,7 @@ class DiffLossHead(nn.Module, Configurable):
         ODE: ``c_x = sigma' / sigma``, ``c_d = alpha' (1 - exp(-h))``, ``c_z = 0``; SDE: ``c_x = sigma' / sigma
         exp(-h)``, ``c_d = alpha' (1 - exp(-2h))``, ``c_z = sigma' sqrt(1 - exp(-2h))``.
 
-        Columns: ``t``, ``1 / alpha``, ``sigma / alpha``, ``c_x``, ``c_d``, ``c_z``, ``q``.
+        Columns (float64, on the CPU): ``t``, ``1 / alpha``, ``sigma / alpha``, ``c_x``, ``c_d``, ``c_z``, ``q``.
         """
         key = (num_steps, sde)
         if key not in self._dpm_tables:
@@ -313,7 +313,7 @@ class DiffLossHead(nn.Module, Configurable):
             if num_steps > 2:
                 q[1:-1] = h[1:-1] / (2 * h[:-2])
             tab = torch.stack([t.double(), 1 / alpha[:-1], sigma[:-1] / alpha[:-1], c_x, c_d, c_z, q], dim=1)
-            self._dpm_tables[key] = tab.to(self.input_proj.weight.device)
+            self._dpm_tables[key] = tab  # CPU: the sampler reads it as Python floats
         return self._dpm_tables[key]
 
     def _dpm_sample(self, z: Tensor, z_null: Tensor | None, cfg_scale: float | Tensor, temperature: float,
@@ -322,15 +322,14 @@ class DiffLossHead(nn.Module, Configurable):
         float64 states, see :meth:`dpm_table`.  z (n, c), noise (s, n, d) -> (n, d)."""
         s, n, d = noise.shape
         table = self.dpm_table(s, sde)
-        steps = torch.tensor(table[:, 0].tolist(), dtype=torch.long, device=z.device)
-        rows = table.tolist()
+        steps = table[:, 0].to(z.device, torch.long)
         x, x0_prev = noise[0].double(), None
-        for k, (_, inv_alpha, sig_alpha, c_x, c_d, c_z, q) in enumerate(rows):
+        for k, (_, inv_alpha, sig_alpha, c_x, c_d, c_z, q) in enumerate(table.tolist()):
             eps = self.guided_net(x.to(z.dtype), steps[k].expand(n), z, z_null, cfg_scale)[:, :d].double()
             x0 = inv_alpha * x - sig_alpha * eps
             if self.clip_denoised is not None:
                 x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
-            dx = x0 if x0_prev is None or q == 0 else x0 + q * (x0 - x0_prev)
+            dx = x0 if q == 0 else x0 + q * (x0 - x0_prev)  # q = 0 on the first step
             x = c_x * x + c_d * dx
             if sde and k + 1 < s and temperature > 0:
                 x = x + (c_z * temperature) * noise[k + 1].double()
