@@ -135,7 +135,7 @@ class MARGenerator(_ContinuousGenerator, Configurable):
 
     is_causal = False
     default_decoder = "masked"
-    inference_methods = ("predict", "head.net")  # what vistok.compile_inference compiles
+    inference_methods = ("predict", "head.denoise")  # what vistok.compile_inference compiles
 
     def __init__(self, *, token_dim: int = 16, seq_len: int = 256, encoder_width: int = 1024, encoder_depth: int = 16,
                  encoder_heads: int = 16, decoder_width: int = 1024, decoder_depth: int = 16, decoder_heads: int = 16,
@@ -298,7 +298,7 @@ class MARARGenerator(_ContinuousGenerator, Configurable):
 
     is_causal = True
     default_decoder = "ar"  # one diffusion-head draw per pass (decode_car); "csd" speculates
-    inference_methods = ("step", "head.net")  # what vistok.compile_inference compiles
+    inference_methods = ("step", "head.denoise")  # what vistok.compile_inference compiles
 
     def __init__(self, *, token_dim: int = 16, seq_len: int = 256, width: int = 1024, depth: int = 32,
                  num_heads: int = 16, mlp_ratio: float = 4.0, norm_eps: float = 1e-6, num_classes: int = 1000,
