@@ -84,11 +84,14 @@ class XARBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache, layer: int,
                 slots: Tensor, cond: Tensor) -> Tensor:
-        """x (b, l, c); cond (b, g, c): one condition per run of ``l // g`` consecutive tokens."""
-        mod = repeat(self.ada(F.silu(cond)), "b g (six c) -> six b (g r) c", six=6, r=x.shape[1] // cond.shape[1])
-        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod
-        x = x + self.drop(self.attn(modulate(self.norm(x), shift1, scale1), mask, rope, cache, layer, slots)) * gamma1
-        return x + self.mlp(modulate(self.norm(x), shift2, scale2)) * gamma2
+        """x (b, l, c); cond (b, g, c): one condition per run of ``l // g`` consecutive tokens.
+
+        The modulations stay one per cell ((b, g, 1, c)) and broadcast over a (b, g, l // g, c) view of the tokens."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.ada(F.silu(cond))[:, :, None].chunk(6, dim=-1)
+        cells = lambda v: v.unflatten(1, (cond.shape[1], -1))  # b g r c
+        h = modulate(self.norm(cells(x)), shift1, scale1).flatten(1, 2)
+        x = x + (cells(self.drop(self.attn(h, mask, rope, cache, layer, slots))) * gamma1).flatten(1, 2)
+        return x + (self.mlp(modulate(self.norm(cells(x)), shift2, scale2)) * gamma2).flatten(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
