@@ -121,7 +121,9 @@ class Attention(nn.Module):
         """``x`` (b, l, c) -> (b, l, c).  ``mask``: bool, True = attend, broadcastable to (b, h, l, s).
 
         ``rope``: cos/sin tables (b, l, d/2) rotating queries and keys.  With ``cache``, the new keys/values are
-        written at ``slots`` (b, l) of cache layer ``layer`` and attention runs over the whole cache buffer.
+        written at ``slots`` (b, l) of cache layer ``layer`` and attention runs over the whole cache buffer, or over
+        its first ``s`` slots when ``mask`` is narrower than the buffer (last dim ``s > 1``; the caller then knows
+        that every later slot is masked for every query).
         """
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         if self.qk_norm:
@@ -130,6 +132,8 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
+            if mask is not None and 1 < mask.shape[-1] < k.shape[2]:
+                k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
         p = self.attn_dropout if self.training else 0.0
         out = attend(q, k.to(q.dtype), v.to(q.dtype), mask, p, self.scale)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
