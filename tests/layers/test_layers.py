@@ -263,3 +263,38 @@ def test_pixel_refiner_channels_last_path_keeps_the_output_and_layout():
     h = ref.conv_in(torch.cat([rgb, feats], 1))  # the same stack in the default layout, by hand
     h = h + ref.blocks[0](h)
     torch.testing.assert_close(out, rgb + ref.conv_out(torch.nn.functional.gelu(h)), atol=1e-5, rtol=1e-5)
+
+
+def test_vit_block_queries_computes_the_last_rows_only():
+    """``queries=n``: the last n rows of the full block's output (keys/values from every row), with a mask and RoPE;
+    a block that ignored the option (or took the first rows) fails."""
+    torch.manual_seed(0)
+    blk = ViTBlock(32, 4).eval()
+    x = torch.randn(2, 9, 32)
+    mask = torch.rand(2, 1, 9, 9) > 0.3
+    mask[..., 0] = True
+    rope = (torch.randn(2, 9, 4).cos(), torch.randn(2, 9, 4).sin())
+    for m, r in [(None, None), (mask, None), (mask, rope)]:
+        full = blk(x, m, r)
+        part = blk(x, m, r, queries=3)
+        assert part.shape == (2, 3, 32)
+        torch.testing.assert_close(part, full[:, -3:], atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(part, full[:, :3], atol=1e-3)
+
+
+def test_attention_mask_narrower_than_the_cache_reads_its_first_slots():
+    """With a cache, a mask over the first s slots gives the full-width mask's result (later slots masked)."""
+    torch.manual_seed(0)
+    attn = Attention(16, 2).eval()
+    cache_a, cache_b = KVCache(1, 2, 2, 8, 0, 10), KVCache(1, 2, 2, 8, 0, 10)
+    for c in (cache_a, cache_b):  # the same earlier entries; different garbage past the span (slots 6..9)
+        torch.manual_seed(1)
+        c.k[0].normal_(), c.v[0].normal_()
+    cache_b.k[0][:, :, 6:].normal_(), cache_b.v[0][:, :, 6:].normal_()
+    x, slots = torch.randn(2, 3, 16), torch.arange(3, 6).expand(2, -1)
+    wide = torch.zeros(2, 1, 3, 10, dtype=torch.bool)
+    wide[..., :6] = True
+    out_wide = attn(x, wide, None, cache_a, 0, slots)
+    out_narrow = attn(x, wide[..., :6].clone(), None, cache_b, 0, slots)
+    torch.testing.assert_close(out_narrow, out_wide)
+    torch.testing.assert_close(cache_b.k[0][:, :, :6], cache_a.k[0][:, :, :6])  # written into the full buffer

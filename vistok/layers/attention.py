@@ -117,8 +117,12 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0, slots: Tensor | None = None) -> Tensor:
+                cache: KVCache | None = None, layer: int = 0, slots: Tensor | None = None,
+                queries: int | None = None) -> Tensor:
         """``x`` (b, l, c) -> (b, l, c).  ``mask``: bool, True = attend, broadcastable to (b, h, l, s).
+
+        ``queries``: only the last ``queries`` rows of ``x`` query (every row still gives keys and values), so the
+        output is (b, queries, c); for a last block whose other rows are discarded.
 
         ``rope``: cos/sin tables (b, l, d/2) rotating queries and keys.  With ``cache``, the new keys/values are
         written at ``slots`` (b, l) of cache layer ``layer`` and attention runs over the whole cache buffer, or over
@@ -130,6 +134,9 @@ class Attention(nn.Module):
             q, k = (F.layer_norm(t.float(), t.shape[-1:]).type_as(t) for t in (q, k))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if queries is not None:
+            q = q[:, :, -queries:]
+            mask = mask[..., -queries:, :] if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1 else mask
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
             if mask is not None and 1 < mask.shape[-1] < k.shape[2]:
@@ -167,9 +174,12 @@ class ViTBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, rope: tuple[Tensor, Tensor] | None = None,
-                cache: KVCache | None = None, layer: int = 0, slots: Tensor | None = None) -> Tensor:
-        """``x`` (b, l, c) -> (b, l, c); the other arguments go to :class:`Attention`."""
-        x = x + self.drop(self.attn(self.norm1(x), mask, rope, cache, layer, slots))
+                cache: KVCache | None = None, layer: int = 0, slots: Tensor | None = None,
+                queries: int | None = None) -> Tensor:
+        """``x`` (b, l, c) -> (b, l, c), or (b, queries, c): only the last ``queries`` rows computed past the keys and
+        values (a last block whose other outputs are discarded); the other arguments go to :class:`Attention`."""
+        h = self.drop(self.attn(self.norm1(x), mask, rope, cache, layer, slots, queries))
+        x = (x if queries is None else x[:, -queries:]) + h
         return x + self.mlp(self.norm2(x))
 
 

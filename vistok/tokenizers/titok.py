@@ -89,8 +89,8 @@ class TiTokEncoder(nn.Module):
         x = torch.cat([repeat(self.cls_token, "1 c -> b 1 c", b=b), x], dim=1) + self.pos_embed  # b (1+p) c
         lat = repeat(latent_tokens + self.latent_pos_embed, "n c -> b n c", b=b)
         x = self.norm_pre(torch.cat([x, lat], dim=1))
-        for blk in self.blocks:
-            x = blk(x)
+        for i, blk in enumerate(self.blocks):  # only the latent tokens' outputs are read: the last block computes those
+            x = blk(x, queries=n if i == len(self.blocks) - 1 else None)
         x = self.norm_post(x[:, -n:])  # b n c
         if self.legacy_readout:
             # Official legacy checkpoints reinterpret the (b, n, c) buffer as (b, c, n) without transposing
