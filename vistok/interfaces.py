@@ -522,7 +522,7 @@ class KVCache:
 
     def with_prefix(self, seen: Tensor) -> Tensor:
         """The attention mask ``(B, 1, L, S)`` of queries that see the real prefix slots and the token slots where
-        ``seen`` ``(B, L, max_tokens)`` (or its first columns) is True."""
+        ``seen`` ``(B, L, max_tokens)`` is True."""
         return torch.cat([self.prefix_mask[:, None].expand(-1, seen.shape[1], -1), seen], dim=-1)[:, None]
 
     def advance(self, positions: Tensor) -> None:

@@ -176,10 +176,9 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
         row, col = (cell // sw) * kh + j // kw, (cell % sw) * kw + j % kw
         return rope_2d(row, col, self.width // self.num_heads, self.rope_base)
 
-    def _attention_mask(self, positions: Tensor, cache: KVCache, span: int | None = None) -> Tensor:
-        """Bool (b, 1, l, s): block-causal over cells, plus the valid text-prefix slots.  ``span`` (the end of the
-        last cell queried) narrows it to the slots any query can see, so attention reads only those."""
-        key_cell = torch.arange(span or cache.max_tokens, device=positions.device) // self.cell_tokens
+    def _attention_mask(self, positions: Tensor, cache: KVCache) -> Tensor:
+        """Bool (b, 1, l, s): block-causal over cells, plus the valid text-prefix slots."""
+        key_cell = torch.arange(cache.max_tokens, device=positions.device) // self.cell_tokens
         return cache.with_prefix(key_cell <= (positions // self.cell_tokens)[..., None])
 
     # -- checks ------------------------------------------------------------------------------------------------
@@ -234,10 +233,7 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
             raise ValueError(f"t must be in [0, 1] with shape (), ({b},) or ({b}, {g}); got {tuple(t.shape)}")
         cond = cache.start[:, None] + self.time_embed(t)  # b g c
         h = self.token_proj(inputs.to(self.token_proj.weight.dtype))
-        # attention reads the cache up to the end of the last cell fed, as the official code concatenates the cells
-        # so far (a host read of the positions; skipped under torch.compile, which keeps one graph per shape)
-        span = None if torch.compiler.is_compiling() else int(starts.max()) + k
-        h = self._backbone(h, cond, self._attention_mask(positions, cache, span), self._rope(positions), cache,
+        h = self._backbone(h, cond, self._attention_mask(positions, cache), self._rope(positions), cache,
                            positions + cache.prefix_len, positions)
         clean_end = ((starts + k) * (t == 0)).amax(dim=1)  # end of the cells fed clean
         cache.lengths = torch.maximum(cache.lengths, clean_end)

@@ -125,9 +125,7 @@ class Attention(nn.Module):
         output is (b, queries, c); for a last block whose other rows are discarded.
 
         ``rope``: cos/sin tables (b, l, d/2) rotating queries and keys.  With ``cache``, the new keys/values are
-        written at ``slots`` (b, l) of cache layer ``layer`` and attention runs over the whole cache buffer, or over
-        its first ``s`` slots when ``mask`` is narrower than the buffer (last dim ``s > 1``; the caller then knows
-        that every later slot is masked for every query).
+        written at ``slots`` (b, l) of cache layer ``layer`` and attention runs over the whole cache buffer.
         """
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         if self.qk_norm:
@@ -139,8 +137,6 @@ class Attention(nn.Module):
             mask = mask[..., -queries:, :] if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1 else mask
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
-            if mask is not None and 1 < mask.shape[-1] < k.shape[2]:
-                k, v = k[:, :, : mask.shape[-1]], v[:, :, : mask.shape[-1]]
         p = self.attn_dropout if self.training else 0.0
         out = attend(q, k.to(q.dtype), v.to(q.dtype), mask, p, self.scale)
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
