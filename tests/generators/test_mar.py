@@ -538,3 +538,29 @@ def test_head_clip_denoised_bounds_the_samples():
     assert free.abs().max() > 1.5 and clipped.abs().max() <= 1.5 + 1e-5
     with pytest.raises(ValueError, match="clip_denoised"):
         DiffLossHead(token_dim=4, cond_dim=8, width=16, depth=1, clip_denoised=0.0)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm", "dpm_sde"])
+def test_hoisted_head_network_matches_the_per_step_network(sampler):
+    """The samplers' ``conditioned`` function (condition projected once, time embedded once per step) computes
+    ``guided_net``; every sampler gives the draws of the per-step network (a ``net`` patched on the instance, which
+    the samplers call as is)."""
+    torch.manual_seed(0)
+    head = DiffLossHead(token_dim=4, cond_dim=8, width=32, depth=2, num_sampling_steps=10, sampler=sampler).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0, 0.2)
+    z, z_null, x = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 4)
+    timesteps = torch.tensor([999, 500, 3, 0])
+    with torch.no_grad():
+        for zn, cfg in [(None, 1.0), (z_null, 1.0), (z_null, 2.5), (z_null, torch.linspace(1, 3, 5))]:
+            f = head.conditioned(z, zn, cfg, timesteps)
+            for k in (0, 2, torch.tensor([0, 1, 2, 3, 1])):
+                t = timesteps[k].expand(5) if isinstance(k, int) else timesteps[k]
+                torch.testing.assert_close(f(x, k), head.guided_net(x, t, z, zn, cfg), atol=1e-5, rtol=1e-5)
+        noise = head.sample_noise(5, generator=torch.Generator().manual_seed(1))
+        hoisted = head.sample(z, z_null=z_null, cfg_scale=2.0, temperature=0.9, noise=noise)
+        head.net = lambda x, t, z: DiffLossHead.net(head, x, t, z)  # redefined: the per-step path
+        per_step = head.sample(z, z_null=z_null, cfg_scale=2.0, temperature=0.9, noise=noise)
+    torch.testing.assert_close(hoisted, per_step, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(hoisted, head.sample(z, z_null=z_null, cfg_scale=2.5, temperature=0.9, noise=noise))
