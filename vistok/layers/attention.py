@@ -130,11 +130,12 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
         if self.qk_norm:
             q, k = (F.layer_norm(t.float(), t.shape[-1:]).type_as(t) for t in (q, k))
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if queries is not None:
             q = q[:, :, -queries:]
             mask = mask[..., -queries:, :] if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1 else mask
+        if rope is not None:
+            q_rope = rope if queries is None else tuple(table[:, -queries:] for table in rope)
+            q, k = apply_rope(q, *q_rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.write(layer, k, v, slots)
         p = self.attn_dropout if self.training else 0.0
