@@ -128,11 +128,11 @@ class Attention(nn.Module):
         written at ``slots`` (b, l) of cache layer ``layer`` and attention runs over the whole cache buffer.
         """
         q, k, v = rearrange(self.qkv(x), "b l (three h d) -> three b h l d", three=3, h=self.num_heads)
-        if self.qk_norm:
-            q, k = (F.layer_norm(t.float(), t.shape[-1:]).type_as(t) for t in (q, k))
         if queries is not None:
             q = q[:, :, -queries:]
             mask = mask[..., -queries:, :] if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1 else mask
+        if self.qk_norm:
+            q, k = (F.layer_norm(t.float(), t.shape[-1:]).type_as(t) for t in (q, k))
         if rope is not None:
             q_rope = rope if queries is None else tuple(table[:, -queries:] for table in rope)
             q, k = apply_rope(q, *q_rope), apply_rope(k, *rope)
