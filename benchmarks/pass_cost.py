@@ -2,7 +2,7 @@
 own work, and the wall-clock / step-compression ratio that this leaves.
 
     python benchmarks/pass_cost.py --model vistok/assets/vq256 --windows 2 4 8 16 64 --decoders sjd mcsjd \
-        [--num-prompts 4] [--rounds 3] [--threads 1]
+        [--num-prompts 4] [--rounds 3] [--threads 1] [--device cuda] [--compile [--compile-mode reduce-overhead]]
 
 Issue 19's goal "wall-clock >= 0.8 x step compression at batch 1" asks that a pass over a W-token window cost at most
 1.25x a one-token AR pass, verification included.  This script splits every decoder call into the time spent inside
@@ -13,6 +13,10 @@ over the same prompts and seeds, batch 1, CFG and top-k as the pipeline's defaul
 Columns: passes per image, ms per pass (total, forward, rest), forward(W) / forward(1), step compression, speed-up
 (AR seconds / decoder seconds), ratio = speed-up / compression, and the *ceiling* forward(1) / forward(W): the ratio
 a decoder whose own work cost nothing would reach at that window on this machine.
+
+On a GPU (``--device cuda``) the timer synchronizes before and after every ``generator.step``, so "forward" is the
+pass's kernels and "rest" the decoder's own work including its launches; the syncs themselves cost both AR and the
+decoders one wait per pass.
 """
 
 from __future__ import annotations
@@ -22,9 +26,18 @@ import time
 
 import torch
 
+from vistok.compiling import compile_inference
 from vistok.data import ShapesDataset
 from vistok.decoding import generate
-from vistok.sample import DEFAULT_MODEL, Pipeline
+from vistok.sample import DEFAULT_MODEL, Pipeline, resolve_device
+
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    """On a GPU, wait for the queued work: the forward's time is its kernels', not their launches'."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 class StepTimer:
@@ -35,18 +48,23 @@ class StepTimer:
         self.inner = generator.step
 
     def __call__(self, *args, **kwargs):
+        _sync()
         t0 = time.perf_counter()
         try:
             return self.inner(*args, **kwargs)
         finally:
+            _sync()
             self.seconds += time.perf_counter() - t0
 
     def __enter__(self) -> StepTimer:
+        self.shadowed = self.generator.__dict__.get("step")  # a compiled step (vistok.compile_inference) stays
         self.generator.step = self
         return self
 
     def __exit__(self, *exc) -> None:
         del self.generator.step
+        if self.shadowed is not None:
+            self.generator.step = self.shadowed
 
 
 @torch.no_grad()
@@ -64,9 +82,11 @@ def measure(pipe: Pipeline, captions: list[str], configs: list[tuple[str, int]],
             for i, cond in enumerate(conds):
                 for name, window in configs:  # alternate: every configuration on this prompt, then the next
                     timer.seconds = 0.0
+                    _sync()
                     t0 = time.perf_counter()
                     out = generate(pipe.generator, cond, decoder=name, seed=1000 * r + i, **sampling,
                                    **opts[(name, window)])
+                    _sync()
                     tot = totals[(name, window)]
                     tot["seconds"] += time.perf_counter() - t0
                     tot["forward"] += timer.seconds
@@ -99,16 +119,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--prompt-seed", type=int, default=12345)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (a GPU: the step timer synchronizes)")
+    p.add_argument("--compile", action="store_true", help="compile the generator's step (vistok.compile_inference)")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode with --compile (reduce-overhead: CUDA graphs on a GPU)")
     args = p.parse_args(argv)
+    global DEVICE
+    try:
+        DEVICE = resolve_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(args.threads)
-    pipe = Pipeline.from_folder(args.model)
+    pipe = Pipeline.from_folder(args.model).to(DEVICE)
+    if args.compile:
+        compile_inference(pipe.generator, mode=args.compile_mode)
     sampling = {k: v for k, v in pipe.defaults.items() if k in ("cfg_scale", "top_k", "top_p", "temperature")}
     ds = ShapesDataset(args.num_prompts, seed=args.prompt_seed, max_objects=1)
     captions = [ds.scene(i).caption for i in range(len(ds))]
     configs = [("ar", 1)] + [(d, w) for d in args.decoders for w in args.windows]
     rows = measure(pipe, captions, configs, args.rounds, sampling)
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"{args.model}: N = {pipe.generator.seq_len}, batch 1, {sampling}, {len(captions)} prompts x "
-          f"{args.rounds} rounds, {torch.get_num_threads()} thread(s)\n")
+          f"{args.rounds} rounds, {where}{', compiled ' + str(args.compile_mode or '') if args.compile else ''}\n")
     print(table(rows, len(captions) * args.rounds))
     return rows
 

@@ -4,6 +4,7 @@
                                      [--xar-repo PATH] [--models titok nar llamagen mar xar] [--batch-sizes 1 8]
                                      [--repeats 3] [--threads 2] [--mar-iters 16] [--mar-head-steps 100]
                                      [--xar-steps 10] [--tiny] [--out results.json] [--profile DIR]
+                                     [--compile [--compile-mode reduce-overhead]] [--device cuda] [--tf32]
 
 The calls (issue 19, section 3), all class-conditional with CFG where the model has it:
 
@@ -33,6 +34,11 @@ the warm-up call (:class:`OpCounter`; ``--out`` rows also name the vistok source
 runs the warm-up calls under ``torch.profiler`` and writes their op tables.  Results and profiles: docs/speed.md.
 ``--tiny`` shrinks every model (tests, smoke runs): TiTok-S at 64 px / 32 tokens, 2-layer 128-wide GPTs on an
 8x8 grid, 2+2-block 64-wide MAR (8x8, 10 head steps) and xAR.
+
+``--device cuda``: both sides run on the GPU (models built and randomised on the CPU, then moved; the official
+samplers' own ``.cuda()`` calls are left alone); every timed call is bracketed by ``torch.cuda.synchronize``, and
+TF32 is off on both sides unless ``--tf32``.  ``--compile --compile-mode reduce-overhead`` asks Inductor for CUDA
+graphs.  ``benchmarks/device_check.sh`` runs this on a lent GPU.
 
 Official code: bytedance/1d-tokenizer (TiTok, arXiv 2406.07550), ThisisBillhe/NAR (arXiv 2503.10696),
 FoundationVision/LlamaGen (arXiv 2406.06525), LTH14/mar (arXiv 2406.11838), OliverRensu/xAR (arXiv 2502.20388).
@@ -66,8 +72,10 @@ from vistok import Conditioning
 from vistok.checkpoint import load_state_dict_strict
 from vistok.compiling import compile_inference, eager_mode
 from vistok.decoding import generate
+from vistok.sample import resolve_device
 
 MODELS = ("titok", "nar", "llamagen", "mar", "xar")
+DEVICE = torch.device("cpu")  # --device: where both sides run (models built and randomised on the CPU, then moved)
 _TOP_LEVEL = ("modeling", "models", "autoregressive", "diffusion", "utils", "util", "tokenizer", "language",
               "dataset", "evaluations", "engine_mar", "engine_xar")  # module names the official repos share
 
@@ -107,7 +115,8 @@ def _import_official(repo: str | Path, names: list[str], marker: str) -> list[ty
     root = Path(repo).expanduser().resolve()
     if not (root / marker).is_file():
         raise OfficialUnavailable(f"{root} is not a checkout of the official repo (no {marker})")
-    torch.Tensor.cuda = lambda self, *a, **k: self  # the official samplers call .cuda() unconditionally
+    if DEVICE.type != "cuda":  # the official samplers call .cuda() unconditionally
+        torch.Tensor.cuda = lambda self, *a, **k: self
     _stub("flash_attn", flash_attn_func=_unused)  # xAR imports it; its attention path uses torch SDPA
     _stub("accelerate.utils.operations", gather=_unused)  # TiTok's quantizer imports it for multi-GPU training
 
@@ -141,7 +150,7 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
             p.copy_(1 + 0.1 * noise)
         else:
             p.copy_(0.1 * noise)
-    return model.eval()
+    return model.eval().to(DEVICE)
 
 
 class Counter:
@@ -204,7 +213,7 @@ class Case:
 
 
 def _labels(batch: int, num_classes: int) -> Tensor:
-    return (torch.arange(batch) * 7 + 3) % num_classes
+    return ((torch.arange(batch) * 7 + 3) % num_classes).to(DEVICE)
 
 
 def _max_diff(a: Tensor, b: Tensor) -> str:
@@ -241,10 +250,10 @@ def build_titok(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
         load_state_dict_strict(ours, convert_titok_state_dict(official.state_dict()), "official TiTok")
     else:
         randomize(ours, seed=1)
-    ours.eval()
+    ours.eval().to(DEVICE)
     size = tree["dataset"]["preprocessing"]["crop_size"]
-    image = lambda b: torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(b))
-    ids = lambda b: torch.randint(0, 4096, (b, ours.num_tokens), generator=torch.Generator().manual_seed(b))
+    image = lambda b: torch.rand(b, 3, size, size, generator=torch.Generator().manual_seed(b)).to(DEVICE)
+    ids = lambda b: torch.randint(0, 4096, (b, ours.num_tokens), generator=torch.Generator().manual_seed(b)).to(DEVICE)
     ops = {"encode": (Side(lambda b, s: ours.encode(image(b))),
                       official and Side(lambda b, s: official.encode(image(b))[1]["min_encoding_indices"])),
            "decode": (Side(lambda b, s: ours.decode(ids(b), clamp=False)),
@@ -306,7 +315,7 @@ def build_nar(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
         gen_fn = gen.generate
     else:
         randomize(ours, seed=2)
-    ours.eval()
+    ours.eval().to(DEVICE)
     ops = _gpt_sides(ours, ours.right_norm, official, gen_fn, "nar", a, cfg=4.0)
     return Case("nar", "NAR-B" + (" tiny" if tiny else ""), ops, lambda op, x, y: _same_ids(x, y),
                 sum(p.numel() for p in ours.parameters()), ours)
@@ -331,7 +340,7 @@ def build_llamagen(repo: str | None, tiny: bool, args: argparse.Namespace) -> Ca
         gen_fn = gen.generate
     else:
         randomize(ours, seed=3)
-    ours.eval()
+    ours.eval().to(DEVICE)
     ops = _gpt_sides(ours, ours.norm, official, gen_fn, "ar", a, cfg=4.0)
     return Case("llamagen", "LlamaGen GPT-B" + (" tiny" if tiny else ""), ops,
                 lambda op, x, y: _same_ids(x, y) + " (1D vs 2D RoPE: not expected equal)",
@@ -378,7 +387,7 @@ def build_mar(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
         oside.counter.method("head", official.diffloss.net, "forward")  # sampling calls forward_with_cfg
     else:
         randomize(ours, seed=4)
-    ours.eval()
+    ours.eval().to(DEVICE)
 
     def compare(op: str, x: Tensor, y: Tensor) -> str:
         # sampling draws differ (numpy orders vs torch); compare one masked forward and one head call instead
@@ -386,12 +395,13 @@ def build_mar(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
         b, n, d = 2, ours.seq_len, ours.token_dim
         tokens, orders = torch.randn(b, n, d, generator=g), torch.rand(b, n, generator=g).argsort(dim=1)
         mask = torch.zeros(b, n, dtype=torch.bool).scatter(1, orders[:, : int(0.6 * n)], True)  # same count per row
+        tokens, mask = tokens.to(DEVICE), mask.to(DEVICE)
         labels = _labels(b, a["class_num"])
         z_ours = ours.predict(tokens, mask, Conditioning(labels=labels))
         z_off = official.forward_mae_decoder(official.forward_mae_encoder(tokens, mask.float(),
                                                                           official.class_emb(labels)), mask.float())
-        t = torch.randint(0, 1000, (b * n,), generator=g)
-        x_t = torch.randn(b * n, d, generator=g)
+        t = torch.randint(0, 1000, (b * n,), generator=g).to(DEVICE)
+        x_t = torch.randn(b * n, d, generator=g).to(DEVICE)
         h_ours = ours.head.net(x_t, t, z_ours.flatten(0, 1))
         h_off = official.diffloss.net(x_t, t, z_off.flatten(0, 1))
         return f"fwd {_max_diff(z_ours, z_off)}, head {_max_diff(h_ours, h_off)}"
@@ -438,7 +448,7 @@ def build_xar(repo: str | None, tiny: bool, args: argparse.Namespace) -> Case:
         oside.counter.module("passes", official.encoder_norm)
     else:
         randomize(ours, seed=5)
-    ours.eval()
+    ours.eval().to(DEVICE)
     return Case("xar", f"xAR-B{' tiny' if tiny else ''} 4 cells x {steps} steps", {"generate": (vside, oside)},
                 lambda op, x, y: _max_diff(x, y), sum(p.numel() for p in ours.parameters()), ours)
 
@@ -450,11 +460,19 @@ BUILDERS: dict[str, Callable[[str | None, bool, argparse.Namespace], Case]] = di
 # --------------------------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------------------------
+def _sync() -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously: time whole calls, not their launches)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 @torch.no_grad()
 def _timed(side: Side, batch: int, seed: int) -> tuple[float, object, dict[str, int]]:
     with side.counter.counting() as counts:
+        _sync()
         start = time.perf_counter()
         out = side.run(batch, seed)
+        _sync()
         seconds = time.perf_counter() - start
     return seconds, out, counts
 
@@ -490,7 +508,8 @@ def _profiled(side: Side, batch: int, path: Path | None) -> tuple[float, object,
         return seconds, out, {**counts, "ops": ops.ops, "syncs": ops.syncs, "sync_sites": dict(ops.sites)}
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof, ops:
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE.type == "cuda" else [])
+    with profile(activities=acts) as prof, ops:
         result = _timed(side, batch, seed=0)
     result = (result[0], result[1], {**result[2], "ops": ops.ops, "syncs": ops.syncs, "sync_sites": dict(ops.sites)})
     table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60)
@@ -509,7 +528,7 @@ def _agreement(a: Tensor, b: Tensor) -> str:
 
 
 def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Path | None = None,
-               compile: bool = False) -> list[dict]:
+               compile: bool = False, compile_mode: str | None = None) -> list[dict]:
     """Rows of ``{model, op, batch, vistok_s, official_s, ratio, passes, check}`` (seconds are medians);
     ``profile_dir``: run the warm-up calls under ``torch.profiler`` and write their op tables there.
 
@@ -517,7 +536,8 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
     side, alternating with the other two (``vistok_s`` stays eager).  Every vistok cell first runs once in eager
     mode (its warm-up: pass, op and sync counts, and the reference for the ``vs eager`` column); then the model is
     compiled, each cell warms its compiled side up twice untimed (``compile_s`` = the first call), and the eager side
-    runs inside :func:`vistok.compiling.eager_mode`."""
+    runs inside :func:`vistok.compiling.eager_mode`.  ``compile_mode``: ``torch.compile``'s mode (e.g.
+    ``"reduce-overhead"``: CUDA graphs on a GPU)."""
     rows = []
     eager: dict[tuple[str, int], tuple] = {}  # (op, batch) -> the eager warm-up's (seconds, output, counts)
     compiled: dict[str, Side] = {}
@@ -528,7 +548,7 @@ def bench_case(case: Case, batch_sizes: list[int], repeats: int, profile_dir: Pa
             ours.counter.detach()
             compiled[op] = Side(ours.run)
             ours.run = partial(_in_eager, case.model, compiled[op].run)
-        compile_inference(case.model)
+        compile_inference(case.model, mode=compile_mode)
     for op, (ours, official) in case.ops.items():
         for b in batch_sizes:
             sides = [("vistok", ours)] + ([("official", official)] if official is not None else [])
@@ -605,6 +625,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     p.add_argument("--profile", type=Path, default=None, metavar="DIR",
                    help="profile the (untimed) warm-up call of each side and cell; op tables go to DIR")
+    p.add_argument("--device", default="cpu",
+                   help="where both sides run (cpu, cuda, cuda:1); on a GPU every timed call ends with a synchronize")
+    p.add_argument("--compile-mode", default=None, choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode for --compile (reduce-overhead: CUDA graphs on a GPU)")
+    p.add_argument("--tf32", action="store_true",
+                   help="allow TF32 matmuls and convolutions on a GPU (default: off on both sides, true fp32)")
     p.add_argument("--compile", action="store_true",
                    help="also time vistok compiled (vistok.compile_inference: Inductor, frozen weights), alternating "
                         "with eager vistok and the official code; adds compiled seconds, ratios, compile time (first "
@@ -612,9 +638,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     if args.repeats < 1 or any(b < 1 for b in args.batch_sizes):
         p.error("--repeats and --batch-sizes must be >= 1")
+    if args.compile_mode and not args.compile:
+        p.error("--compile-mode needs --compile")
+    global DEVICE
+    try:
+        DEVICE = resolve_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecated torch APIs the official code uses
-    print(f"torch {torch.__version__}, CPU fp32, {torch.get_num_threads()} threads, median of {args.repeats} "
+    where = (f"{torch.cuda.get_device_name(DEVICE)} {'tf32' if args.tf32 else 'fp32'}" if DEVICE.type == "cuda"
+             else "CPU fp32")
+    print(f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, median of {args.repeats} "
           f"alternating calls; ratio = vistok / official time (< 1: vistok faster); vistok eager"
           f"{' and compiled (Inductor, frozen weights; check = compiled vs official)' if args.compile else ''}\n")
     extra = " compiled s | compiled ratio | compiled / eager | compile s | compiled vs eager |" if args.compile else ""
@@ -628,7 +664,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         except OfficialUnavailable as e:
             print(f"| {m} | official code unavailable, vistok alone: {e} |", flush=True)
             case = BUILDERS[m](None, args.tiny, args)
-        rows += bench_case(case, args.batch_sizes, args.repeats, args.profile, compile=args.compile)
+        rows += bench_case(case, args.batch_sizes, args.repeats, args.profile, compile=args.compile,
+                           compile_mode=args.compile_mode)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
     return rows

@@ -11,6 +11,24 @@ import vistok  # noqa: E402, F401
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default=None,
+                     help="run tests/test_device.py on this device (cuda; cpu checks the tests themselves); without "
+                          "it those tests skip")
+
+
+@pytest.fixture(scope="session")
+def device(request):
+    """The device of ``--device`` (tests/test_device.py: every family there, compared with the CPU)."""
+    name = request.config.getoption("--device")
+    if not name:
+        pytest.skip("needs an accelerator: pytest tests/test_device.py --device cuda (benchmarks/device_check.sh)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"--device {name}: torch {torch.__version__} sees no CUDA device")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # compare with the CPU in fp32
+    return torch.device(name)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

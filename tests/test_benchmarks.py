@@ -86,6 +86,20 @@ def test_a_bad_checkout_is_reported_and_vistok_still_runs(vs_official, tmp_path,
     assert [(r["model"], "official_s" in r) for r in rows] == [("nar", False)]
 
 
+def test_vs_official_device_option(vs_official, capsys):
+    threads = torch.get_num_threads()
+    try:
+        rows = vs_official.main(["--tiny", "--threads", "1", "--repeats", "1", "--batch-sizes", "1", "--models",
+                                 "titok", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["op"] for r in rows] == ["encode", "decode"] and "CPU fp32" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # no such GPU here (none, or fewer than 100)
+        vs_official.main(["--tiny", "--models", "titok", "--device", "cuda:99"])
+    with pytest.raises(SystemExit):
+        vs_official.main(["--tiny", "--models", "titok", "--compile-mode", "reduce-overhead"])  # needs --compile
+
+
 def test_bad_arguments_are_refused(vs_official):
     with pytest.raises(SystemExit):
         vs_official.main(["--repeats", "0"])
@@ -386,3 +400,9 @@ def test_pass_cost_splits_forward_from_the_rest_and_unwraps_the_step(capsys):
     with bench.StepTimer(gen) as timer:
         assert gen.step is timer
     assert gen.step.__func__ is ARGenerator.step
+    own = gen.__dict__["step"] = lambda *a, **k: ARGenerator.step(gen, *a, **k)  # e.g. a compiled step
+    with bench.StepTimer(gen) as timer:
+        assert gen.step is timer and timer.inner is own
+    assert gen.step is own
+    with pytest.raises(SystemExit):  # no such GPU here (none, or fewer than 100)
+        bench.main(["--device", "cuda:99"])

@@ -147,6 +147,20 @@ class Pipeline:
         (folder / "pipeline.json").write_text(json.dumps(spec, indent=2))
         return folder
 
+    def to(self, device: str | torch.device) -> Pipeline:
+        """Move the tokenizer, the generator and the text encoder to ``device`` (in place; returns ``self``).
+        Sampling then runs there and :meth:`__call__` returns its images on that device."""
+        device = resolve_device(device)
+        for model in (self.tokenizer, self.generator, self.text_encoder):
+            if isinstance(model, nn.Module):
+                model.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the generator's parameters are (and so where sampling runs)."""
+        return next(self.generator.parameters()).device
+
     def compile(self) -> Pipeline:
         """Compile the generator's and the tokenizer's per-pass methods (:func:`vistok.compile_inference`: Inductor,
         frozen weights; their ``inference_methods``).  In place; returns ``self``.  The first call of each method
@@ -386,6 +400,27 @@ def frame_prefix(tokenizer: nn.Module, first_frames: Tensor, num_cond_frames: in
     clip = torch.cat([given, given[:, :, -1:].expand(-1, -1, frames_per_clip - m, -1, -1)], dim=2)
     device = next(tokenizer.parameters()).device
     return tokenizer.encode(clip.to(device))[:, :k]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` / None -> ``cuda`` when PyTorch sees a GPU, else ``cpu``; otherwise ``torch.device(device)``.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device that this PyTorch build or machine does not have.
+    """
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r} (e.g. 'cpu', 'cuda', 'cuda:1', 'auto'): {e}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: PyTorch {torch.__version__} sees no CUDA GPU on this machine; use "
+                             "'cpu' (or 'auto')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return dev
 
 
 def decodes_prefixes(tokenizer: nn.Module) -> bool:
@@ -792,6 +827,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder-options", default=None, metavar="K=V[,K=V]",
                    help="options of the decoder, e.g. 'window=16' (mcsjd), 'window=128,coupling=gumbel,proactive=8' "
                         "or 'num_iter=32' (masked); AxB is a tuple (proactive=8x2); see docs/sampling.md")
+    p.add_argument("--device", default="auto",
+                   help="where to sample: auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu, cuda, cuda:1")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the generator and tokenizer (Inductor, frozen weights): the first batch "
                         "waits for the compiler (a minute or more), later passes run faster; see docs/speed.md")
@@ -850,6 +887,7 @@ def _run(args: argparse.Namespace) -> str:
         raise ValueError(f"--scale must be >= 1, got {scale}")
     if args.fps < 1:
         raise ValueError(f"--fps must be >= 1, got {args.fps}")
+    device = resolve_device(args.device)
     if args.tokens is not None and args.tokens < 1:
         raise ValueError(f"--tokens must be >= 1 (the number of tokens to generate), got {args.tokens}")
     decoder_options = parse_options(args.decoder_options or "")
@@ -899,6 +937,7 @@ def _run(args: argparse.Namespace) -> str:
     pipe = Pipeline.from_folder(model)
     if args.generator:
         pipe.swap_generator(args.generator)
+    pipe.to(device)
     if args.compile:
         pipe.compile()
     prefix = None
@@ -911,6 +950,7 @@ def _run(args: argparse.Namespace) -> str:
                                          top_p=args.top_p, cfg_scale=args.cfg_scale, precision=args.precision,
                                          prefix=prefix, num_tokens=args.tokens, **decoder_options):
         nfe += out.nfe
+        imgs = imgs.cpu()
         if args.out_dir:
             for (i, j), img in zip(chunk, imgs, strict=True):
                 if img.ndim == 4:  # a clip (3, T, H, W)
@@ -919,7 +959,7 @@ def _run(args: argparse.Namespace) -> str:
                     _save_image(img, out_dir / image_name(i, j, suffix), scale)
         else:
             images.append(imgs)
-    timing = f"{nfe} generator passes; load {t1 - t0:.1f}s, sample {time.time() - t1:.1f}s"
+    timing = f"{nfe} generator passes on {device}; load {t1 - t0:.1f}s, sample {time.time() - t1:.1f}s"
     if args.out_dir:
         skipped = f", {done} already there" if done else ""
         return f"wrote {len(jobs)} images to {out_dir.resolve()} ({timing}{skipped})"
