@@ -47,16 +47,19 @@ def test_print_config_parses(config, capsys):
     assert printed["trainer"]["max_steps"] > 0
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_fit_fast_dev_run(config, tmp_path):
+def fast_dev_run_args(config: Path, tmp_path: Path, accelerator: str = "cpu") -> list[str]:
+    """``vistok fit`` arguments that run ``config`` for one batch on ``accelerator``, writing under ``tmp_path``
+    (untrained stand-ins for the exports it reads; the multi-GPU recipes on one device of that kind)."""
     args = ["fit", "--config", str(in_tmp(config, tmp_path)), "--trainer.fast_dev_run=true",
             f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--data.init_args.train_size=16", "--data.init_args.val_size=8",
             "--data.init_args.batch_size=8", f"--model.init_args.export_dir={tmp_path / 'export'}"]
-    if config.parent.name == "multi_gpu":  # GPU-cluster recipes: the same model, one CPU process, 2 blocks
-        args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.num_nodes=1",
-                 "--trainer.strategy=auto", "--trainer.precision=32-true", "--data.init_args.num_workers=0",
+    args += [f"--trainer.accelerator={accelerator}", "--trainer.devices=1"]
+    if config.parent.name == "multi_gpu":  # GPU-cluster recipes: the same model, one process, 2 blocks
+        args += ["--trainer.num_nodes=1", "--trainer.strategy=auto", "--data.init_args.num_workers=0",
                  "--model.init_args.generator.init_args.depth=2"]
+        if accelerator == "cpu":  # (bf16-mixed stays on a GPU)
+            args.append("--trainer.precision=32-true")
     init_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     for key in ("tokenizer_path", "pretrained"):  # a run's export (a generator's tokenizer, stage 1 of stage 2)
         path = init_args.get(key)
@@ -67,6 +70,12 @@ def test_fit_fast_dev_run(config, tmp_path):
     if repa and not (ROOT / repa).is_file():  # made by benchmarks/flextok_debug/repa_encoder.py: a stand-in encoder
         torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 8, 8, stride=8)), str(tmp_path / "repa.pt"))
         args.append(f"--model.init_args.repa_encoder={tmp_path / 'repa.pt'}")
+    return args
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_fit_fast_dev_run(config, tmp_path):
+    args = fast_dev_run_args(config, tmp_path)
     main(args)
     assert (tmp_path / "export" / "model.safetensors").is_file()
 

@@ -8,7 +8,10 @@
   the CPU's.
 * The exact decoders pass the network exactness test of ``tests/decoding/test_lossless.py`` with the model on the
   device, and the acceptance ratio x 1.5 fails the same test there (the test keeps its power).
-* The shipped pipeline samples there (``Pipeline.to``), also compiled.
+* The shipped pipeline samples there (``Pipeline.to``), also compiled; the text encoder encodes there (prompts
+  memoised before the move too).
+* Every config in ``configs/`` trains one batch there through ``vistok fit`` (the multi-GPU recipes on one GPU,
+  bf16-mixed as they are written).
 """
 
 import copy
@@ -17,12 +20,15 @@ import inspect
 import pytest
 import torch
 from exactness import joint_pvalue
+from test_cli import CONFIGS, fast_dev_run_args
 from test_registry import _tiny
 
 import vistok
+from vistok.cli import main as vistok_main
 from vistok.decoding import SamplingArgs, generate, jacobi
 from vistok.interfaces import Conditioning, MaskedGenerator
 from vistok.sample import Pipeline
+from vistok.text import MiniLMTextEncoder
 
 ATOL = 1e-4
 
@@ -179,3 +185,21 @@ def test_shipped_pipeline_samples_on_the_device(device, compiled):
     images, out = pipe(["a red circle", "a blue square"], num_samples=2, seed=0)
     assert images.device.type == device.type and images.shape[0] == 4
     assert 0 <= float(images.min()) and float(images.max()) <= 1 and out.tokens.shape[0] == 4
+
+
+def test_text_encoder_on_the_device(device):
+    enc = MiniLMTextEncoder(max_length=8)
+    want = enc(["a red circle", "a blue square"])  # "a red circle" stays memoised from the CPU
+    enc.to(device)
+    got = enc(["a red circle", "a blue square", "a green star"])
+    assert got.text.device.type == device.type and got.text_mask.device.type == device.type
+    enc._memo.clear()
+    again = enc(["a red circle", "a blue square"])  # encoded on the device
+    _close(again.text, want.text, "MiniLM states")
+    assert torch.equal(again.text_mask.cpu(), want.text_mask) and torch.equal(got.text_mask[:2].cpu(), want.text_mask)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_config_fits_one_batch_on_the_device(device, config, tmp_path):
+    vistok_main(fast_dev_run_args(config, tmp_path, accelerator="gpu" if device.type == "cuda" else device.type))
+    assert (tmp_path / "export" / "model.safetensors").is_file()

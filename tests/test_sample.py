@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import save_tiny_flextok_pipeline, tiny_ar, tiny_larp, tiny_titok
 from PIL import Image
 
-from vistok.sample import DEFAULT_MODEL, Pipeline, cli
+from vistok.sample import DEFAULT_MODEL, Pipeline, cli, resolve_device
 from vistok.text import MiniLMTextEncoder
 
 
@@ -30,6 +30,24 @@ def test_sample_cli_writes_grid_reproducibly(tiny_pipeline, tmp_path, capsys):
     cli(["a red circle on the left", "a blue star at the top", "--num-samples", "3", "--seed", "0",
          "--out", str(again), "--model", str(tiny_pipeline), "--scale", "1"])
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_device_choice(tiny_pipeline, tmp_path, capsys):
+    here = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("auto") == resolve_device(None) == here
+    assert resolve_device("cpu") == torch.device("cpu")
+    for bad, match in (("gpu0", "unknown device 'gpu0'"), ("cuda:99", "cuda:99")):
+        with pytest.raises(ValueError, match=match):
+            resolve_device(bad)
+    pipe = Pipeline.from_folder(tiny_pipeline)
+    assert pipe.to("cpu") is pipe and pipe.device == torch.device("cpu")
+    assert pipe.text_encoder.model.device == torch.device("cpu")  # the text encoder moves with the models
+    out = tmp_path / "g.png"
+    cli(["a red circle", "--model", str(tiny_pipeline), "--num-samples", "1", "--out", str(out), "--device", "cpu"])
+    assert "on cpu" in capsys.readouterr().out and out.is_file()
+    with pytest.raises(SystemExit):  # refused before anything is loaded or written
+        cli(["a red circle", "--model", str(tiny_pipeline), "--out", str(tmp_path / "bad.png"), "--device", "cuda:99"])
+    assert "cuda:99" in capsys.readouterr().err and not (tmp_path / "bad.png").exists()
 
 
 def test_pipeline_call_shapes(tiny_pipeline):

@@ -71,11 +71,18 @@ class TextEncoder(nn.Module):
     def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         raise NotImplementedError
 
+    @property
+    def device(self) -> torch.device:
+        """Where the text model is (``.to(device)`` moves it; states are returned there)."""
+        return next(self.parameters(), torch.empty(0)).device
+
     def _tokenize(self, prompts: list[str]) -> tuple[dict, list[int]]:
-        """The padded, truncated batch for the model and each prompt's untruncated token count."""
+        """The padded, truncated batch for the model (on the model's device) and each prompt's untruncated token
+        count."""
         batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                                return_tensors="pt")
-        return batch, [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        full = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        return {k: v.to(self.device) for k, v in batch.items()}, full
 
     @torch.no_grad()
     def forward(self, prompts: Sequence[str] | str) -> Conditioning:
@@ -99,8 +106,9 @@ class TextEncoder(nn.Module):
             warnings.warn(f"{len(cut)} of {len(prompts)} prompt(s) exceed the text encoder's {self.max_length} tokens "
                           f"and were truncated (longest: {n} tokens, {p[:60]!r}...); shorten them, or use a model "
                           "whose pipeline.json has a larger text_max_length", UserWarning, stacklevel=2)
-        return Conditioning(text=torch.stack([s for s, _, _ in items]),
-                            text_mask=torch.stack([m for _, m, _ in items]))
+        dev = self.device  # memoised states may come from before a .to(device)
+        return Conditioning(text=torch.stack([s.to(dev) for s, _, _ in items]),
+                            text_mask=torch.stack([m.to(dev) for _, m, _ in items]))
 
 
 class MiniLMTextEncoder(TextEncoder):
@@ -128,9 +136,7 @@ class MiniLMTextEncoder(TextEncoder):
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """prompts -> (states (max_length, 384), mask (max_length,), untruncated token count) per prompt."""
-        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
-        full = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        batch, full = self._tokenize(prompts)
         states = self.model(**batch).last_hidden_state
         return list(zip(states, batch["attention_mask"].bool(), full, strict=True))
 
