@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from vistok.interfaces import Conditioning, KVCache, check_pixels
+from vistok import interfaces
+from vistok.interfaces import Conditioning, KVCache, check_pixels, check_positions, validating
 
 
 @pytest.mark.parametrize(
@@ -104,3 +105,17 @@ def test_check_choice_and_check_count_messages():
     for bad in (0, -1, 2.5, True, "3"):
         with pytest.raises(ValueError, match="window must be an int >= 1"):
             check_count("window", bad)
+
+
+def test_per_pass_value_checks_run_on_the_cpu_and_skip_on_accelerators(monkeypatch):
+    """Per-pass checks read values on the host: free on the CPU, a wait for the device's queue on a GPU (one per
+    decoding pass would serialise launching and running).  A "meta" tensor stands in for an accelerator here."""
+    with pytest.raises(ValueError, match=r"positions must be in \[0, 7\]"):
+        check_positions(torch.tensor([[3, 8]]), 8)
+    assert validating() and validating(torch.zeros(2))
+    on_device = torch.empty(2, device="meta")
+    assert not validating(on_device)
+    check_positions(torch.empty(1, 2, dtype=torch.long, device="meta"), 8)  # skipped: nothing is read
+    monkeypatch.setattr(interfaces, "CHECK_VALUES_ON_DEVICE", True)
+    assert validating(on_device)
+    assert not torch.compile(lambda x: torch.tensor(validating(x)), backend="eager")(torch.zeros(2))  # compiled

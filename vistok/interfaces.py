@@ -248,15 +248,27 @@ def check_count(name: str, value, low: int = 1, hint: str = "") -> None:
         raise ValueError(f"{name} must be an int >= {low}{hint}, got {value!r}")
 
 
-def validating() -> bool:
-    """Whether value checks that read tensors on the host (``.item()``, ``bool(tensor)``) should run: always in eager
-    mode, never inside ``torch.compile`` (they would break the graph).  Shape checks need no such guard."""
-    return not torch.compiler.is_compiling()
+#: run the per-pass value checks on accelerator tensors too (each one waits for the device; for debugging)
+CHECK_VALUES_ON_DEVICE = False
+
+
+def validating(tensor: Tensor | None = None) -> bool:
+    """Whether value checks that read tensors on the host (``.item()``, ``bool(tensor)``) should run.
+
+    Never inside ``torch.compile`` (they would break the graph).  Checks made once per call pass no ``tensor`` and run
+    in eager mode everywhere.  Checks made on every decoding pass pass the tensor they read: they run when it is on
+    the CPU (a host read costs nothing there) and skip on an accelerator, where each read waits for the device's
+    queue and would serialise launching and running every pass, unless :data:`CHECK_VALUES_ON_DEVICE` is set.
+    Shape checks need no such guard."""
+    if torch.compiler.is_compiling():
+        return False
+    return tensor is None or tensor.device.type == "cpu" or CHECK_VALUES_ON_DEVICE
 
 
 def check_positions(positions: Tensor, high: int) -> None:
-    """Raise ``ValueError`` unless every entry of ``positions`` lies in ``[0, high)`` (skipped under compile)."""
-    if validating() and positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= high):
+    """Raise ``ValueError`` unless every entry of ``positions`` lies in ``[0, high)`` (a per-pass check: skipped
+    under compile and on accelerators, see :func:`validating`)."""
+    if validating(positions) and positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= high):
         raise ValueError(f"positions must be in [0, {high - 1}], got [{int(positions.min())}, {int(positions.max())}]")
 
 
@@ -489,12 +501,13 @@ class KVCache:
         """Keep only token positions ``< lengths`` (an int, or ``(B,)`` per sample).
 
         A cache holding ``group`` stacked copies of the batch (CFG: cond, then null) accepts ``(B / group,)``.
+        Speculative decoders call this on every pass: the range check is a per-pass one (:func:`validating`).
         """
         new = torch.as_tensor(lengths, device=self.lengths.device)
         if new.ndim == 1 and new.numel() * self.group == self.batch_size:
             new = new.repeat(self.group)
         new = new.expand_as(self.lengths)
-        if bool((new < 0).any()) or bool((new > self.lengths).any()):
+        if validating(new) and (bool((new < 0).any()) or bool((new > self.lengths).any())):
             raise ValueError(f"cannot truncate cache of lengths {self.lengths.tolist()} to {new.tolist()}")
         self.lengths = new.clone()
 

@@ -163,7 +163,7 @@ class NARGenerator(nn.Module, ConditionEmbedder, Configurable):
         src = torch.where(positions == 0, idx, where.gather(1, (positions - w + 1).clamp(min=0)))
         use_right = (positions % w > 0) | (positions == 0)
         use_down = (positions >= w) | (positions == 0)
-        if validating() and bool((use_down & (src < 0)).any()):
+        if validating(src) and bool((use_down & (src < 0)).any()):
             raise ValueError("NAR predicts token p from the slots of its left (p) and upper (p - W + 1) neighbours; "
                              "feed both in the same call, or decode with decoder='nar' (anti-diagonal steps)")
         below = down.gather(1, src.clamp(min=0)[..., None].expand(-1, -1, down.shape[-1]))

@@ -215,21 +215,21 @@ class XARGenerator(nn.Module, ConditionEmbedder, Configurable):
         positions = positions.to(dev).expand(b, -1) if positions.ndim == 1 else positions.to(dev)
         starts = positions[:, ::k]  # b g
         whole = length > 0 and length % k == 0 and positions.shape == (b, length)
-        if whole and validating():
+        if whole and validating(positions):
             runs = starts.repeat_interleave(k, dim=1) + torch.arange(k, device=dev).repeat(length // k)
             whole = (torch.equal(positions, runs) and not bool((starts % k).any()) and int(positions.min()) >= 0
                      and int(positions.max()) < self.seq_len)
         if not whole:
             raise ValueError(f"positions must cover whole cells: runs of {k} consecutive cell-major positions starting "
                              f"at a multiple of {k}, below {self.seq_len}; got shape {tuple(positions.shape)}")
-        if validating() and bool((starts[:, 0] > cache.lengths).any()):
+        if validating(starts) and bool((starts[:, 0] > cache.lengths).any()):
             raise ValueError(f"the cells before position {int(starts[:, 0].max())} are not in the cache as clean "
                              f"context (cached up to {cache.lengths.tolist()}): feed the previous cell with t=0 first")
         g = length // k
         t = torch.zeros((), device=dev) if t is None else torch.as_tensor(t, device=dev)
         t = t.to(torch.float32)  # the official sampler casts its float64 times to the model dtype
         t = t.expand(b, g) if t.ndim == 0 else t[:, None].expand(b, g) if t.ndim == 1 else t
-        if t.shape != (b, g) or (validating() and (bool((t < 0).any()) or bool((t > 1).any()))):
+        if t.shape != (b, g) or (validating(t) and (bool((t < 0).any()) or bool((t > 1).any()))):
             raise ValueError(f"t must be in [0, 1] with shape (), ({b},) or ({b}, {g}); got {tuple(t.shape)}")
         cond = cache.start[:, None] + self.time_embed(t)  # b g c
         h = self.token_proj(inputs.to(self.token_proj.weight.dtype))

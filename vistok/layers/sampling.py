@@ -21,12 +21,13 @@ def sample_categorical(probs: Tensor, generator: torch.Generator | None = None) 
 
     Rows need not be normalised (each is scaled by its own sum); weights are accumulated in float32 or wider.
     A row with a negative, NaN or infinite weight, or summing to 0, raises ``ValueError`` as ``torch.multinomial``
-    would (one host read per call, skipped under ``torch.compile``).
+    would (one host read per call, skipped under ``torch.compile`` and on accelerators: it runs on every decoding
+    pass, see :func:`vistok.interfaces.validating`).
     """
     if probs.shape[-1] == 0:
         raise ValueError("sample_categorical needs at least one category")
     cdf = probs.to(torch.promote_types(probs.dtype, torch.float32)).cumsum(-1)
-    if validating() and probs.numel():
+    if validating(probs) and probs.numel():
         total = cdf[..., -1]
         if not bool(((total > 0) & torch.isfinite(total)).all() & (probs.amin() >= 0)):
             raise ValueError("sample_categorical needs finite, non-negative weights with a positive sum in every row")
