@@ -231,3 +231,16 @@ def test_text_encoder_on_the_device(device):
 def test_every_config_fits_one_batch_on_the_device(device, config, tmp_path):
     vistok_main(fast_dev_run_args(config, tmp_path, accelerator="gpu" if device.type == "cuda" else device.type))
     assert (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_rng_state_round_trips_the_device_stream(device):
+    """Resumed runs restore this device's random stream (and read the per-device lists older checkpoints kept)."""
+    from vistok.training.callbacks import rng_state, set_rng_state
+
+    state = rng_state()
+    first = torch.rand(4, device=device)
+    set_rng_state(state)
+    assert torch.equal(torch.rand(4, device=device), first)
+    if device.type == "cuda":
+        set_rng_state({**state, "cuda": [state["cuda"]] * torch.cuda.device_count()})  # the older format
+        assert torch.equal(torch.rand(4, device=device), first)

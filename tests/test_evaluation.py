@@ -257,3 +257,18 @@ def test_fvd_needs_a_local_i3d_file_and_uses_it(tmp_path):
     assert fvd(real, real, path) == pytest.approx(0.0, abs=1e-9)
     darker = fvd(real, real * 0.9, path)
     assert darker > fvd(real, real * 0.99, path) > 0
+
+
+def test_inception_features_stay_fp32_under_bf16_autocast():
+    """A bf16-mixed training step's rFID must not see bf16 features: autocast is off inside the feature net (the
+    same features as outside autocast; its net called under autocast directly gives other ones)."""
+    from vistok.evaluation import InceptionFeatures
+
+    feats = InceptionFeatures()
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain = feats(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = feats(x)
+        raw = feats.net(torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear") * 2 - 1)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+    assert raw.dtype == torch.bfloat16  # the control: autocast does reach the net when not switched off

@@ -133,9 +133,9 @@ def i3d_features(videos: torch.Tensor, i3d_path: str | Path | None, *, batch_siz
         raise FileNotFoundError(f"FVD needs a local I3D TorchScript file (e.g. i3d_torchscript.pt from the StyleGAN-V "
                                 f"or LARP repositories); got {i3d_path!r}. vistok does not download it")
     check_pixels(videos, video=True)
-    model = torch.jit.load(str(i3d_path), map_location="cpu").eval()
+    model = torch.jit.load(str(i3d_path), map_location=videos.device).eval()  # where the clips are (a GPU too)
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(videos.device.type, enabled=False):  # features in fp32 under bf16-mixed
         for b in torch.split(videos, batch_size):
             out.append(model(b.float() * 2 - 1, rescale=False, resize=True, return_features=True).double().cpu())
     return torch.cat(out)
@@ -172,6 +172,12 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels on any device (moved to the net's) -> features on the net's device, computed in fp32 (autocast
+        off: a bf16-mixed training step's rFID would otherwise see bf16 features)."""
+        with torch.autocast(pixels.device.type, enabled=False):
+            return self._features(pixels.to(next(self.net.parameters()).device))
+
+    def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         x = pixels.float().clamp(0, 1)
         if x.shape[-2:] != (299, 299):
             x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
@@ -182,9 +188,11 @@ class InceptionFeatures(nn.Module):
 
 def inception_features(images: torch.Tensor | list[torch.Tensor], *, features: nn.Module | None = None,
                        batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-    """``(N, 3, H, W)`` pixels in ``[0, 1]`` (or a list of such batches) -> ``(N, 2048)`` float64 features."""
-    features = features if features is not None else InceptionFeatures()
+    """``(N, 3, H, W)`` pixels in ``[0, 1]`` (or a list of such batches) -> ``(N, 2048)`` float64 features (on the
+    CPU).  Without ``features``, the Inception net runs on the device of the first batch."""
     batches = list(images) if isinstance(images, (list, tuple)) else list(torch.split(images, batch_size))
+    if features is None:
+        features = InceptionFeatures().to(batches[0].device if batches else "cpu")
     out = []
     for b in track(batches, progress, desc="Inception features", unit="batch"):
         check_pixels(b, video=False)

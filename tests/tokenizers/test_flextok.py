@@ -295,3 +295,18 @@ def test_presets_are_registered():
     model = vistok.create_tokenizer("flextok_tiny_vae").eval()
     ids = model.encode(torch.rand(1, 3, 32, 32))
     assert ids.shape == (1, 16)
+
+
+def test_flow_decoder_keeps_an_fp32_latent_under_bf16_autocast():
+    """The scheduler casts each step's result to the velocity's dtype: under bf16 autocast the latent would be
+    rounded to bf16 at every step.  It stays fp32 (close to the fp32 decode), unlike a bf16 latent."""
+    model = _trained_looking(tiny())
+    ids = model.encode(torch.rand(2, 3, 16, 16))
+    noise = torch.randn(2, model.latent_channels, model.latent_size, model.latent_size,
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model.decode_latents(ids, num_steps=4, noise=noise)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model.decode_latents(ids, num_steps=4, noise=noise)
+    assert ref.dtype == low.dtype == torch.float32
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max()

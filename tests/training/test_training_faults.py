@@ -109,3 +109,13 @@ def test_nan_loss_stops_naming_the_step(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("vistok fit: error: FloatingPointError: the training loss is nan at step 3"), err
     assert "Traceback" not in err and not (tmp_path / "nan" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_rng_state_round_trip_and_the_older_cuda_list():
+    from vistok.training.callbacks import rng_state, set_rng_state
+
+    state = rng_state()
+    assert (state["cuda"] is None) == (not torch.cuda.is_available())  # this process's device only, when there is one
+    first = torch.rand(3)
+    set_rng_state({**state, "cuda": []})  # checkpoints written before kept a (possibly empty) list per device
+    assert torch.equal(torch.rand(3), first)

@@ -450,7 +450,8 @@ class FlexTok(nn.Module, Configurable):
                     v, momentum = _apg(v, v_null, scale, momentum)
                 else:
                     v = v_null + scale * (v - v_null)
-            x = sched.step(v, t, x).prev_sample
+            # the scheduler casts its result to the velocity's dtype: keep the latent in fp32 under bf16 autocast
+            x = sched.step(v.float(), t, x.float()).prev_sample
         return x
 
     def forward(self, pixels: Tensor, *, return_layer: int | None = None, nested: bool = True) -> TokenizerOutput:

@@ -24,19 +24,29 @@ __all__ = ["Export", "FiniteLoss", "Resumable"]
 
 
 def rng_state() -> dict:
-    """torch (CPU and CUDA), numpy and python random states, as tensors / plain values (``weights_only`` loads)."""
+    """torch (CPU and this process's CUDA device), numpy and python random states, as tensors / plain values
+    (``weights_only`` loads).
+
+    Only the current CUDA device's state is kept: a rank draws on its own device, and ``seed_everything`` seeds every
+    rank's device alike, so rank zero's state (the one a checkpoint keeps) is every rank's; a state per visible
+    device would not restore on a machine with fewer GPUs and would rewind the other ranks' devices."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
             "python": random.getstate()}
 
 
 def set_rng_state(state: dict) -> None:
-    """Inverse of :func:`rng_state`."""
+    """Inverse of :func:`rng_state` (the CUDA state goes to the current device; checkpoints written before this
+    kept a list, one per visible device: this device's entry, or the first one, is used)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):
+        cuda = (cuda[min(torch.cuda.current_device(), len(cuda) - 1)] if cuda and torch.cuda.is_available()
+                else None)
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
@@ -58,11 +68,13 @@ class Export(L.Callback):
         self.export_dir, self.fp16 = export_dir, fp16
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # every rank: exported_model may run a forward pass (a VAE tokenizer calibrates its latent scale), which
+        # under FSDP all ranks must join, and which must happen before the state is gathered
+        model = module.exported_model()
         sharded = "FSDP" in type(trainer.strategy).__name__
         state = trainer.strategy.lightning_module_state_dict() if sharded else None  # a collective under FSDP
         if not trainer.is_global_zero:
             return
-        model = module.exported_model()
         if state is not None:
             prefix = next(f"{name}." for name, child in module.named_children() if child is model)
             fresh = type(model)(**model.config)

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vistok.evaluation import psnr, ssim
@@ -155,7 +156,7 @@ class TokenizerModule(TrainingModule):
         if getattr(self.tokenizer, "codebook_size", 0) is None and calibrate is not None and dm is not None:
             pixels = torch.cat([b["pixels"] for _, b in zip(range(4), dm.val_dataloader())]).to(self.device)
             self.tokenizer.eval()
-            print(f"latent_scale set to {calibrate(pixels):.4f} (unit-variance tokens for generators)")
+            rank_zero_info(f"latent_scale set to {calibrate(pixels):.4f} (unit-variance tokens for generators)")
         return self.tokenizer
 
     # -- validation ------------------------------------------------------------------------------------------
