@@ -293,3 +293,13 @@ def test_cli_bad_input_is_one_line_without_traceback(ctx, capsys):
     with pytest.raises(SystemExit) as info:  # a multi-line message (hub's key listing) is folded into one line
         cli(["a red circle", "--model", str(ctx.root / "bad_generator_model.safetensors")])
     assert info.value.code == 2 and capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_generator_on_another_device_than_the_model_is_refused():
+    """Random draws happen on the model's device: a CPU torch.Generator for a GPU model would fail deep inside a
+    decoder; it is refused up front, naming both devices (a "meta" model stands in for a GPU one here)."""
+    from vistok import Conditioning
+
+    gen = tiny_ar(num_classes=2).eval().to("meta")
+    with pytest.raises(ValueError, match=r"torch.Generator is on cpu but the model on meta"):
+        generate(gen, Conditioning(labels=torch.tensor([0])), seed=torch.Generator().manual_seed(0))

@@ -87,6 +87,12 @@ def test_generator_on_the_device_computes_what_it_computes_on_the_cpu(device, na
             got = on.step(tokens[:, :4].to(device), pos.to(device), on.new_cache(cond.to(device)))
     assert got.device.type == device.type
     _close(got, want, f"{name} per-pass outputs")
+    with torch.no_grad():  # a condition left on the CPU is moved by the model (as generate does)
+        if isinstance(gen, MaskedGenerator):
+            again = on.predict(tokens.to(device), mask.to(device), cond)
+        else:
+            again = on.step(tokens[:, :4].to(device), pos.to(device), on.new_cache(cond))
+    _close(again, want, f"{name} per-pass outputs from a CPU condition")
     out = on.train()(tokens.to(device), cond.to(device))
     out.loss.backward()
     assert torch.isfinite(out.loss)
@@ -221,6 +227,7 @@ def test_text_encoder_on_the_device(device):
     enc.to(device)
     got = enc(["a red circle", "a blue square", "a green star"])
     assert got.text.device.type == device.type and got.text_mask.device.type == device.type
+    assert all(st.device.type == "cpu" for st, _, _ in enc._memo.values())  # the memo stays off the GPU
     enc._memo.clear()
     again = enc(["a red circle", "a blue square"])  # encoded on the device
     _close(again.text, want.text, "MiniLM states")
@@ -244,3 +251,14 @@ def test_rng_state_round_trips_the_device_stream(device):
     if device.type == "cuda":
         set_rng_state({**state, "cuda": [state["cuda"]] * torch.cuda.device_count()})  # the older format
         assert torch.equal(torch.rand(4, device=device), first)
+
+
+def test_loading_to_the_device_and_a_generator_on_another_device(device, tmp_path):
+    from vistok.hub import from_pretrained, save_pretrained
+
+    gen = _tiny("gen", "ar_tiny_c2i").eval()
+    back = from_pretrained(save_pretrained(gen, tmp_path / "gen"), map_location=device)
+    assert next(back.parameters()).device.type == device.type
+    if device.type != "cpu":
+        with pytest.raises(ValueError, match="torch.Generator is on cpu"):
+            generate(back, _conditioning(gen, 1), seed=torch.Generator().manual_seed(0))

@@ -183,7 +183,7 @@ def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "c
 
     Args:
         folder: a local folder, or a Hugging Face repo id (``"owner/name"``) holding such a folder.
-        map_location: device the weights are read to.
+        map_location: device the weights are read to and the model is returned on (e.g. ``"cuda"``).
         expect: ``"tokenizer"`` or ``"generator"``: refuse a folder holding the other kind (clear error instead of
             a failure later, e.g. when a CLI is given the wrong folder).
         revision: hub revision when ``folder`` is a repo id.
@@ -212,7 +212,7 @@ def from_pretrained(folder: str | Path, *, map_location: str | torch.device = "c
     state = read_state_dict(folder / WEIGHTS_NAME, device=map_location)
     model = cls(**{**kwargs, **overrides})
     load_state_dict_strict(model, state, str(folder / WEIGHTS_NAME))
-    return model.eval()
+    return model.to(map_location).eval()
 
 
 # --------------------------------------------------------------------------------------------------------------

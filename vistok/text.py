@@ -93,9 +93,9 @@ class TextEncoder(nn.Module):
         found = {p: self._memo[p] for p in prompts if p not in fresh}
         for p in found:
             self._memo.move_to_end(p)  # least recently used entries leave first
-        for p, item in fresh.items():
-            if self.cache_size > 0:
-                self._memo[p] = item
+        for p, (states, mask, count) in fresh.items():
+            if self.cache_size > 0:  # kept on the CPU: 100,000 prompts of (T, D) states would fill a GPU
+                self._memo[p] = (states.cpu(), mask.cpu(), count)
                 if len(self._memo) > self.cache_size:
                     self._memo.popitem(last=False)
         found.update(fresh)

@@ -366,3 +366,25 @@ def test_generator_activation_checkpointing_gives_the_same_gradients(tmp_path):
     for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         if a.grad is not None:
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_unconditional_generator_module_and_fp32_frozen_encodes_under_bf16(tmp_path):
+    """conditioning="none" trains an unconditional generator (it built an empty Conditioning before); the frozen
+    tokenizer encodes in fp32 even inside a bf16 autocast step (the cached latents are what sampling decodes)."""
+    from conftest import tiny_ar
+
+    from vistok.training import GeneratorModule
+    from vistok.training.base import frozen_encode
+
+    torch.manual_seed(0)
+    save_pretrained(tiny_titok(), tmp_path / "tok")
+    module = GeneratorModule(tiny_ar(), str(tmp_path / "tok"), conditioning="none")
+    batch = {"index": torch.arange(2), "pixels": torch.rand(2, 3, 32, 32), "caption": ["a", "b"]}
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss)
+    vae = tiny_titok(codebook_size=None).eval()  # continuous latents show the precision
+    x = torch.rand(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside, plain = frozen_encode(vae, x), vae.encode(x)
+    assert inside.dtype == torch.float32 and torch.equal(inside, vae.encode(x))
+    assert not torch.equal(plain.float(), inside)  # the control: autocast reaches a plain encode

@@ -129,6 +129,10 @@ def generate(model, cond: Conditioning, /, *, decoder: str | Callable | None = N
     guidance = Guidance(cfg_scale, model)
     device = next(model.parameters()).device if hasattr(model, "parameters") else torch.device("cpu")
     cond = cond.to(device).repeat_interleave(num_samples) if num_samples > 1 else cond.to(device)
+    if isinstance(seed, torch.Generator) and seed.device.type != device.type:
+        raise ValueError(f"the torch.Generator is on {seed.device} but the model on {device}: random draws happen on "
+                         f"the model's device; pass torch.Generator(device={str(device)!r}).manual_seed(...) or an "
+                         "int seed")
     rng = torch.Generator(device=device).manual_seed(seed) if isinstance(seed, int) else seed
     if prefix is not None:
         if not isinstance(prefix, Tensor) or prefix.ndim != 2 or len(prefix) * num_samples != cond.batch_size:

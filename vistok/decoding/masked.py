@@ -86,6 +86,8 @@ def sample_masked(generator: MaskedGenerator, cond: Conditioning, *, num_iter: i
         orders = torch.rand(b, n, generator=rng, device=ref.device).argsort(dim=1)
     elif orders.shape != (b, n):
         raise ValueError(f"orders must have shape ({b}, {n}), got {tuple(orders.shape)}")
+    else:
+        orders = orders.to(ref.device)
     tokens = torch.zeros(b, n, d, device=ref.device, dtype=ref.dtype)
     unknown = torch.ones(b, n, dtype=torch.bool, device=ref.device)
     revealed, head_nfe = [], 0

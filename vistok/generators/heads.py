@@ -304,6 +304,8 @@ class DiffLossHead(nn.Module, Configurable):
             noise = self.sample_noise(n, generator=generator, device=z.device, dtype=z.dtype, num_steps=s)
         elif noise.shape != (s, n, self.token_dim):
             raise ValueError(f"noise must have shape (steps={s}, n={n}, d={self.token_dim}), got {tuple(noise.shape)}")
+        else:
+            noise = noise.to(z.device)  # a recorded draw may come from another device
         if n == 0:
             return z.new_zeros(0, self.token_dim)
         z_null = z_null if guided else None

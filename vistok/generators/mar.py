@@ -197,8 +197,8 @@ class MARGenerator(_ContinuousGenerator, Configurable):
         if self.text_proj is None:
             pooled = self.condition_vector(cond)
             return pooled[:, None].expand(-1, self.buffer_size, -1), pooled
-        text = self.text_states(cond)  # b t c
-        keep = cond.text_mask[..., None]
+        text = self.text_states(cond)  # b t c (on the model's device)
+        keep = cond.text_mask.to(text.device)[..., None]
         pooled = (text * keep).sum(1) / keep.sum(1).clamp(min=1)
         pooled = torch.where(keep.any(1), pooled, self.null_embed)  # all-masked text = null condition
         slots = torch.where(keep, text, pooled[:, None])

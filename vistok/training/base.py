@@ -60,6 +60,14 @@ def load_pretrained_weights(model: nn.Module, folder: str, new_ok: str | None = 
         rank_zero_info(f"pretrained: {len(missing)} new tensors keep their init ({fresh})")
 
 
+@torch.no_grad()
+def frozen_encode(tokenizer: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """``tokenizer.encode(pixels)`` of a frozen helper (a generator's tokenizer, TiTok's proxy codes) in fp32 even
+    inside a ``bf16-mixed`` step, so its ids / latents are the ones sampling-time decoding and evaluation see."""
+    with torch.autocast(pixels.device.type, enabled=False):
+        return tokenizer.encode(pixels.float())
+
+
 def checkpoint_activations(model: nn.Module) -> int:
     """Activation checkpointing: each block of every ``nn.ModuleList`` in ``model`` (the transformer blocks of every
     vistok generator) recomputes its activations in the backward pass instead of storing them; less memory, one more

@@ -14,6 +14,7 @@ from vistok.training.base import (
     TrainingModule,
     adamw_warmup_cosine,
     checkpoint_activations,
+    frozen_encode,
     load_pretrained_weights,
 )
 
@@ -75,7 +76,7 @@ class GeneratorModule(TrainingModule):
         keys = [(split, int(i)) for i in batch["index"]]
         todo = [i for i, k in enumerate(keys) if k not in self._tokens]
         if todo:
-            ids = self._frozen["tokenizer"].encode(batch["pixels"][todo])
+            ids = frozen_encode(self._frozen["tokenizer"], batch["pixels"][todo])
             for i, t in zip(todo, ids, strict=True):
                 self._tokens[keys[i]] = t.cpu()
         return torch.stack([self._tokens[k] for k in keys]).to(self.device)
@@ -88,7 +89,7 @@ class GeneratorModule(TrainingModule):
             if bool((batch["label"] < 0).any()):
                 raise ValueError("class conditioning needs single-object scenes: set data max_objects: 1")
             return Conditioning(labels=batch["label"].long())
-        return Conditioning(labels=None, text=None)
+        return Conditioning(batch=len(batch["index"]))  # unconditional
 
     def _loss(self, batch: dict, split: str) -> torch.Tensor:
         return self.generator(self.tokens_of(batch, split), self.condition_of(batch)).loss

@@ -25,7 +25,7 @@ from torch import nn
 
 from vistok.evaluation import psnr, ssim
 from vistok.hub import from_pretrained
-from vistok.training.base import TrainingModule, adamw_warmup_cosine, load_pretrained_weights
+from vistok.training.base import TrainingModule, adamw_warmup_cosine, frozen_encode, load_pretrained_weights
 from vistok.training.losses import (
     GAN_LOSSES,
     PatchDiscriminator,
@@ -313,7 +313,7 @@ class ProxyCodeModule(TokenizerModule):
         x = batch["pixels"]
         logits, vq = self.tokenizer.proxy_logits(x)  # b K h w
         with torch.no_grad():
-            target = self._frozen_net("proxy", x.device).encode(x).reshape(logits.shape[0], *logits.shape[2:])
+            target = frozen_encode(self._frozen_net("proxy", x.device), x).reshape(logits.shape[0], *logits.shape[2:])
         ce = F.cross_entropy(logits, target)
         loss = ce + self.hparams.vq_weight * vq
         acc = (logits.argmax(1) == target).float().mean()
@@ -322,7 +322,7 @@ class ProxyCodeModule(TokenizerModule):
 
     def validation_reconstruction(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         proxy = self._frozen_net("proxy", x.device)
-        target = proxy.encode(x)
+        target = frozen_encode(proxy, x)
         pred = self.tokenizer.predict_pixel_codes(ids).reshape(target.shape)
         self.log("val/proxy_acc", (pred == target).float().mean(), prog_bar=True, batch_size=len(x))
         return proxy.decode(pred).clamp(0, 1)
