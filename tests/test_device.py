@@ -262,3 +262,17 @@ def test_loading_to_the_device_and_a_generator_on_another_device(device, tmp_pat
     if device.type != "cpu":
         with pytest.raises(ValueError, match="torch.Generator is on cpu"):
             generate(back, _conditioning(gen, 1), seed=torch.Generator().manual_seed(0))
+
+
+def test_vistok_eval_on_the_device(device, tmp_path):
+    from pathlib import Path
+
+    from vistok.eval_cli import main as eval_main
+
+    folder = Path(__file__).parent / "assets" / "onedpiece_tiny"
+    tok = eval_main(["tokenizer", str(folder), "--num-images", "4", "--batch", "2", "--no-fid", "--no-progress",
+                     "--device", str(device), "--out", str(tmp_path / "tok.json")])
+    assert tok["psnr"] > 10
+    gen = eval_main(["generator", "default", "--num-prompts", "4", "--batch", "4", "--fid-reference", "0",
+                     "--no-progress", "--device", str(device), "--out", str(tmp_path / "gen.json")])
+    assert gen["nfe_per_image"] == 32

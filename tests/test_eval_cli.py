@@ -50,6 +50,9 @@ def test_tokenizer_eval_bad_inputs(onedpiece, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["tokenizer", str(onedpiece), "--image-size", "32", "--no-fid"])
     assert "takes 64x64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no such GPU here (none, or fewer than 100)
+        main(["tokenizer", str(onedpiece), "--no-fid", "--device", "cuda:99"])
+    assert "cuda:99" in capsys.readouterr().err
     small = tmp_path / "small"
     small.mkdir()
     for i in range(2):
@@ -89,7 +92,7 @@ def test_prefix_curve_needs_an_ordered_tokenizer(tmp_path):
 def test_generator_eval_on_the_shipped_default(tmp_path, capsys):
     out = tmp_path / "gen.json"
     r = main(["generator", "default", "--num-prompts", "4", "--batch", "4", "--fid-reference", "0",
-              "--out", str(out), "--plot", "--no-progress"])
+              "--out", str(out), "--plot", "--no-progress", "--device", "cpu"])
     saved = json.loads(out.read_text())
     assert set(saved["geneval"]) == {"count", "color", "shape", "size", "position", "overall"}
     assert saved["disc_baseline"]["position"] == 1.0 and saved["fid"] is None

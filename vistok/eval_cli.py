@@ -117,6 +117,10 @@ def _check_fid_inputs(n_real: int, n_fake: int) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # Tokenizer
 # ----------------------------------------------------------------------------------------------------------------
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: nn.Module, images: Tensor, *, batch: int = 32, prefixes: list[int] | None = None,
                        fid: bool = True, features: nn.Module | None = None, progress: bool = True) -> dict:
@@ -137,13 +141,13 @@ def evaluate_tokenizer(tokenizer: nn.Module, images: Tensor, *, batch: int = 32,
     ks = sorted(set(prefixes or []))
     psnrs: dict[int | None, list[Tensor]] = {k: [] for k in [None, *ks]}
     ssims: dict[int | None, list[tuple[int, float]]] = {k: [] for k in [None, *ks]}
-    recons, used = [], set()
+    recons, used, dev = [], set(), _device_of(tokenizer)
     for x in track(images.split(batch), progress, desc="tokenizer eval", unit="batch"):
-        tokens = tokenizer.encode(x)
+        tokens = tokenizer.encode(x.to(dev))
         if getattr(tokenizer, "kind", "discrete") == "discrete":
             used.update(tokens.unique().tolist())
         for k in [None, *ks]:
-            recon = tokenizer.decode(tokens if k is None else tokens[:, :k]).float()
+            recon = tokenizer.decode(tokens if k is None else tokens[:, :k]).float().cpu()
             psnrs[k].append(psnr(recon, x))
             ssims[k].append((len(x), float(ssim(recon, x))))
             if k is None:
@@ -179,12 +183,12 @@ def evaluate_video_tokenizer(tokenizer: nn.Module, clips: Tensor, *, batch: int 
     size = getattr(tokenizer, "image_size", None)
     if clips.ndim != 5 or (frames, size, size) != tuple(clips.shape[2:]):
         raise ValueError(f"the tokenizer takes clips (N, 3, {frames}, {size}, {size}), got {tuple(clips.shape)}")
-    recons, used = [], set()
+    recons, used, dev = [], set(), _device_of(tokenizer)
     for x in track(clips.split(batch), progress, desc="video tokenizer eval", unit="batch"):
-        tokens = tokenizer.encode(x)
+        tokens = tokenizer.encode(x.to(dev))
         if getattr(tokenizer, "kind", "discrete") == "discrete":
             used.update(tokens.unique().tolist())
-        recons.append(tokenizer.decode(tokens).float())
+        recons.append(tokenizer.decode(tokens).float().cpu())
     recon = torch.cat(recons)
     flat = clips.mean(dim=(2, 3, 4), keepdim=True).expand_as(clips)
     frozen = clips[:, :, :1].expand_as(clips)
@@ -213,7 +217,7 @@ def sample_prompts(pipe, captions: list[str], *, batch: int = 50, seed: int = 0,
     images, nfe, t0 = [], [], time.perf_counter()
     for i in track(range(0, len(captions), batch), progress, desc="sampling", unit="batch"):
         imgs, out = pipe(captions[i : i + batch], num_samples=1, seed=seed + i, **opts)
-        images.append(imgs.float())
+        images.append(imgs.float().cpu())
         nfe.append(int(out.nfe))
     return torch.cat(images), time.perf_counter() - t0, nfe
 
@@ -319,6 +323,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0, help="sampling seed (generator) / unused (tokenizer)")
     common.add_argument("--no-progress", action="store_true", help="hide progress bars")
     common.add_argument("--threads", type=int, default=None, help="torch threads")
+    common.add_argument("--device", default="auto",
+                        help="where the models run: auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu, cuda")
 
     t = sub.add_parser("tokenizer", parents=[common], help="PSNR, SSIM, rFID, codebook usage, prefix curves")
     t.add_argument("checkpoint", help="tokenizer folder (save_pretrained / vistok fit export), a pipeline folder, or "
@@ -377,6 +383,7 @@ def _write(result: dict, out: str | None, default: Path) -> Path:
 
 def _run_tokenizer(args, p: argparse.ArgumentParser) -> dict:
     tok, folder = _tokenizer_folder(args.checkpoint)
+    tok.to(getattr(args, "device", "cpu"))
     if getattr(tok, "num_frames", None):
         return _run_video_tokenizer(tok, folder, args, p)
     if args.i3d:
@@ -465,6 +472,7 @@ def _run_generator(args, p: argparse.ArgumentParser) -> dict:
         from vistok.sample import DEFAULT_MODEL
 
         folder = DEFAULT_MODEL.parent / folder
+    pipe.to(getattr(args, "device", "cpu"))
     size = pipe.tokenizer.image_size
     if captions is None:
         _, captions = shapes_renders(args.num_prompts, size, args.prompt_seed, args.max_objects)
@@ -518,6 +526,12 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--batch must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
+    from vistok.sample import resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as e:
+        p.error(str(e))
     result = (_run_tokenizer if args.what == "tokenizer" else _run_generator)(args, p)
     print(_summary(args.what, result))
     return result
