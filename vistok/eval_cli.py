@@ -156,7 +156,7 @@ def evaluate_tokenizer(tokenizer: nn.Module, images: Tensor, *, batch: int = 32,
     recon = torch.cat(recons)
     rfid = None
     if fid:
-        features = features if features is not None else InceptionFeatures()
+        features = features if features is not None else InceptionFeatures().to(dev)  # Inception beside the model
         rfid = fid_from_features(inception_features(images, features=features, progress=progress),
                                  inception_features(recon, features=features, progress=progress))
     codebook = getattr(tokenizer, "codebook_size", None)
@@ -247,7 +247,7 @@ def evaluate_generator(pipe, captions: list[str], *, batch: int = 50, seed: int 
         if tuple(fid_reference.shape[-2:]) != tuple(images.shape[-2:]):
             raise ValueError(f"FID reference images are {tuple(fid_reference.shape[-2:])} but the samples are "
                              f"{tuple(images.shape[-2:])}; use references at the tokenizer's resolution")
-        features = features if features is not None else InceptionFeatures()
+        features = features if features is not None else InceptionFeatures().to(getattr(pipe, "device", "cpu"))
         ref = inception_features(fid_reference, features=features, progress=progress)
         result["fid"] = fid_from_features(ref, inception_features(images, features=features, progress=progress))
         result["disc_baseline_fid"] = fid_from_features(ref, inception_features(discs, features=features))
@@ -383,7 +383,7 @@ def _write(result: dict, out: str | None, default: Path) -> Path:
 
 def _run_tokenizer(args, p: argparse.ArgumentParser) -> dict:
     tok, folder = _tokenizer_folder(args.checkpoint)
-    tok.to(getattr(args, "device", "cpu"))
+    tok.to(args.device)
     if getattr(tok, "num_frames", None):
         return _run_video_tokenizer(tok, folder, args, p)
     if args.i3d:
@@ -472,7 +472,7 @@ def _run_generator(args, p: argparse.ArgumentParser) -> dict:
         from vistok.sample import DEFAULT_MODEL
 
         folder = DEFAULT_MODEL.parent / folder
-    pipe.to(getattr(args, "device", "cpu"))
+    pipe.to(args.device)
     size = pipe.tokenizer.image_size
     if captions is None:
         _, captions = shapes_renders(args.num_prompts, size, args.prompt_seed, args.max_objects)
