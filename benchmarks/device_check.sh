@@ -2,12 +2,16 @@
 # The prepared GPU check (issue 19; docs/speed.md "On a GPU"), for a lent machine with the device tool:
 #
 #   bash benchmarks/device_prepare.sh /path/to/official/checkouts        # here, once: fills .device/
-#   run(command="bash benchmarks/device_check.sh [STAGE ...]", carry=[".device"], timeout_s=420)
+#   run(command="bash benchmarks/device_check.sh", carry=[".device"], timeout_s=560)      # first call
+#   run(command="bash benchmarks/device_check.sh setup fit compile", carry=[".device"])   # if time is left
 #
-# Stages (default: setup tests pass vs): each writes its log to $OUT (or /tmp/device_check) and has its own time
-# limit, so one that hangs cannot take the others' time; the default set takes about 5 minutes.
+# Stages (default: setup tests pass vs, at most 500 s by their limits): each writes its log to $OUT (or
+# /tmp/device_check; at most 8 files come back) and has its own time limit, so one that hangs cannot take the
+# others' time.  A fresh machine needs `setup` again (each call may start a bare one).
 #   setup    wheels from .device/whl into /tmp/site, a MiniLM stand-in (random weights) unless the real one imports
-#   tests    pytest tests/test_device.py --device cuda (every preset vs the CPU, decoders, exactness, pipelines, fit)
+#   tests    pytest tests/test_device.py --device cuda, all but the config fits (presets vs the CPU, decoders,
+#            exactness with its broken control, host reads per pass, pipelines, text encoder, eval, loading)
+#   fit      the same file's config fits: one `vistok fit` batch per configs/*.yaml on the GPU
 #   pass     benchmarks/pass_cost.py on vistok/assets/vq256 at batch 1, eager (wall-clock vs step compression)
 #   compile  the same with the step compiled (CUDA graphs: --compile-mode reduce-overhead)
 #   vs       benchmarks/vs_official.py --device cuda, batch 1 and 8, against .device/official/* (eager)
@@ -64,9 +68,12 @@ for stage in "${stages[@]}"; do
             setup > "$OUT/setup.log" 2>&1
             echo "== setup: exit $? after $((SECONDS - t0)) s"
             cat "$OUT/setup.log" ;;
-        tests) step tests 240 "$PY" -m pytest tests/test_device.py --device "$DEVICE" -q -o addopts="" \
-                   -p no:cacheprovider -W ignore::DeprecationWarning ;;
-        pass) step pass 90 "$PY" benchmarks/pass_cost.py --model vistok/assets/vq256 --device "$DEVICE" \
+        tests | fit)
+            select=("not fits_one_batch")
+            [ "$stage" = fit ] && select=("fits_one_batch")
+            step "$stage" 200 "$PY" -m pytest tests/test_device.py --device "$DEVICE" -q -o addopts="" \
+                -p no:cacheprovider -W ignore::DeprecationWarning -k "${select[0]}" ;;
+        pass) step pass 60 "$PY" benchmarks/pass_cost.py --model vistok/assets/vq256 --device "$DEVICE" \
                   --windows 2 4 8 16 64 --decoders mcsjd --num-prompts 4 --rounds 2 ;;
         compile) step compile 240 "$PY" benchmarks/pass_cost.py --model vistok/assets/vq256 --device "$DEVICE" \
                      --windows 4 16 --decoders mcsjd --num-prompts 2 --rounds 2 --compile \
@@ -78,7 +85,9 @@ for stage in "${stages[@]}"; do
             for m in titok:1d-tokenizer nar:NAR llamagen:LlamaGen mar:mar xar:xAR; do
                 [ -d ".device/official/${m#*:}" ] && args+=("--${m%%:*}-repo" ".device/official/${m#*:}")
             done
-            step "$stage" 240 "$PY" benchmarks/vs_official.py "${args[@]}" ;;
-        *) echo "unknown stage $stage (setup tests pass compile vs vscompile)"; exit 2 ;;
+            limit=180
+            [ "$stage" = vscompile ] && limit=300
+            step "$stage" "$limit" "$PY" benchmarks/vs_official.py "${args[@]}" ;;
+        *) echo "unknown stage $stage (setup tests fit pass compile vs vscompile)"; exit 2 ;;
     esac
 done
