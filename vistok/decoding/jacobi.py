@@ -174,7 +174,7 @@ class DraftWindow:
         """Accept the columns before ``first`` (b,) (the first failing one, ``w`` if none) and the token drawn there;
         roll ``cache`` back to the accepted lengths (``copies`` consecutive cache rows per sample)."""
         new_acc = torch.where(first < self.w, start + first + 1, start + self.w)
-        self.hist += torch.bincount((new_acc - self.acc)[self.active], minlength=self.w + 1)
+        self.hist.index_add_(0, new_acc - self.acc, self.active.long())  # (a bincount would read the device)
         if self.progress:
             self.bar.update(int(new_acc.min()) - int(self.acc.min()))
         self.acc, self.front = new_acc, start + self.w
@@ -416,12 +416,13 @@ def _branch_inputs(inputs: Tensor, cands: list[Tensor], c0: Tensor) -> Tensor:
     b, w = inputs.shape
     k = math.prod(c.shape[1] for c in cands)
     out = inputs[:, None].repeat(1, k, 1)
-    rows, stride = torch.arange(k, device=inputs.device), k
+    rows, stride, samples = torch.arange(k, device=inputs.device), k, torch.arange(b, device=inputs.device)[:, None]
     for level, cand in enumerate(cands):
         stride //= cand.shape[1]
-        col = c0 + level + 1
-        ok = (col < w).nonzero()[:, 0]
-        out[ok[:, None], rows, col[ok][:, None]] = cand[ok][:, (rows // stride) % cand.shape[1]]
+        col = c0 + level + 1  # (b,): past the window for some samples (no write there; no host read to find them)
+        at = col.clamp(max=w - 1)[:, None]
+        out[samples, rows, at] = torch.where((col < w)[:, None], cand[:, (rows // stride) % cand.shape[1]],
+                                             out[samples, rows, at])
     return out.flatten(0, 1)
 
 

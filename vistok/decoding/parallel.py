@@ -206,8 +206,8 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         # -- accounting
         nfe += 1
         nfe_per_sample += live.long()
-        active_rows += int(slot_ok[live].sum())
-        hist += torch.bincount(gained.sum(1)[live], minlength=rows * w + 1)
+        active_rows = active_rows + (slot_ok & live[:, None]).sum()  # tensors: no host read per pass
+        hist.index_add_(0, gained.sum(1), live.long())
         if progress:
             bar.update(int(acc.sum(1).min()) - bar.n)
     bar.close()
@@ -217,4 +217,4 @@ def decode_pjd(generator: CausalGenerator, cond: Conditioning, sampling: Samplin
         "decoder": "pjd", "window": w, "lag": lag, "rows": rows, "grid": (h, g), "init": init, "coupled": coupled,
         "follow": follow, "row_mask": row_mask,
         "lossless": lag >= g - 1 or h == 1, "accepted_hist": counts, "nfe_per_sample": nfe_per_sample.tolist(),
-        "mean_accepted": sum(k * c for k, c in enumerate(counts)) / lanes, "mean_active_rows": active_rows / lanes}
+        "mean_accepted": sum(k * c for k, c in enumerate(counts)) / lanes, "mean_active_rows": int(active_rows) / lanes}
