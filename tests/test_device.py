@@ -11,7 +11,10 @@
 * The shipped pipeline samples there (``Pipeline.to``), also compiled; the text encoder encodes there (prompts
   memoised before the move too).
 * Every config in ``configs/`` trains one batch there through ``vistok fit`` (the multi-GPU recipes on one GPU,
-  bf16-mixed as they are written).
+  bf16-mixed as they are written); a resumed run's random state restores this device's stream.
+* Decoding reads the device only where the loop needs it (host reads per pass, :mod:`host_reads`); ``vistok eval``
+  runs there; ``from_pretrained(map_location=device)`` returns the model there, and a CPU ``torch.Generator`` for a
+  device model is refused with a clear error.
 """
 
 import copy
