@@ -139,7 +139,9 @@ def test_greedy_ar_tokens_equal_the_cpus(device):
     assert torch.equal(got.cpu(), want)
 
 
-@pytest.mark.parametrize("decoder,kw,per_pass", [("ar", {}, 0), ("mcsjd", {"window": 4}, 2)])
+@pytest.mark.parametrize("decoder,kw,per_pass", [("ar", {}, 0), ("mcsjd", {"window": 4}, 2),
+                                                  ("mcsjd", {"window": 4, "proactive": 2}, 2),
+                                                  ("pjd", {"window": 2, "grid": (2, 4)}, 4)])
 def test_decoding_reads_the_device_only_where_the_loop_needs_it(device, decoder, kw, per_pass):
     """AR reads nothing back per pass (the per-pass value checks skip on accelerators); the Jacobi loop reads two
     flags per pass (whether any sample is still open, whether new drafts are needed).  Three reads per call are
