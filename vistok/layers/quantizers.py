@@ -79,11 +79,18 @@ class VectorQuantizer(nn.Module):
         self._steps += 1
         if self._steps % self.reseed_every:
             return
+        # data-parallel training: every rank counts the usage of all, and takes rank zero's new codes, so the
+        # replicas stay identical (each rank would otherwise reseed from its own encoder outputs)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.all_reduce(self.usage)
         dead = (self.usage == 0).nonzero().flatten()
-        if len(dead):
+        if len(dead):  # the same on every rank after the all-reduce
             pool = z.reshape(-1, self.code_dim)
             pick = torch.randint(len(pool), (len(dead),), device=pool.device)
             self.embedding.weight.data[dead] = pool[pick].to(self.embedding.weight.dtype)
+            if distributed:
+                torch.distributed.broadcast(self.embedding.weight.data, src=0)
         self.usage.zero_()
 
 

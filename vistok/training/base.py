@@ -22,13 +22,37 @@ def warmup_cosine(step: int, warmup: int, total: int, final_ratio: float) -> flo
     return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def record_param_ndim(module: nn.Module) -> None:
+    """Remember every parameter's rank before a sharding strategy flattens it (FSDP with ``use_orig_params`` turns
+    each parameter into a 1-D shard before ``configure_optimizers`` runs): :func:`param_ndim` reads it back."""
+    for p in module.parameters():
+        if not hasattr(p, "_vistok_ndim"):
+            p._vistok_ndim = p.ndim
+
+
+def param_ndim(p: torch.Tensor) -> int:
+    """The rank of ``p`` as built (see :func:`record_param_ndim`): what the weight-decay split goes by."""
+    return getattr(p, "_vistok_ndim", p.ndim)
+
+
+def require_unused_parameter_search(module: L.LightningModule, why: str) -> None:
+    """Raise a clear error when ``module`` trains under plain DDP: DDP's reducer fails the first step when some
+    trainable parameters get no gradient (``why``), unless it searches for them."""
+    trainer = module._trainer
+    strategy = getattr(trainer, "strategy", None)
+    if type(strategy).__name__ == "DDPStrategy" and not getattr(strategy, "_ddp_kwargs", {}).get(
+            "find_unused_parameters", False):
+        raise ValueError(f"{type(module).__name__} under DDP needs --trainer.strategy "
+                         f"ddp_find_unused_parameters_true: {why}")
+
+
 def adamw_warmup_cosine(model: nn.Module, h, total_steps: int, lr_scales: dict[str, float] | None = None) -> dict:
     """AdamW (no weight decay on biases, norms and embeddings) + per-step warm-up/cosine over ``total_steps``, from
     hparams ``lr, betas, weight_decay, warmup_steps, final_lr_ratio``.  ``lr_scales`` maps a parameter-name prefix to
     a factor on ``lr`` for the parameters under it (e.g. ``{"tokenizer.encoder.": 0.3}``)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [(n, p) for n, p in named if p.ndim >= 2 and "embed" not in n]
-    rest = [(n, p) for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
+    decay = [(n, p) for n, p in named if param_ndim(p) >= 2 and "embed" not in n]
+    rest = [(n, p) for n, p in named if not (param_ndim(p) >= 2 and "embed" not in n)]
     scales = lr_scales or {}
 
     def factor(name: str) -> float:
@@ -104,8 +128,20 @@ class TrainingModule(L.LightningModule):
     """
 
     def exported_model(self) -> nn.Module:
-        """The network written to ``export_dir`` when training ends (runs on rank zero only)."""
+        """The network written to ``export_dir`` when training ends (called on every rank; rank zero writes)."""
         raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        record_param_ndim(self)  # before a strategy wraps (and FSDP flattens) the parameters
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """``trainer.gradient_clip_val`` (by norm) under FSDP too: Lightning's FSDP precision plugin refuses norm
+        clipping, FSDP's own ``clip_grad_norm_`` takes the norm over every shard."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if gradient_clip_val and "FSDP" in type(strategy).__name__ and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def schedule_steps(self) -> int:
         """Optimizer steps of the LR schedule: ``total_steps`` if given, else the trainer's estimate."""

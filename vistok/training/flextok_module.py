@@ -172,10 +172,10 @@ class FlexTokModule(TrainingModule):
         gen = torch.Generator(device=x.device).manual_seed(batch_idx)
         steps = self.hparams.val_steps
         self.log("val/psnr", psnr(tok.decode(ids, num_steps=steps, generator=gen), x).mean(), prog_bar=True,
-                 batch_size=len(x))
+                 batch_size=len(x), sync_dist=True)
         for k in self.hparams.val_prefixes:
             recon = tok.decode(ids[:, :k], num_steps=steps, generator=gen)
-            self.log(f"val/psnr_k{k}", psnr(recon, x).mean(), batch_size=len(x))
+            self.log(f"val/psnr_k{k}", psnr(recon, x).mean(), batch_size=len(x), sync_dist=True)
         self._val_codes.append(ids.flatten())
 
     def on_validation_epoch_end(self) -> None:

@@ -65,18 +65,29 @@ class GeneratorModule(TrainingModule):
             longest = getattr(generator, "prefix_len", None) or getattr(generator, "max_text_len", None) or 32
             self._frozen["text"] = MiniLMTextEncoder(max_length=longest)
         self._tokens: dict[tuple[str, int], torch.Tensor] = {}
+        self._ready: dict[str, torch.Tensor] = {}  # this batch's tokens, made before the strategy's forward
 
     def on_fit_start(self) -> None:
         self._t0 = time.time()
-        for m in self._frozen.values():
-            m.to(self.device)
+
+    def _frozen_on_device(self, name: str) -> nn.Module:
+        """A frozen helper where the module is (moved on first use: fit, validate and test alike)."""
+        return self._frozen[name].to(self.device)
+
+    # Tokens are made in the batch-start hooks, outside the training / validation forward: FSDP with bf16-mixed casts
+    # the batch to bf16 when it enters that forward, and the tokenizer must see the fp32 pixels sampling decodes to.
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self._ready["train"] = self.tokens_of(batch, "train")
+
+    def on_validation_batch_start(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._ready["val"] = self.tokens_of(batch, "val")
 
     @torch.no_grad()
     def tokens_of(self, batch: dict, split: str) -> torch.Tensor:
         keys = [(split, int(i)) for i in batch["index"]]
         todo = [i for i, k in enumerate(keys) if k not in self._tokens]
         if todo:
-            ids = frozen_encode(self._frozen["tokenizer"], batch["pixels"][todo])
+            ids = frozen_encode(self._frozen_on_device("tokenizer"), batch["pixels"][todo])
             for i, t in zip(todo, ids, strict=True):
                 self._tokens[keys[i]] = t.cpu()
         return torch.stack([self._tokens[k] for k in keys]).to(self.device)
@@ -84,7 +95,7 @@ class GeneratorModule(TrainingModule):
     def condition_of(self, batch: dict) -> Conditioning:
         mode = self.hparams.conditioning
         if mode == "text":
-            return self._frozen["text"](list(batch["caption"])).to(self.device)
+            return self._frozen_on_device("text")(list(batch["caption"])).to(self.device)
         if mode == "class":
             if bool((batch["label"] < 0).any()):
                 raise ValueError("class conditioning needs single-object scenes: set data max_objects: 1")
@@ -92,7 +103,10 @@ class GeneratorModule(TrainingModule):
         return Conditioning(batch=len(batch["index"]))  # unconditional
 
     def _loss(self, batch: dict, split: str) -> torch.Tensor:
-        return self.generator(self.tokens_of(batch, split), self.condition_of(batch)).loss
+        tokens = self._ready.pop(split, None)
+        if tokens is None or len(tokens) != len(batch["index"]):  # called outside the trainer's loop
+            tokens = self.tokens_of(batch, split)
+        return self.generator(tokens, self.condition_of(batch)).loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch, "train")
@@ -100,7 +114,7 @@ class GeneratorModule(TrainingModule):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch, "val"), prog_bar=True, batch_size=len(batch["index"]))
+        self.log("val/loss", self._loss(batch, "val"), prog_bar=True, batch_size=len(batch["index"]), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from vistok.evaluation import fvd, psnr, psnr_per_frame, ssim_per_frame, temporal_consistency
-from vistok.training.base import TrainingModule, load_pretrained_weights, warmup_cosine
+from vistok.training.base import TrainingModule, load_pretrained_weights, param_ndim, warmup_cosine
 
 
 class LARPModule(TrainingModule):
@@ -115,10 +115,10 @@ class LARPModule(TrainingModule):
         x, tok = batch["pixels"], self.tokenizer
         ids = tok.encode(x)
         recon = tok.decode(ids).float()
-        self.log("val/psnr", psnr(recon, x).mean(), prog_bar=True, batch_size=len(x))
+        self.log("val/psnr", psnr(recon, x).mean(), prog_bar=True, batch_size=len(x), sync_dist=True)
         if tok.prior is not None:
             acc = (tok.prior_logits(tok.quantizer.lookup(ids)).argmax(-1) == ids[:, 1:]).float().mean()
-            self.log("val/prior_acc", acc, batch_size=len(x))
+            self.log("val/prior_acc", acc, batch_size=len(x), sync_dist=True)
         self._val_codes.append(ids.flatten())
         self._accumulate("clips", torch.tensor(len(x)))
         self._accumulate("psnr_per_frame", psnr_per_frame(recon, x).sum(0))
@@ -163,7 +163,7 @@ class LARPModule(TrainingModule):
         for name, p in tok.named_parameters():
             if id(p) in prior:
                 prior_params.append(p)
-            elif p.ndim >= 2 and name not in ("latent_queries", "quantizer.embedding.weight"):
+            elif param_ndim(p) >= 2 and name not in ("latent_queries", "quantizer.embedding.weight"):
                 decay.append(p)
             else:
                 rest.append(p)

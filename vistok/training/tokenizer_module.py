@@ -25,7 +25,13 @@ from torch import nn
 
 from vistok.evaluation import psnr, ssim
 from vistok.hub import from_pretrained
-from vistok.training.base import TrainingModule, adamw_warmup_cosine, frozen_encode, load_pretrained_weights
+from vistok.training.base import (
+    TrainingModule,
+    adamw_warmup_cosine,
+    frozen_encode,
+    load_pretrained_weights,
+    require_unused_parameter_search,
+)
 from vistok.training.losses import (
     GAN_LOSSES,
     PatchDiscriminator,
@@ -184,8 +190,8 @@ class TokenizerModule(TrainingModule):
         x = batch["pixels"]
         ids = self.tokenizer.encode(x)
         recon = self.validation_reconstruction(x, ids)
-        self.log("val/psnr", psnr(recon, x).mean(), prog_bar=True, batch_size=len(x))
-        self.log("val/ssim", ssim(recon, x), batch_size=len(x))
+        self.log("val/psnr", psnr(recon, x).mean(), prog_bar=True, batch_size=len(x), sync_dist=True)
+        self.log("val/ssim", ssim(recon, x), batch_size=len(x), sync_dist=True)
         if self._fid is not None:
             self._fid.update(x, real=True)
             self._fid.update(recon, real=False)
@@ -269,9 +275,18 @@ class GANTokenizerModule(TokenizerModule):
     def _step(self, opt, loss: torch.Tensor) -> None:
         opt.zero_grad()
         self.manual_backward(loss)
+        opt.step()  # clipping: on_before_optimizer_step
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """``grad_clip`` for both optimizers, here: Lightning calls this inside ``opt.step()`` after its precision
+        plugin unscaled ``16-mixed`` gradients (clipping before ``step`` would clip the loss-scaled ones)."""
         if self.hparams.grad_clip:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        require_unused_parameter_search(self, "each step leaves one network without gradients (the other "
+                                              "optimizer's), and the discriminator unused before disc_start")
 
     def schedule_steps(self) -> int:
         """Generator steps: ``total_steps``, else from ``max_steps = disc_start + 2 * (generator steps - disc_start)``
@@ -320,9 +335,15 @@ class ProxyCodeModule(TokenizerModule):
         self.log_dict({"train/loss": loss, "train/ce": ce, "train/proxy_acc": acc}, prog_bar=True)
         return loss
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        require_unused_parameter_search(self, "stage 1 trains the proxy-code head only: the pixel decoder and its "
+                                              "codebook get no gradient")
+
     def validation_reconstruction(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         proxy = self._frozen_net("proxy", x.device)
         target = frozen_encode(proxy, x)
         pred = self.tokenizer.predict_pixel_codes(ids).reshape(target.shape)
-        self.log("val/proxy_acc", (pred == target).float().mean(), prog_bar=True, batch_size=len(x))
+        self.log("val/proxy_acc", (pred == target).float().mean(), prog_bar=True, batch_size=len(x),
+                 sync_dist=True)
         return proxy.decode(pred).clamp(0, 1)
