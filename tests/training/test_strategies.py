@@ -100,3 +100,32 @@ def test_generator_tokens_come_from_the_batch_start_hook(tmp_path):
     assert torch.equal(seen[-1], ready.flip(0)) and not module._ready
     module._loss(batch, "train")  # no hook: encoded here
     assert torch.equal(seen[-1], ready)
+
+
+@pytest.mark.parametrize("old,new", [(4, 2), (2, 4), (2, 2), (1, 3)])
+def test_resuming_on_another_number_of_ranks_trains_each_item_once(old, new):
+    """An epoch interrupted after 3 batches of 2 on ``old`` ranks resumes on ``new`` ranks with the items not trained
+    yet (plus at most the padding that equal shares need; skipping each rank's first batches of its new share had
+    re-trained or skipped a third of them); on the same number of ranks each rank continues its uninterrupted
+    order."""
+    from vistok.training.data import ResumableSampler
+
+    data, batch, done = list(range(40)), 2, 3
+
+    def sampler(w: int, r: int) -> ResumableSampler:
+        s = ResumableSampler(data, batch, seed=5, num_replicas=w, rank=r)
+        s.set_epoch(1)
+        return s
+
+    trained = [i for r in range(old) for i in list(sampler(old, r))[: done * batch]]
+    resumed = []
+    for r in range(new):
+        s = sampler(new, r)
+        s.resume(1, done * batch * old)
+        resumed.append(list(s))
+    assert len({len(x) for x in resumed}) == 1  # equal shares
+    flat = [i for x in resumed for i in x]
+    assert set(trained) | set(flat) == set(data)  # nothing skipped ...
+    assert len(flat) < len(data) - len(trained) + 2 * new  # ... nothing re-trained beyond equal-share padding
+    if old == new:
+        assert all(x == list(sampler(new, r))[done * batch:] for r, x in enumerate(resumed))

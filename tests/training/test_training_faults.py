@@ -68,7 +68,7 @@ def test_sigterm_saves_and_resume_matches_an_uninterrupted_run(tmp_path):
     last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
     assert last.is_file() and not (tmp_path / "resumed" / "export").exists()
     ckpt = torch.load(last, weights_only=False)
-    assert ckpt["global_step"] == 4 and ckpt["ShapesDataModule"] == {"epoch": 0, "batches": 4}
+    assert ckpt["global_step"] == 4 and ckpt["ShapesDataModule"] == {"epoch": 0, "batches": 4, "items": 16}
     assert "interrupted at step 4" in proc.stderr + proc.stdout
 
     # resume (same command, without the signal) to step 8: same weights as the straight run

@@ -12,34 +12,51 @@ from vistok.data.shapes import SIZES, ShapesDataset
 
 class ResumableSampler(DistributedSampler):
     """The shuffled order of :class:`DistributedSampler` (a permutation seeded by ``seed + epoch``, this rank's share
-    of it) that can start mid-epoch: :meth:`resume` skips the batches an interrupted run already trained on.
+    of it) that can start mid-epoch: :meth:`resume` skips the items an interrupted run already trained on.
 
     Being a ``DistributedSampler``, Lightning uses it as is under DDP (rank and world size are read from
-    ``torch.distributed`` when it is initialised, else 1 process).
+    ``torch.distributed`` when it is initialised, else 1 process).  The skipped items are a prefix of the epoch's
+    global permutation (ranks take every ``world_size``-th item of it), so a run may resume on another number of
+    ranks: the rest of the permutation is shared out among the new ranks.
 
     Args:
         dataset: the map-style dataset.
         batch_size: items per batch (to turn batches into items).
         shuffle, seed: as ``DistributedSampler``.
+        num_replicas, rank: override what ``torch.distributed`` says (tests).
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0):
+    def __init__(self, dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None):
         distributed = dist.is_available() and dist.is_initialized()
-        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
-                         rank=dist.get_rank() if distributed else 0, shuffle=shuffle, seed=seed)
+        if num_replicas is None:
+            num_replicas = dist.get_world_size() if distributed else 1
+        if rank is None:
+            rank = dist.get_rank() if distributed else 0
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.batch_size = batch_size
         self._resume: tuple[int, int] | None = None
 
-    def resume(self, epoch: int, batches: int) -> None:
-        """The next pass over epoch ``epoch`` starts after its first ``batches`` batches (once)."""
-        self._resume = (epoch, batches)
+    def resume(self, epoch: int, items: int) -> None:
+        """The next pass over epoch ``epoch`` starts after the first ``items`` items of its global order, all ranks
+        together (``batches x batch_size x world size`` of the interrupted run); once."""
+        self._resume = (epoch, items)
 
     def __iter__(self):
-        indices = list(super().__iter__())
-        if self._resume is not None and self._resume[0] == self.epoch:
-            indices = indices[self._resume[1] * self.batch_size:]
-        self._resume = None
-        return iter(indices)
+        resume, self._resume = self._resume, None
+        if resume is None or resume[0] != self.epoch:
+            return super().__iter__()
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.dataset), generator=g).tolist()  # DistributedSampler's permutation
+        else:
+            order = list(range(len(self.dataset)))
+        padded = order + (order * self.num_replicas)[: self.total_size - len(order)]  # as DistributedSampler pads
+        rest = padded[resume[1]:]  # the same ranks: exactly the uninterrupted run's remaining shares
+        if rest and len(rest) % self.num_replicas:  # equal shares (DDP ranks must run as many batches)
+            rest += (rest * self.num_replicas)[: self.num_replicas - len(rest) % self.num_replicas]
+        return iter(rest[self.rank :: self.num_replicas])
 
 
 class ShapesDataModule(L.LightningDataModule):
@@ -67,13 +84,14 @@ class ShapesDataModule(L.LightningDataModule):
         kw = dict(image_size=image_size, min_objects=min_objects, max_objects=max_objects, sizes=tuple(sizes))
         self.train_set = ShapesDataset(train_size, seed=seed, **kw)
         self.val_set = ShapesDataset(val_size, seed=seed + 1, **kw)
-        self._resume: tuple[int, int] | None = None
+        self._resume: tuple[int, int, int | None] | None = None
 
     def _loader(self, ds: ShapesDataset, shuffle: bool) -> DataLoader:
         h = self.hparams
         sampler = ResumableSampler(ds, h.batch_size, shuffle=shuffle, seed=h.seed)
         if shuffle and self._resume is not None:
-            sampler.resume(*self._resume)
+            epoch, batches, items = self._resume
+            sampler.resume(epoch, items if items is not None else batches * h.batch_size * sampler.num_replicas)
             self._resume = None
         return DataLoader(ds, batch_size=h.batch_size, sampler=sampler, num_workers=h.num_workers,
                           drop_last=shuffle, persistent_workers=h.num_workers > 0,
@@ -86,15 +104,20 @@ class ShapesDataModule(L.LightningDataModule):
         return self._loader(self.val_set, False)
 
     def state_dict(self) -> dict:
-        """Where training stands in the data: the epoch and the batches of it trained so far."""
+        """Where training stands in the data: the epoch, the batches of it trained so far (per rank) and the items
+        of its global order they took (all ranks: what a resume on another number of ranks skips)."""
         trainer = self.trainer
         if trainer is None:
             return {}
-        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": trainer.current_epoch, "batches": batches,
+                "items": batches * self.hparams.batch_size * trainer.world_size}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict:
-            self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))
+        if state_dict:  # checkpoints written before "items" resume on their own number of ranks
+            items = state_dict.get("items")
+            self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]),
+                            None if items is None else int(items))
 
 
 class MovingShapesDataModule(ShapesDataModule):
@@ -123,4 +146,4 @@ class MovingShapesDataModule(ShapesDataModule):
                   sizes=tuple(sizes))
         self.train_set = MovingShapesDataset(train_size, seed=seed, **kw)
         self.val_set = MovingShapesDataset(val_size, seed=seed + 1, **kw)
-        self._resume: tuple[int, int] | None = None
+        self._resume: tuple[int, int, int | None] | None = None
