@@ -129,3 +129,13 @@ def test_resuming_on_another_number_of_ranks_trains_each_item_once(old, new):
     assert len(flat) < len(data) - len(trained) + 2 * new  # ... nothing re-trained beyond equal-share padding
     if old == new:
         assert all(x == list(sampler(new, r))[done * batch:] for r, x in enumerate(resumed))
+
+
+def test_codebook_usage_counts_the_codes_of_every_rank():
+    module = TokenizerModule(tiny_titok())
+    codes = [torch.tensor([0, 1, 1]), torch.tensor([3])]
+    assert module.code_counts(codes, 5).tolist() == [1, 2, 0, 1, 0]  # no trainer: this process's codes
+    sent = []
+    module._trainer = types.SimpleNamespace(world_size=2, strategy=types.SimpleNamespace(
+        reduce=lambda t, reduce_op: (sent.append(reduce_op), t + torch.tensor([0, 0, 4, 0, 0.0]))[1]))
+    assert module.code_counts(codes, 5).tolist() == [1, 2, 4, 1, 0] and sent == ["sum"]  # the other rank's code 2

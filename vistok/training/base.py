@@ -153,6 +153,14 @@ class TrainingModule(L.LightningModule):
                              "total_steps")
         return int(steps)
 
+    def code_counts(self, codes: list[torch.Tensor], codebook_size: int) -> torch.Tensor:
+        """Histogram (float, ``codebook_size``) of the validation codes of every rank: the per-rank counts summed
+        under DDP / FSDP (a collective: every rank calls it), so codebook usage is not rank zero's shard alone."""
+        counts = torch.bincount(torch.cat(codes), minlength=codebook_size).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        return counts
+
     def configure_callbacks(self) -> list[L.Callback]:
         from vistok.training.callbacks import Export
 

@@ -181,8 +181,7 @@ class FlexTokModule(TrainingModule):
     def on_validation_epoch_end(self) -> None:
         self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
         if self._val_codes:
-            codes = torch.cat(self._val_codes)
-            used = torch.bincount(codes, minlength=self.tokenizer.codebook_size) > 0
+            used = self.code_counts(self._val_codes, self.tokenizer.codebook_size) > 0
             self.log("val/codebook_usage", used.float().mean())
 
     def exported_model(self) -> nn.Module:

@@ -130,7 +130,7 @@ class LARPModule(TrainingModule):
     def on_validation_epoch_end(self) -> None:
         if not self._val_codes:
             return
-        counts = torch.bincount(torch.cat(self._val_codes), minlength=self.tokenizer.codebook_size).float()
+        counts = self.code_counts(self._val_codes, self.tokenizer.codebook_size)
         p = counts[counts > 0] / counts.sum()
         self.log("val/codebook_usage", (counts > 0).float().mean())
         self.log("val/codebook_perplexity", torch.exp(-(p * p.log()).sum()))

@@ -204,8 +204,7 @@ class TokenizerModule(TrainingModule):
         self.log("val/elapsed_min", (time.time() - getattr(self, "_t0", time.time())) / 60)
         if not self._val_codes:
             return
-        codes = torch.cat(self._val_codes)
-        counts = torch.bincount(codes, minlength=self.tokenizer.codebook_size).float()
+        counts = self.code_counts(self._val_codes, self.tokenizer.codebook_size)
         p = counts / counts.sum()
         self.log("val/codebook_usage", (counts > 0).float().mean())
         self.log("val/codebook_perplexity", torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
