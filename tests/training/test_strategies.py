@@ -139,3 +139,27 @@ def test_codebook_usage_counts_the_codes_of_every_rank():
     module._trainer = types.SimpleNamespace(world_size=2, strategy=types.SimpleNamespace(
         reduce=lambda t, reduce_op: (sent.append(reduce_op), t + torch.tensor([0, 0, 4, 0, 0.0]))[1]))
     assert module.code_counts(codes, 5).tolist() == [1, 2, 4, 1, 0] and sent == ["sum"]  # the other rank's code 2
+
+
+def test_adaptive_gan_weight_survives_fp16_with_the_loss_scale():
+    """Under fp16 autocast the reconstruction gradient through the decoder underflows (weight near 0 at 256 px x
+    16); the grad scaler's scale on both losses, taken off the gradients, gives the fp32 weight back, and a scale
+    that overflows falls back to the unscaled gradients (a finite weight, not NaN)."""
+    import torch.nn.functional as F
+
+    from vistok.training.losses import PatchDiscriminator, adaptive_gan_weight, hinge_g_loss
+
+    torch.manual_seed(0)
+    feat, x = torch.randn(16, 8, 256, 256), torch.rand(16, 3, 256, 256)
+    conv, disc = torch.nn.Conv2d(8, 3, 3, padding=1), PatchDiscriminator(16, 3)
+    weights = {}
+    runs = (("fp32", None, 1.0), ("fp16", torch.float16, 1.0), ("fp16 scaled", torch.float16, 2.0 ** 10),
+            ("fp16 overflow", torch.float16, 2.0 ** 16))
+    for name, dtype, scale in runs:
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            recon = 0.5 + 0.05 * conv(feat)
+            rec = F.mse_loss(recon, x) + 0.2 * F.l1_loss(recon, x)
+            weights[name] = float(adaptive_gan_weight(rec, hinge_g_loss(disc(recon)), conv.weight, loss_scale=scale))
+    assert weights["fp16"] < 0.5 * weights["fp32"]  # the control: unscaled fp16 loses the reconstruction gradient
+    assert weights["fp16 scaled"] == pytest.approx(weights["fp32"], rel=0.05)
+    assert weights["fp16 overflow"] == weights["fp16"]  # fell back, finite

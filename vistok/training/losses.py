@@ -118,11 +118,21 @@ def last_layer_weight(tokenizer: nn.Module) -> Tensor:
     return weights[-1]
 
 
-def adaptive_gan_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4) -> Tensor:
+def adaptive_gan_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, max_weight: float = 1e4,
+                        loss_scale: float = 1.0) -> Tensor:
     """Taming's balance: ``||d rec / d w|| / (||d g_adv / d w|| + 1e-4)`` at the decoder's last weight, clamped to
-    ``[0, max_weight]`` and detached (multiply it by the GAN weight)."""
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    ``[0, max_weight]`` and detached (multiply it by the GAN weight).
+
+    ``loss_scale`` (``16-mixed``: the grad scaler's scale): both losses are multiplied by it before differentiating
+    and the gradients divided by it after, as the scaler does, so the reconstruction gradient through an fp16 decoder
+    does not underflow to 0 (and the weight with it).  Where the scaled gradients overflow (the scaler has not
+    lowered its scale yet), the unscaled ones are used, as without it (one host read per call then)."""
+    scales = (loss_scale, 1.0) if loss_scale != 1.0 else (1.0,)
+    for scale in scales:
+        rec_grad = torch.autograd.grad(rec_loss * scale, last_layer, retain_graph=True)[0].float() / scale
+        g_grad = torch.autograd.grad(g_loss * scale, last_layer, retain_graph=True)[0].float() / scale
+        if scale == 1.0 or bool(torch.isfinite(rec_grad).all() & torch.isfinite(g_grad).all()):
+            break
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
 
 

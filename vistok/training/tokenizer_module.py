@@ -255,7 +255,9 @@ class GANTokenizerModule(TokenizerModule):
             g_adv = g_loss_fn(self.discriminator(recon))
             weight = h.gan_weight
             if h.gan_adaptive:
-                weight = weight * adaptive_gan_weight(rec_loss, g_adv, last_layer_weight(self.tokenizer))
+                scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # 16-mixed: its loss scale
+                weight = weight * adaptive_gan_weight(rec_loss, g_adv, last_layer_weight(self.tokenizer),
+                                                      loss_scale=float(scaler.get_scale()) if scaler else 1.0)
             loss = loss + weight * g_adv
             logs.update({"train/loss": loss, "train/g_adv": g_adv, "train/gan_weight": torch.as_tensor(weight)})
         self._step(opt_g, loss)
