@@ -234,8 +234,7 @@ class Pipeline:
         """Prompts (B) -> the generator's condition: class ids ``labels (B,)`` for a class pipeline, the text
         encoder's states otherwise."""
         if self.classes is not None:
-            device = next(self.generator.parameters()).device
-            return Conditioning(labels=torch.tensor([class_of(p, self.classes) for p in prompts], device=device))
+            return Conditioning(labels=torch.tensor([class_of(p, self.classes) for p in prompts], device=self.device))
         if self.text_encoder is None:
             self._check_has_conditioning()
             raise ValueError("this pipeline has no text encoder and no class set: give it a text encoder, or call "
